@@ -1,0 +1,27 @@
+# Two entry points: `make demo` and `make test`. Both build .venv from scratch if needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install clean bench
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned, so the CPU build on disk is used (a bare torch pulls CUDA).
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/reality-stone demo
+
+test: $(STAMP)
+	# exit code 5 = "no tests collected": treat as success only if that is what happened.
+	$(BIN)/python -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,283 @@
+"""Lorentz (hyperboloid) model with curvature -c (c > 0).
+
+Points are ``x ∈ R^(d+1)`` with ⟨x, x⟩_L = -1/c and x₀ > 0, where
+⟨u, v⟩_L = -u₀v₀ + Σᵢ uᵢvᵢ (the Minkowski product); the origin is (1/√c, 0, …, 0).
+Tangent vectors at x satisfy ⟨x, u⟩_L = 0. geoopt's ``Lorentz(k)`` is this manifold with
+k = 1/c. Shapes: (..., d+1); scalar outputs (...) unless ``keepdim=True``.
+
+Distances use the form d = (2/√c)·asinh(√c·‖x - y‖_L / 2), algebraically equal to
+(1/√c)·arcosh(-c⟨x, y⟩_L) but accurate for nearby points and with a finite gradient at
+x = y (arcosh' is infinite at 1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from reality_stone.geometry.manifold import Manifold
+from reality_stone.geometry.stable import MIN_NORM, norm
+from reality_stone.geometry.validation import as_curvature, check_finite, check_same_last_dim
+
+__all__ = [
+    "Lorentz",
+    "check_point",
+    "dist",
+    "dist0",
+    "egrad2rgrad",
+    "expmap",
+    "expmap0",
+    "inner",
+    "logmap",
+    "logmap0",
+    "parallel_transport",
+    "project",
+    "proj_tangent",
+    "random_point",
+    "tangent_norm",
+]
+
+# Relative tolerance of the on-manifold check: |c⟨x,x⟩_L + 1| must be below this times
+# c·x₀² (the size of the terms that cancel), per dtype.
+_MANIFOLD_RTOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+
+
+def _prep(c, check: bool, points: dict[str, Tensor], vectors: dict[str, Tensor] | None = None) -> Tensor:
+    tensors = {**points, **(vectors or {})}
+    check_same_last_dim(**tensors)
+    for name, t in tensors.items():
+        if t.shape[-1] < 2:
+            raise ValueError(f"{name} must have at least 2 coordinates (x₀ and one spatial), got {t.shape[-1]}")
+    try:
+        torch.broadcast_shapes(*(t.shape for t in tensors.values()))
+    except RuntimeError:
+        desc = ", ".join(f"{n}{tuple(t.shape)}" for n, t in tensors.items())
+        raise ValueError(f"batch shapes do not broadcast: {desc}") from None
+    c_t = as_curvature(c, next(iter(tensors.values())))
+    if check:
+        for name, t in tensors.items():
+            check_finite(name, t)
+        for name, t in points.items():
+            _check_on_hyperboloid(name, t, c_t)
+    return c_t
+
+
+def _check_on_hyperboloid(name: str, x: Tensor, c: Tensor) -> None:
+    x = x.detach()
+    if bool((x[..., 0] <= 0).any()):
+        raise ValueError(f"{name} has points on the lower sheet (x₀ <= 0); the model uses x₀ > 0")
+    scale = (c * x[..., :1] ** 2).clamp_min(1.0)
+    err = ((c * _inner(x, x) + 1).abs() / scale).max()
+    tol = _MANIFOLD_RTOL.get(x.dtype, 1e-2)
+    if float(err) > tol:
+        raise ValueError(f"{name} is off the hyperboloid: |c⟨x,x⟩_L + 1| / (c x₀²) reaches {float(err):.3g} > {tol}")
+
+
+def check_point(x: Tensor, *, c: float | Tensor) -> None:
+    """Raise ``ValueError`` unless every row of ``x`` is a finite point of the upper sheet."""
+    _prep(c, True, {"x": x})
+
+
+def _inner(u: Tensor, v: Tensor) -> Tensor:
+    uv = u * v
+    return uv[..., 1:].sum(-1, keepdim=True) - uv[..., :1]
+
+
+def _tangent_norm(u: Tensor) -> Tensor:
+    # ⟨u,u⟩_L ≥ 0 for tangent vectors; rounding can make it slightly negative.
+    return _inner(u, u).clamp_min(MIN_NORM * MIN_NORM).sqrt()
+
+
+def _project(x: Tensor, c: Tensor) -> Tensor:
+    xs = x[..., 1:]
+    x0 = (1 / c + (xs * xs).sum(-1, keepdim=True)).sqrt()
+    return torch.cat([x0, xs], dim=-1)
+
+
+def _proj_tangent(x: Tensor, u: Tensor, c: Tensor) -> Tensor:
+    return u + c * _inner(x, u) * x
+
+
+def _dist(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    sc = c.sqrt()
+    diff = x - y
+    q = _inner(diff, diff).clamp_min(MIN_NORM * MIN_NORM)
+    return 2 / sc * torch.asinh(sc * q.sqrt() / 2)
+
+
+def _expmap(x: Tensor, u: Tensor, c: Tensor) -> Tensor:
+    sc = c.sqrt()
+    n = _tangent_norm(u)
+    return _project(torch.cosh(sc * n) * x + torch.sinh(sc * n) * u / (sc * n), c)
+
+
+def _logmap(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    w = y + c * _inner(x, y) * x
+    return _dist(x, y, c) * w / _tangent_norm(w)
+
+
+def _expmap0(u: Tensor, c: Tensor) -> Tensor:
+    sc = c.sqrt()
+    us = u[..., 1:]
+    n = norm(us)
+    return torch.cat([torch.cosh(sc * n) / sc, torch.sinh(sc * n) / (sc * n) * us], dim=-1)
+
+
+def _logmap0(y: Tensor, c: Tensor) -> Tensor:
+    # sinh(√c d) = √c‖y_s‖ on the hyperboloid, so asinh gives d without arcosh's cancellation.
+    sc = c.sqrt()
+    ys = y[..., 1:]
+    n = norm(ys)
+    return torch.cat([torch.zeros_like(y[..., :1]), torch.asinh(sc * n) / (sc * n) * ys], dim=-1)
+
+
+def _parallel_transport(x: Tensor, y: Tensor, v: Tensor, c: Tensor) -> Tensor:
+    return v + c * _inner(y, v) / (1 - c * _inner(x, y)) * (x + y)
+
+
+def _egrad2rgrad(x: Tensor, grad: Tensor, c: Tensor) -> Tensor:
+    u = torch.cat([-grad[..., :1], grad[..., 1:]], dim=-1)
+    return _proj_tangent(x, u, c)
+
+
+def inner(u: Tensor, v: Tensor, *, keepdim: bool = False) -> Tensor:
+    """Minkowski product ⟨u, v⟩_L = -u₀v₀ + Σ uᵢvᵢ (the metric at every point)."""
+    check_same_last_dim(u=u, v=v)
+    out = _inner(u, v)
+    return out if keepdim else out.squeeze(-1)
+
+
+def tangent_norm(u: Tensor, *, keepdim: bool = False) -> Tensor:
+    """Riemannian norm √⟨u, u⟩_L of a tangent vector."""
+    check_same_last_dim(u=u)
+    out = _tangent_norm(u)
+    return out if keepdim else out.squeeze(-1)
+
+
+def project(x: Tensor, *, c: float | Tensor) -> Tensor:
+    """Put ``x`` on the hyperboloid by recomputing x₀ = √(1/c + ‖x_s‖²) from the spatial part."""
+    check_same_last_dim(x=x)
+    return _project(x, as_curvature(c, x))
+
+
+def proj_tangent(x: Tensor, u: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
+    """Orthogonal (Minkowski) projection of ``u`` onto T_x: u + c⟨x, u⟩_L x."""
+    c = _prep(c, check, {"x": x}, {"u": u})
+    return _proj_tangent(x, u, c)
+
+
+def dist(x: Tensor, y: Tensor, *, c: float | Tensor, keepdim: bool = False, check: bool = True) -> Tensor:
+    """Geodesic distance (1/√c)·arcosh(-c⟨x, y⟩_L), computed in the stable asinh form."""
+    c = _prep(c, check, {"x": x, "y": y})
+    d = _dist(x, y, c)
+    return d if keepdim else d.squeeze(-1)
+
+
+def dist0(x: Tensor, *, c: float | Tensor, keepdim: bool = False, check: bool = True) -> Tensor:
+    """Distance from the origin (1/√c)·asinh(√c‖x_s‖)."""
+    c = _prep(c, check, {"x": x})
+    sc = c.sqrt()
+    d = torch.asinh(sc * x[..., 1:].norm(dim=-1, keepdim=True)) / sc
+    return d if keepdim else d.squeeze(-1)
+
+
+def expmap(x: Tensor, u: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
+    """cosh(√c‖u‖_L) x + sinh(√c‖u‖_L) u/(√c‖u‖_L), re-projected onto the hyperboloid."""
+    c = _prep(c, check, {"x": x}, {"u": u})
+    return _expmap(x, u, c)
+
+
+def logmap(x: Tensor, y: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
+    """d(x, y) · w/‖w‖_L with w = y + c⟨x, y⟩_L x (inverse of `expmap`)."""
+    c = _prep(c, check, {"x": x, "y": y})
+    return _logmap(x, y, c)
+
+
+def expmap0(u: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
+    """Exponential map at the origin. ``u[..., 0]`` is ignored (it is 0 for tangents at the origin)."""
+    c = _prep(c, check, {}, {"u": u})
+    return _expmap0(u, c)
+
+
+def logmap0(y: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
+    """Logarithmic map at the origin; the result has time component 0."""
+    c = _prep(c, check, {"y": y})
+    return _logmap0(y, c)
+
+
+def parallel_transport(x: Tensor, y: Tensor, v: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
+    """Transport ``v`` ∈ T_x to T_y: v + c⟨y, v⟩_L/(1 - c⟨x, y⟩_L)·(x + y)."""
+    c = _prep(c, check, {"x": x, "y": y}, {"v": v})
+    return _parallel_transport(x, y, v, c)
+
+
+def egrad2rgrad(x: Tensor, grad: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
+    """Riemannian gradient: flip the sign of the time component (G⁻¹), then project onto T_x."""
+    c = _prep(c, check, {"x": x}, {"grad": grad})
+    return _egrad2rgrad(x, grad, c)
+
+
+def random_point(
+    *size: int,
+    c: float | Tensor,
+    std: float = 1.0,
+    dtype: torch.dtype | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Wrapped normal at the origin; ``size[-1]`` is the ambient dimension d+1."""
+    if len(size) == 0 or size[-1] < 2:
+        raise ValueError(f"size must end with the ambient dimension d+1 >= 2, got {size}")
+    u = torch.randn(*size, dtype=dtype, generator=generator) * std
+    return _expmap0(u, as_curvature(c, u))
+
+
+class Lorentz(Manifold):
+    """The upper sheet of the hyperboloid ⟨x, x⟩_L = -1/c. Owns ``c``."""
+
+    name = "lorentz"
+
+    def check_point(self, x):
+        check_point(x, c=self.c)
+
+    def inner(self, x, u, v, keepdim=False):
+        """The metric at ``x`` (the Minkowski product; ``x`` is unused but kept for the common interface)."""
+        return inner(u, v, keepdim=keepdim)
+
+    def project(self, x):
+        return project(x, c=self.c)
+
+    def proj_tangent(self, x, u):
+        return proj_tangent(x, u, c=self.c, check=self.check)
+
+    def dist(self, x, y, keepdim=False):
+        return dist(x, y, c=self.c, keepdim=keepdim, check=self.check)
+
+    def dist0(self, x, keepdim=False):
+        return dist0(x, c=self.c, keepdim=keepdim, check=self.check)
+
+    def expmap(self, x, u):
+        return expmap(x, u, c=self.c, check=self.check)
+
+    def logmap(self, x, y):
+        return logmap(x, y, c=self.c, check=self.check)
+
+    def expmap0(self, u):
+        return expmap0(u, c=self.c, check=self.check)
+
+    def logmap0(self, y):
+        return logmap0(y, c=self.c, check=self.check)
+
+    def parallel_transport(self, x, y, v):
+        return parallel_transport(x, y, v, c=self.c, check=self.check)
+
+    def egrad2rgrad(self, x, grad):
+        return egrad2rgrad(x, grad, c=self.c, check=self.check)
+
+    def random_point(self, *size, std=1.0, dtype=None, generator=None):
+        return random_point(*size, c=self.c.detach(), std=std, dtype=dtype, generator=generator)
+
+    def origin(self, *size, dtype=None):
+        """The origin (1/√c, 0, …, 0), shape ``size``."""
+        o = torch.zeros(*size, dtype=dtype)
+        o[..., 0] = 1 / self.c.detach().sqrt().to(dtype)
+        return o

@@ -1,0 +1,62 @@
+"""Base class of the manifolds: owns the curvature, nothing else.
+
+The math lives in stateless functions (``poincare.py``, ``lorentz.py``, ``klein.py``);
+subclasses only forward to them with ``c=self.c``. The base class is an ``nn.Module`` so
+a learnable curvature is a parameter of whatever model holds the manifold.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Manifold"]
+
+
+class Manifold(nn.Module):
+    """A hyperbolic model with sectional curvature -c, c > 0.
+
+    ``c`` is stored as ``log_c`` (so it stays positive under any gradient step) and is a
+    parameter when ``learn_c`` is true, a buffer otherwise. ``check`` is forwarded to every
+    operation: with it, NaN/Inf inputs and points off the manifold raise ``ValueError``.
+    """
+
+    name = "manifold"
+
+    def __init__(self, c: float = 1.0, *, learn_c: bool = False, check: bool = True, dtype=torch.float64):
+        super().__init__()
+        if isinstance(c, bool) or not isinstance(c, (int, float)) or not (0 < c < math.inf):
+            raise ValueError(f"curvature c must be a positive finite number, got {c!r}")
+        log_c = torch.tensor(math.log(c), dtype=dtype)
+        if learn_c:
+            self.log_c = nn.Parameter(log_c)
+        else:
+            self.register_buffer("log_c", log_c)
+        self.learn_c = learn_c
+        self.check = check
+
+    @property
+    def c(self) -> Tensor:
+        """Curvature magnitude c = exp(log_c) (scalar tensor, carries grad if learnable)."""
+        return self.log_c.exp()
+
+    def extra_repr(self) -> str:
+        return f"c={float(self.c):.4g}, learn_c={self.learn_c}, check={self.check}"
+
+    # The Riemannian optimisers need these five; subclasses implement them.
+    def egrad2rgrad(self, x: Tensor, grad: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def expmap(self, x: Tensor, u: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def parallel_transport(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def inner(self, x: Tensor, u: Tensor, v: Tensor, keepdim: bool = False) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def project(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

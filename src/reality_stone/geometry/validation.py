@@ -1,0 +1,87 @@
+"""Input validation shared by the geometry functions.
+
+Every public geometry function validates what is cheap to validate on every call
+(curvature, shapes) and, when called with ``check=True``, what costs a pass over the
+data (finiteness, membership of the manifold). Errors are ``ValueError`` naming the
+argument; nothing here clamps a NaN into a number.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "as_curvature",
+    "check_finite",
+    "check_same_last_dim",
+    "check_vector",
+    "boundary_eps",
+]
+
+# Relative margin kept from the boundary by `project` (a point is kept at norm
+# <= (1 - eps) / sqrt(c)). float32 resolves 1 - c|x|^2 to about 6e-8, so 1e-5 leaves a
+# relative error of ~1e-2 in the conformal factor at the margin and a maximal distance
+# from the origin of 2 artanh(1 - 1e-5) ~ 12.2 / sqrt(c); float64 keeps ~5e-7 relative
+# error at 1e-10 and reaches ~23.7 / sqrt(c).
+_BOUNDARY_EPS = {torch.float32: 1e-5, torch.float64: 1e-10, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def boundary_eps(dtype: torch.dtype) -> float:
+    """Margin from the boundary used by `project` for ``dtype`` (see module comment)."""
+    try:
+        return _BOUNDARY_EPS[dtype]
+    except KeyError:
+        raise ValueError(f"unsupported dtype {dtype}; use a floating-point dtype") from None
+
+
+def check_vector(name: str, x: Tensor, *, min_dim: int = 1) -> None:
+    """Require a floating-point tensor with at least ``min_dim`` dims and a non-empty last dim."""
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if x.dim() < min_dim:
+        raise ValueError(f"{name} must have at least {min_dim} dimension(s), got shape {tuple(x.shape)}")
+    if x.shape[-1] == 0:
+        raise ValueError(f"{name} has an empty last (vector) dimension: shape {tuple(x.shape)}")
+
+
+def check_same_last_dim(**tensors: Tensor) -> None:
+    """Require every tensor to be a vector batch with the same last dimension."""
+    dims = {}
+    for name, t in tensors.items():
+        check_vector(name, t)
+        dims[name] = t.shape[-1]
+    if len(set(dims.values())) > 1:
+        desc = ", ".join(f"{n} has {d}" for n, d in dims.items())
+        raise ValueError(f"vector dimensions differ: {desc}")
+
+
+def check_finite(name: str, x: Tensor) -> None:
+    """Raise if ``x`` holds NaN or Inf (one pass over the data)."""
+    if not bool(torch.isfinite(x).all()):
+        n_nan = int(torch.isnan(x).sum())
+        n_inf = int(torch.isinf(x).sum())
+        raise ValueError(f"{name} contains non-finite values ({n_nan} NaN, {n_inf} Inf)")
+
+
+def as_curvature(c: float | Tensor, like: Tensor) -> Tensor:
+    """Curvature magnitude ``c`` (the manifold has sectional curvature -c) as a tensor.
+
+    Accepts a Python number or a tensor (scalar or broadcastable to ``like[..., :1]``),
+    keeps its autograd graph, casts to ``like``'s dtype/device. ``c`` must be positive
+    and finite.
+    """
+    if isinstance(c, Tensor):
+        if not c.is_floating_point():
+            c = c.to(like.dtype)
+        bad = ~(torch.isfinite(c) & (c > 0))
+        if bool(bad.any()):
+            raise ValueError(f"curvature c must be positive and finite, got {c.detach().flatten()[:4].tolist()}")
+        return c.to(dtype=like.dtype, device=like.device)
+    if isinstance(c, bool) or not isinstance(c, (int, float)):
+        raise ValueError(f"curvature c must be a number or a tensor, got {type(c).__name__}")
+    if not (c > 0 and c < float("inf")):
+        raise ValueError(f"curvature c must be positive and finite, got {c}")
+    return torch.tensor(float(c), dtype=like.dtype, device=like.device)

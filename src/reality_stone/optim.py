@@ -1,0 +1,119 @@
+"""Riemannian SGD and Adam for `ManifoldParameter`s (plain tensors get the Euclidean update).
+
+RiemannianSGD (Bonnabel 2013): x ← exp_x(-lr · rgrad), momentum transported along the step.
+RiemannianAdam (Bécigneul & Ganea 2019): Adam's first moment is a tangent vector transported
+with the point; the second moment is the squared Riemannian norm of the gradient, one scalar
+per point (the manifold's last dim is one "component"). Steps have Riemannian length ≈ lr.
+
+Weight decay is not offered: on a manifold it has no canonical meaning (decay towards
+which point?); add a penalty to the loss instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from reality_stone.geometry.parameter import ManifoldParameter
+
+__all__ = ["RiemannianAdam", "RiemannianSGD"]
+
+
+def _check_hparams(lr: float, **named: float) -> None:
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be positive and finite, got {lr}")
+    for name, v in named.items():
+        if not (0 <= v < 1):
+            raise ValueError(f"{name} must be in [0, 1), got {v}")
+
+
+class RiemannianSGD(Optimizer):
+    """SGD with optional momentum; geodesic steps for `ManifoldParameter`s."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.0):
+        _check_hparams(lr, momentum=momentum)
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mom = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise ValueError("RiemannianSGD does not support sparse gradients")
+                m = p.manifold if isinstance(p, ManifoldParameter) else None
+                g = m.egrad2rgrad(p.data, p.grad) if m is not None else p.grad
+                if mom > 0:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    buf = g.clone() if buf is None else buf.mul_(mom).add_(g)
+                    direction = buf
+                else:
+                    direction = g
+                if m is None:
+                    p.add_(direction, alpha=-lr)
+                    continue
+                new = m.expmap(p.data, -lr * direction)
+                if mom > 0:
+                    state["momentum_buffer"] = m.parallel_transport(p.data, new, buf)
+                p.copy_(new)
+        return loss
+
+
+class RiemannianAdam(Optimizer):
+    """Adam with geodesic steps and transported moments for `ManifoldParameter`s."""
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        _check_hparams(lr, beta1=betas[0], beta2=betas[1])
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise ValueError("RiemannianAdam does not support sparse gradients")
+                m = p.manifold if isinstance(p, ManifoldParameter) else None
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    sq_shape = p.shape[:-1] + (1,) if m is not None else p.shape
+                    state["exp_avg_sq"] = torch.zeros(sq_shape, dtype=p.dtype, device=p.device)
+                state["step"] += 1
+                t = state["step"]
+                if m is None:
+                    g = p.grad
+                    sq = g * g
+                else:
+                    g = m.egrad2rgrad(p.data, p.grad)
+                    sq = m.inner(p.data, g, g, keepdim=True)
+                state["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+                state["exp_avg_sq"].mul_(b2).add_(sq, alpha=1 - b2)
+                denom = (state["exp_avg_sq"] / (1 - b2**t)).sqrt_().add_(eps)
+                direction = state["exp_avg"] / (1 - b1**t) / denom
+                if m is None:
+                    p.add_(direction, alpha=-lr)
+                    continue
+                new = m.expmap(p.data, -lr * direction)
+                state["exp_avg"] = m.parallel_transport(p.data, new, state["exp_avg"])
+                p.copy_(new)
+        return loss
