@@ -1,0 +1,1 @@
+"""Loaders for the real data the project uses (all offline: Debian/PyPI packages, no hub)."""
