@@ -52,12 +52,12 @@ def test_adam_on_the_hyperboloid_agrees_with_the_ball():
 
 def test_euclidean_params_get_plain_updates_and_learnable_curvature_trains():
     ball = PoincareBall(1.0, learn_c=True)
-    w = torch.nn.Parameter(torch.tensor([[0.2, 0.1]], dtype=F64))
+    w = torch.nn.Parameter(torch.tensor([[0.2, 0.1]], dtype=F64))  # a Euclidean tangent vector at 0
     opt = RiemannianAdam([w, *ball.parameters()], lr=0.05)
     target = torch.tensor(3.0, dtype=F64)
     for _ in range(300):
         opt.zero_grad()
-        loss = (ball.dist0(w).sum() - target) ** 2
+        loss = (ball.dist0(ball.expmap0(w)).sum() - target) ** 2
         loss.backward()
         opt.step()
     assert float(loss) < 1e-4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -30,6 +32,17 @@ class ManifoldParameter(nn.Parameter):
 
     def __repr__(self) -> str:
         return f"ManifoldParameter on {self.manifold.name}:\n{super().__repr__()}"
+
+    def __deepcopy__(self, memo):
+        if id(self) in memo:
+            return memo[id(self)]
+        result = type(self)(
+            self.data.clone(memory_format=torch.preserve_format),
+            copy.deepcopy(self.manifold, memo),
+            self.requires_grad,
+        )
+        memo[id(self)] = result
+        return result
 
     def __reduce_ex__(self, proto):
         # Keep the manifold through deepcopy/pickle of modules holding this parameter.
