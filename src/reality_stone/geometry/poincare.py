@@ -63,15 +63,18 @@ def _prep(c, check: bool, points: dict[str, Tensor], vectors: dict[str, Tensor] 
     first = next(iter(tensors.values()))
     c_t = as_curvature(c, first)
     if check:
-        for name, t in tensors.items():
-            check_finite(name, t)
+        # A point's ‖x‖² is NaN/Inf whenever x is, so the ball check covers finiteness too.
         for name, t in points.items():
             _check_in_ball(name, t, c_t)
+        for name, t in (vectors or {}).items():
+            check_finite(name, t)
     return c_t
 
 
 def _check_in_ball(name: str, x: Tensor, c: Tensor) -> None:
-    r2 = (c * sq_norm(x)).detach()
+    r2 = (c * sq_norm(x.detach())).detach()
+    if not bool(torch.isfinite(r2).all()):
+        check_finite(name, x)  # reports NaN/Inf counts (r2 can also overflow for huge finite x)
     if bool((r2 >= 1).any()):
         worst = float(r2.max().sqrt())
         raise ValueError(
@@ -89,23 +92,45 @@ def check_point(x: Tensor, *, c: float | Tensor) -> None:
 # wrappers below validate once and call them, so composite operations never re-validate.
 
 
-def _project(x: Tensor, c: Tensor, eps: float | None = None) -> Tensor:
-    eps = boundary_eps(x.dtype) if eps is None else eps
+def _project_scale(out_norm: Tensor, c: Tensor, eps: float | None, dtype: torch.dtype) -> Tensor:
+    """Factor (..., 1) that pulls a vector of norm ``out_norm`` back inside the margin (1 if inside).
+
+    Computing the factor on the (..., 1) norms lets callers that know their output's norm
+    analytically fold projection into the one full-size multiply they do anyway.
+    """
+    eps = boundary_eps(dtype) if eps is None else eps
     maxnorm = (1 - eps) / c.sqrt()
-    n = norm(x)
-    # torch.where keeps NaN rows as NaN (NaN > maxnorm is False).
-    return torch.where(n > maxnorm, x / n * maxnorm, x)
+    # NaN > maxnorm is False, so a NaN norm keeps factor 1 and the NaN stays in the output.
+    return torch.where(out_norm > maxnorm, maxnorm / out_norm.clamp_min(MIN_NORM), torch.ones_like(out_norm))
+
+
+def _project(x: Tensor, c: Tensor, eps: float | None = None) -> Tensor:
+    return x * _project_scale(norm(x), c, eps, x.dtype)
 
 
 def _lambda(x: Tensor, c: Tensor) -> Tensor:
     return 2 / (1 - c * sq_norm(x)).clamp_min(MIN_NORM)
 
 
+def _mobius_add_coeffs(x2: Tensor, y2: Tensor, xy: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """x ⊕ y = α x + β y; returns (α, β), each (..., 1), from ‖x‖², ‖y‖², ⟨x, y⟩."""
+    den = (1 + 2 * c * xy + c * c * x2 * y2).clamp_min(MIN_NORM)
+    return (1 + 2 * c * xy + c * y2) / den, (1 - c * x2) / den
+
+
 def _mobius_add(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    alpha, beta = _mobius_add_coeffs(sq_norm(x), sq_norm(y), dot(x, y), c)
+    return torch.addcmul(alpha * x, beta, y)
+
+
+def _mobius_add_projected(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
     x2, y2, xy = sq_norm(x), sq_norm(y), dot(x, y)
-    num = (1 + 2 * c * xy + c * y2) * x + (1 - c * x2) * y
-    den = 1 + 2 * c * xy + c * c * x2 * y2
-    return num / den.clamp_min(MIN_NORM)
+    alpha, beta = _mobius_add_coeffs(x2, y2, xy, c)
+    # ‖αx + βy‖ from the (..., 1) statistics: exact where projection matters (near the
+    # boundary the norm is large and nothing cancels), so no second pass over the output.
+    out_norm = (alpha * alpha * x2 + 2 * alpha * beta * xy + beta * beta * y2).clamp_min(MIN_NORM**2).sqrt()
+    s = _project_scale(out_norm, c, None, x.dtype)
+    return torch.addcmul((alpha * s) * x, beta * s, y)
 
 
 def _mobius_scalar_mul(r, x: Tensor, c: Tensor) -> Tensor:
@@ -194,7 +219,7 @@ def inner(x: Tensor, u: Tensor, v: Tensor, *, c: float | Tensor, keepdim: bool =
 def mobius_add(x: Tensor, y: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
     """Möbius addition x ⊕_c y (Ganea et al. 2018, eq. 3). Shapes (..., d)."""
     c = _prep(c, check, {"x": x, "y": y})
-    return _project(_mobius_add(x, y, c), c)
+    return _mobius_add_projected(x, y, c)
 
 
 def mobius_scalar_mul(r: float | Tensor, x: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
@@ -232,7 +257,10 @@ def expmap(x: Tensor, u: Tensor, *, c: float | Tensor, check: bool = True) -> Te
 def expmap0(u: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
     """Exponential map at the origin: tanh(√c‖u‖) u/(√c‖u‖). Shape (..., d)."""
     c = _prep(c, check, {}, {"u": u})
-    return _project(_expmap0(u, c), c)
+    sc = c.sqrt()
+    t = sc * norm(u)
+    th = torch.tanh(t)
+    return u * (th / t * _project_scale(th / sc, c, None, u.dtype))
 
 
 def logmap(x: Tensor, y: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:

@@ -29,13 +29,13 @@ def artanh(z: Tensor) -> Tensor:
 
 
 def sq_norm(x: Tensor) -> Tensor:
-    """‖x‖² over the last dim, keepdim. Shape (..., 1)."""
-    return (x * x).sum(dim=-1, keepdim=True)
+    """‖x‖² over the last dim, keepdim. Shape (..., 1). (vecdot: no full-size temporary.)"""
+    return torch.linalg.vecdot(x, x).unsqueeze(-1)
 
 
 def dot(x: Tensor, y: Tensor) -> Tensor:
     """⟨x, y⟩ over the last dim, keepdim. Shape (..., 1)."""
-    return (x * y).sum(dim=-1, keepdim=True)
+    return torch.linalg.vecdot(x, y).unsqueeze(-1)
 
 
 def norm(x: Tensor) -> Tensor:
