@@ -1,0 +1,165 @@
+"""The codec protocol shared by every codec, and the registry of codec configs.
+
+A codec is a frozen config dataclass registered under a name (torchao style)::
+
+    @register("packed64")
+    @dataclass(frozen=True)
+    class Packed64Config(CodecConfig):
+        block: int = 32
+        def encode(self, weight) -> Encoded: ...
+
+``encode`` returns an `Encoded`: ``decode()`` gives the (out, in) weight back,
+``matmul(x)`` computes ``x @ W.T`` (fused where the codec allows, else decode + matmul),
+``to_bytes()`` serialises it and ``nbytes`` is exactly ``len(to_bytes())`` — every stored
+byte: payload, scales, seeds, indices, shape and config header.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CodecConfig",
+    "Encoded",
+    "codec_config",
+    "decode_bytes",
+    "register",
+    "registered_codecs",
+    "check_weight",
+]
+
+_REGISTRY: dict[str, type["CodecConfig"]] = {}
+
+# Serialised header: magic, format version, then a length-prefixed JSON blob naming the
+# codec and its config, then the original shape. The payload follows.
+MAGIC = b"RSC1"
+FORMAT_VERSION = 1
+
+
+def register(name: str):
+    """Class decorator: register a `CodecConfig` subclass under ``name``."""
+
+    def deco(cls: type[CodecConfig]) -> type[CodecConfig]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"codec {name!r} is already registered by {_REGISTRY[name].__name__}")
+        cls.codec_name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def registered_codecs() -> list[str]:
+    """Names of all registered codecs, sorted."""
+    return sorted(_REGISTRY)
+
+
+def codec_config(name: str, **kwargs: Any) -> "CodecConfig":
+    """Build the registered config ``name`` with ``kwargs`` (unknown names/fields -> ValueError)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown codec {name!r}; registered: {', '.join(registered_codecs())}")
+    cls = _REGISTRY[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(kwargs) - fields
+    if unknown:
+        raise ValueError(f"codec {name!r} has no option(s) {sorted(unknown)}; options: {sorted(fields)}")
+    return cls(**kwargs)
+
+
+def check_weight(weight: Tensor) -> None:
+    """Every codec's input contract: a finite, non-empty, 2-D floating-point (out, in) matrix."""
+    if not isinstance(weight, Tensor):
+        raise ValueError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (out_features, in_features), got shape {tuple(weight.shape)}")
+    if weight.numel() == 0:
+        raise ValueError(f"weight is empty: shape {tuple(weight.shape)}")
+    if not weight.is_floating_point():
+        raise ValueError(f"weight must be floating point, got {weight.dtype}")
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError("weight contains NaN or Inf")
+
+
+class CodecConfig:
+    """Base of the registered config dataclasses. Subclasses implement ``encode`` and ``_decode_payload``."""
+
+    codec_name: ClassVar[str] = ""
+
+    def encode(self, weight: Tensor) -> "Encoded":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def _decode_payload(cls, config: "CodecConfig", shape: tuple[int, int], payload: bytes) -> "Encoded":
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+class Encoded(ABC):
+    """A compressed (out, in) weight matrix."""
+
+    config: CodecConfig
+    shape: tuple[int, int]
+
+    @abstractmethod
+    def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The reconstructed weight, shape ``self.shape``."""
+
+    def matmul(self, x: Tensor) -> Tensor:
+        """``x @ W.T`` for ``x`` (..., in). Reference path: decode, then matmul."""
+        if x.shape[-1] != self.shape[1]:
+            raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
+        return x @ self.decode(x.dtype).T
+
+    @abstractmethod
+    def payload(self) -> bytes:
+        """Codec-specific bytes (everything but the common header)."""
+
+    def to_bytes(self) -> bytes:
+        meta = json.dumps({"codec": self.config.codec_name, "config": self.config.to_dict()}, sort_keys=True,
+                          separators=(",", ":")).encode()
+        header = MAGIC + struct.pack("<BI", FORMAT_VERSION, len(meta)) + meta + struct.pack("<II", *self.shape)
+        return header + self.payload()
+
+    @property
+    def nbytes(self) -> int:
+        """Every stored byte (= ``len(self.to_bytes())``)."""
+        return len(self.to_bytes())
+
+    def compression_ratio(self, dtype: torch.dtype = torch.float32) -> float:
+        """Dense bytes at ``dtype`` (fp32 by default; pass torch.float16 for the fp16 ratio) / nbytes."""
+        elem = torch.empty((), dtype=dtype).element_size()
+        return self.shape[0] * self.shape[1] * elem / self.nbytes
+
+    def bits_per_weight(self) -> float:
+        return 8 * self.nbytes / (self.shape[0] * self.shape[1])
+
+
+def decode_bytes(data: bytes) -> Encoded:
+    """Inverse of `Encoded.to_bytes`. Corrupt, truncated or unknown-version data -> ValueError."""
+    if len(data) < len(MAGIC) + 5 or data[: len(MAGIC)] != MAGIC:
+        raise ValueError("not a Reality Stone encoded tensor (bad magic)")
+    version, meta_len = struct.unpack_from("<BI", data, len(MAGIC))
+    if version != FORMAT_VERSION:
+        raise ValueError(f"unsupported encoded-tensor format version {version} (this build reads {FORMAT_VERSION})")
+    start = len(MAGIC) + 5
+    if len(data) < start + meta_len + 8:
+        raise ValueError("truncated encoded tensor header")
+    try:
+        meta = json.loads(data[start : start + meta_len])
+        name, cfg = meta["codec"], meta["config"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"corrupt encoded tensor header: {exc}") from None
+    config = codec_config(name, **cfg)
+    shape = struct.unpack_from("<II", data, start + meta_len)
+    if shape[0] == 0 or shape[1] == 0:
+        raise ValueError(f"corrupt encoded tensor: shape {shape}")
+    return type(config)._decode_payload(config, shape, data[start + meta_len + 8 :])
