@@ -158,7 +158,12 @@ def decode_bytes(data: bytes) -> Encoded:
         name, cfg = meta["codec"], meta["config"]
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"corrupt encoded tensor header: {exc}") from None
-    config = codec_config(name, **cfg)
+    if not isinstance(cfg, dict) or not isinstance(name, str):
+        raise ValueError("corrupt encoded tensor header: codec name/config have the wrong type")
+    try:
+        config = codec_config(name, **cfg)
+    except TypeError as exc:  # a field of the wrong type reached the config's validation
+        raise ValueError(f"corrupt encoded tensor header: {exc}") from None
     shape = struct.unpack_from("<II", data, start + meta_len)
     if shape[0] == 0 or shape[1] == 0:
         raise ValueError(f"corrupt encoded tensor: shape {shape}")

@@ -580,6 +580,10 @@ class Packed64Encoded(Encoded):
         self.split_bits = split_bits
         self.seeds = seeds
         self.scales = scales
+        B = config.block
+        n_top = -(-self.shape[0] // B) * -(-self.shape[1] // B)
+        if n_top > len(seeds):  # every top-level block holds at least one leaf
+            raise ValueError(f"corrupt packed64 data: shape {self.shape} needs >= {n_top} seeds, found {len(seeds)}")
         self.leaves = self._leaf_positions()
         if len(self.leaves) != len(seeds) or len(seeds) != len(scales):
             raise ValueError(

@@ -1,0 +1,121 @@
+"""The shared suite: every registered codec must pass it."""
+
+import random
+import struct
+
+import pytest
+import torch
+
+from reality_stone.codecs import codec_config, decode_bytes, registered_codecs, relative_error
+from reality_stone.codecs.base import FORMAT_VERSION, MAGIC
+
+CODECS = registered_codecs()
+
+
+def weight(rows=48, cols=80, seed=0):
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 0.05
+
+
+@pytest.fixture(params=CODECS)
+def name(request):
+    return request.param
+
+
+def test_registry_has_codecs():
+    assert "packed64" in CODECS
+
+
+def test_decode_shape_dtype_and_error_is_finite(name):
+    W = weight()
+    enc = codec_config(name).encode(W)
+    assert enc.shape == (48, 80)
+    out = enc.decode()
+    assert out.shape == W.shape and out.dtype == torch.float32
+    assert enc.decode(torch.float64).dtype == torch.float64
+    assert torch.isfinite(out).all()
+    assert relative_error(W, out) < 1.5  # sanity: not garbage (exact bounds are per codec)
+
+
+@pytest.mark.parametrize("batch", [(1,), (32,), (2, 3)])
+def test_matmul_matches_decode(name, batch):
+    W = weight()
+    enc = codec_config(name).encode(W)
+    x = torch.randn(*batch, 80, generator=torch.Generator().manual_seed(1))
+    ref = (x.double() @ enc.decode(torch.float64).T)
+    out = enc.matmul(x)
+    assert out.shape == (*batch, 48)
+    # tolerance: float32 rounding of a length-80 dot product, relative to the output scale
+    assert (out.double() - ref).abs().max() <= 1e-5 * ref.abs().max().clamp_min(1e-12)
+    with pytest.raises(ValueError, match="features"):
+        enc.matmul(torch.randn(3, 81))
+
+
+def test_nbytes_is_serialised_length_and_round_trip_is_exact(name):
+    enc = codec_config(name).encode(weight())
+    data = enc.to_bytes()
+    assert enc.nbytes == len(data)
+    back = decode_bytes(data)
+    assert back.shape == enc.shape
+    assert torch.equal(back.decode(), enc.decode())
+    assert back.to_bytes() == data
+    assert enc.compression_ratio() == pytest.approx(48 * 80 * 4 / len(data))
+    assert enc.compression_ratio(torch.float16) == pytest.approx(48 * 80 * 2 / len(data))
+
+
+def test_deterministic(name):
+    W = weight(seed=3)
+    assert codec_config(name).encode(W).to_bytes() == codec_config(name).encode(W.clone()).to_bytes()
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (1, 9), (65, 1)])
+def test_non_divisible_shapes_pad_and_crop(name, shape):
+    W = weight(*shape)
+    enc = codec_config(name).encode(W)
+    assert enc.decode().shape == shape
+    assert decode_bytes(enc.to_bytes()).decode().shape == shape
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (torch.tensor([[1.0, float("nan")]]), "NaN or Inf"),
+        (torch.tensor([[1.0, float("inf")]]), "NaN or Inf"),
+        (torch.zeros(0, 4), "empty"),
+        (torch.zeros(5), "2-D"),
+        (torch.zeros(2, 2, 2), "2-D"),
+        (torch.zeros(3, 3, dtype=torch.int32), "floating point"),
+    ],
+)
+def test_bad_weights(name, bad, match):
+    with pytest.raises(ValueError, match=match):
+        codec_config(name).encode(bad)
+
+
+def test_unknown_codec_and_option():
+    with pytest.raises(ValueError, match="unknown codec"):
+        codec_config("nope")
+    with pytest.raises(ValueError, match="no option"):
+        codec_config(CODECS[0], not_an_option=1)
+
+
+def test_corrupt_truncated_and_future_data(name):
+    data = codec_config(name).encode(weight(24, 40)).to_bytes()
+    with pytest.raises(ValueError, match="magic"):
+        decode_bytes(b"XXXX" + data[4:])
+    bumped = MAGIC + struct.pack("<B", FORMAT_VERSION + 1) + data[len(MAGIC) + 1 :]
+    with pytest.raises(ValueError, match="version"):
+        decode_bytes(bumped)
+    for cut in (3, 10, len(data) // 2, len(data) - 1):
+        with pytest.raises(ValueError):
+            decode_bytes(data[:cut])
+    # fuzz: random byte flips either raise ValueError or decode to a finite tensor of the same shape
+    rng = random.Random(0)
+    for _ in range(200):
+        mutated = bytearray(data)
+        for _ in range(rng.randint(1, 4)):
+            mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+        try:
+            dec = decode_bytes(bytes(mutated)).decode()
+        except ValueError:
+            continue
+        assert dec.dim() == 2
