@@ -60,7 +60,7 @@ def test_euclidean_params_get_plain_updates_and_learnable_curvature_trains():
         loss = (ball.dist0(ball.expmap0(w)).sum() - target) ** 2
         loss.backward()
         opt.step()
-    assert float(loss) < 1e-4
+    assert loss.item() < 1e-4
     assert ball.c.item() > 0
 
 
