@@ -1,0 +1,56 @@
+"""Exact bit packing of unsigned integer codes into little-endian bit streams."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["pack_bits", "packed_nbytes", "unpack_bits"]
+
+
+def packed_nbytes(count: int, bits: int) -> int:
+    """Bytes used by `pack_bits` for ``count`` codes of ``bits`` bits."""
+    return -(-count * bits // 8)
+
+
+def pack_bits(codes: Tensor, bits: int) -> bytes:
+    """Pack non-negative integer ``codes`` (any shape, flattened) into ``bits``-bit fields.
+
+    Code ``n`` occupies stream bits [n·bits, (n+1)·bits), least-significant bit first.
+    Codes outside [0, 2^bits) raise ``ValueError``.
+    """
+    if not 1 <= bits <= 32:
+        raise ValueError(f"bits must be in [1, 32], got {bits}")
+    v = codes.detach().reshape(-1).to(torch.int64).numpy()
+    if v.size and (v.min() < 0 or v.max() >= (1 << bits)):
+        raise ValueError(f"codes must be in [0, {1 << bits}), got range [{v.min()}, {v.max()}]")
+    if bits == 8:
+        return v.astype(np.uint8).tobytes()
+    if 8 % bits == 0:  # 1, 2, 4: several codes per byte, vectorised without a bit matrix
+        per = 8 // bits
+        pad = (-v.size) % per
+        w = np.concatenate([v, np.zeros(pad, dtype=np.int64)]).reshape(-1, per)
+        shifts = np.arange(per, dtype=np.int64) * bits
+        return (w << shifts).sum(axis=1).astype(np.uint8).tobytes()
+    bitmat = ((v[:, None] >> np.arange(bits, dtype=np.int64)) & 1).astype(np.uint8)
+    return np.packbits(bitmat.reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_bits(data: bytes, bits: int, count: int) -> Tensor:
+    """Inverse of `pack_bits`: ``count`` codes as an int64 tensor. Short data -> ValueError."""
+    if not 1 <= bits <= 32:
+        raise ValueError(f"bits must be in [1, 32], got {bits}")
+    need = packed_nbytes(count, bits)
+    if len(data) < need:
+        raise ValueError(f"bit stream has {len(data)} bytes, {need} needed for {count} {bits}-bit codes")
+    raw = np.frombuffer(data, dtype=np.uint8, count=need)
+    if bits == 8:
+        return torch.from_numpy(raw.astype(np.int64))
+    if 8 % bits == 0:
+        per = 8 // bits
+        shifts = np.arange(per, dtype=np.int64) * bits
+        v = (raw.astype(np.int64)[:, None] >> shifts) & ((1 << bits) - 1)
+        return torch.from_numpy(v.reshape(-1)[:count].copy())
+    bitarr = np.unpackbits(raw, bitorder="little")[: count * bits].reshape(count, bits).astype(np.int64)
+    return torch.from_numpy((bitarr << np.arange(bits, dtype=np.int64)).sum(axis=1))

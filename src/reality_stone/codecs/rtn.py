@@ -1,0 +1,129 @@
+"""Group-wise round-to-nearest (RTN) integer quantisation: the baseline every codec is compared with.
+
+Each row of the (out, in) weight is split into groups of ``group`` consecutive inputs (the
+input dim is zero-padded to a multiple; padding is cropped on decode). Per group:
+
+* asymmetric (default): scale = (max − min)/(2^bits − 1), offset = min, both stored fp16;
+  q = round((w − offset)/scale) ∈ [0, 2^bits − 1]; w ≈ q·scale + offset.
+* symmetric: scale = absmax/(2^(bits−1) − 1), stored fp16; q ∈ [−(2^(bits−1) − 1), 2^(bits−1) − 1]
+  stored with an offset of 2^(bits−1); w ≈ q·scale.
+
+The fp16 rounding of scale/offset is applied *before* computing q, so decode is exactly
+what the encoder optimised for. Codes are bit-packed (`bitpack`); storage per weight is
+``bits + 16·(1 or 2)/group`` bits plus the header.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from reality_stone.codecs.base import CodecConfig, Encoded, check_weight, register
+from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+
+__all__ = ["RTNConfig", "RTNEncoded"]
+
+
+@register("rtn")
+@dataclass(frozen=True)
+class RTNConfig(CodecConfig):
+    bits: int = 4
+    group: int = 128
+    symmetric: bool = False
+
+    def __post_init__(self):
+        if not (isinstance(self.bits, int) and 2 <= self.bits <= 8):
+            raise ValueError(f"bits must be an integer in [2, 8], got {self.bits!r}")
+        if not (isinstance(self.group, int) and self.group >= 1):
+            raise ValueError(f"group must be a positive integer, got {self.group!r}")
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"symmetric must be a bool, got {self.symmetric!r}")
+
+    def encode(self, weight: Tensor) -> "RTNEncoded":
+        check_weight(weight)
+        out_f, in_f = weight.shape
+        g = self.group
+        n_groups = -(-in_f // g)
+        W = torch.zeros(out_f, n_groups * g, dtype=torch.float32)
+        W[:, :in_f] = weight.detach().float()
+        Wg = W.reshape(out_f, n_groups, g)
+        valid = torch.zeros(n_groups * g, dtype=torch.bool)
+        valid[:in_f] = True
+        valid = valid.reshape(n_groups, g)
+        big = torch.finfo(torch.float32).max
+        if self.symmetric:
+            qmax = 2 ** (self.bits - 1) - 1
+            absmax = Wg.abs().amax(dim=2)
+            scale = (absmax / qmax).half()
+            s = scale.float()
+            q = torch.where(s[..., None] > 0, torch.round(Wg / s.clamp_min(1e-30)[..., None]), torch.zeros_like(Wg))
+            q = q.clamp(-qmax, qmax) + 2 ** (self.bits - 1)
+            offset = None
+        else:
+            qmax = 2**self.bits - 1
+            lo = torch.where(valid, Wg, torch.full_like(Wg, big)).amin(dim=2)
+            hi = torch.where(valid, Wg, torch.full_like(Wg, -big)).amax(dim=2)
+            offset = lo.half()
+            o = offset.float()
+            scale = ((hi - o) / qmax).half()
+            s = scale.float()
+            q = torch.where(s[..., None] > 0, torch.round((Wg - o[..., None]) / s.clamp_min(1e-30)[..., None]),
+                            torch.zeros_like(Wg))
+            q = q.clamp(0, qmax)
+        q = torch.where(valid, q, torch.zeros_like(q))
+        return RTNEncoded(self, (out_f, in_f), q.to(torch.int64).reshape(out_f, -1), scale, offset)
+
+    @classmethod
+    def _decode_payload(cls, config, shape, payload):
+        return RTNEncoded.from_payload(config, shape, payload)
+
+
+class RTNEncoded(Encoded):
+    """Codes (out, padded_in) int64, scales (out, n_groups) fp16, offsets (out, n_groups) fp16 or None."""
+
+    def __init__(self, config: RTNConfig, shape, codes: Tensor, scale: Tensor, offset: Tensor | None):
+        self.config, self.shape = config, (int(shape[0]), int(shape[1]))
+        self.codes, self.scale, self.offset = codes, scale, offset
+
+    def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        out_f, in_f = self.shape
+        g = self.config.group
+        q = self.codes.reshape(out_f, -1, g).float()
+        s = self.scale.float()[..., None]
+        if self.config.symmetric:
+            w = (q - 2 ** (self.config.bits - 1)) * s
+        else:
+            w = q * s + self.offset.float()[..., None]
+        return w.reshape(out_f, -1)[:, :in_f].to(dtype)
+
+    def payload(self) -> bytes:
+        parts = [pack_bits(self.codes, self.config.bits), self.scale.numpy().astype("<f2").tobytes()]
+        if self.offset is not None:
+            parts.append(self.offset.numpy().astype("<f2").tobytes())
+        return b"".join(parts)
+
+    @classmethod
+    def from_payload(cls, config: RTNConfig, shape, payload: bytes) -> "RTNEncoded":
+        out_f, in_f = shape
+        n_groups = -(-in_f // config.group)
+        n_codes = out_f * n_groups * config.group
+        n_code_bytes = packed_nbytes(n_codes, config.bits)
+        n_side = out_f * n_groups
+        expected = n_code_bytes + 2 * n_side * (1 if config.symmetric else 2)
+        if len(payload) != expected:
+            raise ValueError(f"rtn payload has {len(payload)} bytes, expected {expected} (truncated or corrupt)")
+        codes = unpack_bits(payload[:n_code_bytes], config.bits, n_codes).reshape(out_f, -1)
+        o = n_code_bytes
+        scale = torch.from_numpy(np.frombuffer(payload[o : o + 2 * n_side], dtype="<f2").astype(np.float16).copy())
+        offset = None
+        if not config.symmetric:
+            o += 2 * n_side
+            offset = torch.from_numpy(np.frombuffer(payload[o:], dtype="<f2").astype(np.float16).copy())
+            offset = offset.reshape(out_f, n_groups)
+        if not bool(torch.isfinite(scale.float()).all()) or (offset is not None and not bool(torch.isfinite(offset.float()).all())):
+            raise ValueError("corrupt rtn payload: non-finite scale or offset")
+        return cls(config, shape, codes, scale.reshape(out_f, n_groups), offset)

@@ -1,0 +1,80 @@
+"""Bit packing, RTN group quantisation and truncated SVD: exact properties."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from reality_stone.codecs import relative_error
+from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+from reality_stone.codecs.lowrank import LowRankConfig
+from reality_stone.codecs.rtn import RTNConfig
+
+
+@settings(max_examples=100, deadline=None)
+@given(bits=st.integers(1, 16), data=st.data())
+def test_bitpack_round_trip_is_exact(bits, data):
+    codes = data.draw(st.lists(st.integers(0, 2**bits - 1), min_size=0, max_size=200))
+    t = torch.tensor(codes, dtype=torch.int64)
+    packed = pack_bits(t, bits)
+    assert len(packed) == packed_nbytes(len(codes), bits)
+    assert torch.equal(unpack_bits(packed, bits, len(codes)), t)
+
+
+def test_bitpack_layout_and_errors():
+    # LSB first: codes 1, 2, 3 at 2 bits -> 0b11_10_01
+    assert pack_bits(torch.tensor([1, 2, 3]), 2) == bytes([0b111001])
+    assert pack_bits(torch.tensor([5, 1]), 3) == bytes([0b001101])
+    with pytest.raises(ValueError, match="codes must be in"):
+        pack_bits(torch.tensor([4]), 2)
+    with pytest.raises(ValueError, match="bytes"):
+        unpack_bits(b"\x00", 4, 3)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_rtn_error_within_half_a_step(bits, symmetric):
+    W = torch.randn(33, 200, generator=torch.Generator().manual_seed(bits))
+    enc = RTNConfig(bits=bits, group=64, symmetric=symmetric).encode(W)
+    D = enc.decode()
+    step = enc.scale.float().repeat_interleave(64, dim=1)[:, :200]
+    # half a step, plus fp16 rounding of the offset (asymmetric) — nothing worse
+    slack = 0 if symmetric else enc.offset.float().abs().max() * 2**-11
+    assert ((D - W).abs() <= step / 2 + 1e-6 + slack).all()
+    assert enc.bits_per_weight() == pytest.approx(
+        (33 * 256 * bits / 8 + 33 * 4 * 2 * (1 if symmetric else 2) + (enc.nbytes - len(enc.payload()))) * 8 / (33 * 200)
+    )
+
+
+def test_rtn_is_exact_on_its_own_grid():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 16, (8, 64), generator=g).float()
+    q[:, ::32] = 0  # every group of 32 reaches both ends of the grid
+    q[:, 1::32] = 15
+    W = q * 0.125 - 1.0
+    enc = RTNConfig(bits=4, group=32).encode(W)
+    assert torch.equal(enc.decode(), W)
+
+
+def test_rtn_g32_reproduces_smollm2_exactly():
+    # the caveat the README states: SmolLM2's weights are Q4_1 (group 32, fp16 scale + min)
+    from reality_stone.data.pretrained import load_smollm2_weights
+
+    W = load_smollm2_weights(["blk.2.attn_v.weight"])["blk.2.attn_v.weight"]
+    err32 = relative_error(W, RTNConfig(bits=4, group=32).encode(W).decode())
+    err128 = relative_error(W, RTNConfig(bits=4, group=128).encode(W).decode())
+    assert err32 < 2e-3 < err128  # g32 sits on the source grid (up to fp16 re-rounding); g128 does not
+
+
+def test_lowrank_exact_for_low_rank_and_fused_matmul():
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(40, 3, generator=g) @ torch.randn(3, 70, generator=g) * 0.1
+    enc = LowRankConfig(rank=3).encode(W)
+    assert relative_error(W, enc.decode()) < 1e-3  # fp16 factors
+    x = torch.randn(5, 70, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(enc.matmul(x), x @ enc.decode(torch.float64).T, rtol=1e-12, atol=1e-12)
+    # rank larger than the matrix is capped, not an error
+    assert LowRankConfig(rank=100).encode(W).A.shape == (40, 40)
+    with pytest.raises(ValueError, match="rank"):
+        LowRankConfig(rank=0)
