@@ -123,11 +123,14 @@ class Encoded(ABC):
     def payload(self) -> bytes:
         """Codec-specific bytes (everything but the common header)."""
 
-    def to_bytes(self) -> bytes:
+    def header(self) -> bytes:
+        """Magic, format version, codec name + config (JSON), shape."""
         meta = json.dumps({"codec": self.config.codec_name, "config": self.config.to_dict()}, sort_keys=True,
                           separators=(",", ":")).encode()
-        header = MAGIC + struct.pack("<BI", FORMAT_VERSION, len(meta)) + meta + struct.pack("<II", *self.shape)
-        return header + self.payload()
+        return MAGIC + struct.pack("<BI", FORMAT_VERSION, len(meta)) + meta + struct.pack("<II", *self.shape)
+
+    def to_bytes(self) -> bytes:
+        return self.header() + self.payload()
 
     @property
     def nbytes(self) -> int:
