@@ -1,0 +1,6 @@
+"""Whole-model compression, the compressed-model file format, loaders and evaluation."""
+
+from reality_stone.models.compress import CompressionReport, LayerReport, compress, compressible_layers
+from reality_stone.models.format import load, read_metadata, save
+
+__all__ = ["CompressionReport", "LayerReport", "compress", "compressible_layers", "load", "read_metadata", "save"]

@@ -1,0 +1,203 @@
+"""The compressed-model file: one ``.safetensors`` file, JSON metadata, no pickle.
+
+Tensors
+    every dense tensor of the state dict (embeddings, norms, biases, uncompressed layers),
+    stored once even when tied (the other names are listed as aliases), and for each
+    `CompressedLinear` a uint8 tensor ``<layer>.__encoded__`` holding `Encoded.to_bytes()`
+    (which starts with its own magic, version, codec name and config).
+Metadata (safetensors' string → string header)
+    ``format`` = "reality-stone", ``format_version`` = "1", ``architecture`` (JSON:
+    transformers class name + config, or null for a plain module), ``compressed`` (JSON:
+    layer → codec, shape, bits per weight), ``aliases`` (JSON), ``checksums`` (JSON: tensor →
+    sha256 of its bytes) and ``metadata_sha256`` over all of the above.
+
+Writes go to a temporary file in the target folder, then ``os.replace`` — a crash never
+leaves a half-written file under the final name. Reading validates everything and raises
+``ValueError`` (naming the file and the tensor) on a corrupt, truncated or newer file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from reality_stone.codecs.base import decode_bytes
+from reality_stone.nn.compressed import CompressedLinear
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "read_metadata", "save"]
+
+FORMAT_NAME = "reality-stone"
+FORMAT_VERSION = 1
+ENCODED_SUFFIX = ".__encoded__"
+
+
+def _sha(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def _meta_digest(meta: dict[str, str]) -> str:
+    body = json.dumps({k: v for k, v in sorted(meta.items()) if k != "metadata_sha256"}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _architecture(model: nn.Module):
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return None
+    if isinstance(model, PreTrainedModel):
+        return {"class": type(model).__name__, "config": model.config.to_dict()}
+    return None
+
+
+def save(model: nn.Module, path: str | Path) -> Path:
+    """Write ``model`` (with its `CompressedLinear` layers) to one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first_by_ptr: dict[tuple[int, tuple, torch.dtype], str] = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr() + t.storage_offset() * t.element_size(), tuple(t.shape), t.dtype)
+        if key in first_by_ptr:
+            aliases[name] = first_by_ptr[key]
+            continue
+        first_by_ptr[key] = name
+        tensors[name] = t.detach().contiguous().clone()
+    compressed = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, CompressedLinear):
+            data = mod.encoded.to_bytes()
+            tensors[name + ENCODED_SUFFIX] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+            compressed[name] = {"codec": mod.encoded.config.codec_name, "shape": list(mod.encoded.shape),
+                                "bits_per_weight": mod.encoded.bits_per_weight()}
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "architecture": json.dumps(_architecture(model)),
+        "compressed": json.dumps(compressed, sort_keys=True),
+        "aliases": json.dumps(aliases, sort_keys=True),
+        "checksums": json.dumps({k: _sha(v) for k, v in sorted(tensors.items())}, sort_keys=True),
+    }
+    meta["metadata_sha256"] = _meta_digest(meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    """Validated metadata of a file (format, version, digest), JSON fields parsed."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            keys = set(f.keys())
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise ValueError(f"{path}: not a Reality Stone model file (format={meta.get('format')!r})")
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise ValueError(f"{path}: unreadable format_version {meta.get('format_version')!r}") from None
+    if version != FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {version} is not supported (this build reads {FORMAT_VERSION})")
+    if meta.get("metadata_sha256") != _meta_digest(meta):
+        raise ValueError(f"{path}: metadata checksum mismatch (corrupt header)")
+    try:
+        parsed = {k: json.loads(meta[k]) for k in ("architecture", "compressed", "aliases", "checksums")}
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: corrupt metadata ({exc})") from None
+    if set(parsed["checksums"]) != keys:
+        raise ValueError(f"{path}: tensor list does not match the checksums in the metadata")
+    return parsed | {"format_version": version, "tensors": sorted(keys)}
+
+
+def _build_architecture(arch: dict, path: Path) -> nn.Module:
+    import transformers
+    from transformers import PreTrainedModel
+
+    cls = getattr(transformers, str(arch.get("class")), None)
+    if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)):
+        raise ValueError(f"{path}: unknown model class {arch.get('class')!r}")
+    config = cls.config_class.from_dict(arch["config"])
+    return cls(config).eval()
+
+
+def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Load a file written by `save`.
+
+    Without ``model`` the architecture is rebuilt from the stored transformers class and
+    config; with it (any ``nn.Module`` of the same structure) the file is loaded into it.
+    Compressed layers become `CompressedLinear` (their weights stay compressed).
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    meta = read_metadata(path)
+    if model is None:
+        if meta["architecture"] is None:
+            raise ValueError(f"{path}: holds a plain nn.Module; pass `model=` with the same structure to load it")
+        model = _build_architecture(meta["architecture"], path)
+    checksums = meta["checksums"]
+    state = {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in meta["tensors"]:
+                t = f.get_tensor(key)
+                if _sha(t) != checksums[key]:
+                    raise ValueError(f"{path}: checksum mismatch for tensor {key!r} (corrupt data)")
+                state[key] = t
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: could not read tensors ({exc})") from None
+    for name, info in meta["compressed"].items():
+        key = name + ENCODED_SUFFIX
+        if key not in state:
+            raise ValueError(f"{path}: compressed layer {name!r} has no data")
+        try:
+            enc = decode_bytes(state.pop(key).numpy().tobytes())
+        except ValueError as exc:
+            raise ValueError(f"{path}: layer {name!r}: {exc}") from None
+        if list(enc.shape) != list(info["shape"]):
+            raise ValueError(f"{path}: layer {name!r} decodes to shape {enc.shape}, metadata says {info['shape']}")
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{path}: the model has no layer {name!r}") from None
+        if not isinstance(old, (nn.Linear, CompressedLinear)) or (old.out_features, old.in_features) != enc.shape:
+            raise ValueError(f"{path}: layer {name!r} of the model is not a matching Linear")
+        bias = old.bias.detach() if old.bias is not None else None
+        new = CompressedLinear(enc, bias)
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, new)
+    for alias, target in meta["aliases"].items():
+        if target not in state:
+            raise ValueError(f"{path}: alias {alias!r} points to missing tensor {target!r}")
+        state[alias] = state[target]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: tensors do not fit the model ({str(exc)[:300]})") from None
+    return model
