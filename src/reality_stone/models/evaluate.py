@@ -1,0 +1,113 @@
+"""Model-level quality and speed: perplexity, embedding fidelity, decode tokens/s, memory."""
+
+from __future__ import annotations
+
+import math
+import re
+import resource
+import time
+
+import torch
+from torch import nn
+
+from reality_stone.nn.compressed import CompressedLinear
+
+__all__ = ["embedding_fidelity", "lee_sentences", "model_nbytes", "peak_rss_bytes", "perplexity", "tokens_per_second"]
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, tokenizer, text: str, *, context: int = 512, stride: int = 256,
+               max_tokens: int | None = 8192) -> tuple[float, int]:
+    """Sliding-window perplexity of ``text`` (first ``max_tokens`` tokens): windows of ``context``
+    tokens advancing by ``stride``; each token is scored once, with up to ``context - stride``
+    tokens of left context beyond the first window. Returns (perplexity, tokens scored)."""
+    if not 0 < stride <= context:
+        raise ValueError(f"need 0 < stride <= context, got stride={stride}, context={context}")
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise ValueError("text is too short to score")
+    nll, counted, prev_end = 0.0, 0, 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + context, len(ids))
+        window = ids[begin:end][None]
+        n_new = end - prev_end
+        labels = window.clone()
+        labels[:, : window.shape[1] - n_new] = -100
+        if begin == 0:
+            labels[:, 0] = -100  # the first token has nothing to be predicted from
+        n_scored = int((labels != -100).sum())
+        if n_scored:
+            loss = model(window, labels=labels).loss
+            # transformers averages over the scored tokens shifted by one
+            n_pred = int((labels[:, 1:] != -100).sum())
+            nll += float(loss) * n_pred
+            counted += n_pred
+        prev_end = end
+        if end == len(ids):
+            break
+    return math.exp(nll / counted), counted
+
+
+def lee_sentences(n: int = 64, min_chars: int = 40) -> list[str]:
+    """The first ``n`` sentences of ≥ ``min_chars`` characters from the Lee news corpus."""
+    from reality_stone.data.text import lee_background
+
+    out = []
+    for doc in lee_background().splitlines():
+        for s in re.split(r"(?<=[.!?])\s+", doc.strip()):
+            if len(s) >= min_chars:
+                out.append(s)
+                if len(out) == n:
+                    return out
+    return out
+
+
+@torch.no_grad()
+def _embed(model: nn.Module, tokenizer, sentences: list[str]) -> torch.Tensor:
+    batch = tokenizer(sentences, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"][..., None].to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)  # sentence-transformers mean pooling
+
+
+def embedding_fidelity(reference: nn.Module, compressed: nn.Module, tokenizer, sentences: list[str]) -> dict:
+    """Cosine similarity of mean-pooled embeddings (compressed vs reference, per sentence) and
+    the Spearman correlation of the two models' pairwise sentence similarities."""
+    from scipy.stats import spearmanr
+
+    a = _embed(reference, tokenizer, sentences)
+    b = _embed(compressed, tokenizer, sentences)
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
+    na, nb = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(b, dim=-1)
+    iu = torch.triu_indices(len(sentences), len(sentences), 1)
+    sa, sb = (na @ na.T)[iu[0], iu[1]], (nb @ nb.T)[iu[0], iu[1]]
+    return dict(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()),
+                spearman=float(spearmanr(sa.numpy(), sb.numpy()).statistic))
+
+
+@torch.no_grad()
+def tokens_per_second(model: nn.Module, tokenizer, *, new_tokens: int = 32, prompt: str = "The king said") -> float:
+    """Greedy decoding speed at batch 1 (KV cache on), after one warm-up step."""
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.eos_token_id)
+    t0 = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.eos_token_id)
+    return (out.shape[1] - ids.shape[1]) / (time.perf_counter() - t0)
+
+
+def model_nbytes(model: nn.Module) -> int:
+    """Bytes the model's weights occupy: dense parameters/buffers (counted once) + compressed layers."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    return total + sum(m.encoded.nbytes for m in model.modules() if isinstance(m, CompressedLinear))
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
