@@ -33,8 +33,8 @@ class LowRankConfig(CodecConfig):
         r = min(self.rank, *W.shape)
         U, S, Vh = torch.linalg.svd(W, full_matrices=False)
         root = S[:r].sqrt()
-        A = (U[:, :r] * root).half()
-        B = (root[:, None] * Vh[:r]).half()
+        A = (U[:, :r] * root).half().contiguous()  # same layout as a decoded file: same BLAS path, same bits
+        B = (root[:, None] * Vh[:r]).half().contiguous()
         return LowRankEncoded(self, tuple(W.shape), A, B)
 
     @classmethod

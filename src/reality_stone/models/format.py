@@ -9,7 +9,8 @@ Metadata (safetensors' string → string header)
     ``format`` = "reality-stone", ``format_version`` = "1", ``architecture`` (JSON:
     transformers class name + config, or null for a plain module), ``compressed`` (JSON:
     layer → codec, shape, bits per weight), ``aliases`` (JSON), ``checksums`` (JSON: tensor →
-    sha256 of its bytes) and ``metadata_sha256`` over all of the above.
+    sha256 of its bytes), ``source`` (JSON: the model it came from, e.g. "smollm2", or null)
+    and ``metadata_sha256`` over all of the above.
 
 Writes go to a temporary file in the target folder, then ``os.replace`` — a crash never
 leaves a half-written file under the final name. Reading validates everything and raises
@@ -56,8 +57,11 @@ def _architecture(model: nn.Module):
     return None
 
 
-def save(model: nn.Module, path: str | Path) -> Path:
-    """Write ``model`` (with its `CompressedLinear` layers) to one safetensors file, atomically."""
+def save(model: nn.Module, path: str | Path, *, source: str | None = None) -> Path:
+    """Write ``model`` (with its `CompressedLinear` layers) to one safetensors file, atomically.
+
+    ``source`` names the model it came from (e.g. "smollm2"), so tools can find its tokenizer.
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -85,6 +89,7 @@ def save(model: nn.Module, path: str | Path) -> Path:
         "compressed": json.dumps(compressed, sort_keys=True),
         "aliases": json.dumps(aliases, sort_keys=True),
         "checksums": json.dumps({k: _sha(v) for k, v in sorted(tensors.items())}, sort_keys=True),
+        "source": json.dumps(source),
     }
     meta["metadata_sha256"] = _meta_digest(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,7 +130,7 @@ def read_metadata(path: str | Path) -> dict:
     if meta.get("metadata_sha256") != _meta_digest(meta):
         raise ValueError(f"{path}: metadata checksum mismatch (corrupt header)")
     try:
-        parsed = {k: json.loads(meta[k]) for k in ("architecture", "compressed", "aliases", "checksums")}
+        parsed = {k: json.loads(meta[k]) for k in ("architecture", "compressed", "aliases", "checksums", "source")}
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{path}: corrupt metadata ({exc})") from None
     if set(parsed["checksums"]) != keys:

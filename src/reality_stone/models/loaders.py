@@ -11,7 +11,7 @@ from torch import nn
 
 from reality_stone.data.pretrained import SMOLLM2_FILE, minilm_dir, smollm2_gguf
 
-__all__ = ["LoadedModel", "load_minilm", "load_model", "load_smollm2", "tiny_bert", "tiny_llama"]
+__all__ = ["LoadedModel", "load_minilm", "load_model", "load_smollm2", "load_tokenizer", "tiny_bert", "tiny_llama"]
 
 MODELS = ("smollm2", "minilm")
 
@@ -25,22 +25,45 @@ class LoadedModel:
 
 
 def _offline() -> None:
-    # Hub access fails here by design; make transformers fail fast instead of retrying.
+    # Hub access fails here by design; make transformers fail fast instead of retrying,
+    # and keep its loading bars off stderr (our CLI draws its own progress).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
 
 
 def load_smollm2() -> LoadedModel:
     """SmolLM2-135M-Instruct (LlamaForCausalLM, Q4_1-dequantised to fp32) and its tokenizer."""
     _offline()
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging
 
-    logging.disable_progress_bar()
     path = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=SMOLLM2_FILE)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=SMOLLM2_FILE, dtype=torch.float32)
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF converter draws its own tqdm bars
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=SMOLLM2_FILE)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=SMOLLM2_FILE, dtype=torch.float32)
+    finally:
+        if old is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old
     return LoadedModel("smollm2", model.eval(), tok, "causal-lm")
+
+
+def load_tokenizer(name: str):
+    """The tokenizer of a known model (for files saved with ``source=name``)."""
+    _offline()
+    from transformers import AutoTokenizer
+
+    if name == "smollm2":
+        path = smollm2_gguf()
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=SMOLLM2_FILE)
+    if name == "minilm":
+        return AutoTokenizer.from_pretrained(minilm_dir())
+    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 
 def load_minilm() -> LoadedModel:

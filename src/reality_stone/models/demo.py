@@ -1,0 +1,22 @@
+"""The configurations `reality-stone demo` runs (and the README's first table repeats)."""
+
+from __future__ import annotations
+
+from reality_stone.codecs import codec_config
+from reality_stone.models.experiment import Spec
+
+__all__ = ["demo_specs"]
+
+
+def demo_specs() -> list[Spec]:
+    """fp32, then the best codec we have at ~4 and ~3 bits per weight, and one extreme ratio.
+
+    ~4 and ~3 bpw: HQQ at group 64 (4.5 / 3.5 bpw) — group 64, not 32, so SmolLM2's Q4_1
+    grid (group 32) does not flatter it. Extreme: the seeds' hybrid RBE at 151:1 words.
+    """
+    return [
+        Spec("fp32 (dense)"),
+        Spec("HQQ 4-bit g64", codec_config("hqq", bits=4, group=64)),
+        Spec("HQQ 3-bit g64", codec_config("hqq", bits=3, group=64)),
+        Spec("RBE poly-cos8+DCT K=50 (seed 004, '151:1')", codec_config("rbe", block=128, k=50)),
+    ]

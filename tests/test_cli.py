@@ -1,0 +1,54 @@
+"""The CLI: --help everywhere, an end-to-end compress → inspect → eval, and the quick demo."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from reality_stone.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("cmd", [[], ["compress"], ["eval"], ["inspect"], ["demo"], ["codecs"], ["hyperbolic-demo"]])
+def test_help(cmd):
+    result = runner.invoke(app, [*cmd, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_bad_arguments_are_clear():
+    r = runner.invoke(app, ["compress", "smollm2", "--codec", "nope", "-o", "x.safetensors"])
+    assert r.exit_code != 0 and "unknown codec" in r.output
+    r = runner.invoke(app, ["compress", "smollm2", "--opt", "bits", "-o", "x.safetensors"])
+    assert r.exit_code != 0 and "key=value" in r.output
+    r = runner.invoke(app, ["inspect", "/nonexistent.safetensors"])
+    assert r.exit_code == 2 and "no such file" in r.output
+
+
+def test_compress_inspect_eval_minilm(tmp_path):
+    out = tmp_path / "minilm.safetensors"
+    r = runner.invoke(app, ["compress", "minilm", "--codec", "rtn", "--opt", "bits=8", "--opt", "group=128",
+                            "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert len(summary["layers"]) == 37 and 8 < summary["bits_per_weight"] < 8.5
+    r = runner.invoke(app, ["inspect", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["architecture"] == "BertModel" and len(info["compressed_layers"]) == 37  # 6 × 6 + pooler
+    r = runner.invoke(app, ["eval", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["cosine_mean"] > 0.99 and res["spearman"] > 0.98
+
+
+def test_demo_quick_end_to_end():
+    r = runner.invoke(app, ["demo", "--quick", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["label"]: row for row in json.loads(r.stdout)["rows"]}
+    dense = rows["fp32 (dense)"]
+    assert 5 < dense["ppl_shakespeare"] < 60 and dense["bits_per_weight"] == 32.0
+    four = rows["HQQ 4-bit g64"]
+    assert 4.4 < four["bits_per_weight"] < 4.6
+    assert dense["ppl_shakespeare"] < four["ppl_shakespeare"] < 2 * dense["ppl_shakespeare"]
