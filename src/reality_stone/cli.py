@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -119,7 +120,21 @@ def _print_rows(rows: list[dict], title: str, columns: list[tuple[str, str, str]
     console.print(table)
 
 
+def _no_grad(fn):
+    """Run a command under torch.no_grad() without touching the global grad mode."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import torch
+
+        with torch.no_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @app.command("compress")
+@_no_grad
 def compress_cmd(
     model: str = typer.Argument(..., help="model to compress: smollm2 (default LM) or minilm"),
     codec: str = typer.Option("rtn", help="codec name (see `reality-stone codecs`)"),
@@ -129,12 +144,10 @@ def compress_cmd(
     as_json: bool = typer.Option(False, "--json", help="print the per-layer report as JSON"),
 ) -> None:
     """Compress every nn.Linear of MODEL with CODEC and save a single .safetensors file."""
-    import torch
 
     from reality_stone.models import compress, save
     from reality_stone.models.loaders import load_model
 
-    torch.set_grad_enabled(False)
     config = _codec(codec, opt)
     try:
         loaded = load_model(model)
@@ -157,6 +170,7 @@ def compress_cmd(
 
 
 @app.command("eval")
+@_no_grad
 def eval_cmd(
     path: Path = typer.Argument(..., help="a file written by `reality-stone compress`"),
     text: list[str] = typer.Option(["shakespeare", "news"], "--text", help="held-out text: shakespeare or news"),
@@ -166,13 +180,11 @@ def eval_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Perplexity (causal LM) or embedding check (encoder) of a compressed model file, plus speed and memory."""
-    import torch
 
     from reality_stone.models import load, read_metadata
     from reality_stone.models.evaluate import model_nbytes, peak_rss_bytes, perplexity, tokens_per_second
     from reality_stone.models.loaders import load_tokenizer
 
-    torch.set_grad_enabled(False)
     try:
         meta = read_metadata(path)
         model = load(path)
@@ -260,19 +272,18 @@ def codecs_cmd() -> None:
 
 
 @app.command()
+@_no_grad
 def demo(
     quick: bool = typer.Option(False, "--quick", help="fewer tokens, no speed measurement (CI)"),
     tokens: int = typer.Option(2048, min=64, help="tokens of each held-out text to score"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Compress SmolLM2-135M at ~4 and ~3 bits per weight and one extreme ratio; evaluate; print the table."""
-    import torch
 
     from reality_stone.models.demo import demo_specs
     from reality_stone.models.experiment import evaluate_specs
     from reality_stone.models.loaders import load_smollm2
 
-    torch.set_grad_enabled(False)
     loaded = load_smollm2()
     specs = demo_specs()
     if quick:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
 from torch.optim import Optimizer
 
 from reality_stone.geometry.parameter import ManifoldParameter

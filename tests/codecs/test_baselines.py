@@ -1,6 +1,5 @@
 """Bit packing, RTN group quantisation and truncated SVD: exact properties."""
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings

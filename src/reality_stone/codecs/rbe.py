@@ -31,7 +31,6 @@ diagonal of a symmetric square matrix and mirrors them on decode.
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -436,7 +435,6 @@ class TrainableRBE(nn.Module):
         return x @ self.forward().to(x.dtype).T
 
     def to_encoded(self) -> RBEEncoded:
-        n = len(self.positions)
         splits = self.counts.tolist()
         B = self.config.block
         idx = [i - b * B * B for b, i in enumerate(torch.split(self.flat_index, splits))]

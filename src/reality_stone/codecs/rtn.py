@@ -15,7 +15,6 @@ what the encoder optimised for. Codes are bit-packed (`bitpack`); storage per we
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 
 import numpy as np
