@@ -1,0 +1,303 @@
+"""Seed-generated basis + quantised coefficients (SeedLM-style, Shafipour et al. 2024).
+
+Each row of the (out, in) weight is cut into blocks of C consecutive inputs (the input dim
+is zero-padded to a multiple of C). A block w ∈ R^C is stored as
+
+    seed s ∈ [0, 2^S)        — selects a basis U_s ∈ {±1}^(P×C) from a fixed generator
+    exponent offset e ∈ [0, 2^E) — block scale 2^(e_top(row) − (2^E − 1) + e)
+    P coefficients q ∈ [−2^(Q−1), 2^(Q−1) − 1]
+
+and decodes to ŵ = 2^scale_exp · qᵀ U_s. Per row one int8 ``e_top`` is stored. Bits per
+weight = (S + E + P·Q)/C + 8/in, plus the header: everything is counted by `nbytes`.
+
+Generator ``basis="lfsr"`` (defined here, so files decode identically everywhere): a 16-bit
+Galois LFSR with polynomial x^16 + x^14 + x^13 + x^11 + 1 (toggle mask 0xB400), state
+initialised to s + 1, advanced 32 steps to decorrelate nearby seeds, then one step per
+basis entry; each output bit b (the LSB shifted out) gives the entry 2b − 1; entries fill
+U_s row-major (P rows of C). ``basis="packed64"`` uses the Packed64 generator instead
+(seed bits → basis family, derivative orders, rotation and radius; see `packed64_basis`).
+
+Encoding searches all 2^S seeds for every block at once (batched over blocks and seeds):
+least squares t_s = (U_s U_sᵀ)⁺ U_s w, quantised with the block's exponent, error
+‖w‖² − 2 qᵀ U_s w + qᵀ U_s U_sᵀ q; the best (s, q) wins. With activation statistics
+(``hessian=`` the input second moment H = E[x xᵀ]) it minimises the *output* error instead:
+blocks are visited left to right with GPTQ's error feedback (Frantar et al. 2022; the
+vector form is GPTVQ, van Baalen et al. 2024), the per-block metric being the C×C block of
+the inverse Hessian's Cholesky factor.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from reality_stone.codecs.base import CodecConfig, Encoded, check_weight, register
+from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+
+__all__ = ["PRESETS", "SeedBasisConfig", "SeedBasisEncoded", "lfsr_basis", "lfsr_bits", "packed64_basis", "preset"]
+
+LFSR_MASK = 0xB400
+LFSR_WARMUP = 32
+
+
+def lfsr_bits(seeds: Tensor, n: int) -> Tensor:
+    """(len(seeds), n) output bits of the 16-bit Galois LFSR started at state seed + 1."""
+    st = seeds.to(torch.int64) + 1
+    for _ in range(LFSR_WARMUP):
+        st = (st >> 1) ^ ((st & 1) * LFSR_MASK)
+    out = torch.empty(len(seeds), n, dtype=torch.int64)
+    for i in range(n):
+        out[:, i] = st & 1
+        st = (st >> 1) ^ ((st & 1) * LFSR_MASK)
+    return out
+
+
+@lru_cache(maxsize=16)
+def lfsr_basis(seed_bits: int, block: int, coeffs: int) -> Tensor:
+    """(2^S, P, C) float32 table of ±1 bases, U[s] for every seed s."""
+    bits = lfsr_bits(torch.arange(2**seed_bits), coeffs * block)
+    return (2 * bits - 1).to(torch.float32).reshape(-1, coeffs, block)
+
+
+@lru_cache(maxsize=16)
+def packed64_basis(seed_bits: int, block: int, coeffs: int) -> Tensor:
+    """(2^S, P, C) bases from the Packed64 generator, each row scaled to norm √C.
+
+    Seed bits, LSB first: 4 → basis family, 2 → d_theta, 1 → d_r, the rest → radius
+    r = (j + 0.5)/2^rest · 0.9 and angle theta = 2π·j/2^rest. Row p of U_s is the cell row
+    p of the P × C field of that Packed64 seed.
+    """
+    from reality_stone.codecs.packed64 import decode_block, pack_seed
+
+    s = torch.arange(2**seed_bits)
+    rest_bits = max(0, seed_bits - 7)
+    j = s >> 7 if rest_bits else torch.zeros_like(s)
+    r = (j.double() + 0.5) / 2**rest_bits * 0.9
+    theta = 2 * math.pi * j.double() / 2**rest_bits + 0.3
+    z = torch.zeros_like(s)
+    seeds = pack_seed(r, theta, s & 15, (s >> 4) & 3, (s >> 6) & 1, z, z, z)
+    U = decode_block(seeds, coeffs, block, scale=torch.ones(len(s), dtype=torch.float64))
+    U = U / U.norm(dim=-1, keepdim=True).clamp_min(1e-12) * math.sqrt(block)
+    return U.to(torch.float32)
+
+
+@register("seedbasis")
+@dataclass(frozen=True)
+class SeedBasisConfig(CodecConfig):
+    block: int = 8
+    seed_bits: int = 8
+    coeffs: int = 6
+    coeff_bits: int = 4
+    exp_bits: int = 2
+    basis: str = "lfsr"
+    chunk: int = 2048
+
+    def __post_init__(self):
+        ints = dict(block=self.block, seed_bits=self.seed_bits, coeffs=self.coeffs, coeff_bits=self.coeff_bits,
+                    exp_bits=self.exp_bits, chunk=self.chunk)
+        for name, v in ints.items():
+            if not (isinstance(v, int) and not isinstance(v, bool)):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        if not 2 <= self.block <= 64:
+            raise ValueError(f"block must be in [2, 64], got {self.block}")
+        if not 1 <= self.seed_bits <= 16:
+            raise ValueError(f"seed_bits must be in [1, 16], got {self.seed_bits}")
+        if not 1 <= self.coeffs <= self.block:
+            raise ValueError(f"coeffs must be in [1, block], got {self.coeffs}")
+        if not 2 <= self.coeff_bits <= 8:
+            raise ValueError(f"coeff_bits must be in [2, 8], got {self.coeff_bits}")
+        if not 0 <= self.exp_bits <= 6:
+            raise ValueError(f"exp_bits must be in [0, 6], got {self.exp_bits}")
+        if self.basis not in ("lfsr", "packed64"):
+            raise ValueError(f"basis must be 'lfsr' or 'packed64', got {self.basis!r}")
+        if self.chunk < 1:
+            raise ValueError("chunk must be positive")
+
+    @property
+    def block_bits(self) -> int:
+        return self.seed_bits + self.exp_bits + self.coeffs * self.coeff_bits
+
+    def nominal_bpw(self) -> float:
+        """(S + E + P·Q)/C: bits per weight before the per-row exponent and the header."""
+        return self.block_bits / self.block
+
+    def table(self) -> Tensor:
+        fn = lfsr_basis if self.basis == "lfsr" else packed64_basis
+        return fn(self.seed_bits, self.block, self.coeffs)
+
+    # ----------------------------------------------------------------------------- search
+    def _search(self, w: Tensor, U: Tensor, G: Tensor, Gp: Tensor, e_lo: Tensor | None, e_hi: Tensor | None):
+        """Best (seed, exponent, codes) for blocks w (n, C) against bases U (ns, P, C).
+
+        ``G = U Uᵀ`` and ``Gp = G⁺`` per seed. ``e_lo/e_hi`` (n,) bound the exponent (None:
+        unbounded). Returns seed (n,), exponent (n,), codes (n, P) int64, error (n,).
+        """
+        qmax = 2 ** (self.coeff_bits - 1) - 1
+        qmin = -qmax - 1
+        b = torch.einsum("spc,nc->nsp", U, w)  # U_s w
+        t = torch.einsum("sqp,nsp->nsq", Gp, b)  # least-squares coefficients
+        amax = t.abs().amax(-1).clamp_min(1e-30)
+        e = torch.ceil(torch.log2(amax / qmax))
+        if e_lo is not None:
+            e = torch.maximum(torch.minimum(e, e_hi[:, None]), e_lo[:, None])
+        scale = torch.exp2(e)
+        q = torch.round(t / scale[..., None]).clamp(qmin, qmax)
+        qs = q * scale[..., None]
+        err = -2 * (qs * b).sum(-1) + torch.einsum("nsp,spq,nsq->ns", qs, G, qs)
+        best = err.argmin(1)
+        idx = torch.arange(len(w))
+        return best, e[idx, best], q[idx, best].to(torch.int64), err[idx, best] + (w * w).sum(-1)
+
+    def _tables(self, U: Tensor) -> tuple[Tensor, Tensor]:
+        G = U @ U.transpose(1, 2)
+        return G, torch.linalg.pinv(G.double(), hermitian=True).to(torch.float32)
+
+    def encode(self, weight: Tensor, hessian: Tensor | None = None, damp: float = 0.01) -> "SeedBasisEncoded":
+        """Data-free (``hessian=None``) or output-error-aware (``hessian`` = E[x xᵀ], (in, in))."""
+        check_weight(weight)
+        out_f, in_f = weight.shape
+        C = self.block
+        nb = -(-in_f // C)
+        W = torch.zeros(out_f, nb * C, dtype=torch.float32)
+        W[:, :in_f] = weight.detach().float()
+        U = self.table()
+        G, Gp = self._tables(U)
+        E = 2**self.exp_bits - 1
+        # Pass 1 (data-free search, unbounded exponent) fixes each row's exponent window.
+        seeds, exps, codes = self._data_free(W, U, G, Gp, None)
+        e_top = exps.reshape(out_f, nb).amax(1).clamp(-128, 127)
+        if hessian is None:
+            if bool((exps.reshape(out_f, nb) < (e_top - E)[:, None]).any()):
+                seeds, exps, codes = self._data_free(W, U, G, Gp, e_top)
+        else:
+            seeds, exps, codes = self._gptq(W, in_f, hessian, damp, U, e_top)
+        e_off = (exps.reshape(out_f, nb) - (e_top - E)[:, None]).to(torch.int64)
+        return SeedBasisEncoded(self, (out_f, in_f), e_top.to(torch.int64), seeds.reshape(out_f, nb),
+                                e_off, codes.reshape(out_f, nb, self.coeffs))
+
+    def _data_free(self, W: Tensor, U, G, Gp, e_top: Tensor | None):
+        out_f = W.shape[0]
+        blocks = W.reshape(-1, self.block)
+        nb = blocks.shape[0] // out_f
+        if e_top is not None:
+            hi = e_top.repeat_interleave(nb).float()
+            lo = hi - (2**self.exp_bits - 1)
+        seeds, exps, codes = [], [], []
+        for i in range(0, len(blocks), self.chunk):
+            sl = slice(i, i + self.chunk)
+            s, e, q, _ = self._search(blocks[sl], U, G, Gp, None if e_top is None else lo[sl],
+                                      None if e_top is None else hi[sl])
+            seeds.append(s)
+            exps.append(e)
+            codes.append(q)
+        return torch.cat(seeds), torch.cat(exps), torch.cat(codes)
+
+    def _gptq(self, W: Tensor, in_f: int, hessian: Tensor, damp: float, U: Tensor, e_top: Tensor):
+        """Left-to-right block quantisation with GPTQ error feedback (output-error aware)."""
+        out_f, n_in = W.shape
+        C, E = self.block, 2**self.exp_bits - 1
+        if hessian.shape != (in_f, in_f) or not bool(torch.isfinite(hessian).all()):
+            raise ValueError(f"hessian must be a finite ({in_f}, {in_f}) matrix, got {tuple(hessian.shape)}")
+        H = torch.zeros(n_in, n_in, dtype=torch.float64)
+        H[:in_f, :in_f] = hessian.double()
+        dead = H.diagonal() <= 0
+        H[dead, dead] = 1.0  # padded / never-active inputs: any value is fine, keep H invertible
+        H += damp * H.diagonal().mean() * torch.eye(n_in, dtype=torch.float64)
+        # Upper Cholesky factor of H⁻¹, as in GPTQ: H⁻¹ = Rᵀ R.
+        R = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+        Wd = W.double().clone()
+        lo_all = (e_top - E).float()
+        hi_all = e_top.float()
+        seeds, exps, codes = [], [], []
+        for j in range(0, n_in, C):
+            A = torch.linalg.inv(R[j : j + C, j : j + C])  # metric: ‖(w − ŵ) A‖
+            Uw = (U.double() @ A).to(torch.float32)  # bases in the whitened coordinates
+            Gw, Gpw = self._tables(Uw)
+            w = Wd[:, j : j + C]
+            s_all, e_all, q_all = [], [], []
+            for i in range(0, out_f, self.chunk):
+                sl = slice(i, i + self.chunk)
+                s, e, q, _ = self._search((w[sl] @ A).float(), Uw, Gw, Gpw, lo_all[sl], hi_all[sl])
+                s_all.append(s)
+                e_all.append(e)
+                q_all.append(q)
+            s, e, q = torch.cat(s_all), torch.cat(e_all), torch.cat(q_all)
+            what = torch.exp2(e.double())[:, None] * torch.einsum("np,npc->nc", q.double(), U[s].double())
+            err = (w - what) @ A  # whitened error, as GPTQ's (w - q) / d
+            Wd[:, j + C :] -= err @ R[j : j + C, j + C :]
+            seeds.append(s)
+            exps.append(e)
+            codes.append(q)
+        st = lambda xs: torch.stack(xs, 1).reshape(-1, *xs[0].shape[1:])  # noqa: E731  (row-major blocks)
+        return st(seeds), st(exps), st(codes)
+
+    @classmethod
+    def _decode_payload(cls, config, shape, payload):
+        return SeedBasisEncoded.from_payload(config, shape, payload)
+
+
+class SeedBasisEncoded(Encoded):
+    """Per row ``e_top`` (out,), per block ``seeds`` (out, nb), ``e_off`` (out, nb), ``codes`` (out, nb, P)."""
+
+    def __init__(self, config: SeedBasisConfig, shape, e_top: Tensor, seeds: Tensor, e_off: Tensor, codes: Tensor):
+        self.config, self.shape = config, (int(shape[0]), int(shape[1]))
+        self.e_top, self.seeds, self.e_off, self.codes = e_top, seeds, e_off, codes
+
+    def block_scales(self) -> Tensor:
+        E = 2**self.config.exp_bits - 1
+        return torch.exp2((self.e_top[:, None] - E + self.e_off).to(torch.float32))
+
+    def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        out_f, in_f = self.shape
+        U = self.config.table()
+        blocks = torch.einsum("rbp,rbpc->rbc", self.codes.to(torch.float32), U[self.seeds])
+        return (blocks * self.block_scales()[..., None]).reshape(out_f, -1)[:, :in_f].to(dtype)
+
+    def payload(self) -> bytes:
+        cfg = self.config
+        qoff = 2 ** (cfg.coeff_bits - 1)
+        return (self.e_top.numpy().astype(np.int8).tobytes()
+                + pack_bits(self.seeds, cfg.seed_bits)
+                + (pack_bits(self.e_off, cfg.exp_bits) if cfg.exp_bits else b"")
+                + pack_bits(self.codes + qoff, cfg.coeff_bits))
+
+    @classmethod
+    def from_payload(cls, config: SeedBasisConfig, shape, payload: bytes) -> "SeedBasisEncoded":
+        out_f, in_f = shape
+        nb = -(-in_f // config.block)
+        n = out_f * nb
+        sizes = [out_f, packed_nbytes(n, config.seed_bits), packed_nbytes(n, config.exp_bits) if config.exp_bits else 0,
+                 packed_nbytes(n * config.coeffs, config.coeff_bits)]
+        if len(payload) != sum(sizes):
+            raise ValueError(f"seedbasis payload has {len(payload)} bytes, expected {sum(sizes)} (truncated or corrupt)")
+        o = 0
+        e_top = torch.from_numpy(np.frombuffer(payload[:out_f], dtype=np.int8).astype(np.int64))
+        o += sizes[0]
+        seeds = unpack_bits(payload[o : o + sizes[1]], config.seed_bits, n).reshape(out_f, nb)
+        o += sizes[1]
+        e_off = (unpack_bits(payload[o : o + sizes[2]], config.exp_bits, n) if config.exp_bits
+                 else torch.zeros(n, dtype=torch.int64)).reshape(out_f, nb)
+        o += sizes[2]
+        codes = unpack_bits(payload[o:], config.coeff_bits, n * config.coeffs) - 2 ** (config.coeff_bits - 1)
+        return cls(config, shape, e_top, seeds, e_off, codes.reshape(out_f, nb, config.coeffs))
+
+
+# Presets at the issue's three budgets (nominal bits per weight; + 8/in for the row exponent).
+PRESETS = {
+    "4.25": dict(block=8, seed_bits=8, coeffs=6, coeff_bits=4, exp_bits=2),
+    "3.5": dict(block=8, seed_bits=8, coeffs=4, coeff_bits=4, exp_bits=4),
+    "2.5": dict(block=8, seed_bits=8, coeffs=3, coeff_bits=3, exp_bits=3),
+}
+
+
+def preset(bpw: str, **overrides) -> SeedBasisConfig:
+    """One of `PRESETS` ("4.25", "3.5", "2.5"), with optional field overrides."""
+    if bpw not in PRESETS:
+        raise ValueError(f"unknown preset {bpw!r}; choose from {sorted(PRESETS)}")
+    return SeedBasisConfig(**(PRESETS[bpw] | overrides))
