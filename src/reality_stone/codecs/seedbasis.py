@@ -142,8 +142,10 @@ class SeedBasisConfig(CodecConfig):
         qmin = -qmax - 1
         b = torch.einsum("spc,nc->nsp", U, w)  # U_s w
         t = torch.einsum("sqp,nsp->nsq", Gp, b)  # least-squares coefficients
-        amax = t.abs().amax(-1).clamp_min(1e-30)
-        e = torch.ceil(torch.log2(amax / qmax))
+        # smallest step that fits the coefficients in [qmin, qmax] (the range is asymmetric)
+        need = torch.maximum(t.amax(-1) / qmax, -t.amin(-1) / -qmin).clamp_min(1e-30)
+        # the tolerance keeps float32 rounding of an exact power of two from costing a step
+        e = torch.ceil(torch.log2(need) - 1e-5)
         if e_lo is not None:
             e = torch.maximum(torch.minimum(e, e_hi[:, None]), e_lo[:, None])
         scale = torch.exp2(e)
