@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from reality_stone.codecs.base import CodecConfig, Encoded, check_weight, register
+from reality_stone.codecs.base import CodecConfig, check_weight, register
 from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+from reality_stone.codecs.rtn import GroupQuantMatmul
+from reality_stone.kernels.int_lowbit import pack_int4_layout
 
 __all__ = ["HQQConfig", "HQQEncoded"]
 
@@ -56,7 +58,7 @@ class HQQConfig(CodecConfig):
         return HQQEncoded.from_payload(config, shape, payload)
 
 
-class HQQEncoded(Encoded):
+class HQQEncoded(GroupQuantMatmul):
     def __init__(self, config: HQQConfig, shape, codes: Tensor, scale: Tensor, zero: Tensor):
         self.config, self.shape = config, (int(shape[0]), int(shape[1]))
         self.codes, self.scale, self.zero = codes, scale, zero
@@ -66,6 +68,14 @@ class HQQEncoded(Encoded):
         q = self.codes.reshape(out_f, -1, self.config.group).float()
         w = (q - self.zero.float()[..., None]) * self.scale.float()[..., None]
         return w.reshape(out_f, -1)[:, :in_f].to(dtype)
+
+    def kernel_layout(self):
+        """Compute layout for the fused ≤4-bit kernel: w = q·s + (−zero·s)."""
+        if getattr(self, "_layout", None) is None:
+            s = self.scale.float()
+            self._layout = (pack_int4_layout(self.codes, self.config.group), s.contiguous(),
+                            (-self.zero.float() * s).contiguous(), self.config.group)
+        return self._layout
 
     def payload(self) -> bytes:
         return (pack_bits(self.codes, self.config.bits) + self.scale.numpy().astype("<f2").tobytes()

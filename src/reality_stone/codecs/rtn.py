@@ -23,8 +23,9 @@ from torch import Tensor
 
 from reality_stone.codecs.base import CodecConfig, Encoded, check_weight, register
 from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+from reality_stone.kernels.int_lowbit import pack_int4_layout
 
-__all__ = ["RTNConfig", "RTNEncoded"]
+__all__ = ["GroupQuantMatmul", "RTNConfig", "RTNEncoded"]
 
 
 @register("rtn")
@@ -81,7 +82,28 @@ class RTNConfig(CodecConfig):
         return RTNEncoded.from_payload(config, shape, payload)
 
 
-class RTNEncoded(Encoded):
+class GroupQuantMatmul(Encoded):
+    """``matmul`` for codecs whose weight is ``q·scale + offset`` per group with ≤ 4-bit codes.
+
+    Subclasses provide ``kernel_layout()`` → (packed, scale, offset, group); the fused
+    kernel (`reality_stone.kernels.int_lowbit_ops.int4_linear`) then never builds W.
+    """
+
+    def matmul(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.shape[1]:
+            raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
+        if self.config.bits > 4 or self.config.group % 16:
+            return super().matmul(x)
+        from reality_stone.kernels.int_lowbit_ops import int4_linear
+
+        packed, scale, offset, group = self.kernel_layout()
+        K = packed.shape[1] * 2
+        if K != x.shape[-1]:
+            x = torch.nn.functional.pad(x, (0, K - x.shape[-1]))
+        return int4_linear(x, packed, scale.to(x.dtype), offset.to(x.dtype), group)
+
+
+class RTNEncoded(GroupQuantMatmul):
     """Codes (out, padded_in) int64, scales (out, n_groups) fp16, offsets (out, n_groups) fp16 or None."""
 
     def __init__(self, config: RTNConfig, shape, codes: Tensor, scale: Tensor, offset: Tensor | None):
@@ -98,6 +120,18 @@ class RTNEncoded(Encoded):
         else:
             w = q * s + self.offset.float()[..., None]
         return w.reshape(out_f, -1)[:, :in_f].to(dtype)
+
+    def kernel_layout(self):
+        """(packed uint8 codes, scale fp32, offset fp32, group) for the fused ≤4-bit kernel, built once."""
+        if getattr(self, "_layout", None) is None:
+            cfg = self.config
+            if cfg.symmetric:  # w = (q − 2^(b−1))·s  →  offset = −2^(b−1)·s
+                offset = -(2 ** (cfg.bits - 1)) * self.scale.float()
+            else:
+                offset = self.offset.float()
+            self._layout = (pack_int4_layout(self.codes, cfg.group), self.scale.float().contiguous(),
+                            offset.contiguous(), cfg.group)
+        return self._layout
 
     def payload(self) -> bytes:
         parts = [pack_bits(self.codes, self.config.bits), self.scale.numpy().astype("<f2").tobytes()]

@@ -29,7 +29,6 @@ the inverse Hessian's Cholesky factor.
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 from functools import lru_cache
 

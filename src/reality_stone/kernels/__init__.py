@@ -1,0 +1,1 @@
+"""Fused compressed matmuls, each beside its plain-torch reference."""
