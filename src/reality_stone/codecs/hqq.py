@@ -78,19 +78,20 @@ class HQQEncoded(GroupQuantMatmul):
         return self._layout
 
     def payload(self) -> bytes:
-        return (pack_bits(self.codes, self.config.bits) + self.scale.numpy().astype("<f2").tobytes()
+        return (pack_bits(self.codes[:, : self.shape[1]], self.config.bits) + self.scale.numpy().astype("<f2").tobytes()
                 + self.zero.numpy().astype("<f2").tobytes())
 
     @classmethod
     def from_payload(cls, config: HQQConfig, shape, payload: bytes) -> "HQQEncoded":
         out_f, in_f = shape
         n_groups = -(-in_f // config.group)
-        n_codes = out_f * n_groups * config.group
+        n_codes = out_f * in_f  # padding codes of the last group are not stored
         nb = packed_nbytes(n_codes, config.bits)
         side = out_f * n_groups
         if len(payload) != nb + 4 * side:
             raise ValueError(f"hqq payload has {len(payload)} bytes, expected {nb + 4 * side} (truncated or corrupt)")
-        codes = unpack_bits(payload[:nb], config.bits, n_codes).reshape(out_f, -1)
+        codes = torch.nn.functional.pad(unpack_bits(payload[:nb], config.bits, n_codes).reshape(out_f, in_f),
+                                        (0, n_groups * config.group - in_f))
         scale = torch.from_numpy(np.frombuffer(payload[nb : nb + 2 * side], dtype="<f2").astype(np.float16).copy())
         zero = torch.from_numpy(np.frombuffer(payload[nb + 2 * side :], dtype="<f2").astype(np.float16).copy())
         if not bool(torch.isfinite(scale.float()).all() and torch.isfinite(zero.float()).all()):

@@ -9,8 +9,9 @@ input dim is zero-padded to a multiple; padding is cropped on decode). Per group
   stored with an offset of 2^(bits−1); w ≈ q·scale.
 
 The fp16 rounding of scale/offset is applied *before* computing q, so decode is exactly
-what the encoder optimised for. Codes are bit-packed (`bitpack`); storage per weight is
-``bits + 16·(1 or 2)/group`` bits plus the header.
+what the encoder optimised for. Codes are bit-packed (`bitpack`), only for the real inputs
+(a partial last group costs no padding); storage per weight is ``bits + 16·(1 or 2)/group``
+bits (per full group) plus the header.
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ class RTNEncoded(GroupQuantMatmul):
         return self._layout
 
     def payload(self) -> bytes:
-        parts = [pack_bits(self.codes, self.config.bits), self.scale.numpy().astype("<f2").tobytes()]
+        # only the real inputs' codes are stored; the padding of the last group is implicit
+        parts = [pack_bits(self.codes[:, : self.shape[1]], self.config.bits), self.scale.numpy().astype("<f2").tobytes()]
         if self.offset is not None:
             parts.append(self.offset.numpy().astype("<f2").tobytes())
         return b"".join(parts)
@@ -143,13 +145,14 @@ class RTNEncoded(GroupQuantMatmul):
     def from_payload(cls, config: RTNConfig, shape, payload: bytes) -> "RTNEncoded":
         out_f, in_f = shape
         n_groups = -(-in_f // config.group)
-        n_codes = out_f * n_groups * config.group
+        n_codes = out_f * in_f
         n_code_bytes = packed_nbytes(n_codes, config.bits)
         n_side = out_f * n_groups
         expected = n_code_bytes + 2 * n_side * (1 if config.symmetric else 2)
         if len(payload) != expected:
             raise ValueError(f"rtn payload has {len(payload)} bytes, expected {expected} (truncated or corrupt)")
-        codes = unpack_bits(payload[:n_code_bytes], config.bits, n_codes).reshape(out_f, -1)
+        codes = torch.nn.functional.pad(unpack_bits(payload[:n_code_bytes], config.bits, n_codes).reshape(out_f, in_f),
+                                        (0, n_groups * config.group - in_f))
         o = n_code_bytes
         scale = torch.from_numpy(np.frombuffer(payload[o : o + 2 * n_side], dtype="<f2").astype(np.float16).copy())
         offset = None
