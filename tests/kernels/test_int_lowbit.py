@@ -83,7 +83,7 @@ _MEMORY_SCRIPT = textwrap.dedent("""
     from reality_stone.kernels.int_lowbit import int4_linear_reference, pack_int4_layout
     from reality_stone.kernels.int_lowbit_ops import int4_linear
     N = K = 4096
-    packed = pack_int4_layout(torch.randint(0, 16, (N, K)), 128)
+    packed = pack_int4_layout(torch.randint(0, 16, (N, K), dtype=torch.uint8), 128)  # small temporaries only
     scale, offset = torch.rand(N, K // 128), torch.rand(N, K // 128)
     x = torch.randn(1, K)
     path = sys.argv[1]
