@@ -308,3 +308,7 @@ def demo(
                  ("compress s", "compress_seconds", "{:.1f}")])
     console.print("bits/weight counts every stored byte of the compressed Linear layers; embeddings and norms stay "
                   "fp32. SmolLM2's weights are Q4_1 (4-bit, group 32) already: see README.")
+
+
+if __name__ == "__main__":  # `python -m reality_stone.cli` (used by benchmarks for a fresh process)
+    app()

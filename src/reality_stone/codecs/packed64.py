@@ -212,6 +212,17 @@ def _radial(family: Tensor, d_r: Tensor, t: Tensor) -> Tensor:
     return out
 
 
+def _radial_rows(family: Tensor, d_r: Tensor, t: Tensor) -> Tensor:
+    """`_radial` for per-row fields: family/d_r (N,), t (N, M). Evaluates each row's own Ψ only."""
+    out = torch.empty_like(t)
+    for f in range(4):
+        for d in range(2):
+            rows = ((family == f) & (d_r == d)).nonzero().flatten()
+            if len(rows):
+                out[rows] = _radial(torch.tensor(f), torch.tensor(d), t[rows])
+    return out
+
+
 def _generate(fields: SeedFields, scale: Tensor, ii: Tensor, jj: Tensor, height: int, width: int, formula: str) -> Tensor:
     """Values at cells (ii, jj) of an height × width field. Field tensors broadcast against ii/jj."""
     if formula == "polar":
@@ -361,7 +372,7 @@ def _fit_polar(blocks: Tensor, masks: Tensor, cfg: "Packed64Config") -> tuple[Te
 
     def profile(u_b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """For each (block, shape) candidate at its own u: (explained energy, a, b) of the 2×2 masked LS."""
-        rad_b = _radial(fam_b[:, None], dr_b[:, None], u_b[:, None] * rho[None, :])
+        rad_b = _radial_rows(fam_b, dr_b, u_b[:, None] * rho[None, :])
         p = rad_b * torch.sin(kb[:, None] * theta_ij[None, :])
         q = rad_b * torch.cos(kb[:, None] * theta_ij[None, :])
         pp_, pq_, qq_ = (Mc * p * p).sum(1), (Mc * p * q).sum(1), (Mc * q * q).sum(1)
