@@ -73,7 +73,8 @@ def main() -> None:
 
             model = copy.deepcopy(lm.model)
             if spec.config is not None:
-                rs.compress(model, spec.config)
+                report = rs.compress(model, spec.config)
+                row["layer_rel_error"] = {r.name: r.rel_error for r in report.layers}
             elif spec.dense_dtype == "fp16":
                 model = model.half()
             path = Path(tmp) / "model.safetensors"
@@ -110,6 +111,44 @@ def main() -> None:
         lines.append(f"| {r['label']} | {r['bits_per_weight']:.3f} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | "
                      f"{r['spearman']:.4f} |")
     (RESULTS / "model_eval.md").write_text("\n".join(lines) + "\n")
+    plot(rows)
+
+
+def plot(rows: list[dict]) -> None:
+    """model_eval_rd.png: perplexity vs bits per weight; model_eval_layers.png: per-layer error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for r in rows:
+        ax.scatter(r["bits_per_weight"], r["ppl_shakespeare"], s=25)
+        ax.annotate(r["label"], (r["bits_per_weight"], r["ppl_shakespeare"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (compressed layers, every byte)")
+    ax.set_ylabel("perplexity, Hamlet (held out)")
+    ax.set_title("SmolLM2-135M: rate–distortion of whole-model compression", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "model_eval_rd.png", dpi=110)
+    chosen = [r for r in rows if r["label"] in ("RTN int4 g128", "HQQ 4-bit g64", "seedbasis 4.25 (data-free)")]
+    if chosen:
+        names = list(chosen[0]["layer_rel_error"])
+        fig, ax = plt.subplots(figsize=(12, 3.6))
+        width = 0.8 / len(chosen)
+        for i, r in enumerate(chosen):
+            ax.bar([j + i * width for j in range(len(names))], [r["layer_rel_error"][n] for n in names], width,
+                   label=r["label"])
+        ax.set_xticks(range(0, len(names), 7), [names[j].replace("model.layers.", "L").split(".")[0] for j in
+                                               range(0, len(names), 7)], fontsize=6)
+        ax.set_ylabel("relative weight error")
+        ax.set_title("per-layer relative error (7 projections per decoder layer)", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(RESULTS / "model_eval_layers.png", dpi=110)
 
 
 if __name__ == "__main__":
