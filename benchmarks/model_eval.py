@@ -3,7 +3,7 @@
     python benchmarks/model_eval.py     # -> benchmarks/results/model_eval.{json,md}
 
 SmolLM2 (causal LM): compress in place, save the single-file format, then
-* perplexity on the held-out texts (Hamlet, Lee news), first 4096 tokens, context 512, stride 256;
+* perplexity on the held-out texts (Hamlet, Lee news), first 2048 tokens, context 512, stride 256;
 * in a fresh subprocess (`reality-stone eval FILE`): load the file, decode 32 tokens greedily
   at batch 1 → tokens/s and the process's peak RSS (load + decode), compared with the same
   subprocess measurement of the dense model saved in the same format.
@@ -18,10 +18,12 @@ seed + scale per 32² block (seed 003's "512:1" block size).
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -33,7 +35,7 @@ from reality_stone.models.experiment import Spec, evaluate_specs
 from reality_stone.models.loaders import load_minilm, load_smollm2
 
 RESULTS = Path(__file__).parent / "results"
-TOKENS = 4096
+TOKENS = 2048
 
 
 def specs() -> list[Spec]:
@@ -42,7 +44,6 @@ def specs() -> list[Spec]:
         Spec("fp16 storage", dense_dtype="fp16"),
         Spec("RTN int8 g128", codec_config("rtn", bits=8, group=128)),
         Spec("RTN int4 g128", codec_config("rtn", bits=4, group=128)),
-        Spec("RTN int4 g64", codec_config("rtn", bits=4, group=64)),
         Spec("RTN int3 g64", codec_config("rtn", bits=3, group=64)),
         Spec("HQQ 4-bit g64", codec_config("hqq", bits=4, group=64)),
         Spec("HQQ 3-bit g64", codec_config("hqq", bits=3, group=64)),
@@ -65,27 +66,40 @@ def main() -> None:
     torch.set_num_threads(2)
     lm = load_smollm2()
     rows = []
+    from reality_stone.data.text import evaluation_text
+    from reality_stone.models.evaluate import model_nbytes, perplexity
+
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs():
-            row = evaluate_specs(lm, [spec], max_tokens=TOKENS, speed=False)[0]
-            # the same configuration again, saved to the file format and measured from a fresh process
-            import copy
-
             model = copy.deepcopy(lm.model)
+            row = dict(label=spec.label, config=spec.config.to_dict() if spec.config else None)
+            t0 = time.perf_counter()
             if spec.config is not None:
                 report = rs.compress(model, spec.config)
-                row["layer_rel_error"] = {r.name: r.rel_error for r in report.layers}
+                row.update(bits_per_weight=report.bits_per_weight,
+                           layer_rel_error={r.name: r.rel_error for r in report.layers})
             elif spec.dense_dtype == "fp16":
-                model = model.half()
+                with torch.no_grad():  # fp16 storage: weights rounded to fp16, compute in fp32
+                    for p in model.parameters():
+                        p.copy_(p.half().float())
+                row["bits_per_weight"] = 16.0
+            else:
+                row["bits_per_weight"] = 32.0
+            row["compress_seconds"] = time.perf_counter() - t0
+            row["weight_bytes"] = model_nbytes(model) // (2 if spec.dense_dtype == "fp16" else 1)
+            with torch.no_grad():
+                for name in ("shakespeare", "news"):
+                    row[f"ppl_{name}"], row["tokens_scored"] = perplexity(model, lm.tokenizer, evaluation_text(name),
+                                                                          max_tokens=TOKENS)
             path = Path(tmp) / "model.safetensors"
-            rs.save(model, path, source="smollm2")
+            rs.save(model.half() if spec.dense_dtype == "fp16" else model, path, source="smollm2")
             row["file_bytes"] = path.stat().st_size
             if spec.dense_dtype != "fp16":  # fp16 compute is not a CPU path worth timing
                 sub = subprocess_eval(path)
                 row["tokens_per_s"], row["peak_rss_bytes"] = sub["tokens_per_s"], sub["peak_rss_bytes"]
             del model
             rows.append(row)
-            print({k: v for k, v in row.items() if k not in ("config",)}, flush=True)
+            print({k: v for k, v in row.items() if k not in ("config", "layer_rel_error")}, flush=True)
     enc = load_minilm()
     enc_specs = [s for s in specs() if s.label.split()[0] in ("fp16", "RTN", "HQQ", "seedbasis", "RBE")]
     enc_rows = evaluate_specs(enc, enc_specs)
