@@ -92,7 +92,10 @@ def main() -> None:
                     row[f"ppl_{name}"], row["tokens_scored"] = perplexity(model, lm.tokenizer, evaluation_text(name),
                                                                           max_tokens=TOKENS)
             path = Path(tmp) / "model.safetensors"
-            rs.save(model.half() if spec.dense_dtype == "fp16" else model, path, source="smollm2")
+            if spec.dense_dtype == "fp16":  # store the fp16 tensors themselves (file size); transformers
+                for p in model.parameters():  # refuses .half() on a model loaded from GGUF
+                    p.data = p.data.half()
+            rs.save(model, path, source="smollm2")
             row["file_bytes"] = path.stat().st_size
             if spec.dense_dtype != "fp16":  # fp16 compute is not a CPU path worth timing
                 sub = subprocess_eval(path)

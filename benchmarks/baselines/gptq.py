@@ -64,7 +64,7 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group: int = 1
     H, dead = prepare_hessian(Hp, damp)
     W[:, dead] = 0
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    codes = torch.zeros(out_f, n, dtype=torch.int64)
+    codes = torch.zeros(out_f, n, dtype=torch.uint8)
     scales = torch.zeros(out_f, n_groups, dtype=torch.float16)
     offsets = torch.zeros(out_f, n_groups, dtype=torch.float16)
     for i1 in range(0, n, blocksize):
@@ -80,7 +80,7 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, bits: int = 4, group: int = 1
                 scales[:, g], offsets[:, g] = _group_params(cols, bits)
             g = col // group
             q, deq = _quant(W1[:, i], scales[:, g], offsets[:, g], bits)
-            codes[:, col] = q.to(torch.int64)
+            codes[:, col] = q.to(torch.uint8)
             err = (W1[:, i] - deq) / U[col, col]
             W1[:, i:] -= err[:, None] * U[col, col:i2][None, :]
             Err[:, i] = err

@@ -48,7 +48,7 @@ class HQQConfig(CodecConfig):
         W[:, :in_f] = weight.detach().float()
         q, meta = Quantizer.quantize(W, nbits=self.bits, group_size=g, optimize=True, axis=1, bitpack=False,
                                      compute_dtype=torch.float32, device="cpu")
-        codes = q.reshape(out_f, n_groups * g).to(torch.int64)
+        codes = q.reshape(out_f, n_groups * g).to(torch.uint8)
         scale = meta["scale"].reshape(out_f, n_groups).half()
         zero = meta["zero"].reshape(out_f, n_groups).half()
         return HQQEncoded(self, (out_f, in_f), codes, scale, zero)
@@ -91,7 +91,7 @@ class HQQEncoded(GroupQuantMatmul):
         if len(payload) != nb + 4 * side:
             raise ValueError(f"hqq payload has {len(payload)} bytes, expected {nb + 4 * side} (truncated or corrupt)")
         codes = torch.nn.functional.pad(unpack_bits(payload[:nb], config.bits, n_codes).reshape(out_f, in_f),
-                                        (0, n_groups * config.group - in_f))
+                                        (0, n_groups * config.group - in_f)).to(torch.uint8)
         scale = torch.from_numpy(np.frombuffer(payload[nb : nb + 2 * side], dtype="<f2").astype(np.float16).copy())
         zero = torch.from_numpy(np.frombuffer(payload[nb + 2 * side :], dtype="<f2").astype(np.float16).copy())
         if not bool(torch.isfinite(scale.float()).all() and torch.isfinite(zero.float()).all()):

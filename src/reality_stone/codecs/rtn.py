@@ -76,7 +76,7 @@ class RTNConfig(CodecConfig):
                             torch.zeros_like(Wg))
             q = q.clamp(0, qmax)
         q = torch.where(valid, q, torch.zeros_like(q))
-        return RTNEncoded(self, (out_f, in_f), q.to(torch.int64).reshape(out_f, -1), scale, offset)
+        return RTNEncoded(self, (out_f, in_f), q.to(torch.uint8).reshape(out_f, -1), scale, offset)
 
     @classmethod
     def _decode_payload(cls, config, shape, payload):
@@ -105,7 +105,7 @@ class GroupQuantMatmul(Encoded):
 
 
 class RTNEncoded(GroupQuantMatmul):
-    """Codes (out, padded_in) int64, scales (out, n_groups) fp16, offsets (out, n_groups) fp16 or None."""
+    """Codes (out, padded_in) uint8, scales (out, n_groups) fp16, offsets (out, n_groups) fp16 or None."""
 
     def __init__(self, config: RTNConfig, shape, codes: Tensor, scale: Tensor, offset: Tensor | None):
         self.config, self.shape = config, (int(shape[0]), int(shape[1]))
@@ -152,7 +152,7 @@ class RTNEncoded(GroupQuantMatmul):
         if len(payload) != expected:
             raise ValueError(f"rtn payload has {len(payload)} bytes, expected {expected} (truncated or corrupt)")
         codes = torch.nn.functional.pad(unpack_bits(payload[:n_code_bytes], config.bits, n_codes).reshape(out_f, in_f),
-                                        (0, n_groups * config.group - in_f))
+                                        (0, n_groups * config.group - in_f)).to(torch.uint8)
         o = n_code_bytes
         scale = torch.from_numpy(np.frombuffer(payload[o : o + 2 * n_side], dtype="<f2").astype(np.float16).copy())
         offset = None

@@ -142,11 +142,14 @@ def _build_architecture(arch: dict, path: Path) -> nn.Module:
     import transformers
     from transformers import PreTrainedModel
 
+    from transformers.modeling_utils import no_init_weights
+
     cls = getattr(transformers, str(arch.get("class")), None)
     if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)):
         raise ValueError(f"{path}: unknown model class {arch.get('class')!r}")
     config = cls.config_class.from_dict(arch["config"])
-    return cls(config).eval()
+    with no_init_weights():  # every persistent tensor is overwritten from the file: skip random init
+        return cls(config).eval()
 
 
 def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
