@@ -47,7 +47,6 @@ def specs() -> list[Spec]:
         Spec("RTN int3 g64", codec_config("rtn", bits=3, group=64)),
         Spec("HQQ 4-bit g64", codec_config("hqq", bits=4, group=64)),
         Spec("HQQ 3-bit g64", codec_config("hqq", bits=3, group=64)),
-        Spec("seedbasis 4.25 (data-free)", preset("4.25")),
         Spec("seedbasis 2.5 (data-free)", preset("2.5")),
         Spec("RBE poly-cos8+DCT K=100 ('78:1')", codec_config("rbe", block=128, k=100)),
         Spec("RBE poly-cos8+DCT K=50 ('151:1')", codec_config("rbe", block=128, k=50)),
@@ -151,7 +150,7 @@ def plot(rows: list[dict]) -> None:
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(RESULTS / "model_eval_rd.png", dpi=110)
-    chosen = [r for r in rows if r["label"] in ("RTN int4 g128", "HQQ 4-bit g64", "seedbasis 4.25 (data-free)")]
+    chosen = [r for r in rows if r["label"] in ("RTN int4 g128", "HQQ 4-bit g64", "seedbasis 2.5 (data-free)")]
     if chosen:
         names = list(chosen[0]["layer_rel_error"])
         fig, ax = plt.subplots(figsize=(12, 3.6))
