@@ -58,6 +58,55 @@ class DataAware:
 
 
 def write_table(rows: list[dict]) -> None:
+    lines = ["| budget | method | bits/weight | ppl Hamlet | ppl news | weight rel. err | output rel. err | s / M weights |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['budget']} | {r['label']} | {r['bits_per_weight']:.3f} | {r['ppl_shakespeare']:.2f} | "
+                     f"{r['ppl_news']:.2f} | {r.get('mean_rel_error', 0):.4f} | {r.get('mean_output_error', 0):.4f} | "
+                     f"{r.get('compress_seconds_per_mweight', 0):.2f} |")
+    (RESULTS / "seedbasis.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    if "--table-only" in sys.argv:  # rebuild the Markdown table from the JSON of a (possibly partial) run
+        write_table(json.loads((RESULTS / "seedbasis.json").read_text())["rows"])
+        return
+    torch.set_num_threads(2)
+    loaded = load_smollm2()
+    layers = [n for n, _ in compressible_layers(loaded.model)[0]]
+    t0 = time.perf_counter()
+    H = collect_hessians(loaded.model, loaded.tokenizer, calibration_text(), layers=layers, n_tokens=8192)
+    calib_s = time.perf_counter() - t0
+    print(f"calibration: {len(H)} layers in {calib_s:.0f} s", flush=True)
+    budgets = {
+        "4.25": [("RTN int4 g128", "plain", codec_config("rtn", bits=4, group=128)),
+                 ("HQQ 4-bit g128", "plain", codec_config("hqq", bits=4, group=128)),
+                 ("GPTQ int4 g128", "gptq", codec_config("rtn", bits=4, group=128))],
+        "3.5": [("RTN int3 g64", "plain", codec_config("rtn", bits=3, group=64)),
+                ("HQQ 3-bit g64", "plain", codec_config("hqq", bits=3, group=64)),
+                ("GPTQ int3 g64", "gptq", codec_config("rtn", bits=3, group=64))],
+        "2.5": [("RTN int2 g64", "plain", codec_config("rtn", bits=2, group=64)),
+                ("HQQ 2-bit g64", "plain", codec_config("hqq", bits=2, group=64)),
+                ("GPTQ int2 g64", "gptq", codec_config("rtn", bits=2, group=64))],
+    }
+    rows = evaluate_specs(loaded, [Spec("fp32 (dense)")], max_tokens=TOKENS, speed=False)
+    rows[0]["budget"] = "32"
+    print(rows[0], flush=True)
+    for budget, base in budgets.items():
+        entries = base + [(f"seedbasis {budget} data-free", "plain", preset(budget)),
+                          (f"seedbasis {budget} data-aware", "aware", preset(budget))]
+        for label, kind, cfg in entries:
+            fn = DataAware(H, kind)
+            row = evaluate_specs(loaded, [Spec(label, cfg)], max_tokens=TOKENS, speed=False, encode_fn=fn)[0]
+            n_w = sum(s["weights"] for s in fn.stats)
+            row.update(budget=budget, method=kind, compress_seconds_per_mweight=sum(s["seconds"] for s in fn.stats) / n_w * 1e6,
+                       mean_rel_error=sum(s["rel_error"] * s["weights"] for s in fn.stats) / n_w,
+                       mean_output_error=sum(s["output_error"] * s["weights"] for s in fn.stats) / n_w,
+                       layers=fn.stats)
+            rows.append(row)
+            print({k: v for k, v in row.items() if k != "layers" and k != "config"}, flush=True)
+            RESULTS.mkdir(exist_ok=True)
+            (RESULTS / "seedbasis.json").write_text(json.dumps(dict(tokens=TOKENS, calibration_seconds=calib_s, rows=rows), indent=2) + "\n")
     write_table(rows)
 
 
