@@ -142,7 +142,13 @@ def _build_architecture(arch: dict, path: Path) -> nn.Module:
     import transformers
     from transformers import PreTrainedModel
 
-    from transformers.modeling_utils import no_init_weights
+    try:  # moved between transformers releases; without it we only lose time, not correctness
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            from contextlib import nullcontext as no_init_weights
 
     cls = getattr(transformers, str(arch.get("class")), None)
     if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)):
@@ -208,4 +214,6 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{path}: tensors do not fit the model ({str(exc)[:300]})") from None
+    if meta["aliases"] and hasattr(model, "tie_weights"):
+        model.tie_weights()  # re-share tied parameters (construction without init leaves them separate)
     return model
