@@ -13,7 +13,7 @@ from torch import Tensor
 from reality_stone.geometry import lorentz, poincare
 from reality_stone.geometry.manifold import Manifold
 from reality_stone.geometry.stable import MIN_NORM, sq_norm
-from reality_stone.geometry.validation import as_curvature, boundary_eps, check_finite, check_vector
+from reality_stone.geometry.validation import as_curvature, boundary_eps, check_vector, midpoint_weights
 
 __all__ = ["Klein", "check_point", "dist", "einstein_midpoint", "lorentz_factor", "project"]
 
@@ -72,16 +72,7 @@ def einstein_midpoint(
     check_vector("xs", xs, min_dim=2)
     c = _prep(c, check, xs=xs)
     g = _gamma(xs, c)
-    if weights is None:
-        w = torch.ones_like(g)
-    else:
-        if weights.shape != xs.shape[:-1]:
-            raise ValueError(f"weights must have shape {tuple(xs.shape[:-1])}, got {tuple(weights.shape)}")
-        if check:
-            check_finite("weights", weights)
-        if bool((weights < 0).any()) or bool((weights.sum(-1) <= 0).any()):
-            raise ValueError("weights must be non-negative with a positive sum over the points")
-        w = weights.unsqueeze(-1).to(xs.dtype)
+    w = midpoint_weights(xs, weights, check)
     return (w * g * xs).sum(-2) / (w * g).sum(-2).clamp_min(MIN_NORM)
 
 

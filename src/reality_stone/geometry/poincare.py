@@ -20,6 +20,7 @@ from reality_stone.geometry.validation import (
     as_curvature,
     boundary_eps,
     check_finite,
+    midpoint_weights,
     check_same_last_dim,
     check_vector,
 )
@@ -319,16 +320,7 @@ def weighted_midpoint(
     check_vector("xs", xs, min_dim=2)
     c = _prep(c, check, {"xs": xs})
     lam = _lambda(xs, c)
-    if weights is None:
-        w = torch.ones_like(lam)
-    else:
-        if weights.shape != xs.shape[:-1]:
-            raise ValueError(f"weights must have shape {tuple(xs.shape[:-1])}, got {tuple(weights.shape)}")
-        if check:
-            check_finite("weights", weights)
-        if bool((weights < 0).any()) or bool((weights.sum(-1) <= 0).any()):
-            raise ValueError("weights must be non-negative with a positive sum over the points")
-        w = weights.unsqueeze(-1).to(xs.dtype)
+    w = midpoint_weights(xs, weights, check)
     two_mean = (w * lam * xs).sum(-2) / (w * (lam - 1)).sum(-2).clamp_min(MIN_NORM)
     return _project(_mobius_scalar_mul(0.5, two_mean, c), c)
 

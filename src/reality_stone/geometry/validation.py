@@ -17,6 +17,7 @@ __all__ = [
     "check_same_last_dim",
     "check_vector",
     "boundary_eps",
+    "midpoint_weights",
 ]
 
 # Relative margin kept from the boundary by `project` (a point is kept at norm
@@ -89,3 +90,19 @@ def as_curvature(c: float | Tensor, like: Tensor) -> Tensor:
     if not (c > 0 and c < float("inf")):
         raise ValueError(f"curvature c must be positive and finite, got {c}")
     return torch.tensor(float(c), dtype=like.dtype, device=like.device)
+
+
+def midpoint_weights(xs: Tensor, weights: Tensor | None, check: bool) -> Tensor:
+    """Validated midpoint weights for points ``xs`` (..., n, d): (..., n, 1), ones if None.
+
+    Weights must have shape (..., n), be non-negative and have a positive sum over the points.
+    """
+    if weights is None:
+        return torch.ones(xs.shape[:-1] + (1,), dtype=xs.dtype, device=xs.device)
+    if weights.shape != xs.shape[:-1]:
+        raise ValueError(f"weights must have shape {tuple(xs.shape[:-1])}, got {tuple(weights.shape)}")
+    if check:
+        check_finite("weights", weights)
+    if bool((weights < 0).any()) or bool((weights.sum(-1) <= 0).any()):
+        raise ValueError("weights must be non-negative with a positive sum over the points")
+    return weights.unsqueeze(-1).to(xs.dtype)
