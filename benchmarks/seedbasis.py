@@ -1,6 +1,7 @@
 """Seed-basis codec vs RTN, HQQ and GPTQ on SmolLM2-135M at 2.5 / 3.5 / 4.25 bits per weight.
 
     python benchmarks/seedbasis.py     # -> benchmarks/results/seedbasis.{json,md}
+    python benchmarks/seedbasis.py --resume --budgets=2.5   # continue an interrupted run, one budget
 
 All in one run: the same model, calibration statistics (`calibration_text`: The Tempest,
 The Comedy of Errors, Paradise Lost — 8192 tokens) and held-out evaluation (Hamlet and the
@@ -89,13 +90,20 @@ def main() -> None:
                 ("HQQ 2-bit g64", "plain", codec_config("hqq", bits=2, group=64)),
                 ("GPTQ int2 g64", "gptq", codec_config("rtn", bits=2, group=64))],
     }
-    rows = evaluate_specs(loaded, [Spec("fp32 (dense)")], max_tokens=TOKENS, speed=False)
+    # --resume keeps the rows of an earlier (interrupted) run; --budgets 2.5,4.25 limits the run.
+    done = json.loads((RESULTS / "seedbasis.json").read_text())["rows"] if "--resume" in sys.argv else []
+    only = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--budgets=")), list(budgets))
+    rows = done or evaluate_specs(loaded, [Spec("fp32 (dense)")], max_tokens=TOKENS, speed=False)
     rows[0]["budget"] = "32"
     print(rows[0], flush=True)
     for budget, base in budgets.items():
+        if budget not in only:
+            continue
         entries = base + [(f"seedbasis {budget} data-free", "plain", preset(budget)),
                           (f"seedbasis {budget} data-aware", "aware", preset(budget))]
         for label, kind, cfg in entries:
+            if any(r["label"] == label for r in rows):
+                continue
             fn = DataAware(H, kind)
             row = evaluate_specs(loaded, [Spec(label, cfg)], max_tokens=TOKENS, speed=False, encode_fn=fn)[0]
             n_w = sum(s["weights"] for s in fn.stats)
