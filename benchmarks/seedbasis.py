@@ -61,7 +61,8 @@ class DataAware:
 def write_table(rows: list[dict]) -> None:
     lines = ["| budget | method | bits/weight | ppl Hamlet | ppl news | weight rel. err | output rel. err | s / M weights |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
+    order = {"32": 0, "4.25": 1, "3.5": 2, "2.5": 3}
+    for r in sorted(rows, key=lambda r: order.get(r["budget"], 9)):  # stable: run order within a budget
         lines.append(f"| {r['budget']} | {r['label']} | {r['bits_per_weight']:.3f} | {r['ppl_shakespeare']:.2f} | "
                      f"{r['ppl_news']:.2f} | {r.get('mean_rel_error', 0):.4f} | {r.get('mean_output_error', 0):.4f} | "
                      f"{r.get('compress_seconds_per_mweight', 0):.2f} |")
