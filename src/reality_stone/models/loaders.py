@@ -3,6 +3,7 @@ real-architecture models in code for tests."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -40,16 +41,20 @@ def load_smollm2() -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = smollm2_gguf()
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # the GGUF converter draws its own tqdm bars
+    # transformers' GGUF converter draws its own tqdm bar on every load; silence just that one.
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - module moved: the bar is cosmetic
+        gguf_utils = None
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=SMOLLM2_FILE)
         model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=SMOLLM2_FILE, dtype=torch.float32)
     finally:
-        if old is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old
+        if bar is not None:
+            gguf_utils.tqdm = bar
     return LoadedModel("smollm2", model.eval(), tok, "causal-lm")
 
 
