@@ -52,3 +52,6 @@ def test_demo_quick_end_to_end():
     four = rows["HQQ 4-bit g64"]
     assert 4.4 < four["bits_per_weight"] < 4.6
     assert dense["ppl_shakespeare"] < four["ppl_shakespeare"] < 2 * dense["ppl_shakespeare"]
+    aware = rows["seedbasis 3.5 data-aware"]
+    assert 3.4 < aware["bits_per_weight"] < 3.6
+    assert aware["ppl_shakespeare"] < rows["HQQ 3-bit g64"]["ppl_shakespeare"]  # the data-aware codec pays off

@@ -278,9 +278,12 @@ def demo(
     tokens: int = typer.Option(2048, min=64, help="tokens of each held-out text to score"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Compress SmolLM2-135M at ~4 and ~3 bits per weight and one extreme ratio; evaluate; print the table."""
+    """Compress SmolLM2-135M at ~4 and ~3.5 bits per weight and one extreme ratio; evaluate; print the table."""
 
-    from reality_stone.models.demo import demo_specs
+    from reality_stone.data.text import calibration_text
+    from reality_stone.models import compressible_layers
+    from reality_stone.models.calibration import collect_hessians
+    from reality_stone.models.demo import DataAwareEncoder, demo_specs
     from reality_stone.models.experiment import evaluate_specs
     from reality_stone.models.loaders import load_smollm2
 
@@ -288,6 +291,10 @@ def demo(
     specs = demo_specs()
     if quick:
         tokens = min(tokens, 512)
+    # activation statistics for the data-aware codec, from the calibration text (never evaluated on)
+    layers = [n for n, _ in compressible_layers(loaded.model)[0]]
+    hessians = collect_hessians(loaded.model, loaded.tokenizer, calibration_text(), layers=layers,
+                                n_tokens=1024 if quick else 4096)
     with Progress(console=console, transient=True, disable=as_json) as progress:
         task = progress.add_task("evaluating", total=len(specs))
 
@@ -295,7 +302,8 @@ def demo(
             progress.update(task, description=label)
             progress.advance(task)
 
-        rows = evaluate_specs(loaded, specs, max_tokens=tokens, speed=not quick, progress=step)
+        rows = evaluate_specs(loaded, specs, max_tokens=tokens, speed=not quick, progress=step,
+                              encode_fn=DataAwareEncoder(hessians))
     for r in rows:
         r["weight_mb"] = r["weight_bytes"] / 1e6
     if as_json:

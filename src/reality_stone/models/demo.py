@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 from reality_stone.codecs import codec_config
+from reality_stone.codecs.seedbasis import SeedBasisConfig, preset
 from reality_stone.models.experiment import Spec
 
-__all__ = ["demo_specs"]
+__all__ = ["DataAwareEncoder", "demo_specs"]
 
 
 def demo_specs() -> list[Spec]:
-    """fp32, then the best codec we have at ~4 and ~3 bits per weight, and one extreme ratio.
+    """fp32, then the best codecs we have at ~4 and ~3.5 bits per weight, and one extreme ratio.
 
-    ~4 and ~3 bpw: HQQ at group 64 (4.5 / 3.5 bpw) — group 64, not 32, so SmolLM2's Q4_1
-    grid (group 32) does not flatter it. Extreme: the seeds' hybrid RBE at 151:1 words.
+    ~4 bpw: HQQ at group 64 (4.5 bpw; group 64, not 32, so SmolLM2's Q4_1 grid does not
+    flatter it). ~3.5 bpw: data-free HQQ next to the data-aware seed basis, the best 3.5-bit
+    configuration measured (benchmarks/seedbasis.py). Extreme: the seeds' hybrid RBE at "151:1".
     """
     return [
         Spec("fp32 (dense)"),
         Spec("HQQ 4-bit g64", codec_config("hqq", bits=4, group=64)),
         Spec("HQQ 3-bit g64", codec_config("hqq", bits=3, group=64)),
+        Spec("seedbasis 3.5 data-aware", preset("3.5")),
         Spec("RBE poly-cos8+DCT K=50 (seed 004, '151:1')", codec_config("rbe", block=128, k=50)),
     ]
+
+
+class DataAwareEncoder:
+    """``encode_fn`` for `compress`: seed-basis layers get their calibration Hessian, others encode plainly."""
+
+    def __init__(self, hessians: dict):
+        self.hessians = hessians
+
+    def __call__(self, name, linear, config):
+        if isinstance(config, SeedBasisConfig) and name in self.hessians:
+            return config.encode(linear.weight.detach(), hessian=self.hessians[name])
+        return config.encode(linear.weight.detach())
