@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# the venv's ninja (a dependency) must be on PATH for torch.utils.cpp_extension
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: demo test install clean bench
 
