@@ -2,6 +2,7 @@
 
     python benchmarks/seedbasis.py     # -> benchmarks/results/seedbasis.{json,md}
     python benchmarks/seedbasis.py --resume --budgets=2.5   # continue an interrupted run, one budget
+    python benchmarks/seedbasis.py --resume --redo=seedbasis # re-measure rows whose label starts so
 
 All in one run: the same model, calibration statistics (`calibration_text`: The Tempest,
 The Comedy of Errors, Paradise Lost — 8192 tokens) and held-out evaluation (Hamlet and the
@@ -93,6 +94,9 @@ def main() -> None:
     }
     # --resume keeps the rows of an earlier (interrupted) run; --budgets 2.5,4.25 limits the run.
     done = json.loads((RESULTS / "seedbasis.json").read_text())["rows"] if "--resume" in sys.argv else []
+    redo = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--redo=")), None)
+    if redo:
+        done = [r for r in done if not r["label"].startswith(redo)]
     only = next((a.split("=", 1)[1].split(",") for a in sys.argv if a.startswith("--budgets=")), list(budgets))
     rows = done or evaluate_specs(loaded, [Spec("fp32 (dense)")], max_tokens=TOKENS, speed=False)
     rows[0]["budget"] = "32"

@@ -95,7 +95,7 @@ class SeedBasisConfig(CodecConfig):
     coeff_bits: int = 4
     exp_bits: int = 2
     basis: str = "lfsr"
-    chunk: int = 2048
+    chunk: int = 0  # blocks per batched search; 0 = auto (keeps the seed × block temporaries cache-sized)
 
     def __post_init__(self):
         ints = dict(block=self.block, seed_bits=self.seed_bits, coeffs=self.coeffs, coeff_bits=self.coeff_bits,
@@ -115,12 +115,16 @@ class SeedBasisConfig(CodecConfig):
             raise ValueError(f"exp_bits must be in [0, 6], got {self.exp_bits}")
         if self.basis not in ("lfsr", "packed64"):
             raise ValueError(f"basis must be 'lfsr' or 'packed64', got {self.basis!r}")
-        if self.chunk < 1:
-            raise ValueError("chunk must be positive")
+        if self.chunk < 0:
+            raise ValueError("chunk must be >= 0 (0 = auto)")
 
     @property
     def block_bits(self) -> int:
         return self.seed_bits + self.exp_bits + self.coeffs * self.coeff_bits
+
+    def search_chunk(self) -> int:
+        """Blocks searched at once: ``chunk``, or ~2^18 / 2^S (measured fastest at S = 8 … 12)."""
+        return self.chunk or max(64, min(2048, 2**18 // 2**self.seed_bits))
 
     def nominal_bpw(self) -> float:
         """(S + E + P·Q)/C: bits per weight before the per-row exponent and the header."""
@@ -131,33 +135,37 @@ class SeedBasisConfig(CodecConfig):
         return fn(self.seed_bits, self.block, self.coeffs)
 
     # ----------------------------------------------------------------------------- search
-    def _search(self, w: Tensor, U: Tensor, G: Tensor, Gp: Tensor, e_lo: Tensor | None, e_hi: Tensor | None):
+    def _search(self, w: Tensor, U: Tensor, G: Tensor, M: Tensor, e_lo: Tensor | None, e_hi: Tensor | None):
         """Best (seed, exponent, codes) for blocks w (n, C) against bases U (ns, P, C).
 
-        ``G = U Uᵀ`` and ``Gp = G⁺`` per seed. ``e_lo/e_hi`` (n,) bound the exponent (None:
-        unbounded). Returns seed (n,), exponent (n,), codes (n, P) int64, error (n,).
+        ``G = U Uᵀ`` and ``M = G⁺ U`` per seed (so the least-squares coefficients are M w).
+        ``e_lo/e_hi`` (n,) bound the exponent (None: unbounded). Returns seed (n,), exponent
+        (n,), codes (n, P) int64, error (n,). Tensors are laid out (seed, P, block) so every
+        product is one batched matmul over seeds without transposed copies.
         """
         qmax = 2 ** (self.coeff_bits - 1) - 1
         qmin = -qmax - 1
-        b = torch.einsum("spc,nc->nsp", U, w)  # U_s w
-        t = torch.einsum("sqp,nsp->nsq", Gp, b)  # least-squares coefficients
+        wt = w.T.contiguous()
+        b = U @ wt  # (s, P, n): U_s w
+        t = M @ wt  # least-squares coefficients
         # smallest step that fits the coefficients in [qmin, qmax] (the range is asymmetric)
-        need = torch.maximum(t.amax(-1) / qmax, -t.amin(-1) / -qmin).clamp_min(1e-30)
+        need = torch.maximum(t.amax(1) / qmax, t.amin(1) / qmin).clamp_min(1e-30)
         # the tolerance keeps float32 rounding of an exact power of two from costing a step
         e = torch.ceil(torch.log2(need) - 1e-5)
         if e_lo is not None:
-            e = torch.maximum(torch.minimum(e, e_hi[:, None]), e_lo[:, None])
-        scale = torch.exp2(e)
-        q = torch.round(t / scale[..., None]).clamp(qmin, qmax)
-        qs = q * scale[..., None]
-        err = -2 * (qs * b).sum(-1) + torch.einsum("nsp,spq,nsq->ns", qs, G, qs)
-        best = err.argmin(1)
+            e = torch.maximum(torch.minimum(e, e_hi), e_lo)
+        scale = torch.exp2(e)[:, None]
+        q = torch.round(t / scale).clamp_(qmin, qmax)
+        qs = q * scale
+        err = (qs * (G @ qs - 2 * b)).sum(1)  # ‖w − qsᵀU_s‖² − ‖w‖², (s, n)
+        best = err.argmin(0)
         idx = torch.arange(len(w))
-        return best, e[idx, best], q[idx, best].to(torch.int64), err[idx, best] + (w * w).sum(-1)
+        return best, e[best, idx], q[best, :, idx].to(torch.int64), err[best, idx] + (w * w).sum(-1)
 
     def _tables(self, U: Tensor) -> tuple[Tensor, Tensor]:
         G = U @ U.transpose(1, 2)
-        return G, torch.linalg.pinv(G.double(), hermitian=True).to(torch.float32)
+        Gp = torch.linalg.pinv(G.double(), hermitian=True)
+        return G, (Gp @ U.double()).to(torch.float32)
 
     def encode(self, weight: Tensor, hessian: Tensor | None = None, damp: float = 0.01) -> "SeedBasisEncoded":
         """Data-free (``hessian=None``) or output-error-aware (``hessian`` = E[x xᵀ], (in, in))."""
@@ -168,21 +176,24 @@ class SeedBasisConfig(CodecConfig):
         W = torch.zeros(out_f, nb * C, dtype=torch.float32)
         W[:, :in_f] = weight.detach().float()
         U = self.table()
-        G, Gp = self._tables(U)
+        G, M = self._tables(U)
         E = 2**self.exp_bits - 1
-        # Pass 1 (data-free search, unbounded exponent) fixes each row's exponent window.
-        seeds, exps, codes = self._data_free(W, U, G, Gp, None)
+        # Pass 1 (data-free search, unbounded exponent) fixes each row's exponent window. The
+        # data-aware pass re-searches every block anyway (its error feedback moves the weights),
+        # so there pass 1 only estimates the window, from the first 256 seeds.
+        n1 = len(U) if hessian is None else min(len(U), 256)
+        seeds, exps, codes = self._data_free(W, U[:n1], G[:n1], M[:n1], None)
         e_top = exps.reshape(out_f, nb).amax(1).clamp(-128, 127)
         if hessian is None:
             if bool((exps.reshape(out_f, nb) < (e_top - E)[:, None]).any()):
-                seeds, exps, codes = self._data_free(W, U, G, Gp, e_top)
+                seeds, exps, codes = self._data_free(W, U, G, M, e_top)
         else:
             seeds, exps, codes = self._gptq(W, in_f, hessian, damp, U, e_top)
         e_off = (exps.reshape(out_f, nb) - (e_top - E)[:, None]).to(torch.int64)
         return SeedBasisEncoded(self, (out_f, in_f), e_top.to(torch.int64), seeds.reshape(out_f, nb),
                                 e_off, codes.reshape(out_f, nb, self.coeffs))
 
-    def _data_free(self, W: Tensor, U, G, Gp, e_top: Tensor | None):
+    def _data_free(self, W: Tensor, U, G, M, e_top: Tensor | None):
         out_f = W.shape[0]
         blocks = W.reshape(-1, self.block)
         nb = blocks.shape[0] // out_f
@@ -190,9 +201,10 @@ class SeedBasisConfig(CodecConfig):
             hi = e_top.repeat_interleave(nb).float()
             lo = hi - (2**self.exp_bits - 1)
         seeds, exps, codes = [], [], []
-        for i in range(0, len(blocks), self.chunk):
-            sl = slice(i, i + self.chunk)
-            s, e, q, _ = self._search(blocks[sl], U, G, Gp, None if e_top is None else lo[sl],
+        chunk = self.search_chunk()
+        for i in range(0, len(blocks), chunk):
+            sl = slice(i, i + chunk)
+            s, e, q, _ = self._search(blocks[sl], U, G, M, None if e_top is None else lo[sl],
                                       None if e_top is None else hi[sl])
             seeds.append(s)
             exps.append(e)
@@ -216,15 +228,16 @@ class SeedBasisConfig(CodecConfig):
         lo_all = (e_top - E).float()
         hi_all = e_top.float()
         seeds, exps, codes = [], [], []
+        chunk = self.search_chunk()
         for j in range(0, n_in, C):
             A = torch.linalg.inv(R[j : j + C, j : j + C])  # metric: ‖(w − ŵ) A‖
             Uw = (U.double() @ A).to(torch.float32)  # bases in the whitened coordinates
-            Gw, Gpw = self._tables(Uw)
+            Gw, Mw = self._tables(Uw)
             w = Wd[:, j : j + C]
             s_all, e_all, q_all = [], [], []
-            for i in range(0, out_f, self.chunk):
-                sl = slice(i, i + self.chunk)
-                s, e, q, _ = self._search((w[sl] @ A).float(), Uw, Gw, Gpw, lo_all[sl], hi_all[sl])
+            for i in range(0, out_f, chunk):
+                sl = slice(i, i + chunk)
+                s, e, q, _ = self._search((w[sl] @ A).float(), Uw, Gw, Mw, lo_all[sl], hi_all[sl])
                 s_all.append(s)
                 e_all.append(e)
                 q_all.append(q)
@@ -251,8 +264,32 @@ class SeedBasisEncoded(Encoded):
         self.e_top, self.seeds, self.e_off, self.codes = e_top, seeds, e_off, codes
 
     def block_scales(self) -> Tensor:
-        E = 2**self.config.exp_bits - 1
-        return torch.exp2((self.e_top[:, None] - E + self.e_off).to(torch.float32))
+        return torch.exp2(self.block_exponents().to(torch.float32))
+
+    def block_exponents(self) -> Tensor:
+        """(out, nb) absolute block exponents: block scale = 2^exponent."""
+        return self.e_top[:, None] - (2**self.config.exp_bits - 1) + self.e_off
+
+    def kernel_layout(self):
+        """The fused kernel's layout (`reality_stone.kernels.seedbasis`), built once; None if unsupported."""
+        if not hasattr(self, "_layout"):
+            from reality_stone.kernels.seedbasis import fusable, seedbasis_layout
+
+            cfg, exps = self.config, self.block_exponents()
+            self._layout = (seedbasis_layout(cfg.table(), self.seeds, exps, self.codes)
+                            if fusable(cfg.block, cfg.coeffs, cfg.coeff_bits, exps) else None)
+        return self._layout
+
+    def matmul(self, x: Tensor) -> Tensor:
+        """``x @ Wᵀ`` by the fused seed-basis kernel (block 8, P ≤ 8, Q ≤ 4), else decode → matmul."""
+        if x.shape[-1] != self.shape[1]:
+            raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
+        lay = self.kernel_layout()
+        if lay is None:
+            return super().matmul(x)
+        from reality_stone.kernels.seedbasis_ops import seedbasis_matmul
+
+        return seedbasis_matmul(x, lay)
 
     def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
         out_f, in_f = self.shape
@@ -290,10 +327,14 @@ class SeedBasisEncoded(Encoded):
 
 
 # Presets at the issue's three budgets (nominal bits per weight; + 8/in for the row exponent).
+# Chosen by benchmarks/seedbasis_presets.py (data-aware output error on three SmolLM2 layers,
+# calibration text only): at 3.5 and 2.5 bits, exponent bits are worth less than 4× the seeds
+# (0.072 vs 0.094 and 0.132 vs 0.150); at 4.25 the only way to S = 10 drops the exponent
+# (0.078 vs 0.046), so it stays at S = 8.
 PRESETS = {
     "4.25": dict(block=8, seed_bits=8, coeffs=6, coeff_bits=4, exp_bits=2),
-    "3.5": dict(block=8, seed_bits=8, coeffs=4, coeff_bits=4, exp_bits=4),
-    "2.5": dict(block=8, seed_bits=8, coeffs=3, coeff_bits=3, exp_bits=3),
+    "3.5": dict(block=8, seed_bits=10, coeffs=4, coeff_bits=4, exp_bits=2),
+    "2.5": dict(block=8, seed_bits=10, coeffs=3, coeff_bits=3, exp_bits=1),
 }
 
 

@@ -6,28 +6,14 @@
 // uint8 [rows, in/2]; within each group of G inputs, byte k holds code k in its low nibble
 // and code k + G/2 in its high nibble, so both halves map to contiguous runs of x.
 // Never materialises W: each 8-code chunk is unpacked into a register and consumed.
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
-#include <immintrin.h>
+#include "kernels.h"
 
-namespace {
-
-inline float hsum256(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  __m128 shuf = _mm_movehdup_ps(lo);
-  __m128 sums = _mm_add_ps(lo, shuf);
-  shuf = _mm_movehl_ps(shuf, sums);
-  sums = _mm_add_ss(sums, shuf);
-  return _mm_cvtss_f32(sums);
-}
-
-constexpr int kMaxBatch = 8;  // the fused path serves decode-sized batches; larger go tiled
-
-}  // namespace
 
 // x: [B, K] fp32 contiguous (B <= kMaxBatch), codes: [N, K/2] uint8, scale/offset: [N, K/G] fp32,
 // xsum: [B, K/G] fp32 (group sums of x). Returns y: [B, N].
+using reality_stone::hsum256;
+using reality_stone::kMaxBatch;
+
 torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
                         torch::Tensor xsum, int64_t group) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous fp32 [B, K]");
@@ -108,8 +94,4 @@ torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor scal
     }
   });
   return y;
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int4_gemv", &int4_gemv, "fused int4 group-quantised GEMV/small-batch GEMM (AVX2 + FMA)");
 }

@@ -4,7 +4,8 @@
   use with ``torch.utils.cpp_extension`` into the user cache dir and reused afterwards;
 * otherwise: a tiled torch path that dequantises ``TILE_ROWS`` rows at a time into a small
   buffer and multiplies (never the whole dense weight);
-* no compiler / no AVX2 / ``REALITY_STONE_NO_EXT=1``: the tiled path, with one warning.
+* no compiler / no AVX2 / ``REALITY_STONE_NO_EXT=1``: the tiled path, with one warning
+  (see `reality_stone.kernels.extension`).
 
 `int4_linear` is a ``torch.library.custom_op`` (so ``torch.compile`` traces it) with a
 registered backward: the gradient w.r.t. the input uses the same tiled dequantisation.
@@ -12,54 +13,16 @@ registered backward: the gradient w.r.t. the input uses the same tiled dequantis
 
 from __future__ import annotations
 
-import os
-import warnings
-from pathlib import Path
-
 import torch
 from torch import Tensor
 
+from reality_stone.kernels.extension import extension_status, load_extension
 from reality_stone.kernels.int_lowbit import dequantize_rows
 
 __all__ = ["TILE_ROWS", "extension_status", "int4_linear", "load_extension"]
 
 TILE_ROWS = 256
 _FUSED_MAX_BATCH = 8
-_EXT = None
-_EXT_ERROR: str | None = None
-
-
-def load_extension():
-    """The compiled kernel module, or None (reason in `extension_status`)."""
-    global _EXT, _EXT_ERROR
-    if _EXT is not None or _EXT_ERROR is not None:
-        return _EXT
-    if os.environ.get("REALITY_STONE_NO_EXT"):
-        _EXT_ERROR = "disabled by REALITY_STONE_NO_EXT"
-    elif torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        _EXT_ERROR = f"CPU capability {torch.backends.cpu.get_cpu_capability()} lacks AVX2"
-    else:
-        try:
-            from torch.utils.cpp_extension import load
-
-            from reality_stone.data.pretrained import cache_dir
-
-            build = cache_dir() / "ext" / f"torch-{torch.__version__}"
-            build.mkdir(parents=True, exist_ok=True)
-            src = Path(__file__).with_name("int_lowbit_cpu.cpp")
-            _EXT = load(name="reality_stone_int_lowbit", sources=[str(src)], build_directory=str(build),
-                        extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
-        except Exception as exc:  # no compiler, headers, ... -> pure torch
-            _EXT_ERROR = f"build failed: {str(exc).splitlines()[0][:200]}"
-    if _EXT is None:
-        warnings.warn(f"reality_stone: fused int4 CPU kernel unavailable ({_EXT_ERROR}); using the tiled torch path",
-                      RuntimeWarning, stacklevel=3)
-    return _EXT
-
-
-def extension_status() -> str:
-    load_extension()
-    return "fused AVX2 kernel" if _EXT is not None else f"tiled torch fallback ({_EXT_ERROR})"
 
 
 def _tiled(x2: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int) -> Tensor:

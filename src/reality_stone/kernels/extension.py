@@ -1,0 +1,56 @@
+"""The compiled CPU kernels: one C++ extension (AVX2 + FMA), built on first use and cached.
+
+Sources: `int_lowbit_cpu.cpp` (group-quantised ≤4-bit), `seedbasis_cpu.cpp` (seed-basis
+blocks) and `bindings.cpp`. Built with ``torch.utils.cpp_extension.load`` into the user
+cache dir (one build per torch version; rebuilt when a source changes). No compiler, no
+AVX2, or ``REALITY_STONE_NO_EXT=1`` → ``None`` and one warning; callers then use their
+plain-torch paths.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["extension_status", "load_extension"]
+
+SOURCES = ["int_lowbit_cpu.cpp", "seedbasis_cpu.cpp", "bindings.cpp"]
+_EXT = None
+_EXT_ERROR: str | None = None
+
+
+def load_extension():
+    """The compiled kernel module, or None (reason in `extension_status`)."""
+    global _EXT, _EXT_ERROR
+    if _EXT is not None or _EXT_ERROR is not None:
+        return _EXT
+    if os.environ.get("REALITY_STONE_NO_EXT"):
+        _EXT_ERROR = "disabled by REALITY_STONE_NO_EXT"
+    elif torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        _EXT_ERROR = f"CPU capability {torch.backends.cpu.get_cpu_capability()} lacks AVX2"
+    else:
+        try:
+            from torch.utils.cpp_extension import load
+
+            from reality_stone.data.pretrained import cache_dir
+
+            build = cache_dir() / "ext" / f"torch-{torch.__version__}"
+            build.mkdir(parents=True, exist_ok=True)
+            here = Path(__file__).parent
+            _EXT = load(name="reality_stone_kernels", sources=[str(here / s) for s in SOURCES],
+                        build_directory=str(build), extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
+                        extra_ldflags=["-fopenmp"], verbose=False)
+        except Exception as exc:  # no compiler, headers, ... -> pure torch
+            _EXT_ERROR = f"build failed: {str(exc).splitlines()[0][:200]}"
+    if _EXT is None:
+        warnings.warn(f"reality_stone: fused CPU kernels unavailable ({_EXT_ERROR}); using the plain torch paths",
+                      RuntimeWarning, stacklevel=3)
+    return _EXT
+
+
+def extension_status() -> str:
+    load_extension()
+    return "fused AVX2 kernels" if _EXT is not None else f"plain torch fallback ({_EXT_ERROR})"

@@ -1,0 +1,26 @@
+// Shared declarations and helpers of the reality_stone CPU kernels (AVX2 + FMA).
+#pragma once
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+namespace reality_stone {
+
+inline float hsum256(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  __m128 shuf = _mm_movehdup_ps(lo);
+  __m128 sums = _mm_add_ps(lo, shuf);
+  shuf = _mm_movehl_ps(shuf, sums);
+  sums = _mm_add_ss(sums, shuf);
+  return _mm_cvtss_f32(sums);
+}
+
+constexpr int kMaxBatch = 8;  // the fused paths serve decode-sized batches; larger ones go tiled
+
+}  // namespace reality_stone
+
+torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
+                        torch::Tensor xsum, int64_t group);
+torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tensor seeds, torch::Tensor exps,
+                             torch::Tensor codes, int64_t coeffs);

@@ -1,0 +1,73 @@
+"""Dispatch for seed-basis matmuls: fused C++ kernel, tiled torch path, autograd, custom op.
+
+* batch ≤ 8, float32, kernel built (`reality_stone.kernels.extension`): `seedbasis_cpu.cpp`;
+* otherwise: decode ``TILE_ROWS`` rows at a time from the layout and multiply (never the
+  whole dense weight).
+
+`seedbasis_linear` is a ``torch.library.custom_op`` (traced by ``torch.compile``) with a
+registered backward (gradient w.r.t. the input by the same tiled decode).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from reality_stone.kernels.extension import load_extension
+from reality_stone.kernels.seedbasis import SeedBasisLayout, block_sign_sums, decode_rows
+
+__all__ = ["seedbasis_linear", "seedbasis_matmul"]
+
+TILE_ROWS = 256
+_FUSED_MAX_BATCH = 8
+
+
+def _layout(pattern, seeds, exps, codes, rows) -> SeedBasisLayout:
+    return SeedBasisLayout(pattern, seeds, exps, codes, codes.shape[1], rows)
+
+
+@torch.library.custom_op("reality_stone::seedbasis_linear", mutates_args=())
+def seedbasis_linear(x: Tensor, pattern: Tensor, seeds: Tensor, exps: Tensor, codes: Tensor, rows: int) -> Tensor:
+    """x (..., in) @ Wᵀ for W in the seed-basis compute layout (`seedbasis_layout`)."""
+    lay = _layout(pattern, seeds, exps, codes, rows)
+    lead, in_f = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, in_f)
+    ext = load_extension() if x2.dtype == torch.float32 and x2.shape[0] <= _FUSED_MAX_BATCH else None
+    if ext is not None and x2.shape[0] > 0:
+        v = block_sign_sums(x2, seeds.shape[0])
+        y = ext.seedbasis_gemv(v, pattern, seeds, exps, codes, codes.shape[1])[:, :rows]
+    else:
+        y = x2.new_empty(x2.shape[0], rows)
+        for r0 in range(0, rows, TILE_ROWS):
+            r1 = min(r0 + TILE_ROWS, rows)
+            y[:, r0:r1] = x2 @ decode_rows(lay, r0, r1, in_f, x2.dtype).T
+    return y.reshape(*lead, rows)
+
+
+@seedbasis_linear.register_fake
+def _(x, pattern, seeds, exps, codes, rows):
+    return x.new_empty(*x.shape[:-1], rows)
+
+
+def _setup(ctx, inputs, output):
+    x, pattern, seeds, exps, codes, rows = inputs
+    ctx.save_for_backward(pattern, seeds, exps, codes)
+    ctx.rows, ctx.in_features = rows, x.shape[-1]
+
+
+def _backward(ctx, grad):
+    lay = _layout(*ctx.saved_tensors, ctx.rows)
+    g2 = grad.reshape(-1, grad.shape[-1])
+    gx = g2.new_zeros(g2.shape[0], ctx.in_features)
+    for r0 in range(0, ctx.rows, TILE_ROWS):
+        r1 = min(r0 + TILE_ROWS, ctx.rows)
+        gx += g2[:, r0:r1] @ decode_rows(lay, r0, r1, ctx.in_features, g2.dtype)
+    return gx.reshape(*grad.shape[:-1], ctx.in_features), None, None, None, None, None
+
+
+seedbasis_linear.register_autograd(_backward, setup_context=_setup)
+
+
+def seedbasis_matmul(x: Tensor, lay: SeedBasisLayout) -> Tensor:
+    """``x @ Wᵀ`` through the custom op."""
+    return seedbasis_linear(x, lay.pattern, lay.seeds, lay.exps, lay.codes, lay.rows)
