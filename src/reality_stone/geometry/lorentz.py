@@ -66,6 +66,7 @@ def _check_on_hyperboloid(name: str, x: Tensor, c: Tensor) -> None:
     x = x.detach()
     if bool((x[..., 0] <= 0).any()):
         raise ValueError(f"{name} has points on the lower sheet (x₀ <= 0); the model uses x₀ > 0")
+    c = c.detach()
     scale = (c * x[..., :1] ** 2).clamp_min(1.0)
     err = ((c * _inner(x, x) + 1).abs() / scale).max()
     tol = _MANIFOLD_RTOL.get(x.dtype, 1e-2)

@@ -43,7 +43,7 @@ class Manifold(nn.Module):
         return self.log_c.exp()
 
     def extra_repr(self) -> str:
-        return f"c={float(self.c):.4g}, learn_c={self.learn_c}, check={self.check}"
+        return f"c={float(self.c.detach()):.4g}, learn_c={self.learn_c}, check={self.check}"
 
     # The Riemannian optimisers need these five; subclasses implement them.
     def egrad2rgrad(self, x: Tensor, grad: Tensor) -> Tensor:  # pragma: no cover - abstract

@@ -1,5 +1,24 @@
 """Layers: modules = parameters + calls into geometry / codecs / kernels."""
 
+from reality_stone.nn.butterfly import ButterflyLinear, butterfly_multiply
 from reality_stone.nn.compressed import CompressedLinear
+from reality_stone.nn.hyperbolic import (
+    FromPoincare,
+    HyperbolicMLR,
+    HyperButterfly,
+    LorentzLinear,
+    MobiusLinear,
+    ToPoincare,
+)
 
-__all__ = ["CompressedLinear"]
+__all__ = [
+    "ButterflyLinear",
+    "CompressedLinear",
+    "FromPoincare",
+    "HyperButterfly",
+    "HyperbolicMLR",
+    "LorentzLinear",
+    "MobiusLinear",
+    "ToPoincare",
+    "butterfly_multiply",
+]
