@@ -2,11 +2,17 @@
 
     python benchmarks/fused_matmul.py     # -> benchmarks/results/fused_matmul.{json,md}
 
-Same process, same inputs, 2 threads, median of round-robin runs. The weight is a 4-bit,
+Same process, same inputs, 2 threads, median of round-robin runs. The int4 weight is a 4-bit,
 group-128 RTN encoding (`rtn` codec: 4.25 bits per weight stored; the compute layout reads
 4 bits of code + 2 fp32 per group = 4.5 bits per weight). Bytes read: the weight's bytes
 for each path; "limit" = those bytes at the read bandwidth measured in the same run
 (sum over a 512 MiB array), i.e. the memory-bound floor.
+
+Other fused paths in the same run: the seed-basis kernel at the 3.5 and 2.5 bpw presets
+(random seeds/exponents/codes — speed does not depend on the values, and a real search on
+11008×4096 would dominate the run; the quality of real encodings is in seedbasis.md; its
+compute layout reads 16 + 8 + 4P bits per 8 weights), and low-rank (x Bᵀ) Aᵀ in fp16 at the
+rank that stores 4.25 bits per weight.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 import torch
 
 from reality_stone.codecs import codec_config
+from reality_stone.codecs.seedbasis import SeedBasisEncoded, preset
 from reality_stone.kernels.int_lowbit_ops import extension_status, int4_linear
 
 RESULTS = Path(__file__).parent / "results"
@@ -48,6 +55,17 @@ def read_bandwidth() -> float:
     return a.numel() * 4 / t
 
 
+def random_seedbasis(out_f: int, in_f: int, budget: str, g: torch.Generator) -> SeedBasisEncoded:
+    cfg = preset(budget)
+    nb, qmax = -(-in_f // cfg.block), 2 ** (cfg.coeff_bits - 1)
+    enc = SeedBasisEncoded(cfg, (out_f, in_f), torch.full((out_f,), -6, dtype=torch.int64),
+                           torch.randint(0, 2**cfg.seed_bits, (out_f, nb), generator=g),
+                           torch.randint(0, 2**cfg.exp_bits, (out_f, nb), generator=g),
+                           torch.randint(-qmax, qmax, (out_f, nb, cfg.coeffs), generator=g))
+    enc.kernel_layout()
+    return enc
+
+
 def main() -> None:
     torch.set_num_threads(2)
     bw = read_bandwidth()
@@ -64,6 +82,9 @@ def main() -> None:
         tq = torch.ops.aten._convert_weight_to_int4pack_for_cpu(enc.codes.to(torch.int32), 1)
         sz = torch.stack([scale, offset + 8 * scale], -1).transpose(0, 1).contiguous()
         sz_bf16 = sz.to(torch.bfloat16)
+        sb = {b: random_seedbasis(out_f, in_f, b, g) for b in ("3.5", "2.5")}
+        rank = max(1, round(4.25 / 16 * out_f * in_f / (out_f + in_f)))
+        lowrank = codec_config("lowrank", rank=rank).encode(W)
         K = packed.shape[1] * 2  # in_f padded to whole groups (576 -> 640): both int4 kernels need it
         for batch in BATCHES:
             x = torch.randn(batch, in_f, generator=g)
@@ -75,12 +96,16 @@ def main() -> None:
                 "torch int4 kernel (fp32 x)": lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(xp, tq, GROUP, sz),
                 "torch int4 kernel (bf16 x)": lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, tq, GROUP, sz_bf16),
                 "ours fused": lambda: int4_linear(xp, packed, scale, offset, group),
+                "seedbasis 3.5 fused": lambda: sb["3.5"].matmul(x),
+                "seedbasis 2.5 fused": lambda: sb["2.5"].matmul(x),
+                "low-rank 4.25 bpw": lambda: lowrank.matmul(x),
             }
             with torch.no_grad():
                 t = bench(fns)
             bytes_read = {"dense fp32 nn.Linear": out_f * in_f * 4, "decode then matmul": out_f * in_f * (4 + 4.5 / 8),
                           "torch int4 kernel (fp32 x)": out_f * in_f * 4.5 / 8, "torch int4 kernel (bf16 x)": out_f * in_f * 4.25 / 8,
-                          "ours fused": out_f * in_f * 4.5 / 8}
+                          "ours fused": out_f * in_f * 4.5 / 8, "seedbasis 3.5 fused": out_f * in_f * 5 / 8,
+                          "seedbasis 2.5 fused": out_f * in_f * 4.5 / 8, "low-rank 4.25 bpw": out_f * in_f * 4.25 / 8}
             row = dict(shape=[out_f, in_f], batch=batch, ms={k: v * 1e3 for k, v in t.items()},
                        speedup_vs_dense={k: t["dense fp32 nn.Linear"] / v for k, v in t.items()},
                        achieved_over_limit={k: (bytes_read[k] / bw) / v for k, v in t.items()},
@@ -101,6 +126,14 @@ def main() -> None:
                      f"{m['torch int4 kernel (bf16 x)']:.3f} | {m['ours fused']:.3f} | "
                      f"{r['speedup_vs_dense']['ours fused']:.2f}× | {m['torch int4 kernel (bf16 x)'] / m['ours fused']:.2f}× | "
                      f"{r['achieved_over_limit']['ours fused']:.2f} |")
+    lines += ["", "Other fused paths, same run (ms; speedup vs dense fp32 in brackets):", "",
+              "| shape (out×in) | batch | seed basis 3.5 bpw | seed basis 2.5 bpw | low-rank (x Bᵀ) Aᵀ, 4.25 bpw |",
+              "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        m, s = r["ms"], r["speedup_vs_dense"]
+        lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['batch']} | "
+                     + " | ".join(f"{m[k]:.3f} ({s[k]:.2f}×)" for k in ("seedbasis 3.5 fused", "seedbasis 2.5 fused",
+                                                                         "low-rank 4.25 bpw")) + " |")
     lines += ["", f"End-to-end SmolLM2-135M greedy decoding, batch 1, 32 new tokens: dense fp32 "
               f"{e2e['dense_tokens_per_s']:.1f} tok/s, RTN int4 g128 (fused kernel) {e2e['int4_tokens_per_s']:.1f} tok/s "
               f"({e2e['int4_tokens_per_s'] / e2e['dense_tokens_per_s']:.2f}×)."]

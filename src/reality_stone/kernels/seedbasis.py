@@ -85,12 +85,11 @@ def _codes(layout_codes: Tensor, r0: int, r1: int) -> Tensor:
 
 def decode_rows(lay: SeedBasisLayout, r0: int, r1: int, in_features: int, dtype=torch.float32) -> Tensor:
     """Dense rows [r0, r1) of W from the layout (for the tiled path and backward)."""
-    signs = sign_patterns().T.to(dtype)  # (256, 8)
     P = lay.coeffs
-    seeds = lay.seeds[:, r0:r1].to(torch.int64) & 0xFFFF  # uint16 stored as int16
-    pid = lay.pattern.to(torch.int64).reshape(-1, P)[seeds.T]  # (rows, nb, P)
+    basis = sign_patterns().T.to(dtype)[lay.pattern.to(torch.int64)].reshape(-1, P, BLOCK)  # (2^S, P, 8)
+    seeds = lay.seeds[:, r0:r1].T.to(torch.int64) & 0xFFFF  # uint16 stored as int16
     q = _codes(lay.codes, r0, r1).to(dtype)
-    blocks = torch.einsum("rjp,rjpc->rjc", q, signs[pid]) * torch.exp2(lay.exps[:, r0:r1].T.to(dtype))[..., None]
+    blocks = torch.einsum("rjp,rjpc->rjc", q, basis[seeds]) * torch.exp2(lay.exps[:, r0:r1].T.to(dtype))[..., None]
     return blocks.reshape(r1 - r0, -1)[:, :in_features]
 
 

@@ -13,6 +13,7 @@ from torch import nn
 from reality_stone.codecs.base import CodecConfig
 from reality_stone.models.compress import compress
 from reality_stone.models.evaluate import embedding_fidelity, lee_sentences, model_nbytes, perplexity, tokens_per_second
+from reality_stone.nn.compressed import decoded_weights
 
 __all__ = ["Spec", "evaluate_specs"]
 
@@ -63,11 +64,13 @@ def evaluate_specs(loaded, specs: list[Spec], *, texts=("shakespeare", "news"), 
                    weight_bytes=(model_nbytes(model) // (2 if spec.dense_dtype == "fp16" and not spec.config else 1)),
                    dense_weight_bytes=dense_bytes, compress_seconds=seconds)
         if loaded.kind == "causal-lm":
-            for name in texts:
-                ppl, n = perplexity(model, loaded.tokenizer, evaluation_text(name), context=context, stride=stride,
-                                    max_tokens=max_tokens)
-                row[f"ppl_{name}"] = ppl
-                row["tokens_scored"] = n
+            # quality through the reference path, each weight decoded once (not per window)
+            with decoded_weights(model):
+                for name in texts:
+                    ppl, n = perplexity(model, loaded.tokenizer, evaluation_text(name), context=context,
+                                        stride=stride, max_tokens=max_tokens)
+                    row[f"ppl_{name}"] = ppl
+                    row["tokens_scored"] = n
             if speed:
                 row["tokens_per_s"] = tokens_per_second(model, loaded.tokenizer)
         else:

@@ -1,7 +1,7 @@
 """Layers: modules = parameters + calls into geometry / codecs / kernels."""
 
 from reality_stone.nn.butterfly import ButterflyLinear, butterfly_multiply
-from reality_stone.nn.compressed import CompressedLinear
+from reality_stone.nn.compressed import CompressedLinear, decoded_weights
 from reality_stone.nn.hyperbolic import (
     FromPoincare,
     HyperbolicMLR,
@@ -21,4 +21,5 @@ __all__ = [
     "MobiusLinear",
     "ToPoincare",
     "butterfly_multiply",
+    "decoded_weights",
 ]

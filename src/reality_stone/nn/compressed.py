@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from torch import Tensor, nn
 
 from reality_stone.codecs.base import Encoded
 
-__all__ = ["CompressedLinear"]
+__all__ = ["CompressedLinear", "decoded_weights"]
 
 
 class CompressedLinear(nn.Module):
@@ -36,7 +38,8 @@ class CompressedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input has {x.shape[-1]} features, {self.in_features} expected")
-        y = self.encoded.matmul(x)
+        cached = getattr(self, "_decoded", None)
+        y = x @ cached.T if cached is not None else self.encoded.matmul(x)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     @property
@@ -48,3 +51,22 @@ class CompressedLinear(nn.Module):
         enc = self.encoded
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"codec={enc.config.codec_name}, bits_per_weight={enc.bits_per_weight():.3f}")
+
+
+@contextmanager
+def decoded_weights(model: nn.Module):
+    """Inside the block every `CompressedLinear` of ``model`` runs the reference path
+    (decode → matmul) from a weight decoded once, instead of its fused / per-call path.
+
+    For quality evaluation over many forward passes (perplexity windows): the numbers are
+    those of the reference path, which the fused paths are tested against; it costs the
+    dense weights' memory while active. Speed and memory measurements must not use it.
+    """
+    layers = [m for m in model.modules() if isinstance(m, CompressedLinear)]
+    try:
+        for m in layers:
+            m._decoded = m.encoded.decode()
+        yield model
+    finally:
+        for m in layers:
+            m._decoded = None
