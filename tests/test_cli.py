@@ -55,3 +55,16 @@ def test_demo_quick_end_to_end():
     aware = rows["seedbasis 3.5 data-aware"]
     assert 3.4 < aware["bits_per_weight"] < 3.6
     assert aware["ppl_shakespeare"] < rows["HQQ 3-bit g64"]["ppl_shakespeare"]  # the data-aware codec pays off
+
+
+def test_compress_a_checkpoint_folder_streams_it(tmp_path):
+    from reality_stone.data.pretrained import minilm_dir
+
+    out = tmp_path / "m.safetensors"
+    res = runner.invoke(app, ["compress", str(minilm_dir()), "-o", str(out), "--opt", "bits=4", "--json",
+                              "--skip", "pooler.*"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output[res.output.index("{"):])
+    assert summary["compressed_layers"] == 36 and out.is_file()  # 6 blocks × 6 Linears; pooler kept dense
+    res = runner.invoke(app, ["compress", str(tmp_path / "missing.safetensors"), "-o", str(out)])
+    assert res.exit_code != 0

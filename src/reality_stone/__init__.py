@@ -6,10 +6,14 @@ The top-level API for whole models (torchao style)::
     report = rs.compress(model, rs.codecs.codec_config("rtn", bits=4, group=128))
     rs.save(model, "model.rs.safetensors")
     model = rs.load("model.rs.safetensors")
+
+Checkpoints larger than memory (streamed tensor by tensor, resumable, optionally on Ray)::
+
+    rs.compress_checkpoint("llama-7b/", "llama-7b.rs.safetensors", config, workers=4)
 """
 
 from reality_stone import codecs
-from reality_stone.models import compress, load, save
+from reality_stone.models import compress, compress_checkpoint, load, save
 
 __version__ = "0.1.0"
-__all__ = ["codecs", "compress", "load", "save"]
+__all__ = ["codecs", "compress", "compress_checkpoint", "load", "save"]

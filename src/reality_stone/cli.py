@@ -136,11 +136,15 @@ def _no_grad(fn):
 @app.command("compress")
 @_no_grad
 def compress_cmd(
-    model: str = typer.Argument(..., help="model to compress: smollm2 (default LM) or minilm"),
+    model: str = typer.Argument(..., help="smollm2 (default LM), minilm, or a safetensors checkpoint file/folder "
+                                          "(streamed tensor by tensor)"),
     codec: str = typer.Option("rtn", help="codec name (see `reality-stone codecs`)"),
     opt: list[str] = typer.Option([], "--opt", help="codec option key=value, repeatable (e.g. --opt bits=4)"),
     output: Path = typer.Option(..., "-o", "--output", help="output .safetensors file"),
     skip: list[str] = typer.Option([], "--skip", help="glob of layer names to keep dense, repeatable"),
+    workers: int = typer.Option(1, min=1, help="checkpoints: parallel Ray workers (needs the distributed extra)"),
+    ray_address: str = typer.Option(None, "--ray-address", help="checkpoints: Ray cluster address (default: local)"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="checkpoints: continue an interrupted run"),
     as_json: bool = typer.Option(False, "--json", help="print the per-layer report as JSON"),
 ) -> None:
     """Compress every nn.Linear of MODEL with CODEC and save a single .safetensors file."""
@@ -148,6 +152,9 @@ def compress_cmd(
     from reality_stone.models import compress, save
     from reality_stone.models.loaders import load_model
 
+    if Path(model).exists():
+        _compress_checkpoint(Path(model), _codec(codec, opt), output, skip, workers, ray_address, resume, as_json)
+        return
     config = _codec(codec, opt)
     try:
         loaded = load_model(model)
@@ -167,6 +174,28 @@ def compress_cmd(
     console.print(f"total: {report.bits_per_weight:.3f} bits/weight over compressed layers, "
                   f"{report.dense_bytes_fp32 / report.compressed_bytes:.2f}× smaller than fp32; "
                   f"kept dense: {', '.join(report.skipped) or 'none'}; file {output} ({output.stat().st_size / 1e6:.1f} MB)")
+
+
+def _compress_checkpoint(src: Path, config, output: Path, skip, workers, ray_address, resume, as_json) -> None:
+    import fnmatch
+
+    from reality_stone.models.streaming import compress_checkpoint, default_selector
+
+    def select(name, shape):
+        return default_selector(name, shape) and not any(fnmatch.fnmatch(name[: -len(".weight")], p) for p in skip)
+
+    try:
+        summary = compress_checkpoint(src, output, config, select=select, workers=workers, ray_address=ray_address,
+                                      resume=resume, progress=not as_json)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    _print_rows([summary], f"{src}: streamed with {config.codec_name}",
+                [("tensors", "tensors", "{}"), ("compressed layers", "compressed_layers", "{}"),
+                 ("resumed", "resumed_tensors", "{}"), ("workers", "workers", "{}"), ("seconds", "seconds", "{:.1f}")])
+    console.print(f"{summary['input_bytes'] / 1e6:.1f} MB -> {summary['output_bytes'] / 1e6:.1f} MB: {output}")
 
 
 @app.command("eval")

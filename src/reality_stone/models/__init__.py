@@ -2,5 +2,6 @@
 
 from reality_stone.models.compress import CompressionReport, LayerReport, compress, compressible_layers
 from reality_stone.models.format import load, read_metadata, save
+from reality_stone.models.streaming import compress_checkpoint
 
-__all__ = ["CompressionReport", "LayerReport", "compress", "compressible_layers", "load", "read_metadata", "save"]
+__all__ = ["CompressionReport", "LayerReport", "compress", "compressible_layers", "compress_checkpoint", "load", "read_metadata", "save"]

@@ -210,6 +210,11 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         if target not in state:
             raise ValueError(f"{path}: alias {alias!r} points to missing tensor {target!r}")
         state[alias] = state[target]
+    # checkpoints written by older transformers store buffers that are non-persistent now
+    # (BERT's position_ids): the model computes them itself, so they are not an error
+    for mname, mod in model.named_modules():
+        for b in mod._non_persistent_buffers_set:
+            state.pop(f"{mname}.{b}" if mname else b, None)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -1,0 +1,315 @@
+"""Checkpoints larger than memory: compress a (sharded) safetensors checkpoint tensor by tensor.
+
+``compress_checkpoint(src, out, config)`` reads each tensor memory-mapped from its shard,
+compresses the selected 2-D weights (others are copied), and writes each result to a part
+file under ``<out>.parts/`` with a manifest (tensor → output name, dtype, shape, size,
+sha256). Peak memory is one tensor and its encoding (plus the codec's working memory), not
+the model. The final file — the same format as `reality_stone.save` (`models/format.py`):
+``<layer>.__encoded__`` uint8 tensors, dense tensors, checksums and metadata — is assembled
+by streaming the parts into a temporary file, then renamed; the part folder is removed.
+
+Resumable: an interrupted run (crash, kill, Ctrl-C) leaves finished parts and the manifest;
+the next run with the same source and config verifies each finished part's checksum and
+continues with the rest. The output is byte-identical whether the run was streamed,
+resumed, in memory (``streaming=False``: whole state dict loaded first) or spread over Ray
+workers: tensors are processed independently and written in name order.
+
+Parallel: ``workers > 1`` runs one Ray task per tensor (``ray.init()`` locally, or
+``ray_address`` for a cluster), at most 2 × workers tasks in flight (bounded memory); each
+task reads its tensor from the shard itself, so a cluster needs the checkpoint on a shared
+path. Without Ray installed the same call runs single-process and says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from reality_stone.codecs.base import CodecConfig, codec_config
+
+__all__ = ["TensorSource", "checkpoint_tensors", "compress_checkpoint", "default_selector"]
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    name: str
+    shard: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def default_selector(name: str, shape: tuple[int, ...]) -> bool:
+    """Compress 2-D ``*.weight`` tensors except embeddings, the LM head and norms (as `compress`)."""
+    low = name.lower()
+    return (len(shape) == 2 and name.endswith(".weight") and min(shape) >= 8
+            and not any(k in low for k in ("embed", "lm_head", "norm")))
+
+
+def _shards(src: Path) -> list[Path]:
+    if src.is_file():
+        return [src]
+    if not src.is_dir():
+        raise FileNotFoundError(f"{src}: no such checkpoint file or folder")
+    shards = sorted(src.glob("*.safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"{src}: no *.safetensors shards")
+    return shards
+
+
+def _check_shard(shard: Path) -> None:
+    """Header sanity and length: a truncated shard is reported with the first tensor it cuts."""
+    size = shard.stat().st_size
+    with open(shard, "rb") as fh:
+        head = fh.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise ValueError(f"{shard}: corrupt or truncated safetensors header")
+        try:
+            header = json.loads(fh.read(n))
+        except ValueError:
+            raise ValueError(f"{shard}: corrupt safetensors header (not JSON)") from None
+    for name, info in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                             key=lambda kv: kv[1]["data_offsets"][1]):
+        end = 8 + n + info["data_offsets"][1]
+        if end > size:
+            raise ValueError(f"{shard}: truncated: tensor {name!r} needs bytes up to {end}, the file has {size}")
+
+
+def checkpoint_tensors(src: str | Path) -> list[TensorSource]:
+    """Every tensor of a checkpoint (a .safetensors file or a folder of shards), from headers only."""
+    from safetensors import safe_open
+
+    out, seen = [], {}
+    for shard in _shards(Path(src)):
+        _check_shard(shard)
+        try:
+            with safe_open(str(shard), framework="pt") as f:
+                for name in f.keys():
+                    sl = f.get_slice(name)
+                    if name in seen:
+                        raise ValueError(f"{shard}: tensor {name!r} also appears in {seen[name]}")
+                    seen[name] = shard
+                    out.append(TensorSource(name, str(shard), sl.get_dtype(), tuple(sl.get_shape())))
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"{shard}: not a readable safetensors shard ({exc})") from None
+    return sorted(out, key=lambda s: s.name)
+
+
+def _read(src: TensorSource) -> torch.Tensor:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(src.shard, framework="pt") as f:
+            return f.get_tensor(src.name)
+    except Exception as exc:
+        raise ValueError(f"{src.shard}: tensor {src.name!r} could not be read ({exc})") from None
+
+
+def _process(src: TensorSource, config_dict: dict | None, tensor: torch.Tensor | None = None) -> dict:
+    """Compress (config_dict given) or copy one tensor. Returns the part record + its bytes."""
+    t0 = time.perf_counter()
+    t = _read(src) if tensor is None else tensor
+    if config_dict is not None:
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{src.shard}: tensor {src.name!r} has NaN/Inf values")
+        cfg = codec_config(config_dict["codec"], **config_dict["config"])
+        enc = cfg.encode(t.float())
+        data = enc.to_bytes()
+        layer = src.name[: -len(".weight")]
+        rec = dict(out_name=layer + ".__encoded__", dtype="U8", shape=[len(data)],
+                   compressed=dict(codec=cfg.codec_name, shape=list(enc.shape), bits_per_weight=enc.bits_per_weight()))
+    else:
+        data = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        rec = dict(out_name=src.name, dtype=_DTYPES[t.dtype], shape=list(t.shape), compressed=None)
+    rec.update(source=src.name, nbytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+               seconds=time.perf_counter() - t0)
+    return rec | {"data": data}
+
+
+def _architecture(src: Path):
+    cfg_path = (src if src.is_dir() else src.parent) / "config.json"
+    if not cfg_path.is_file():
+        return None
+    cfg = json.loads(cfg_path.read_text())
+    arch = (cfg.get("architectures") or [None])[0]
+    return {"class": arch, "config": cfg} if arch else None
+
+
+def _fingerprint(tensors: list[TensorSource]) -> str:
+    body = json.dumps([[t.name, Path(t.shard).name, t.dtype, list(t.shape)] for t in tensors])
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _PartStore:
+    """The ``<out>.parts`` folder: one file per finished tensor + manifest.json (atomic updates)."""
+
+    def __init__(self, folder: Path, key: dict, resume: bool):
+        self.folder, self.key = folder, key
+        self.done: dict[str, dict] = {}
+        manifest = folder / "manifest.json"
+        if resume and manifest.is_file():
+            try:
+                m = json.loads(manifest.read_text())
+            except ValueError:
+                m = {}
+            if m.get("key") == key:
+                for name, rec in m.get("done", {}).items():
+                    part = folder / rec["part"]
+                    if part.is_file() and hashlib.sha256(part.read_bytes()).hexdigest() == rec["sha256"]:
+                        self.done[name] = rec
+            else:
+                warnings.warn(f"{folder}: parts are from another source or config; starting over", stacklevel=3)
+        if not self.done and folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, rec: dict) -> None:
+        part = hashlib.sha256(rec["source"].encode()).hexdigest()[:24] + ".part"  # one file per tensor
+        data = rec.pop("data")
+        _atomic_write(self.folder / part, data)
+        self.done[rec["source"]] = rec | {"part": part}
+        _atomic_write(self.folder / "manifest.json",
+                      json.dumps({"version": MANIFEST_VERSION, "key": self.key, "done": self.done}, indent=1).encode())
+
+
+def _ray_tasks(todo, cfg_of, workers: int, ray_address: str | None):
+    """Yield part records computed by Ray tasks, ≤ 2 × workers in flight."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        if ray_address:
+            ray.init(address=ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=256 * 2**20)
+    remote = ray.remote(_process)
+    pending, queue = {}, list(todo)
+    try:
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:
+                src = queue.pop(0)
+                pending[remote.remote(src, cfg_of(src))] = src
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                pending.pop(ref)
+                yield ray.get(ref)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *,
+                        select: Callable[[str, tuple], bool] = default_selector, workers: int = 1,
+                        ray_address: str | None = None, resume: bool = True, streaming: bool = True,
+                        source: str | None = None, progress: bool = False,
+                        on_tensor: Callable[[dict], None] | None = None) -> dict:
+    """Compress checkpoint ``src`` (a .safetensors file or a folder of shards) into ``out``.
+
+    Returns a summary: tensors, compressed layers, bytes in and out, seconds, workers used.
+    ``on_tensor(record)`` is called after each finished tensor (progress hooks, tests).
+    """
+    from reality_stone.models.format import ENCODED_SUFFIX, FORMAT_NAME, FORMAT_VERSION, _meta_digest
+
+    t_start = time.perf_counter()
+    src, out = Path(src), Path(out)
+    tensors = checkpoint_tensors(src)
+    cfg_dict = {"codec": config.codec_name, "config": config.to_dict()}
+    selected = {t.name for t in tensors if t.dtype in ("F32", "F16", "BF16", "F64") and select(t.name, t.shape)}
+    cfg_of = lambda t: cfg_dict if t.name in selected else None  # noqa: E731
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = _PartStore(out.with_name(out.name + ".parts"), {"source": _fingerprint(tensors), "codec": cfg_dict,
+                                                            "selected": sorted(selected)}, resume and streaming)
+    todo = [t for t in tensors if t.name not in store.done]
+    use_ray = workers > 1 or ray_address is not None
+    if use_ray:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            warnings.warn("Ray is not installed (pip install 'reality-stone[distributed]'): running single-process",
+                          stacklevel=2)
+            use_ray = False
+    if not streaming:  # the in-memory reference: the whole state dict first
+        loaded = {t.name: _read(t) for t in todo}
+        results = (_process(t, cfg_of(t), loaded.pop(t.name)) for t in todo)
+    elif use_ray:
+        results = _ray_tasks(todo, cfg_of, workers, ray_address)
+    else:
+        results = (_process(t, cfg_of(t)) for t in todo)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tensors), initial=len(tensors) - len(todo), desc="compress", unit="tensor")
+    for rec in results:
+        store.add(rec)
+        if on_tensor is not None:
+            on_tensor(rec)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    records = sorted(store.done.values(), key=lambda r: r["out_name"])
+    names = [r["out_name"] for r in records]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{src}: two tensors map to the same output name")
+    compressed = {r["out_name"][: -len(ENCODED_SUFFIX)]: r["compressed"] for r in records if r["compressed"]}
+    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
+            "architecture": json.dumps(_architecture(src)), "compressed": json.dumps(compressed, sort_keys=True),
+            "aliases": json.dumps({}), "checksums": json.dumps({r["out_name"]: r["sha256"] for r in records}, sort_keys=True),
+            "source": json.dumps(source)}
+    meta["metadata_sha256"] = _meta_digest(meta)
+    header, offset = {"__metadata__": meta}, 0
+    for r in records:
+        header[r["out_name"]] = {"dtype": r["dtype"], "shape": r["shape"], "data_offsets": [offset, offset + r["nbytes"]]}
+        offset += r["nbytes"]
+    hbytes = json.dumps(header, separators=(",", ":")).encode()
+    hbytes += b" " * (-len(hbytes) % 8)  # safetensors: the data starts 8-byte aligned
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(struct.pack("<Q", len(hbytes)) + hbytes)
+            for r in records:
+                with open(store.folder / r["part"], "rb") as part:
+                    shutil.copyfileobj(part, fh, 16 * 2**20)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    shutil.rmtree(store.folder, ignore_errors=True)
+    in_bytes = sum(Path(s).stat().st_size for s in {t.shard for t in tensors})
+    return dict(output=str(out), tensors=len(records), compressed_layers=len(compressed), input_bytes=in_bytes,
+                output_bytes=out.stat().st_size, seconds=time.perf_counter() - t_start,
+                workers=workers if use_ray else 1, resumed_tensors=len(tensors) - len(todo))
