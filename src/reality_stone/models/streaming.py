@@ -201,6 +201,13 @@ class _PartStore:
                       json.dumps({"version": MANIFEST_VERSION, "key": self.key, "done": self.done}, indent=1).encode())
 
 
+def _process_in_worker(src: TensorSource, config_dict: dict | None) -> dict:
+    # one intra-op thread per Ray worker: parallelism comes from the workers, and torch's
+    # default (all cores per process) oversubscribes the machine N-fold
+    torch.set_num_threads(1)
+    return _process(src, config_dict)
+
+
 def _ray_tasks(todo, cfg_of, workers: int, ray_address: str | None):
     """Yield part records computed by Ray tasks, ≤ 2 × workers in flight."""
     import ray
@@ -212,7 +219,7 @@ def _ray_tasks(todo, cfg_of, workers: int, ray_address: str | None):
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
                      object_store_memory=256 * 2**20)
-    remote = ray.remote(_process)
+    remote = ray.remote(_process_in_worker)
     pending, queue = {}, list(todo)
     try:
         while queue or pending:
