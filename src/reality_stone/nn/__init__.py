@@ -2,6 +2,7 @@
 
 from reality_stone.nn.butterfly import ButterflyLinear, butterfly_multiply
 from reality_stone.nn.compressed import CompressedLinear, decoded_weights
+from reality_stone.nn.spline import GeodesicSplineLinear, HeightFieldLinear, SplineLinear, catmull_rom_matrix
 from reality_stone.nn.hyperbolic import (
     FromPoincare,
     HyperbolicMLR,
@@ -15,11 +16,15 @@ __all__ = [
     "ButterflyLinear",
     "CompressedLinear",
     "FromPoincare",
+    "GeodesicSplineLinear",
+    "HeightFieldLinear",
     "HyperButterfly",
     "HyperbolicMLR",
     "LorentzLinear",
     "MobiusLinear",
+    "SplineLinear",
     "ToPoincare",
     "butterfly_multiply",
+    "catmull_rom_matrix",
     "decoded_weights",
 ]
