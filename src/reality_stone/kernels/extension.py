@@ -53,4 +53,6 @@ def load_extension():
 
 def extension_status() -> str:
     load_extension()
-    return "fused AVX2 kernels" if _EXT is not None else f"plain torch fallback ({_EXT_ERROR})"
+    if _EXT is None:
+        return f"plain torch fallback ({_EXT_ERROR})"
+    return "fused AVX2 kernels" + (" (AVX-512 batch-1 int4)" if _EXT.has_avx512() else "")

@@ -8,11 +8,60 @@
 // Never materialises W: each 8-code chunk is unpacked into a register and consumed.
 #include "kernels.h"
 
+#include <cstdlib>
+
 
 // x: [B, K] fp32 contiguous (B <= kMaxBatch), codes: [N, K/2] uint8, scale/offset: [N, K/G] fp32,
 // xsum: [B, K/G] fp32 (group sums of x). Returns y: [B, N].
 using reality_stone::hsum256;
 using reality_stone::kMaxBatch;
+
+namespace {
+
+// Batch-1 rows [r0, r1) with 16-lane AVX-512 (compiled for that target only; called when the
+// CPU reports it). Same arithmetic as the AVX2 path: per group, Σ q·x in 4 FMA chains, then
+// scale·dot + offset·Σx.
+__attribute__((target("avx512f,avx512bw"))) void int4_rows_b1_avx512(const float* xp, const uint8_t* cp,
+                                                                     const float* sp, const float* op,
+                                                                     const float* xs, float* yp, int64_t K,
+                                                                     int64_t NG, int64_t half, int64_t r0,
+                                                                     int64_t r1) {
+  const __m512i mask = _mm512_set1_epi32(0x0F);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = cp + r * (K / 2);
+    __m512 acc = _mm512_setzero_ps();
+    float off = 0.f;
+    for (int64_t g = 0; g < NG; ++g) {
+      const uint8_t* gc = row + g * half;
+      const float* xb = xp + g * (2 * half);
+      __m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps(), d2 = _mm512_setzero_ps(), d3 = _mm512_setzero_ps();
+      int64_t k = 0;
+      for (; k + 32 <= half; k += 32) {
+        const __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gc + k)));
+        const __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gc + k + 16)));
+        d0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v0, mask)), _mm512_loadu_ps(xb + k), d0);
+        d1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)), _mm512_loadu_ps(xb + half + k), d1);
+        d2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v1, mask)), _mm512_loadu_ps(xb + k + 16), d2);
+        d3 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v1, 4)), _mm512_loadu_ps(xb + half + k + 16), d3);
+      }
+      for (; k < half; k += 16) {
+        const __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(gc + k)));
+        d0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v0, mask)), _mm512_loadu_ps(xb + k), d0);
+        d1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v0, 4)), _mm512_loadu_ps(xb + half + k), d1);
+      }
+      const __m512 d = _mm512_add_ps(_mm512_add_ps(d0, d1), _mm512_add_ps(d2, d3));
+      acc = _mm512_fmadd_ps(_mm512_set1_ps(sp[r * NG + g]), d, acc);
+      off += op[r * NG + g] * xs[g];
+    }
+    yp[r] = _mm512_reduce_add_ps(acc) + off;
+  }
+}
+
+}  // namespace
+
+// REALITY_STONE_NO_AVX512=1 forces the AVX2 path (so tests cover both on AVX-512 machines).
+const bool kHasAvx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                        std::getenv("REALITY_STONE_NO_AVX512") == nullptr;
 
 torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
                         torch::Tensor xsum, int64_t group) {
@@ -32,6 +81,10 @@ torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor scal
   const int64_t half = group / 2;
   at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
     const __m256i mask = _mm256_set1_epi32(0x0F);
+    if (B == 1 && half % 16 == 0 && kHasAvx512) {
+      int4_rows_b1_avx512(xp, cp, sp, op, xs, yp, K, NG, half, r0, r1);
+      return;
+    }
     if (B == 1 && half % 16 == 0) {
       // Batch 1 (decoding): 4 independent FMA chains per group hide the FMA latency that a
       // single accumulator would serialise on.

@@ -20,6 +20,8 @@ constexpr int kMaxBatch = 8;  // the fused paths serve decode-sized batches; lar
 
 }  // namespace reality_stone
 
+extern const bool kHasAvx512;  // the batch-1 int4 path uses AVX-512 (int_lowbit_cpu.cpp)
+
 torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
                         torch::Tensor xsum, int64_t group);
 torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tensor seeds, torch::Tensor exps,
