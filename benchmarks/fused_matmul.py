@@ -11,8 +11,9 @@ for each path; "limit" = those bytes at the read bandwidth measured in the same 
 Other fused paths in the same run: the seed-basis kernel at the 3.5 and 2.5 bpw presets
 (random seeds/exponents/codes — speed does not depend on the values, and a real search on
 11008×4096 would dominate the run; the quality of real encodings is in seedbasis.md; its
-compute layout reads 16 + 8 + 4P bits per 8 weights), and low-rank (x Bᵀ) Aᵀ in fp16 at the
-rank that stores 4.25 bits per weight.
+compute layout reads 16 + 8 + 4P bits per 8 weights), low-rank (x Bᵀ) Aᵀ in fp16 at the
+rank that stores 4.25 bits per weight, and RBE (poly-cos8 blueprint + block-DCT residual,
+64×64 blocks, fp16 values, global 4.25-bpw budget) through its transform-domain sparse path.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main() -> None:
         sb = {b: random_seedbasis(out_f, in_f, b, g) for b in ("3.5", "2.5")}
         rank = max(1, round(4.25 / 16 * out_f * in_f / (out_f + in_f)))
         lowrank = codec_config("lowrank", rank=rank).encode(W)
+        rbe = codec_config("rbe", block=64, basis="poly-cos8", residual="dct", bpw=4.25, value_dtype="fp16").encode(W)
         K = packed.shape[1] * 2  # in_f padded to whole groups (576 -> 640): both int4 kernels need it
         for batch in BATCHES:
             x = torch.randn(batch, in_f, generator=g)
@@ -99,13 +101,15 @@ def main() -> None:
                 "seedbasis 3.5 fused": lambda: sb["3.5"].matmul(x),
                 "seedbasis 2.5 fused": lambda: sb["2.5"].matmul(x),
                 "low-rank 4.25 bpw": lambda: lowrank.matmul(x),
+                "rbe block-DCT 4.25 bpw": lambda: rbe.matmul(x),
             }
             with torch.no_grad():
                 t = bench(fns)
             bytes_read = {"dense fp32 nn.Linear": out_f * in_f * 4, "decode then matmul": out_f * in_f * (4 + 4.5 / 8),
                           "torch int4 kernel (fp32 x)": out_f * in_f * 4.5 / 8, "torch int4 kernel (bf16 x)": out_f * in_f * 4.25 / 8,
                           "ours fused": out_f * in_f * 4.5 / 8, "seedbasis 3.5 fused": out_f * in_f * 5 / 8,
-                          "seedbasis 2.5 fused": out_f * in_f * 4.5 / 8, "low-rank 4.25 bpw": out_f * in_f * 4.25 / 8}
+                          "seedbasis 2.5 fused": out_f * in_f * 4.5 / 8, "low-rank 4.25 bpw": out_f * in_f * 4.25 / 8,
+                          "rbe block-DCT 4.25 bpw": out_f * in_f * 4.25 / 8}
             row = dict(shape=[out_f, in_f], batch=batch, ms={k: v * 1e3 for k, v in t.items()},
                        speedup_vs_dense={k: t["dense fp32 nn.Linear"] / v for k, v in t.items()},
                        achieved_over_limit={k: (bytes_read[k] / bw) / v for k, v in t.items()},
@@ -127,13 +131,13 @@ def main() -> None:
                      f"{r['speedup_vs_dense']['ours fused']:.2f}× | {m['torch int4 kernel (bf16 x)'] / m['ours fused']:.2f}× | "
                      f"{r['achieved_over_limit']['ours fused']:.2f} |")
     lines += ["", "Other fused paths, same run (ms; speedup vs dense fp32 in brackets):", "",
-              "| shape (out×in) | batch | seed basis 3.5 bpw | seed basis 2.5 bpw | low-rank (x Bᵀ) Aᵀ, 4.25 bpw |",
-              "|---|---:|---:|---:|---:|"]
+              "| shape (out×in) | batch | seed basis 3.5 bpw | seed basis 2.5 bpw | low-rank (x Bᵀ) Aᵀ, 4.25 bpw | RBE block-DCT (sparse), 4.25 bpw |",
+              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         m, s = r["ms"], r["speedup_vs_dense"]
         lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['batch']} | "
                      + " | ".join(f"{m[k]:.3f} ({s[k]:.2f}×)" for k in ("seedbasis 3.5 fused", "seedbasis 2.5 fused",
-                                                                         "low-rank 4.25 bpw")) + " |")
+                                                                         "low-rank 4.25 bpw", "rbe block-DCT 4.25 bpw")) + " |")
     lines += ["", f"End-to-end SmolLM2-135M greedy decoding, batch 1, 32 new tokens: dense fp32 "
               f"{e2e['dense_tokens_per_s']:.1f} tok/s, RTN int4 g128 (fused kernel) {e2e['int4_tokens_per_s']:.1f} tok/s "
               f"({e2e['int4_tokens_per_s'] / e2e['dense_tokens_per_s']:.2f}×)."]

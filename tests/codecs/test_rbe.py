@@ -140,3 +140,36 @@ def test_bad_configs():
                dict(k=None), dict(bpw=0), dict(tol=-1.0)):
         with pytest.raises(ValueError):
             RBEConfig(**kw)
+
+
+@pytest.mark.parametrize("residual", ["dct", "haar", "db4"])
+@pytest.mark.parametrize("basis", ["poly-cos8", "none"])
+@pytest.mark.parametrize("batch", [1, 32])
+def test_fused_block_transform_matmul_matches_decode(residual, basis, batch):
+    from reality_stone.codecs import codec_config
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(70, 100, generator=g)  # odd shapes: not multiples of the block
+    enc = codec_config("rbe", block=16, basis=basis, residual=residual, k=40).encode(W)
+    x = torch.randn(batch, 100, generator=g, dtype=torch.float64)
+    exact = x @ enc.decode(torch.float64).T
+    ref32 = (x.float() @ enc.decode().T).double()
+    fused = enc.matmul(x.float()).double()
+    assert (fused - exact).norm() <= 2 * (ref32 - exact).norm() + 1e-6 * exact.norm()
+    xg = torch.randn(2, 100, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(enc.matmul, (xg,))
+
+
+def test_fused_block_transform_never_builds_the_weight(allocated_bytes_rbe=None):
+    from torch.profiler import ProfilerActivity, profile
+
+    from reality_stone.codecs import codec_config
+
+    W = torch.randn(2048, 2048, generator=torch.Generator().manual_seed(1))
+    enc = codec_config("rbe", block=64, basis="poly-cos8", residual="dct", k=64).encode(W)
+    x = torch.randn(1, 2048)
+    enc.matmul(x)  # builds the sparse coefficient matrix once
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        enc.matmul(x)
+    allocated = sum(max(e.self_cpu_memory_usage, 0) for e in prof.events())
+    assert allocated < 0.25 * W.numel() * 4, allocated

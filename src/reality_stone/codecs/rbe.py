@@ -288,6 +288,31 @@ class RBEEncoded(Encoded):
         A = transform_matrix(self.config.residual, B)
         return self._blueprint_blocks() + A.T @ C.reshape(n, B, B) @ A
 
+    def matmul(self, x: Tensor) -> Tensor:
+        """``x @ Wᵀ`` without W (`kernels.block_transform`): transform x once per column block,
+        one sparse product over the kept coefficients, inverse transform; the poly-cos8
+        blueprint through its 8 basis images. Packed64 blueprints and mirror mode use the
+        reference decode → matmul."""
+        if x.shape[-1] != self.shape[1]:
+            raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
+        cfg = self.config
+        if cfg.mirror or cfg.basis == "packed64" or cfg.residual == "none":
+            return super().matmul(x)
+        from reality_stone.kernels.block_transform import block_transform_matmul, coefficient_matrix
+
+        if not hasattr(self, "_fused"):
+            B = cfg.block
+            nI, nJ = -(-self.shape[0] // B), -(-self.shape[1] // B)
+            C = coefficient_matrix(self.positions, self.indices, self.values(), B, (nI, nJ))
+            bp = None
+            if cfg.basis == "poly-cos8":
+                bp = torch.zeros(nI, nJ, 8, dtype=torch.float64)
+                for (i, j), b in zip(self.positions, self.blueprint.double()):
+                    bp[i, j] = b
+            self._fused = (transform_matrix(cfg.residual, B), C, bp, poly_cos8_basis(B).permute(2, 0, 1).contiguous())
+        A, C, bp, basis = self._fused
+        return block_transform_matmul(x, A, C, self.shape[0], blueprint=bp, basis=basis if bp is not None else None)
+
     def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
         B = self.config.block
         rows, cols = self.shape
