@@ -22,17 +22,22 @@ def pack_bits(codes: Tensor, bits: int) -> bytes:
     """
     if not 1 <= bits <= 32:
         raise ValueError(f"bits must be in [1, 32], got {bits}")
-    v = codes.detach().reshape(-1).to(torch.int64).numpy()
+    t = codes.detach().reshape(-1)
+    # uint8 codes (the ≤ 8-bit codecs' storage) stay uint8: 8× less memory traffic than int64
+    v = t.numpy() if t.dtype == torch.uint8 else t.to(torch.int64).numpy()
     if v.size and (v.min() < 0 or v.max() >= (1 << bits)):
         raise ValueError(f"codes must be in [0, {1 << bits}), got range [{v.min()}, {v.max()}]")
     if bits == 8:
         return v.astype(np.uint8).tobytes()
-    if 8 % bits == 0:  # 1, 2, 4: several codes per byte, vectorised without a bit matrix
+    if 8 % bits == 0:  # 1, 2, 4: several codes per byte, OR-ed together in uint8
         per = 8 // bits
-        pad = (-v.size) % per
-        w = np.concatenate([v, np.zeros(pad, dtype=np.int64)]).reshape(-1, per)
-        shifts = np.arange(per, dtype=np.int64) * bits
-        return (w << shifts).sum(axis=1).astype(np.uint8).tobytes()
+        w = np.zeros(v.size + (-v.size) % per, dtype=np.uint8)
+        w[: v.size] = v
+        w = w.reshape(-1, per)
+        out = w[:, 0].copy()
+        for k in range(1, per):
+            out |= w[:, k] << np.uint8(k * bits)
+        return out.tobytes()
     bitmat = ((v[:, None] >> np.arange(bits, dtype=np.int64)) & 1).astype(np.uint8)
     return np.packbits(bitmat.reshape(-1), bitorder="little").tobytes()
 
