@@ -29,15 +29,21 @@ from reality_stone.geometry import PoincareBall
 __all__ = ["GeodesicSplineLinear", "HeightFieldLinear", "SplineLinear", "catmull_rom_matrix"]
 
 
-def catmull_rom_matrix(m: int, k: int, dtype=torch.float64) -> Tensor:
-    """(m, k + 1) matrix M with (M P)_i = S(t_i), t_i = i/(m−1)·k (uniform Catmull–Rom)."""
-    _check_k(m, k)
+def _catmull_rom_weights(m: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row i: its segment j (m,), the 4 control-point indices j−1 … j+2 (m, 4) and their
+    weights (m, 4) at u = t_i − j."""
     t = torch.arange(m, dtype=torch.float64) * k / (m - 1)
     j = t.floor().clamp(max=k - 1)
     u = (t - j)[:, None]
-    # basis of P_{j-1}, P_j, P_{j+1}, P_{j+2}
     w = 0.5 * torch.cat([-u + 2 * u**2 - u**3, 2 - 5 * u**2 + 3 * u**3, u + 4 * u**2 - 3 * u**3, -u**2 + u**3], 1)
     idx = (j[:, None].long() + torch.arange(-1, 3)).clamp(0, k)  # end points stand in for missing neighbours
+    return j.long(), idx, w
+
+
+def catmull_rom_matrix(m: int, k: int, dtype=torch.float64) -> Tensor:
+    """(m, k + 1) matrix M with (M P)_i = S(t_i), t_i = i/(m−1)·k (uniform Catmull–Rom)."""
+    _check_k(m, k)
+    _, idx, w = _catmull_rom_weights(m, k)
     M = torch.zeros(m, k + 1, dtype=torch.float64)
     M.scatter_add_(1, idx, w)
     return M.to(dtype)
@@ -125,12 +131,9 @@ class GeodesicSplineLinear(_CurveLinear):
         dtype = dtype or torch.get_default_dtype()
         self.in_features, self.out_features, self.k = in_features, out_features, k
         self.ball = PoincareBall(c, learn_c=learn_c, check=False, dtype=dtype)
-        t = torch.arange(out_features, dtype=torch.float64) * k / (out_features - 1)
-        j = t.floor().clamp(max=k - 1)
-        u = (t - j)[:, None]
-        self.register_buffer("seg", j.long(), persistent=False)
-        self.register_buffer("nbr", (j[:, None].long() + torch.arange(-1, 3)).clamp(0, k), persistent=False)
-        w = 0.5 * torch.cat([-u + 2 * u**2 - u**3, 2 - 5 * u**2 + 3 * u**3, u + 4 * u**2 - 3 * u**3, -u**2 + u**3], 1)
+        seg, nbr, w = _catmull_rom_weights(out_features, k)
+        self.register_buffer("seg", seg, persistent=False)
+        self.register_buffer("nbr", nbr, persistent=False)
         self.register_buffer("w", w.to(dtype), persistent=False)
         bound = 1 / math.sqrt(in_features)
         self.tangent = nn.Parameter(((torch.rand(k + 1, in_features, generator=generator, dtype=torch.float64) * 2 - 1)
