@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -52,6 +53,11 @@ class TensorSource:
     shard: str
     dtype: str
     shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the data in the shard
+    nbytes: int
+
+
+_TORCH_DTYPES = {v: k for k, v in _DTYPES.items()}
 
 
 def default_selector(name: str, shape: tuple[int, ...]) -> bool:
@@ -72,8 +78,9 @@ def _shards(src: Path) -> list[Path]:
     return shards
 
 
-def _check_shard(shard: Path) -> None:
-    """Header sanity and length: a truncated shard is reported with the first tensor it cuts."""
+def _check_shard(shard: Path) -> tuple[dict, int]:
+    """Header sanity and length: a truncated shard is reported with the first tensor it cuts.
+    Returns the header and the byte offset where the data starts."""
     size = shard.stat().st_size
     with open(shard, "rb") as fh:
         head = fh.read(8)
@@ -89,38 +96,47 @@ def _check_shard(shard: Path) -> None:
         end = 8 + n + info["data_offsets"][1]
         if end > size:
             raise ValueError(f"{shard}: truncated: tensor {name!r} needs bytes up to {end}, the file has {size}")
+    return header, 8 + n
 
 
 def checkpoint_tensors(src: str | Path) -> list[TensorSource]:
     """Every tensor of a checkpoint (a .safetensors file or a folder of shards), from headers only."""
-    from safetensors import safe_open
-
     out, seen = [], {}
     for shard in _shards(Path(src)):
-        _check_shard(shard)
-        try:
-            with safe_open(str(shard), framework="pt") as f:
-                for name in f.keys():
-                    sl = f.get_slice(name)
-                    if name in seen:
-                        raise ValueError(f"{shard}: tensor {name!r} also appears in {seen[name]}")
-                    seen[name] = shard
-                    out.append(TensorSource(name, str(shard), sl.get_dtype(), tuple(sl.get_shape())))
-        except ValueError:
-            raise
-        except Exception as exc:
-            raise ValueError(f"{shard}: not a readable safetensors shard ({exc})") from None
+        header, start = _check_shard(shard)
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if name in seen:
+                raise ValueError(f"{shard}: tensor {name!r} also appears in {seen[name]}")
+            try:
+                b0, b1 = (int(v) for v in info["data_offsets"])
+                dtype, shape = str(info["dtype"]), tuple(int(d) for d in info["shape"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{shard}: corrupt header entry for tensor {name!r}") from None
+            if dtype not in _TORCH_DTYPES:
+                raise ValueError(f"{shard}: tensor {name!r} has unsupported dtype {dtype}")
+            if b1 - b0 != math.prod(shape) * _TORCH_DTYPES[dtype].itemsize:
+                raise ValueError(f"{shard}: tensor {name!r}: {b1 - b0} bytes do not hold {dtype}{list(shape)}")
+            seen[name] = shard
+            out.append(TensorSource(name, str(shard), dtype, shape, start + b0, b1 - b0))
     return sorted(out, key=lambda s: s.name)
 
 
 def _read(src: TensorSource) -> torch.Tensor:
-    from safetensors import safe_open
-
+    """One tensor, read with plain file I/O (no mmap of the shard: the process holds this tensor
+    only, and its RSS says so)."""
     try:
-        with safe_open(src.shard, framework="pt") as f:
-            return f.get_tensor(src.name)
-    except Exception as exc:
+        with open(src.shard, "rb") as fh:
+            fh.seek(src.offset)
+            data = bytearray(fh.read(src.nbytes))
+    except OSError as exc:
         raise ValueError(f"{src.shard}: tensor {src.name!r} could not be read ({exc})") from None
+    if len(data) != src.nbytes:
+        raise ValueError(f"{src.shard}: tensor {src.name!r} is truncated ({len(data)} of {src.nbytes} bytes)")
+    if src.nbytes == 0:
+        return torch.empty(src.shape, dtype=_TORCH_DTYPES[src.dtype])
+    return torch.frombuffer(data, dtype=_TORCH_DTYPES[src.dtype]).reshape(src.shape)
 
 
 def _process(src: TensorSource, config_dict: dict | None, tensor: torch.Tensor | None = None) -> dict:
@@ -154,7 +170,7 @@ def _architecture(src: Path):
 
 
 def _fingerprint(tensors: list[TensorSource]) -> str:
-    body = json.dumps([[t.name, Path(t.shard).name, t.dtype, list(t.shape)] for t in tensors])
+    body = json.dumps([[t.name, Path(t.shard).name, t.dtype, list(t.shape), t.nbytes] for t in tensors])
     return hashlib.sha256(body.encode()).hexdigest()
 
 
