@@ -99,7 +99,7 @@ def main() -> None:
             row = dict(checkpoint_gb=size / 1e9, shards=len(list(ckpt.glob("*.safetensors"))),
                        peak_rss_gb=single["peak_rss_bytes"] / 1e9, seconds=single["seconds"],
                        output_gb=single["output_bytes"] / 1e9, gb_per_s=size / 1e9 / single["seconds"])
-            if gb == min(float(s) for s in sizes.split(",")):
+            if gb <= 4:  # Ray 2 workers vs 1 process, same checkpoint
                 ray2 = run(ckpt, work / "out.safetensors", 2)
                 row.update(ray2_seconds=ray2["seconds"], ray2_speedup=single["seconds"] / ray2["seconds"])
             rows.append(row)
@@ -107,9 +107,15 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     gbps = statistics.median([r["gb_per_s"] for r in rows])
-    est = dict(model="70B parameters, fp16 (140 GB)", single_core_process_hours=140 / gbps / 3600,
-               note="extrapolated from the measured single-process throughput; per worker-core with Ray, "
-                    "divide by the number of workers times the measured 2-worker efficiency")
+    timing = RESULTS / "seedbasis_timing.json"
+    sb = None
+    if timing.is_file():  # the seed basis' measured whole-model speed (benchmarks/seedbasis_timing.py)
+        sb = next(r["seconds_per_mweight"] for r in json.loads(timing.read_text())["rows"]
+                  if r["budget"] == "3.5" and r["mode"] == "data-aware")
+    est = dict(model="70B parameters, fp16 (140 GB)", rtn_process_hours=140 / gbps / 3600,
+               seedbasis_3_5_aware_process_hours=(70e3 * sb / 3600) if sb else None,
+               note="extrapolated from measured throughput on this 2-core machine (one process, 2 threads); "
+                    "with Ray, divide by the workers times the measured parallel efficiency")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(dict(rows=rows, estimate_70b=est, codec="rtn int4 g128"), indent=2) + "\n")
     lines = ["| checkpoint GB | shards | peak RSS GB | seconds | GB/s | output GB | Ray 2 workers: seconds (speedup) |",
@@ -119,7 +125,10 @@ def main() -> None:
         lines.append(f"| {r['checkpoint_gb']:.2f} | {r['shards']} | {r['peak_rss_gb']:.2f} | {r['seconds']:.1f} | "
                      f"{r['gb_per_s']:.3f} | {r['output_gb']:.2f} | {ray} |")
     lines += ["", f"Estimate (not measured): a 70B fp16 checkpoint (140 GB) at the median measured "
-              f"{gbps:.3f} GB/s takes ≈ {est['single_core_process_hours']:.1f} h in one process on this machine."]
+              f"{gbps:.3f} GB/s takes ≈ {est['rtn_process_hours']:.1f} h with RTN in one 2-thread process here"
+              + (f"; the data-aware seed basis (3.5 bpw) at its measured {sb:.2f} s per million weights would "
+                 f"take ≈ {est['seedbasis_3_5_aware_process_hours']:.0f} h (plus calibration), i.e. a cluster job."
+                 if sb else ".")]
     (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
 
 
