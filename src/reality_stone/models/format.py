@@ -139,22 +139,18 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def _build_architecture(arch: dict, path: Path) -> nn.Module:
+    """The transformers model with its parameters on the meta device (no memory, no random init)
+    and its buffers real (non-persistent ones such as RoPE's inv_freq are computed by __init__
+    and are not in the file). `load` then assigns the file's tensors."""
     import transformers
+    from accelerate import init_empty_weights
     from transformers import PreTrainedModel
-
-    try:  # moved between transformers releases; without it we only lose time, not correctness
-        from transformers.initialization import no_init_weights
-    except ImportError:
-        try:
-            from transformers.modeling_utils import no_init_weights
-        except ImportError:
-            from contextlib import nullcontext as no_init_weights
 
     cls = getattr(transformers, str(arch.get("class")), None)
     if not (isinstance(cls, type) and issubclass(cls, PreTrainedModel)):
         raise ValueError(f"{path}: unknown model class {arch.get('class')!r}")
     config = cls.config_class.from_dict(arch["config"])
-    with no_init_weights():  # every persistent tensor is overwritten from the file: skip random init
+    with init_empty_weights(include_buffers=False):
         return cls(config).eval()
 
 
@@ -169,6 +165,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
 
     path = Path(path)
     meta = read_metadata(path)
+    built = model is None  # built here: parameters are on the meta device until assigned
     if model is None:
         if meta["architecture"] is None:
             raise ValueError(f"{path}: holds a plain nn.Module; pass `model=` with the same structure to load it")
@@ -216,9 +213,13 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         for b in mod._non_persistent_buffers_set:
             state.pop(f"{mname}.{b}" if mname else b, None)
     try:
-        model.load_state_dict(state, strict=True)
+        # assign=True: the file's tensors become the parameters (no dense copy of a meta skeleton)
+        model.load_state_dict(state, strict=True, assign=built)
     except RuntimeError as exc:
         raise ValueError(f"{path}: tensors do not fit the model ({str(exc)[:300]})") from None
     if meta["aliases"] and hasattr(model, "tie_weights"):
-        model.tie_weights()  # re-share tied parameters (construction without init leaves them separate)
+        model.tie_weights()  # re-share tied parameters (assignment leaves them separate objects)
+    missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if missing:
+        raise ValueError(f"{path}: no data for {missing[:5]} (file does not match the architecture)")
     return model
