@@ -9,8 +9,8 @@ Weights have realistic statistics: Student-t (ν = 5) values — heavy tails, as
 weights have — scaled per row by a log-normal factor (one template per shape, see
 `make_checkpoint`). Each compression (RTN int4 g128, the
 fastest real codec, so the streaming machinery is what is measured) runs in a fresh
-subprocess that reports its own peak RSS (``ru_maxrss``; Ray workers are separate processes
-and report theirs via the driver-side summary only as wall time). The 70B figure is an
+subprocess that reports its own peak RSS (VmHWM — not ru_maxrss, which Linux carries over
+from the parent across fork + exec; Ray workers are separate processes, not counted). The 70B figure is an
 extrapolation from the measured single-process throughput: stated as an estimate.
 """
 
@@ -68,12 +68,13 @@ def make_checkpoint(folder: Path, gigabytes: float, shard_bytes: float = 2e9) ->
 
 
 CHILD = """
-import json, resource, sys, time
+import json, sys
 from reality_stone.codecs import codec_config
+from reality_stone.models.evaluate import peak_rss_bytes
 from reality_stone.models.streaming import compress_checkpoint
 src, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 s = compress_checkpoint(src, out, codec_config("rtn", bits=4, group=128), workers=workers)
-s["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+s["peak_rss_bytes"] = peak_rss_bytes()  # VmHWM: this program only (ru_maxrss inherits the parent's)
 print("RESULT " + json.dumps(s))
 """
 
