@@ -27,7 +27,8 @@ import torch
 
 from reality_stone.codecs import codec_config
 from reality_stone.codecs.seedbasis import SeedBasisEncoded, preset
-from reality_stone.kernels.int_lowbit_ops import extension_status, int4_linear
+from reality_stone.kernels.extension import extension_status
+from reality_stone.kernels.int_lowbit_ops import int4_linear
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES = [(1024, 1024), (4096, 4096), (11008, 4096), (576, 576), (1536, 576), (576, 1536)]  # (out, in)

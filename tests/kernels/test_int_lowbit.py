@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from reality_stone.codecs import codec_config
+from reality_stone.kernels.extension import extension_status
 from reality_stone.kernels.int_lowbit import int4_linear_reference, pack_int4_layout, unpack_int4_layout
-from reality_stone.kernels.int_lowbit_ops import extension_status, int4_linear
+from reality_stone.kernels.int_lowbit_ops import int4_linear
 from reality_stone.nn import CompressedLinear
 
 
@@ -95,7 +96,8 @@ def test_fallback_without_extension_is_correct_and_warns():
     script = textwrap.dedent("""
         import warnings, torch
         from reality_stone.kernels.int_lowbit import int4_linear_reference, pack_int4_layout
-        from reality_stone.kernels.int_lowbit_ops import int4_linear, extension_status
+        from reality_stone.kernels.extension import extension_status
+        from reality_stone.kernels.int_lowbit_ops import int4_linear
         packed = pack_int4_layout(torch.randint(0, 16, (8, 64)), 32)
         s, o = torch.rand(8, 2), torch.rand(8, 2)
         x = torch.randn(1, 64)
@@ -117,7 +119,8 @@ def test_avx2_path_on_avx512_machines():
     script = textwrap.dedent("""
         import torch
         from reality_stone.kernels.int_lowbit import int4_linear_reference, pack_int4_layout
-        from reality_stone.kernels.int_lowbit_ops import int4_linear, extension_status
+        from reality_stone.kernels.extension import extension_status
+        from reality_stone.kernels.int_lowbit_ops import int4_linear
         g = torch.Generator().manual_seed(0)
         packed = pack_int4_layout(torch.randint(0, 16, (37, 384), generator=g), 128)
         s, o = torch.rand(37, 3, generator=g) * 0.02, -torch.rand(37, 3, generator=g) * 0.1

@@ -1,8 +1,8 @@
 """Dispatch for seed-basis matmuls: fused C++ kernel, tiled torch path, autograd, custom op.
 
 * batch ≤ 8, float32, kernel built (`reality_stone.kernels.extension`): `seedbasis_cpu.cpp`;
-* otherwise: decode ``TILE_ROWS`` rows at a time from the layout and multiply (never the
-  whole dense weight).
+* otherwise: the tiled torch path (`kernels.tiled`: decode 256 rows at a time from the
+  layout and multiply; never the whole dense weight).
 
 `seedbasis_linear` is a ``torch.library.custom_op`` (traced by ``torch.compile``) with a
 registered backward (gradient w.r.t. the input by the same tiled decode).
@@ -15,15 +15,16 @@ from torch import Tensor
 
 from reality_stone.kernels.extension import load_extension
 from reality_stone.kernels.seedbasis import SeedBasisLayout, block_sign_sums, decode_rows
+from reality_stone.kernels.tiled import FUSED_MAX_BATCH, tiled_linear, tiled_linear_transposed
 
 __all__ = ["seedbasis_linear", "seedbasis_matmul"]
 
-TILE_ROWS = 256
-_FUSED_MAX_BATCH = 8
-
-
 def _layout(pattern, seeds, exps, codes, rows) -> SeedBasisLayout:
     return SeedBasisLayout(pattern, seeds, exps, codes, codes.shape[1], rows)
+
+
+def _decoder(lay: SeedBasisLayout, in_features: int):
+    return lambda r0, r1, dtype: decode_rows(lay, r0, r1, in_features, dtype)
 
 
 @torch.library.custom_op("reality_stone::seedbasis_linear", mutates_args=())
@@ -32,15 +33,12 @@ def seedbasis_linear(x: Tensor, pattern: Tensor, seeds: Tensor, exps: Tensor, co
     lay = _layout(pattern, seeds, exps, codes, rows)
     lead, in_f = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, in_f)
-    ext = load_extension() if x2.dtype == torch.float32 and x2.shape[0] <= _FUSED_MAX_BATCH else None
+    ext = load_extension() if x2.dtype == torch.float32 and x2.shape[0] <= FUSED_MAX_BATCH else None
     if ext is not None and x2.shape[0] > 0:
         v = block_sign_sums(x2, seeds.shape[0])
         y = ext.seedbasis_gemv(v, pattern, seeds, exps, codes, codes.shape[1])[:, :rows]
     else:
-        y = x2.new_empty(x2.shape[0], rows)
-        for r0 in range(0, rows, TILE_ROWS):
-            r1 = min(r0 + TILE_ROWS, rows)
-            y[:, r0:r1] = x2 @ decode_rows(lay, r0, r1, in_f, x2.dtype).T
+        y = tiled_linear(x2, rows, _decoder(lay, in_f))
     return y.reshape(*lead, rows)
 
 
@@ -58,10 +56,7 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, grad):
     lay = _layout(*ctx.saved_tensors, ctx.rows)
     g2 = grad.reshape(-1, grad.shape[-1])
-    gx = g2.new_zeros(g2.shape[0], ctx.in_features)
-    for r0 in range(0, ctx.rows, TILE_ROWS):
-        r1 = min(r0 + TILE_ROWS, ctx.rows)
-        gx += g2[:, r0:r1] @ decode_rows(lay, r0, r1, ctx.in_features, g2.dtype)
+    gx = tiled_linear_transposed(g2, ctx.rows, ctx.in_features, _decoder(lay, ctx.in_features))
     return gx.reshape(*grad.shape[:-1], ctx.in_features), None, None, None, None, None
 
 

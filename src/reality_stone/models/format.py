@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ from torch import nn
 from reality_stone.codecs.base import decode_bytes
 from reality_stone.nn.compressed import CompressedLinear
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "load", "read_metadata", "save"]
+__all__ = ["ENCODED_SUFFIX", "FORMAT_NAME", "FORMAT_VERSION", "atomic_path", "file_metadata", "load", "read_metadata", "save"]
 
 FORMAT_NAME = "reality-stone"
 FORMAT_VERSION = 1
@@ -45,6 +46,40 @@ def _sha(t: torch.Tensor) -> str:
 def _meta_digest(meta: dict[str, str]) -> str:
     body = json.dumps({k: v for k, v in sorted(meta.items()) if k != "metadata_sha256"}, sort_keys=True)
     return hashlib.sha256(body.encode()).hexdigest()
+
+
+def file_metadata(*, architecture, compressed: dict, aliases: dict, checksums: dict, source) -> dict[str, str]:
+    """The safetensors metadata of a Reality Stone file (both writers: `save` and
+    `streaming.compress_checkpoint`), digest included."""
+    meta = {
+        "format": FORMAT_NAME,
+        "format_version": str(FORMAT_VERSION),
+        "architecture": json.dumps(architecture),
+        "compressed": json.dumps(compressed, sort_keys=True),
+        "aliases": json.dumps(aliases, sort_keys=True),
+        "checksums": json.dumps(checksums, sort_keys=True),
+        "source": json.dumps(source),
+    }
+    meta["metadata_sha256"] = _meta_digest(meta)
+    return meta
+
+
+@contextmanager
+def atomic_path(path: Path, *, fsync: bool = True):
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``,
+    on any exception removed — a crash never leaves a half-written file under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if fsync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _architecture(model: nn.Module):
@@ -82,27 +117,10 @@ def save(model: nn.Module, path: str | Path, *, source: str | None = None) -> Pa
             tensors[name + ENCODED_SUFFIX] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             compressed[name] = {"codec": mod.encoded.config.codec_name, "shape": list(mod.encoded.shape),
                                 "bits_per_weight": mod.encoded.bits_per_weight()}
-    meta = {
-        "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
-        "architecture": json.dumps(_architecture(model)),
-        "compressed": json.dumps(compressed, sort_keys=True),
-        "aliases": json.dumps(aliases, sort_keys=True),
-        "checksums": json.dumps({k: _sha(v) for k, v in sorted(tensors.items())}, sort_keys=True),
-        "source": json.dumps(source),
-    }
-    meta["metadata_sha256"] = _meta_digest(meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    meta = file_metadata(architecture=_architecture(model), compressed=compressed, aliases=aliases,
+                         checksums={k: _sha(v) for k, v in tensors.items()}, source=source)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

@@ -1,7 +1,8 @@
 """Checkpoints larger than memory: compress a (sharded) safetensors checkpoint tensor by tensor.
 
-``compress_checkpoint(src, out, config)`` reads each tensor memory-mapped from its shard,
-compresses the selected 2-D weights (others are copied), and writes each result to a part
+``compress_checkpoint(src, out, config)`` reads each tensor from its shard (plain reads at the
+offsets of the safetensors header, no mmap), compresses the selected 2-D weights (others are
+copied), and writes each result to a part
 file under ``<out>.parts/`` with a manifest (tensor → output name, dtype, shape, size,
 sha256). Peak memory is one tensor and its encoding (plus the codec's working memory), not
 the model. The final file — the same format as `reality_stone.save` (`models/format.py`):
@@ -25,10 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import struct
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ from typing import Callable
 
 import torch
 
-from reality_stone.codecs.base import CodecConfig, codec_config
+from reality_stone.codecs.base import CodecConfig
+from reality_stone.models.format import ENCODED_SUFFIX, atomic_path, file_metadata
 
 __all__ = ["TensorSource", "checkpoint_tensors", "compress_checkpoint", "default_selector"]
 
@@ -78,32 +78,29 @@ def _shards(src: Path) -> list[Path]:
     return shards
 
 
-def _check_shard(shard: Path) -> tuple[dict, int]:
-    """Header sanity and length: a truncated shard is reported with the first tensor it cuts.
-    Returns the header and the byte offset where the data starts."""
-    size = shard.stat().st_size
+def _read_header(shard: Path) -> tuple[dict, int]:
+    """The parsed safetensors header and the byte offset where the data starts."""
     with open(shard, "rb") as fh:
         head = fh.read(8)
         n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-        if n < 2 or 8 + n > size:
+        if n < 2 or 8 + n > shard.stat().st_size:
             raise ValueError(f"{shard}: corrupt or truncated safetensors header")
         try:
             header = json.loads(fh.read(n))
         except ValueError:
             raise ValueError(f"{shard}: corrupt safetensors header (not JSON)") from None
-    for name, info in sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
-                             key=lambda kv: kv[1]["data_offsets"][1]):
-        end = 8 + n + info["data_offsets"][1]
-        if end > size:
-            raise ValueError(f"{shard}: truncated: tensor {name!r} needs bytes up to {end}, the file has {size}")
+    if not isinstance(header, dict):
+        raise ValueError(f"{shard}: corrupt safetensors header (not an object)")
     return header, 8 + n
 
 
 def checkpoint_tensors(src: str | Path) -> list[TensorSource]:
-    """Every tensor of a checkpoint (a .safetensors file or a folder of shards), from headers only."""
+    """Every tensor of a checkpoint (a .safetensors file or a folder of shards), from headers only.
+    A truncated shard is reported with the first tensor it cuts."""
     out, seen = [], {}
     for shard in _shards(Path(src)):
-        header, start = _check_shard(shard)
+        header, start = _read_header(shard)
+        entries = []
         for name, info in header.items():
             if name == "__metadata__":
                 continue
@@ -119,7 +116,14 @@ def checkpoint_tensors(src: str | Path) -> list[TensorSource]:
             if b1 - b0 != math.prod(shape) * _TORCH_DTYPES[dtype].itemsize:
                 raise ValueError(f"{shard}: tensor {name!r}: {b1 - b0} bytes do not hold {dtype}{list(shape)}")
             seen[name] = shard
-            out.append(TensorSource(name, str(shard), dtype, shape, start + b0, b1 - b0))
+            entries.append(TensorSource(name, str(shard), dtype, shape, start + b0, b1 - b0))
+        size = shard.stat().st_size
+        cut = [e for e in entries if e.offset + e.nbytes > size]
+        if cut:
+            first = min(cut, key=lambda e: e.offset + e.nbytes)
+            raise ValueError(f"{shard}: truncated: tensor {first.name!r} needs bytes up to "
+                             f"{first.offset + first.nbytes}, the file has {size}")
+        out += entries
     return sorted(out, key=lambda s: s.name)
 
 
@@ -139,19 +143,17 @@ def _read(src: TensorSource) -> torch.Tensor:
     return torch.frombuffer(data, dtype=_TORCH_DTYPES[src.dtype]).reshape(src.shape)
 
 
-def _process(src: TensorSource, config_dict: dict | None, tensor: torch.Tensor | None = None) -> dict:
-    """Compress (config_dict given) or copy one tensor. Returns the part record + its bytes."""
+def _process(src: TensorSource, config: CodecConfig | None, tensor: torch.Tensor | None = None) -> dict:
+    """Compress (``config`` given) or copy one tensor. Returns the part record + its bytes."""
     t0 = time.perf_counter()
     t = _read(src) if tensor is None else tensor
-    if config_dict is not None:
+    if config is not None:
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{src.shard}: tensor {src.name!r} has NaN/Inf values")
-        cfg = codec_config(config_dict["codec"], **config_dict["config"])
-        enc = cfg.encode(t.float())
+        enc = config.encode(t.float())
         data = enc.to_bytes()
-        layer = src.name[: -len(".weight")]
-        rec = dict(out_name=layer + ".__encoded__", dtype="U8", shape=[len(data)],
-                   compressed=dict(codec=cfg.codec_name, shape=list(enc.shape), bits_per_weight=enc.bits_per_weight()))
+        rec = dict(out_name=src.name[: -len(".weight")] + ENCODED_SUFFIX, dtype="U8", shape=[len(data)],
+                   compressed=dict(codec=config.codec_name, shape=list(enc.shape), bits_per_weight=enc.bits_per_weight()))
     else:
         data = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         rec = dict(out_name=src.name, dtype=_DTYPES[t.dtype], shape=list(t.shape), compressed=None)
@@ -175,14 +177,9 @@ def _fingerprint(tensors: list[TensorSource]) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # no fsync per part: a part lost in a power cut fails its checksum on resume and is redone
+    with atomic_path(path, fsync=False) as tmp:
+        tmp.write_bytes(data)
 
 
 class _PartStore:
@@ -217,11 +214,11 @@ class _PartStore:
                       json.dumps({"version": MANIFEST_VERSION, "key": self.key, "done": self.done}, indent=1).encode())
 
 
-def _process_in_worker(src: TensorSource, config_dict: dict | None) -> dict:
+def _process_in_worker(src: TensorSource, config: CodecConfig | None) -> dict:
     # one intra-op thread per Ray worker: parallelism comes from the workers, and torch's
     # default (all cores per process) oversubscribes the machine N-fold
     torch.set_num_threads(1)
-    return _process(src, config_dict)
+    return _process(src, config)
 
 
 def _ray_tasks(todo, cfg_of, workers: int, ray_address: str | None):
@@ -261,14 +258,12 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
     Returns a summary: tensors, compressed layers, bytes in and out, seconds, workers used.
     ``on_tensor(record)`` is called after each finished tensor (progress hooks, tests).
     """
-    from reality_stone.models.format import ENCODED_SUFFIX, FORMAT_NAME, FORMAT_VERSION, _meta_digest
-
     t_start = time.perf_counter()
     src, out = Path(src), Path(out)
     tensors = checkpoint_tensors(src)
     cfg_dict = {"codec": config.codec_name, "config": config.to_dict()}
     selected = {t.name for t in tensors if t.dtype in ("F32", "F16", "BF16", "F64") and select(t.name, t.shape)}
-    cfg_of = lambda t: cfg_dict if t.name in selected else None  # noqa: E731
+    cfg_of = lambda t: config if t.name in selected else None  # noqa: E731
     out.parent.mkdir(parents=True, exist_ok=True)
     store = _PartStore(out.with_name(out.name + ".parts"), {"source": _fingerprint(tensors), "codec": cfg_dict,
                                                             "selected": sorted(selected)}, resume and streaming)
@@ -307,30 +302,19 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
     if len(set(names)) != len(names):
         raise ValueError(f"{src}: two tensors map to the same output name")
     compressed = {r["out_name"][: -len(ENCODED_SUFFIX)]: r["compressed"] for r in records if r["compressed"]}
-    meta = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION),
-            "architecture": json.dumps(_architecture(src)), "compressed": json.dumps(compressed, sort_keys=True),
-            "aliases": json.dumps({}), "checksums": json.dumps({r["out_name"]: r["sha256"] for r in records}, sort_keys=True),
-            "source": json.dumps(source)}
-    meta["metadata_sha256"] = _meta_digest(meta)
+    meta = file_metadata(architecture=_architecture(src), compressed=compressed, aliases={},
+                         checksums={r["out_name"]: r["sha256"] for r in records}, source=source)
     header, offset = {"__metadata__": meta}, 0
     for r in records:
         header[r["out_name"]] = {"dtype": r["dtype"], "shape": r["shape"], "data_offsets": [offset, offset + r["nbytes"]]}
         offset += r["nbytes"]
     hbytes = json.dumps(header, separators=(",", ":")).encode()
     hbytes += b" " * (-len(hbytes) % 8)  # safetensors: the data starts 8-byte aligned
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(struct.pack("<Q", len(hbytes)) + hbytes)
-            for r in records:
-                with open(store.folder / r["part"], "rb") as part:
-                    shutil.copyfileobj(part, fh, 16 * 2**20)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(hbytes)) + hbytes)
+        for r in records:
+            with open(store.folder / r["part"], "rb") as part:
+                shutil.copyfileobj(part, fh, 16 * 2**20)
     shutil.rmtree(store.folder, ignore_errors=True)
     in_bytes = sum(Path(s).stat().st_size for s in {t.shard for t in tensors})
     return dict(output=str(out), tensors=len(records), compressed_layers=len(compressed), input_bytes=in_bytes,

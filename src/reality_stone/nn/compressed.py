@@ -22,6 +22,7 @@ class CompressedLinear(nn.Module):
     def __init__(self, encoded: Encoded, bias: Tensor | None = None):
         super().__init__()
         self.encoded = encoded
+        self._decoded: Tensor | None = None  # set only inside `decoded_weights`
         self.out_features, self.in_features = encoded.shape
         if bias is not None:
             if bias.shape != (self.out_features,):
@@ -38,8 +39,7 @@ class CompressedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input has {x.shape[-1]} features, {self.in_features} expected")
-        cached = getattr(self, "_decoded", None)
-        y = x @ cached.T if cached is not None else self.encoded.matmul(x)
+        y = x @ self._decoded.T if self._decoded is not None else self.encoded.matmul(x)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     @property

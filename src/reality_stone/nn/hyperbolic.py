@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from reality_stone.geometry import PoincareBall, conversions, poincare
+from reality_stone.geometry import Lorentz, PoincareBall, conversions, poincare
 from reality_stone.nn.butterfly import ButterflyLinear
 
 __all__ = ["FromPoincare", "HyperButterfly", "HyperbolicMLR", "LorentzLinear", "MobiusLinear", "ToPoincare"]
@@ -152,8 +152,6 @@ class LorentzLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, c: float = 1.0,
                  learn_c: bool = False, check: bool = True, dtype=None):
         super().__init__()
-        from reality_stone.geometry import Lorentz
-
         dtype = dtype or torch.get_default_dtype()
         self.in_features, self.out_features = in_features, out_features
         self.manifold = Lorentz(c, learn_c=learn_c, check=check, dtype=dtype)
