@@ -1,4 +1,5 @@
-"""Fused int4 kernel vs its reference: accuracy, gradients, memory, fallback, torch.compile."""
+"""Fused 2/3/4-bit kernels (fp32 and int8 activations) vs their references: layout, accuracy,
+gradients, memory, fallback, torch.compile, CompressedLinear."""
 
 import os
 import subprocess
@@ -9,25 +10,49 @@ import pytest
 import torch
 
 from reality_stone.codecs import codec_config
-from reality_stone.kernels.extension import extension_status
-from reality_stone.kernels.int_lowbit import int4_linear_reference, pack_int4_layout, unpack_int4_layout
-from reality_stone.kernels.int_lowbit_ops import int4_linear
-from reality_stone.nn import CompressedLinear
+from reality_stone.kernels.extension import extension_status, load_extension
+from reality_stone.kernels.int_lowbit import (
+    lowbit_linear_a8_reference,
+    lowbit_linear_reference,
+    pack_lowbit_layout,
+    quantize_activations,
+    unpack_lowbit_layout,
+)
+from reality_stone.kernels.int_lowbit_ops import lowbit_linear, lowbit_linear_a8
+from reality_stone.nn import CompressedLinear, decoded_weights, set_activations
+
+VNNI = load_extension() is not None and load_extension().has_avx512_vnni()
 
 
-def _weights(rows, K, group, seed=0):
+def _weights(rows, K, group, bits, zero_point=False, seed=0):
     g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(0, 16, (rows, K), generator=g)
-    scale = torch.rand(rows, K // group, generator=g) * 0.02 + 1e-3
-    offset = -torch.rand(rows, K // group, generator=g) * 0.1
-    return pack_int4_layout(codes, group), scale, offset
+    codes = torch.randint(0, 2**bits, (rows, K), generator=g)
+    scale = (torch.rand(rows, K // group, generator=g) * 0.02 + 1e-3).half()
+    if zero_point:
+        offset = (torch.rand(rows, K // group, generator=g) * (2**bits - 1)).half()
+    else:
+        offset = (-torch.rand(rows, K // group, generator=g) * 0.1).half()
+    return pack_lowbit_layout(codes, bits), scale, offset
 
 
-def test_layout_round_trip():
-    codes = torch.randint(0, 16, (7, 64))
-    assert torch.equal(unpack_int4_layout(pack_int4_layout(codes, 32), 32), codes)
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_layout_round_trip_and_size(bits):
+    codes = torch.randint(0, 2**bits, (7, 192))
+    packed = pack_lowbit_layout(codes, bits)
+    assert packed.dtype == torch.uint8 and packed.shape == (7, 192 * bits // 8)  # exactly `bits` per code
+    assert torch.equal(unpack_lowbit_layout(packed, bits), codes)
     with pytest.raises(ValueError):
-        pack_int4_layout(codes + 16, 32)
+        pack_lowbit_layout(codes + 2**bits, bits)
+    with pytest.raises(ValueError):
+        pack_lowbit_layout(codes[:, :100], bits)  # K not a multiple of 64
+
+
+def test_three_bit_layout_bytes_are_the_documented_ones():
+    codes = torch.zeros(1, 64, dtype=torch.int64)
+    codes[0, 17] = 6  # low bits 2 → byte 1, bits 2-3; high bit → uint64 bit 17 (byte 18, bit 1)
+    packed = pack_lowbit_layout(codes, 3)[0]
+    assert packed[1] == 2 << 2 and packed[16 + 2] == 1 << 1
+    assert int(packed.sum()) == (2 << 2) + (1 << 1)
 
 
 def test_extension_builds_in_ci():
@@ -37,101 +62,179 @@ def test_extension_builds_in_ci():
         assert status.startswith("fused AVX2 kernels"), status
 
 
-@pytest.mark.parametrize("rows,K,group", [(37, 160, 32), (129, 384, 128), (300, 96, 16)])
-@pytest.mark.parametrize("batch", [1, 5, 32])
-def test_fused_matches_reference_within_its_own_error(rows, K, group, batch):
-    packed, scale, offset = _weights(rows, K, group)
+SHAPES = [(37, 192, 64), (129, 512, 128), (300, 256, 256), (17, 64 * 37, 64)]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("rows,K,group", SHAPES)
+@pytest.mark.parametrize("batch", [1, 2, 5, 32])
+def test_fused_matches_reference_within_its_own_error(bits, rows, K, group, batch):
+    zero_point = bits == 3  # both affine forms
+    packed, scale, offset = _weights(rows, K, group, bits, zero_point)
     x = torch.randn(batch, K, generator=torch.Generator().manual_seed(1))
-    exact = int4_linear_reference(x.double(), packed, scale.double(), offset.double(), group)
-    ref32 = int4_linear_reference(x, packed, scale, offset, group).double()
-    fused = int4_linear(x, packed, scale, offset, group).double()
-    ref_err = (ref32 - exact).abs().max()
-    tol = 2 * ref_err + 1e-6 * exact.abs().max()  # 2× the reference's own float32 error
+    exact = lowbit_linear_reference(x.double(), packed, scale, offset, zero_point, group, bits)
+    ref32 = lowbit_linear_reference(x, packed, scale, offset, zero_point, group, bits).double()
+    fused = lowbit_linear(x, packed, scale, offset, zero_point, group, bits).double()
+    tol = 2 * (ref32 - exact).abs().max() + 1e-6 * exact.abs().max()  # 2× the reference's own float32 error
     assert (fused - exact).abs().max() <= tol
     assert fused.shape == (batch, rows)
 
 
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("rows,K,group", SHAPES)
+@pytest.mark.parametrize("batch", [1, 3, 8, 32])
+def test_int8_activation_path_matches_its_reference(bits, rows, K, group, batch):
+    zero_point = bits != 3
+    packed, scale, offset = _weights(rows, K, group, bits, zero_point, seed=3)
+    x = torch.randn(batch, K, generator=torch.Generator().manual_seed(4)) * torch.linspace(0.1, 3, K)
+    exact = lowbit_linear_a8_reference(x, packed, scale, offset, zero_point, group, bits)  # float64
+    ref32 = lowbit_linear_a8_reference(x, packed, scale, offset, zero_point, group, bits, torch.float32).double()
+    y = lowbit_linear_a8(x, packed, scale, offset, zero_point, group, bits).double()
+    tol = 2 * (ref32 - exact).abs().max() + 1e-6 * exact.abs().max()
+    assert (y - exact).abs().max() <= tol
+    # and it really quantised: not the fp32 product, but close to it (int8 per group: ~0.4 % of max)
+    fp = lowbit_linear_reference(x.double(), packed, scale, offset, zero_point, group, bits)
+    err = (y - fp).norm() / fp.norm()
+    assert 1e-5 < err < 2e-2, err
+
+
+@pytest.mark.skipif(not VNNI, reason="needs AVX-512 VNNI")
+def test_kernel_activation_quantiser_is_bit_identical_to_the_reference():
+    x = torch.randn(5, 512) * torch.logspace(-3, 2, 512)
+    x[1, 128:256] = 0  # an all-zero group: dx = 0, xq = 0
+    x[2, 7] = 0.5 * 3 / 127  # rounding exactly half-way is possible only via the scale; still bit-identical
+    xq, dx, xs = load_extension().quantize_activations_int8(x, 128)
+    rq, rdx = quantize_activations(x, 128)
+    assert torch.equal(xq, rq) and torch.equal(dx, rdx)
+    assert dx[1, 1] == 0 and not xq[1, 128:256].any()
+    torch.testing.assert_close(xs, x.reshape(5, 4, 128).sum(-1))
+
+
 def test_backward_gradcheck_float64_and_fused_float32():
-    packed, scale, offset = _weights(9, 64, 32)
-    x = torch.randn(3, 64, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x: int4_linear(x, packed, scale.double(), offset.double(), 32), (x,))
-    x32 = torch.randn(2, 64, requires_grad=True)
-    int4_linear(x32, packed, scale, offset, 32).pow(2).sum().backward()
-    xr = x32.detach().clone().requires_grad_()
-    int4_linear_reference(xr, packed, scale, offset, 32).pow(2).sum().backward()
-    torch.testing.assert_close(x32.grad, xr.grad, rtol=1e-4, atol=1e-5)
+    packed, scale, offset = _weights(9, 128, 64, 4)
+    x = torch.randn(3, 128, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: lowbit_linear(x, packed, scale, offset, False, 64, 4), (x,))
+    for op in (lowbit_linear, lowbit_linear_a8):  # int8 path: straight-through (gradient of the exact product)
+        x32 = torch.randn(2, 128, requires_grad=True)
+        op(x32, packed, scale, offset, False, 64, 4).pow(2).sum().backward()
+        xr = x32.detach().clone().requires_grad_()
+        y = lowbit_linear_reference(xr, packed, scale, offset, False, 64, 4)
+        (2 * op(x32.detach(), packed, scale, offset, False, 64, 4) * y).sum().backward()
+        torch.testing.assert_close(x32.grad, xr.grad, rtol=1e-4, atol=1e-5)
 
 
-def test_compressed_linear_uses_the_kernel_and_matches_decode():
+CODECS = [codec_config("rtn", bits=4, group=64), codec_config("rtn", bits=3, group=64, symmetric=True),
+          codec_config("rtn", bits=2, group=128), codec_config("hqq", bits=4, group=64),
+          codec_config("hqq", bits=1, group=64), codec_config("rtn", bits=4, group=32)]
+
+
+@pytest.mark.parametrize("cfg", CODECS, ids=lambda c: f"{c.codec_name}{c.bits}g{c.group}")
+def test_compressed_linear_uses_the_kernel_and_matches_decode(cfg):
     W = torch.randn(70, 200, generator=torch.Generator().manual_seed(2)) * 0.05
-    for cfg in (codec_config("rtn", bits=4, group=64), codec_config("rtn", bits=3, group=32, symmetric=True),
-                codec_config("hqq", bits=4, group=64)):
-        layer = CompressedLinear(cfg.encode(W), torch.zeros(70))
-        x = torch.randn(4, 200)
-        ref = x.double() @ layer.encoded.decode(torch.float64).T
-        assert (layer(x).double() - ref).abs().max() < 1e-4 * ref.abs().max()
+    layer = CompressedLinear(cfg.encode(W), torch.zeros(70))
+    packed, scale, offset, zero_point, group, bits = layer.encoded.kernel_layout()
+    assert packed.shape[1] * 8 // bits % 64 == 0 and scale.dtype == torch.float16
+    x = torch.randn(4, 200)
+    ref = x.double() @ layer.encoded.decode(torch.float64).T
+    assert (layer(x).double() - ref).abs().max() < 1e-4 * ref.abs().max()
+    layer.set_activations("int8")
+    err = (layer(x).double() - ref).norm() / ref.norm()
+    assert 1e-5 < err < 3e-2, err
+    assert "activations=int8" in repr(layer)
 
 
-def test_torch_compile_traces_the_custom_op():
-    packed, scale, offset = _weights(16, 64, 32)
-    f = torch.compile(lambda x: int4_linear(x, packed, scale, offset, 32) * 2, backend="eager", fullgraph=True)
-    x = torch.randn(2, 64)
-    torch.testing.assert_close(f(x), 2 * int4_linear(x, packed, scale, offset, 32))
+def test_int8_activations_are_refused_where_unsupported():
+    W = torch.randn(16, 64)
+    with pytest.raises(ValueError, match="int8 activations"):
+        CompressedLinear(codec_config("rtn", bits=8, group=64).encode(W), activations="int8")
+    with pytest.raises(ValueError, match="int8 activations"):
+        CompressedLinear(codec_config("lowrank", rank=4).encode(W), activations="int8")
+    with pytest.raises(ValueError, match="activations must be"):
+        CompressedLinear(codec_config("rtn", bits=4, group=64).encode(W), activations="int4")
+    model = torch.nn.Sequential(CompressedLinear(codec_config("lowrank", rank=4).encode(W)))
+    with pytest.raises(ValueError, match="no CompressedLinear"):
+        set_activations(model, "int8")
+    with pytest.raises(ValueError, match="float32"):
+        lowbit_linear_a8(torch.randn(1, 64, dtype=torch.float64), *_weights(4, 64, 64, 4), False, 64, 4)
 
 
-def test_fused_forward_never_allocates_the_dense_weight(allocated_bytes):
+def test_set_activations_on_a_model_and_decoded_weights_keep_int8():
+    g = torch.Generator().manual_seed(5)
+    model = torch.nn.Sequential(
+        CompressedLinear(codec_config("rtn", bits=4, group=64).encode(torch.randn(32, 64, generator=g))),
+        CompressedLinear(codec_config("lowrank", rank=4).encode(torch.randn(8, 32, generator=g))))
+    x = torch.randn(3, 64, generator=g)
+    exact = model(x)
+    assert set_activations(model, "int8") == 1
+    y8 = model(x)
+    assert not torch.equal(y8, exact)
+    with decoded_weights(model):  # the int8 layer keeps its per-call path: same numbers
+        torch.testing.assert_close(model(x), y8)
+    assert set_activations(model, "fp32") == 2
+    torch.testing.assert_close(model(x), exact)
+
+
+def test_torch_compile_traces_the_custom_ops():
+    packed, scale, offset = _weights(16, 128, 64, 3)
+    x = torch.randn(2, 128)
+    for op in (lowbit_linear, lowbit_linear_a8):
+        f = torch.compile(lambda x: op(x, packed, scale, offset, False, 64, 3) * 2, backend="eager", fullgraph=True)
+        torch.testing.assert_close(f(x), 2 * op(x, packed, scale, offset, False, 64, 3))
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+@pytest.mark.parametrize("op", [lowbit_linear, lowbit_linear_a8])
+def test_fused_forward_never_allocates_the_dense_weight(allocated_bytes, bits, op):
     N = K = 4096
-    packed = pack_int4_layout(torch.randint(0, 16, (N, K), dtype=torch.uint8), 128)
-    scale, offset = torch.rand(N, K // 128), torch.rand(N, K // 128)
+    packed = pack_lowbit_layout(torch.randint(0, 2**bits, (N, K), dtype=torch.uint8), bits)
+    scale, offset = torch.rand(N, K // 128).half(), torch.rand(N, K // 128).half()
     x = torch.randn(1, K)
-    int4_linear(x, packed, scale, offset, 128)  # warm-up (builds/loads the extension)
+    op(x, packed, scale, offset, False, 128, bits)  # warm-up (builds/loads the extension)
     dense_bytes = N * K * 4
-    fused = allocated_bytes(lambda: int4_linear(x, packed, scale, offset, 128))
-    reference = allocated_bytes(lambda: int4_linear_reference(x, packed, scale, offset, 128))
+    fused = allocated_bytes(lambda: op(x, packed, scale, offset, False, 128, bits))
+    reference = allocated_bytes(lambda: lowbit_linear_reference(x, packed, scale, offset, False, 128, bits))
     assert reference > dense_bytes  # the measurement sees the reference's dense W
     assert fused < 0.25 * dense_bytes, (fused, reference)
 
 
-def test_fallback_without_extension_is_correct_and_warns():
-    script = textwrap.dedent("""
-        import warnings, torch
-        from reality_stone.kernels.int_lowbit import int4_linear_reference, pack_int4_layout
-        from reality_stone.kernels.extension import extension_status
-        from reality_stone.kernels.int_lowbit_ops import int4_linear
-        packed = pack_int4_layout(torch.randint(0, 16, (8, 64)), 32)
-        s, o = torch.rand(8, 2), torch.rand(8, 2)
-        x = torch.randn(1, 64)
-        with warnings.catch_warnings(record=True) as w:
-            warnings.simplefilter("always")
-            y = int4_linear(x, packed, s, o, 32)
-        assert any("unavailable" in str(i.message) for i in w), [str(i.message) for i in w]
-        torch.testing.assert_close(y, int4_linear_reference(x, packed, s, o, 32))
-        print(extension_status())
-    """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={**os.environ, "REALITY_STONE_NO_EXT": "1"})
+def _subprocess(script: str, **env) -> str:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                         env={**os.environ, **env})
     assert out.returncode == 0, out.stderr
-    assert "plain torch fallback" in out.stdout
+    return out.stdout
+
+
+CHECK_BOTH_PATHS = """
+    import warnings, torch
+    from reality_stone.kernels.int_lowbit import *
+    from reality_stone.kernels.extension import extension_status
+    from reality_stone.kernels.int_lowbit_ops import lowbit_linear, lowbit_linear_a8
+    g = torch.Generator().manual_seed(0)
+    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as w:
+        for bits in (2, 3, 4):
+            packed = pack_lowbit_layout(torch.randint(0, 2**bits, (37, 384), generator=g), bits)
+            s, o = (torch.rand(37, 3, generator=g) * 0.02).half(), (-torch.rand(37, 3, generator=g) * 0.1).half()
+            for B in (1, 3):
+                x = torch.randn(B, 384, generator=g)
+                y = lowbit_linear(x, packed, s, o, False, 128, bits).double()
+                y8 = lowbit_linear_a8(x, packed, s, o, False, 128, bits).double()
+                exact = lowbit_linear_reference(x.double(), packed, s, o, False, 128, bits)
+                ref = lowbit_linear_reference(x, packed, s, o, False, 128, bits).double()
+                assert (y - exact).abs().max() <= 2 * (ref - exact).abs().max() + 1e-6 * exact.abs().max()
+                e8 = lowbit_linear_a8_reference(x, packed, s, o, False, 128, bits)
+                r8 = lowbit_linear_a8_reference(x, packed, s, o, False, 128, bits, torch.float32).double()
+                assert (y8 - e8).abs().max() <= 2 * (r8 - e8).abs().max() + 1e-6 * e8.abs().max()
+    print(extension_status(), "warned" if any("unavailable" in str(i.message) for i in w) else "")
+"""
+
+
+def test_fallback_without_extension_is_correct_and_warns():
+    out = _subprocess(CHECK_BOTH_PATHS, REALITY_STONE_NO_EXT="1")
+    assert "plain torch fallback" in out and "warned" in out
 
 
 def test_avx2_path_on_avx512_machines():
-    # the batch-1 path has an AVX-512 and an AVX2 variant: force the AVX2 one in a subprocess
-    script = textwrap.dedent("""
-        import torch
-        from reality_stone.kernels.int_lowbit import int4_linear_reference, pack_int4_layout
-        from reality_stone.kernels.extension import extension_status
-        from reality_stone.kernels.int_lowbit_ops import int4_linear
-        g = torch.Generator().manual_seed(0)
-        packed = pack_int4_layout(torch.randint(0, 16, (37, 384), generator=g), 128)
-        s, o = torch.rand(37, 3, generator=g) * 0.02, -torch.rand(37, 3, generator=g) * 0.1
-        x = torch.randn(1, 384, generator=g)
-        exact = int4_linear_reference(x.double(), packed, s.double(), o.double(), 128)
-        ref = int4_linear_reference(x, packed, s, o, 128).double()
-        y = int4_linear(x, packed, s, o, 128).double()
-        assert (y - exact).abs().max() <= 2 * (ref - exact).abs().max() + 1e-6 * exact.abs().max()
-        print(extension_status())
-    """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={**os.environ, "REALITY_STONE_NO_AVX512": "1"})
-    assert out.returncode == 0, out.stderr
-    assert "AVX-512" not in out.stdout
+    # the fp32 path has an AVX-512 and an AVX2 variant (the int8 path then falls back to torch)
+    out = _subprocess(CHECK_BOTH_PATHS, REALITY_STONE_NO_AVX512="1")
+    assert "AVX-512" not in out and "warned" not in out

@@ -18,7 +18,6 @@ from torch import Tensor
 from reality_stone.codecs.base import CodecConfig, check_weight, register
 from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from reality_stone.codecs.rtn import GroupQuantMatmul
-from reality_stone.kernels.int_lowbit import pack_int4_layout
 
 __all__ = ["HQQConfig", "HQQEncoded"]
 
@@ -69,13 +68,8 @@ class HQQEncoded(GroupQuantMatmul):
         w = (q - self.zero.float()[..., None]) * self.scale.float()[..., None]
         return w.reshape(out_f, -1)[:, :in_f].to(dtype)
 
-    def kernel_layout(self):
-        """Compute layout for the fused ≤4-bit kernel: w = q·s + (−zero·s)."""
-        if getattr(self, "_layout", None) is None:
-            s = self.scale.float()
-            self._layout = (pack_int4_layout(self.codes, self.config.group), s.contiguous(),
-                            (-self.zero.float() * s).contiguous(), self.config.group)
-        return self._layout
+    def _affine(self):  # w = (q − zero)·s
+        return self.codes, self.scale, self.zero, True
 
     def payload(self) -> bytes:
         return (pack_bits(self.codes[:, : self.shape[1]], self.config.bits) + self.scale.numpy().astype("<f2").tobytes()

@@ -16,15 +16,17 @@ bits (per full group) plus the header.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+
 import torch
 from torch import Tensor
 
 from reality_stone.codecs.base import CodecConfig, Encoded, check_weight, register
 from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
-from reality_stone.kernels.int_lowbit import pack_int4_layout
+from reality_stone.kernels.int_lowbit import CHUNK, layout_bits, pack_lowbit_layout
 
 __all__ = ["GroupQuantMatmul", "RTNConfig", "RTNEncoded"]
 
@@ -86,22 +88,60 @@ class RTNConfig(CodecConfig):
 class GroupQuantMatmul(Encoded):
     """``matmul`` for codecs whose weight is ``q·scale + offset`` per group with ≤ 4-bit codes.
 
-    Subclasses provide ``kernel_layout()`` → (packed, scale, offset, group); the fused
-    kernel (`reality_stone.kernels.int_lowbit_ops.int4_linear`) then never builds W.
+    Subclasses provide ``_affine()`` → (codes (out, padded_in) uint8, scale fp16, offset or
+    zero point fp16 (out, n_groups), zero_point: bool) — the stored tensors, so the kernel reads
+    the stored bits per weight. `kernel_layout` packs them once into the compute layout of
+    `reality_stone.kernels.int_lowbit` (``bits`` bits per code); the fused kernels
+    (`reality_stone.kernels.int_lowbit_ops`) then never build W. Codes of more than 4 bits
+    take the reference path (decode → matmul).
     """
 
-    def matmul(self, x: Tensor) -> Tensor:
+    def _affine(self) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def kernel_layout(self):
+        """(packed uint8, scale fp16, offset/zero fp16, zero_point, group, layout bits), built once; None for > 4-bit codes.
+
+        The input dim is padded to a multiple of lcm(group, 64) with zero-scale groups.
+        """
+        if self.config.bits > 4:
+            return None
+        if getattr(self, "_layout", None) is None:
+            codes, scale, offset, zero_point = self._affine()
+            g = self.config.group
+            step = math.lcm(g, CHUNK)
+            K = -(-codes.shape[1] // step) * step
+            extra = (K - codes.shape[1]) // g
+            codes = torch.nn.functional.pad(codes, (0, K - codes.shape[1]))
+            scale, offset = (torch.nn.functional.pad(t.half(), (0, extra)).contiguous() for t in (scale, offset))
+            bits = layout_bits(self.config.bits)
+            self._layout = (pack_lowbit_layout(codes, bits), scale, offset, zero_point, g, bits)
+        return self._layout
+
+    def _matmul(self, x: Tensor, op) -> Tensor:
         if x.shape[-1] != self.shape[1]:
             raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
-        if self.config.bits > 4 or self.config.group % 16:
-            return super().matmul(x)
-        from reality_stone.kernels.int_lowbit_ops import int4_linear
-
-        packed, scale, offset, group = self.kernel_layout()
-        K = packed.shape[1] * 2
+        packed, scale, offset, zero_point, group, bits = self.kernel_layout()
+        K = packed.shape[1] * 8 // bits
         if K != x.shape[-1]:
             x = torch.nn.functional.pad(x, (0, K - x.shape[-1]))
-        return int4_linear(x, packed, scale.to(x.dtype), offset.to(x.dtype), group)
+        return op(x, packed, scale, offset, zero_point, group, bits)
+
+    def matmul(self, x: Tensor) -> Tensor:
+        if self.config.bits > 4:
+            return super().matmul(x)
+        from reality_stone.kernels.int_lowbit_ops import lowbit_linear
+
+        return self._matmul(x, lowbit_linear)
+
+    def matmul_int8_activations(self, x: Tensor) -> Tensor:
+        """``x @ W.T`` with x quantised to int8 per group on the fly (AVX-512 VNNI kernel; see
+        `reality_stone.kernels.int_lowbit_ops.lowbit_linear_a8`). ≤ 4-bit codes, float32 x."""
+        if self.config.bits > 4:
+            raise ValueError(f"int8 activations need codes of at most 4 bits, this weight has {self.config.bits}")
+        from reality_stone.kernels.int_lowbit_ops import lowbit_linear_a8
+
+        return self._matmul(x, lowbit_linear_a8)
 
 
 class RTNEncoded(GroupQuantMatmul):
@@ -122,17 +162,11 @@ class RTNEncoded(GroupQuantMatmul):
             w = q * s + self.offset.float()[..., None]
         return w.reshape(out_f, -1)[:, :in_f].to(dtype)
 
-    def kernel_layout(self):
-        """(packed uint8 codes, scale fp32, offset fp32, group) for the fused ≤4-bit kernel, built once."""
-        if getattr(self, "_layout", None) is None:
-            cfg = self.config
-            if cfg.symmetric:  # w = (q − 2^(b−1))·s  →  offset = −2^(b−1)·s
-                offset = -(2 ** (cfg.bits - 1)) * self.scale.float()
-            else:
-                offset = self.offset.float()
-            self._layout = (pack_int4_layout(self.codes, cfg.group), self.scale.float().contiguous(),
-                            offset.contiguous(), cfg.group)
-        return self._layout
+    def _affine(self):
+        cfg = self.config
+        if cfg.symmetric:  # w = (q − 2^(b−1))·s: zero point 2^(b−1)
+            return self.codes, self.scale, torch.full_like(self.scale, 2 ** (cfg.bits - 1)), True
+        return self.codes, self.scale, self.offset, False
 
     def payload(self) -> bytes:
         # only the real inputs' codes are stored; the padding of the last group is implicit

@@ -2,7 +2,10 @@
 #include "kernels.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("int4_gemv", &int4_gemv, "fused int4 group-quantised GEMV/small-batch GEMM (AVX2 + FMA)");
-  m.def("has_avx512", []() { return kHasAvx512; }, "whether the batch-1 int4 path runs on AVX-512");
+  m.def("lowbit_gemv", &lowbit_gemv, "fused 2/3/4-bit group-quantised GEMV/small-batch GEMM, fp32 activations");
+  m.def("lowbit_gemv_a8", &lowbit_gemv_a8, "the same with int8 activations (AVX-512 VNNI)");
+  m.def("quantize_activations_int8", &quantize_activations_int8, "per-group int8 activation quantiser");
+  m.def("has_avx512", []() { return kHasAvx512; }, "whether the low-bit fp32 path runs on AVX-512");
+  m.def("has_avx512_vnni", []() { return kHasAvx512Vnni; }, "whether the int8-activation path is available");
   m.def("seedbasis_gemv", &seedbasis_gemv, "fused seed-basis GEMV/small-batch GEMM (AVX2 gathers + FMA)");
 }

@@ -41,7 +41,7 @@ def load_extension():
             build.mkdir(parents=True, exist_ok=True)
             here = Path(__file__).parent
             _EXT = load(name="reality_stone_kernels", sources=[str(here / s) for s in SOURCES],
-                        build_directory=str(build), extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"],
+                        build_directory=str(build), extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
                         extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # no compiler, headers, ... -> pure torch
             _EXT_ERROR = f"build failed: {str(exc).splitlines()[0][:200]}"
@@ -55,4 +55,6 @@ def extension_status() -> str:
     load_extension()
     if _EXT is None:
         return f"plain torch fallback ({_EXT_ERROR})"
-    return "fused AVX2 kernels" + (" (AVX-512 batch-1 int4)" if _EXT.has_avx512() else "")
+    if not _EXT.has_avx512():
+        return "fused AVX2 kernels"
+    return "fused AVX2 kernels (AVX-512" + (" + VNNI int8 activations)" if _EXT.has_avx512_vnni() else ")")

@@ -1,9 +1,29 @@
-"""Group-quantised low-bit weights: the compute layout and the plain-torch reference (the oracle).
+"""Group-quantised low-bit weights: the compute layout and the plain-torch references (the oracles).
 
-Compute layout for codes of ≤ 4 bits (`pack_int4_layout`): uint8 (rows, K/2); inside each
-group of G inputs, byte k holds code k (low nibble) and code k + G/2 (high nibble). 3- and
-2-bit codes use the same layout (so they read 4 bits per code: the fused kernel gives
-them the 4-bit speed, not more). K is the input dim padded to a multiple of G.
+Compute layout (`pack_lowbit_layout`, bits ∈ {2, 3, 4}; 1-bit codes use the 2-bit layout):
+each row is a run of 64-input chunks of 8·bits bytes, so a row reads exactly ``bits`` bits
+per weight. Inside a chunk
+
+* 4 bits: byte k (0..31) = code k | code k+32 << 4;
+* 2 bits: byte k (0..15) = code k | code k+16 << 2 | code k+32 << 4 | code k+48 << 6;
+* 3 bits: the 2-bit layout of (code & 3), then a little-endian uint64 whose bit i is code i >> 2.
+
+Every unpack step of the kernel (`int_lowbit_cpu.cpp`) then yields codes of consecutive
+inputs with shifts and masks only. K (the input dim padded to whole groups) must be a
+multiple of 64.
+
+Affine parameters per (row, group) are fp16, as the codecs store them: a scale s and either
+an offset o (w = q·s + o) or a zero point z (``zero_point=True``: w = (q − z)·s, i.e.
+o = −z·s computed in fp32) — so the layout reads exactly the stored bits per weight.
+
+Two products, each with its reference:
+
+* `lowbit_linear_reference` — fp32 (or fp64) activations: unpack → dequantise → matmul;
+* `lowbit_linear_a8_reference` — activations quantised to int8 per group of the weight
+  (`quantize_activations`: symmetric, scale max|x|/127, round half to even), the
+  ``q·scale`` part multiplied with the dequantised int8 activations, the offset part with
+  the exact fp32 group sums Σx (free in the kernel, and it keeps the rounding error of x
+  out of the offset term).
 """
 
 from __future__ import annotations
@@ -11,34 +31,99 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["dequantize_rows", "int4_linear_reference", "pack_int4_layout", "unpack_int4_layout"]
+__all__ = ["CHUNK", "affine_offset", "dequantize_rows", "layout_bits", "lowbit_linear_a8_reference", "lowbit_linear_reference",
+           "pack_lowbit_layout", "quantize_activations", "unpack_lowbit_layout"]
+
+CHUNK = 64
 
 
-def pack_int4_layout(codes: Tensor, group: int) -> Tensor:
-    """codes (rows, K) ints in [0, 16) -> uint8 (rows, K/2) compute layout."""
+def layout_bits(bits: int) -> int:
+    """Bits per code in the compute layout for ``bits``-bit codes (1 → 2; 2, 3, 4 unchanged)."""
+    if not 1 <= bits <= 4:
+        raise ValueError(f"the low-bit layout holds 1- to 4-bit codes, got {bits}")
+    return max(bits, 2)
+
+
+def pack_lowbit_layout(codes: Tensor, bits: int) -> Tensor:
+    """codes (rows, K) ints in [0, 2**bits) -> uint8 (rows, K/64 · 8·bits) compute layout."""
+    if codes.dim() != 2:
+        raise ValueError(f"codes must be 2-D (rows, K), got shape {tuple(codes.shape)}")
     rows, K = codes.shape
-    if K % group or group % 2:
-        raise ValueError(f"K={K} must be a multiple of an even group ({group})")
-    if bool(((codes < 0) | (codes > 15)).any()):
-        raise ValueError("codes must be in [0, 16) for the 4-bit layout")
-    c = codes.reshape(rows, K // group, group).to(torch.uint8)
-    half = group // 2
-    return (c[..., :half] | (c[..., half:] << 4)).reshape(rows, K // 2).contiguous()
+    if K % CHUNK:
+        raise ValueError(f"K={K} must be a multiple of {CHUNK}")
+    if bits not in (2, 3, 4):
+        raise ValueError(f"layout bits must be 2, 3 or 4, got {bits}")
+    if bool(((codes < 0) | (codes >= 2**bits)).any()):
+        raise ValueError(f"codes must be in [0, {2 ** bits}) for the {bits}-bit layout")
+    c = codes.reshape(rows, K // CHUNK, CHUNK).to(torch.uint8)
+    if bits == 4:
+        return (c[..., :32] | (c[..., 32:] << 4)).reshape(rows, -1).contiguous()
+    lo = c & 3
+    two = lo[..., 0:16] | (lo[..., 16:32] << 2) | (lo[..., 32:48] << 4) | (lo[..., 48:64] << 6)
+    if bits == 2:
+        return two.reshape(rows, -1).contiguous()
+    hi = (c >> 2).reshape(rows, K // CHUNK, 8, 8)  # byte j of the uint64 holds codes 8j..8j+7 (LSB first)
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+    hi_bytes = (hi * weights).sum(-1, dtype=torch.int32).to(torch.uint8)
+    return torch.cat([two, hi_bytes], dim=-1).reshape(rows, -1).contiguous()
 
 
-def unpack_int4_layout(packed: Tensor, group: int) -> Tensor:
-    """Inverse of `pack_int4_layout`: uint8 (rows, K/2) -> int64 codes (rows, K)."""
-    rows, half_k = packed.shape
-    p = packed.reshape(rows, -1, group // 2)
-    return torch.cat([p & 0x0F, p >> 4], dim=-1).reshape(rows, 2 * half_k).to(torch.int64)
+def unpack_lowbit_layout(packed: Tensor, bits: int) -> Tensor:
+    """Inverse of `pack_lowbit_layout`: uint8 (rows, K/64 · 8·bits) -> int64 codes (rows, K)."""
+    rows = packed.shape[0]
+    p = packed.reshape(rows, -1, 8 * bits)
+    if bits == 4:
+        c = torch.cat([p & 0x0F, p >> 4], dim=-1)
+    else:
+        two = p[..., :16]
+        c = torch.cat([(two >> s) & 3 for s in (0, 2, 4, 6)], dim=-1)
+        if bits == 3:
+            shifts = torch.arange(8, dtype=torch.uint8)
+            hi = ((p[..., 16:24, None] >> shifts) & 1).reshape(rows, -1, CHUNK)
+            c = c | (hi << 2)
+    return c.reshape(rows, -1).to(torch.int64)
 
 
-def dequantize_rows(packed: Tensor, scale: Tensor, offset: Tensor, group: int, dtype=torch.float32) -> Tensor:
-    """Dense (rows, K) weights of a row range: q · scale + offset per group."""
-    q = unpack_int4_layout(packed, group).to(dtype).reshape(packed.shape[0], -1, group)
-    return (q * scale.to(dtype)[..., None] + offset.to(dtype)[..., None]).reshape(packed.shape[0], -1)
+def affine_offset(scale: Tensor, offset: Tensor, zero_point: bool, dtype) -> Tensor:
+    """The per-group offset o of w = q·s + o in ``dtype``: ``offset`` itself, or −z·s when it holds zero points."""
+    o = offset.to(dtype)
+    return -(o * scale.to(dtype)) if zero_point else o
 
 
-def int4_linear_reference(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int) -> Tensor:
-    """The oracle: unpack → dequantise → matmul. x (..., K) -> (..., rows)."""
-    return x @ dequantize_rows(packed, scale, offset, group, x.dtype).T
+def dequantize_rows(packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int, bits: int,
+                    dtype=torch.float32) -> Tensor:
+    """Dense (rows, K) weights of a row range: q · scale + offset per group (see `affine_offset`)."""
+    q = unpack_lowbit_layout(packed, bits).to(dtype).reshape(packed.shape[0], -1, group)
+    o = affine_offset(scale, offset, zero_point, dtype)
+    return (q * scale.to(dtype)[..., None] + o[..., None]).reshape(packed.shape[0], -1)
+
+
+def lowbit_linear_reference(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
+                            bits: int) -> Tensor:
+    """The oracle of the fp32-activation kernel: unpack → dequantise → matmul. x (..., K) -> (..., rows)."""
+    return x @ dequantize_rows(packed, scale, offset, zero_point, group, bits, x.dtype).T
+
+
+def quantize_activations(x: Tensor, group: int) -> tuple[Tensor, Tensor]:
+    """x (B, K) float32 -> (xq int8 (B, K), dx float32 (B, K/group)) with x ≈ xq · dx per group.
+
+    xq = round_half_even(x · (127 / max|x|)), dx = max|x| / 127 (0 where the group is all
+    zero) — the kernel's arithmetic, operation for operation, so both give the same bytes.
+    """
+    B, K = x.shape
+    xg = x.reshape(B, K // group, group)
+    amax = xg.abs().amax(-1)
+    inv = torch.where(amax > 0, torch.tensor(127.0, dtype=x.dtype) / amax, torch.zeros((), dtype=x.dtype))
+    xq = torch.round(xg * inv[..., None]).to(torch.int8).reshape(B, K)
+    return xq, amax / 127
+
+
+def lowbit_linear_a8_reference(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
+                               bits: int, dtype=torch.float64) -> Tensor:
+    """The oracle of the int8-activation kernel, computed in ``dtype``. x (B, K) float32 -> (B, rows)."""
+    xq, dx = quantize_activations(x, group)
+    B, K = x.shape
+    x_deq = (xq.to(dtype).reshape(B, -1, group) * dx.to(dtype)[..., None]).reshape(B, K)
+    w_scaled = dequantize_rows(packed, scale, torch.zeros_like(offset), False, group, bits, dtype)
+    xsum = x.to(dtype).reshape(B, -1, group).sum(-1)
+    return x_deq @ w_scaled.T + xsum @ affine_offset(scale, offset, zero_point, dtype).T

@@ -1,14 +1,22 @@
-"""Dispatch for group-quantised matmuls: fused C++ (AVX2) kernel, tiled torch path, autograd, custom op.
+"""Dispatch for group-quantised matmuls: fused C++ kernels, tiled torch path, autograd, custom ops.
 
-* batch ≤ 8, float32, CPU with AVX2: the C++ kernel (`int_lowbit_cpu.cpp`), built on first
-  use with ``torch.utils.cpp_extension`` into the user cache dir and reused afterwards;
+`lowbit_linear` (fp32 activations, exact to fp32 rounding):
+
+* batch ≤ 8, float32, group a multiple of 64, kernel built: `int_lowbit_cpu.cpp`
+  (AVX-512 when the CPU has it, else AVX2);
 * otherwise: the tiled torch path (`kernels.tiled`: dequantise 256 rows at a time, multiply;
   never the whole dense weight);
 * no compiler / no AVX2 / ``REALITY_STONE_NO_EXT=1``: the tiled path, with one warning
   (see `reality_stone.kernels.extension`).
 
-`int4_linear` is a ``torch.library.custom_op`` (so ``torch.compile`` traces it) with a
-registered backward: the gradient w.r.t. the input uses the same tiled dequantisation.
+`lowbit_linear_a8` (activations quantised to int8 per group on the fly — the numbers of
+`int_lowbit.lowbit_linear_a8_reference`): the VNNI kernel for batch ≤ 8 on CPUs with
+AVX-512 VNNI; otherwise the same arithmetic in torch (quantise x, tiled product with the
+dequantised int8 activations, exact Σx for the offsets). Its backward is the
+straight-through estimator: the gradient of the unquantised product.
+
+Both are ``torch.library.custom_op`` (so ``torch.compile`` traces them) with a registered
+backward: the input gradient uses the same tiled dequantisation.
 """
 
 from __future__ import annotations
@@ -17,47 +25,77 @@ import torch
 from torch import Tensor
 
 from reality_stone.kernels.extension import load_extension
-from reality_stone.kernels.int_lowbit import dequantize_rows
+from reality_stone.kernels.int_lowbit import CHUNK, affine_offset, dequantize_rows, quantize_activations
 from reality_stone.kernels.tiled import FUSED_MAX_BATCH, tiled_linear, tiled_linear_transposed
 
-__all__ = ["int4_linear"]
+__all__ = ["lowbit_linear", "lowbit_linear_a8"]
 
 
-def _decoder(packed: Tensor, scale: Tensor, offset: Tensor, group: int):
-    return lambda r0, r1, dtype: dequantize_rows(packed[r0:r1], scale[r0:r1], offset[r0:r1], group, dtype)
+def _decoder(packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int, bits: int):
+    return lambda r0, r1, dtype: dequantize_rows(packed[r0:r1], scale[r0:r1], offset[r0:r1], zero_point, group, bits,
+                                                 dtype)
 
 
-@torch.library.custom_op("reality_stone::int4_linear", mutates_args=())
-def int4_linear(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int) -> Tensor:
-    """x (..., K) @ Wᵀ for W in the 4-bit compute layout; scale/offset (rows, K/group) float32."""
+def _fused(x2: Tensor, group: int):
+    """The extension when the fused kernel can serve this call, else None."""
+    if x2.dtype != torch.float32 or x2.shape[0] > FUSED_MAX_BATCH or x2.shape[0] == 0 or group % CHUNK:
+        return None
+    return load_extension()
+
+
+@torch.library.custom_op("reality_stone::lowbit_linear", mutates_args=())
+def lowbit_linear(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
+                  bits: int) -> Tensor:
+    """x (..., K) @ Wᵀ for W in the ``bits``-bit compute layout; scale/offset (rows, K/group) fp16."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    ext = load_extension() if x2.dtype == torch.float32 and x2.shape[0] <= FUSED_MAX_BATCH else None
-    if ext is not None and group % 16 == 0:
-        x2c = x2.contiguous()
-        xsum = x2c.reshape(x2c.shape[0], -1, group).sum(-1)
-        y = ext.int4_gemv(x2c, packed, scale, offset, xsum.contiguous(), group)
+    ext = _fused(x2, group)
+    if ext is not None:
+        y = ext.lowbit_gemv(x2.contiguous(), packed, scale, offset, zero_point, group, bits)
     else:
-        y = tiled_linear(x2, packed.shape[0], _decoder(packed, scale, offset, group))
+        y = tiled_linear(x2, packed.shape[0], _decoder(packed, scale, offset, zero_point, group, bits))
     return y.reshape(*lead, packed.shape[0])
 
 
-@int4_linear.register_fake
-def _(x, packed, scale, offset, group):
+@torch.library.custom_op("reality_stone::lowbit_linear_a8", mutates_args=())
+def lowbit_linear_a8(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
+                     bits: int) -> Tensor:
+    """x (..., K) float32 @ Wᵀ with x quantised to int8 per group (see the module docstring)."""
+    if x.dtype != torch.float32:
+        raise ValueError(f"int8 activation quantisation takes float32 inputs, got {x.dtype}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    ext = _fused(x2, group)
+    if ext is not None and ext.has_avx512_vnni():
+        y = ext.lowbit_gemv_a8(x2, packed, scale, offset, zero_point, group, bits)
+    else:
+        B, K = x2.shape
+        xq, dx = quantize_activations(x2, group)
+        x_deq = (xq.float().reshape(B, -1, group) * dx[..., None]).reshape(B, K)
+        y = tiled_linear(x_deq, packed.shape[0], _decoder(packed, scale, torch.zeros_like(offset), False, group, bits))
+        y += x2.reshape(B, -1, group).sum(-1) @ affine_offset(scale, offset, zero_point, torch.float32).T
+    return y.reshape(*lead, packed.shape[0])
+
+
+def _fake(x, packed, scale, offset, zero_point, group, bits):
     return x.new_empty(*x.shape[:-1], packed.shape[0])
 
 
 def _setup(ctx, inputs, output):
-    _, packed, scale, offset, group = inputs
+    _, packed, scale, offset, zero_point, group, bits = inputs
     ctx.save_for_backward(packed, scale, offset)
-    ctx.group = group
+    ctx.zero_point, ctx.group, ctx.bits = zero_point, group, bits
 
 
 def _backward(ctx, grad):
     packed, scale, offset = ctx.saved_tensors
     g2 = grad.reshape(-1, grad.shape[-1])
-    gx = tiled_linear_transposed(g2, packed.shape[0], packed.shape[1] * 2, _decoder(packed, scale, offset, ctx.group))
-    return gx.reshape(*grad.shape[:-1], gx.shape[-1]), None, None, None, None
+    K = packed.shape[1] * 8 // ctx.bits
+    decode = _decoder(packed, scale, offset, ctx.zero_point, ctx.group, ctx.bits)
+    gx = tiled_linear_transposed(g2, packed.shape[0], K, decode)
+    return gx.reshape(*grad.shape[:-1], K), None, None, None, None, None, None
 
 
-int4_linear.register_autograd(_backward, setup_context=_setup)
+for _op in (lowbit_linear, lowbit_linear_a8):
+    _op.register_fake(_fake)
+    _op.register_autograd(_backward, setup_context=_setup)

@@ -20,9 +20,13 @@ constexpr int kMaxBatch = 8;  // the fused paths serve decode-sized batches; lar
 
 }  // namespace reality_stone
 
-extern const bool kHasAvx512;  // the batch-1 int4 path uses AVX-512 (int_lowbit_cpu.cpp)
+extern const bool kHasAvx512;      // the low-bit fp32 path runs on AVX-512 (int_lowbit_cpu.cpp)
+extern const bool kHasAvx512Vnni;  // the int8-activation path is available
 
-torch::Tensor int4_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
-                        torch::Tensor xsum, int64_t group);
+torch::Tensor lowbit_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
+                          bool zero_point, int64_t group, int64_t bits);
+torch::Tensor lowbit_gemv_a8(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
+                             bool zero_point, int64_t group, int64_t bits);
+std::vector<torch::Tensor> quantize_activations_int8(torch::Tensor x, int64_t group);
 torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tensor seeds, torch::Tensor exps,
                              torch::Tensor codes, int64_t coeffs);

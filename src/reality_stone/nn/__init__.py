@@ -1,7 +1,7 @@
 """Layers: modules = parameters + calls into geometry / codecs / kernels."""
 
 from reality_stone.nn.butterfly import ButterflyLinear, butterfly_multiply
-from reality_stone.nn.compressed import CompressedLinear, decoded_weights
+from reality_stone.nn.compressed import CompressedLinear, decoded_weights, set_activations
 from reality_stone.nn.spline import GeodesicSplineLinear, HeightFieldLinear, SplineLinear, catmull_rom_matrix
 from reality_stone.nn.hyperbolic import (
     FromPoincare,
@@ -27,4 +27,5 @@ __all__ = [
     "butterfly_multiply",
     "catmull_rom_matrix",
     "decoded_weights",
+    "set_activations",
 ]

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from reality_stone.codecs.base import Encoded
 
-__all__ = ["CompressedLinear", "decoded_weights"]
+__all__ = ["CompressedLinear", "decoded_weights", "set_activations"]
 
 
 class CompressedLinear(nn.Module):
@@ -17,11 +17,20 @@ class CompressedLinear(nn.Module):
     forward dispatches to ``encoded.matmul`` — the codec's fused path where it has one (e.g.
     low-rank: (x Bᵀ) Aᵀ), else the reference decode → matmul. The compressed weight is
     frozen; gradients flow to the input and to the (dense) bias.
+
+    ``activations="int8"`` (group-quantised codecs with ≤ 4-bit codes: rtn, hqq, GPTQ output)
+    quantises the input to int8 per weight group on the fly and runs the integer kernel
+    (``encoded.matmul_int8_activations``): faster, at a measured cost in accuracy (README,
+    fused-matmul section). Default ``"fp32"``: exact to float32 rounding.
     """
 
-    def __init__(self, encoded: Encoded, bias: Tensor | None = None):
+    ACTIVATIONS = ("fp32", "int8")
+
+    def __init__(self, encoded: Encoded, bias: Tensor | None = None, *, activations: str = "fp32"):
         super().__init__()
         self.encoded = encoded
+        self.activations = "fp32"
+        self.set_activations(activations)
         self._decoded: Tensor | None = None  # set only inside `decoded_weights`
         self.out_features, self.in_features = encoded.shape
         if bias is not None:
@@ -31,6 +40,16 @@ class CompressedLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
 
+    def set_activations(self, activations: str) -> None:
+        """Switch between exact fp32 activations and on-the-fly int8 activations."""
+        if activations not in self.ACTIVATIONS:
+            raise ValueError(f"activations must be one of {self.ACTIVATIONS}, got {activations!r}")
+        if activations == "int8" and not _supports_int8(self.encoded):
+            raise ValueError(f"int8 activations need a group-quantised weight with at most 4-bit codes; "
+                             f"this layer holds {self.encoded.config.codec_name} "
+                             f"({self.encoded.bits_per_weight():.2f} bits per weight)")
+        self.activations = activations
+
     @classmethod
     def from_linear(cls, linear: nn.Linear, config) -> "CompressedLinear":
         """Compress ``linear.weight`` with a codec config (`reality_stone.codecs`)."""
@@ -39,7 +58,12 @@ class CompressedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"input has {x.shape[-1]} features, {self.in_features} expected")
-        y = x @ self._decoded.T if self._decoded is not None else self.encoded.matmul(x)
+        if self._decoded is not None:
+            y = x @ self._decoded.T
+        elif self.activations == "int8":
+            y = self.encoded.matmul_int8_activations(x)
+        else:
+            y = self.encoded.matmul(x)
         return y if self.bias is None else y + self.bias.to(y.dtype)
 
     @property
@@ -50,7 +74,24 @@ class CompressedLinear(nn.Module):
     def extra_repr(self) -> str:
         enc = self.encoded
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"codec={enc.config.codec_name}, bits_per_weight={enc.bits_per_weight():.3f}")
+                f"codec={enc.config.codec_name}, bits_per_weight={enc.bits_per_weight():.3f}"
+                + (f", activations={self.activations}" if self.activations != "fp32" else ""))
+
+
+def _supports_int8(encoded: Encoded) -> bool:
+    return hasattr(encoded, "matmul_int8_activations") and encoded.config.bits <= 4
+
+
+def set_activations(model: nn.Module, activations: str) -> int:
+    """Set ``activations`` ("fp32" | "int8") on every `CompressedLinear` of ``model`` that
+    supports it; returns how many layers were switched. A model with no such layer → ValueError."""
+    layers = [m for m in model.modules() if isinstance(m, CompressedLinear)]
+    able = [m for m in layers if activations == "fp32" or _supports_int8(m.encoded)]
+    if not able:
+        raise ValueError(f"no CompressedLinear layer of this model supports activations={activations!r}")
+    for m in able:
+        m.set_activations(activations)
+    return len(able)
 
 
 @contextmanager
@@ -61,8 +102,9 @@ def decoded_weights(model: nn.Module):
     For quality evaluation over many forward passes (perplexity windows): the numbers are
     those of the reference path, which the fused paths are tested against; it costs the
     dense weights' memory while active. Speed and memory measurements must not use it.
+    Layers with ``activations="int8"`` keep their per-call path (its numbers depend on x).
     """
-    layers = [m for m in model.modules() if isinstance(m, CompressedLinear)]
+    layers = [m for m in model.modules() if isinstance(m, CompressedLinear) and m.activations == "fp32"]
     try:
         for m in layers:
             m._decoded = m.encoded.decode()
