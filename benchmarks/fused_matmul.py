@@ -2,11 +2,17 @@
 
     python benchmarks/fused_matmul.py     # -> benchmarks/results/fused_matmul.{json,md}
 
-Same process, same inputs, 2 threads, median of round-robin runs. The int4 weight is a 4-bit,
-group-128 RTN encoding (`rtn` codec: 4.25 bits per weight stored; the compute layout reads
-4 bits of code + 2 fp32 per group = 4.5 bits per weight). Bytes read: the weight's bytes
-for each path; "limit" = those bytes at the read bandwidth measured in the same run
-(sum over a 512 MiB array), i.e. the memory-bound floor.
+Same process, same inputs, 2 threads, median of round-robin runs. **Cold cache**: every path
+cycles through enough copies of its weight to read ≥ 96 MiB per round (3× this CPU's 32 MiB
+L3), so each call streams its weight from DRAM as in a whole model — a single 4-bit 4096²
+weight (9 MB) would otherwise sit in L3 and flatter every compressed path.
+
+Group-quantised weights (`rtn` codec; the compute layout reads exactly the stored bits:
+codes + fp16 scale/offset): int4 group 128 (4.25 bits per weight), int3 group 64 (3.5),
+int2 group 64 (2.5) — each with fp32 activations (exact) and with int8 activations
+(quantised per group on the fly, AVX-512 VNNI). torch's int4 kernel gets the same int4 codes
+(fp32 x and bf16 x). "limit" = the weight's bytes at the read bandwidth measured in the same
+run (sum over a 512 MiB array), i.e. the memory-bound floor.
 
 Other fused paths in the same run: the seed-basis kernel at the 3.5 and 2.5 bpw presets
 (random seeds/exponents/codes — speed does not depend on the values, and a real search on
@@ -18,6 +24,8 @@ rank that stores 4.25 bits per weight, and RBE (poly-cos8 blueprint + block-DCT 
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import statistics
 import time
@@ -28,26 +36,35 @@ import torch
 from reality_stone.codecs import codec_config
 from reality_stone.codecs.seedbasis import SeedBasisEncoded, preset
 from reality_stone.kernels.extension import extension_status
-from reality_stone.kernels.int_lowbit_ops import int4_linear
 
 RESULTS = Path(__file__).parent / "results"
 SHAPES = [(1024, 1024), (4096, 4096), (11008, 4096), (576, 576), (1536, 576), (576, 1536)]  # (out, in)
 BATCHES = (1, 8, 64)
 REPEAT = 15
-GROUP = 128
+ROUND_BYTES = 96 * 2**20
+MAX_COPIES = 64
+INT_CODECS = {"int4 g128": dict(bits=4, group=128), "int3 g64": dict(bits=3, group=64),
+              "int2 g64": dict(bits=2, group=64)}
 
 
-def bench(fns: dict, repeat: int = 15) -> dict:
-    for f in fns.values():
-        f()
-        f()
+def bench(fns: dict, repeat: int = REPEAT) -> dict:
+    """fns: name -> list of callables (one per weight copy). Median seconds per call."""
+    cycles = {k: itertools.cycle(v) for k, v in fns.items()}
+    for k, v in fns.items():
+        for f in v:  # warm-up: every copy once
+            f()
     times = {k: [] for k in fns}
     for _ in range(repeat):
-        for k, f in fns.items():
+        for k in fns:
+            f = next(cycles[k])
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
+
+
+def n_copies(nbytes: float) -> int:
+    return max(1, min(MAX_COPIES, -(-int(ROUND_BYTES) // max(1, int(nbytes)))))
 
 
 def read_bandwidth() -> float:
@@ -68,6 +85,44 @@ def random_seedbasis(out_f: int, in_f: int, budget: str, g: torch.Generator) -> 
     return enc
 
 
+def paths_for_shape(out_f: int, in_f: int, g: torch.Generator) -> tuple[dict, dict]:
+    """name -> (list of weight copies, bits read per weight, call(weight, x, xpad, xbf16))."""
+    W = torch.randn(out_f, in_f, generator=g) * 0.02
+    int4 = codec_config("rtn", **INT_CODECS["int4 g128"]).encode(W)
+    lin = torch.nn.Linear(in_f, out_f, bias=False)
+    lin.weight.data = int4.decode()
+    # torch's int4 weight-only kernel on the same codes: w = (q − 8)·s + z, z = offset + 8 s
+    tq = torch.ops.aten._convert_weight_to_int4pack_for_cpu(int4.codes.to(torch.int32), 1)
+    s32, o32 = int4.scale.float(), int4.offset.float()
+    sz = torch.stack([s32, o32 + 8 * s32], -1).transpose(0, 1).contiguous()
+    group = INT_CODECS["int4 g128"]["group"]
+    paths = {
+        "dense fp32 nn.Linear": (lin, 32, lambda w, x, xp, xb: w(x)),
+        "decode then matmul": (int4, 4.25, lambda w, x, xp, xb: x @ w.decode().T),
+        "torch int4 kernel (fp32 x)": ((tq, sz), 4.25,
+                                       lambda w, x, xp, xb: torch.ops.aten._weight_int4pack_mm_for_cpu(xp, w[0], group, w[1])),
+        "torch int4 kernel (bf16 x)": ((tq, sz.to(torch.bfloat16)), 4.25,
+                                       lambda w, x, xp, xb: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, w[0], group, w[1])),
+    }
+    for name, cfg in INT_CODECS.items():
+        enc = int4 if name == "int4 g128" else codec_config("rtn", **cfg).encode(W)
+        enc.kernel_layout()
+        bpw = cfg["bits"] + 32 / cfg["group"]
+        paths[f"ours {name} (fp32 x)"] = (enc, bpw, lambda w, x, xp, xb: w.matmul(x))
+        paths[f"ours {name} (int8 x)"] = (enc, bpw, lambda w, x, xp, xb: w.matmul_int8_activations(x))
+    rank = max(1, round(4.25 / 16 * out_f * in_f / (out_f + in_f)))
+    paths["seedbasis 3.5 fused"] = (random_seedbasis(out_f, in_f, "3.5", g), 5, lambda w, x, xp, xb: w.matmul(x))
+    paths["seedbasis 2.5 fused"] = (random_seedbasis(out_f, in_f, "2.5", g), 4.5, lambda w, x, xp, xb: w.matmul(x))
+    paths["low-rank 4.25 bpw"] = (codec_config("lowrank", rank=rank).encode(W), 4.25, lambda w, x, xp, xb: w.matmul(x))
+    paths["rbe block-DCT 4.25 bpw"] = (codec_config("rbe", block=64, basis="poly-cos8", residual="dct", bpw=4.25,
+                                                    value_dtype="fp16").encode(W), 4.25, lambda w, x, xp, xb: w.matmul(x))
+    copies = {}
+    for name, (w, bpw, call) in paths.items():
+        n = n_copies(out_f * in_f * bpw / 8)
+        copies[name] = ([w] + [copy.deepcopy(w) for _ in range(n - 1)], bpw, call)
+    return copies, {"K": -(-in_f // group) * group}
+
+
 def main() -> None:
     torch.set_num_threads(2)
     bw = read_bandwidth()
@@ -75,62 +130,52 @@ def main() -> None:
     rows = []
     for out_f, in_f in SHAPES:
         g = torch.Generator().manual_seed(0)
-        W = torch.randn(out_f, in_f, generator=g) * 0.02
-        enc = codec_config("rtn", bits=4, group=GROUP).encode(W)
-        packed, scale, offset, group = enc.kernel_layout()
-        lin = torch.nn.Linear(in_f, out_f, bias=False)
-        lin.weight.data = enc.decode()
-        # torch's int4 weight-only kernel on the same codes: w = (q − 8)·s + z, z = offset + 8 s
-        tq = torch.ops.aten._convert_weight_to_int4pack_for_cpu(enc.codes.to(torch.int32), 1)
-        sz = torch.stack([scale, offset + 8 * scale], -1).transpose(0, 1).contiguous()
-        sz_bf16 = sz.to(torch.bfloat16)
-        sb = {b: random_seedbasis(out_f, in_f, b, g) for b in ("3.5", "2.5")}
-        rank = max(1, round(4.25 / 16 * out_f * in_f / (out_f + in_f)))
-        lowrank = codec_config("lowrank", rank=rank).encode(W)
-        rbe = codec_config("rbe", block=64, basis="poly-cos8", residual="dct", bpw=4.25, value_dtype="fp16").encode(W)
-        K = packed.shape[1] * 2  # in_f padded to whole groups (576 -> 640): both int4 kernels need it
+        paths, meta = paths_for_shape(out_f, in_f, g)
         for batch in BATCHES:
             x = torch.randn(batch, in_f, generator=g)
-            xp = torch.nn.functional.pad(x, (0, K - in_f))
+            xp = torch.nn.functional.pad(x, (0, meta["K"] - in_f))  # torch's int4 kernel needs whole groups
             xb = xp.to(torch.bfloat16)
-            fns = {
-                "dense fp32 nn.Linear": lambda: lin(x),
-                "decode then matmul": lambda: x @ enc.decode().T,
-                "torch int4 kernel (fp32 x)": lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(xp, tq, GROUP, sz),
-                "torch int4 kernel (bf16 x)": lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, tq, GROUP, sz_bf16),
-                "ours fused": lambda: int4_linear(xp, packed, scale, offset, group),
-                "seedbasis 3.5 fused": lambda: sb["3.5"].matmul(x),
-                "seedbasis 2.5 fused": lambda: sb["2.5"].matmul(x),
-                "low-rank 4.25 bpw": lambda: lowrank.matmul(x),
-                "rbe block-DCT 4.25 bpw": lambda: rbe.matmul(x),
-            }
+            fns = {k: [lambda w=w, call=call: call(w, x, xp, xb) for w in ws] for k, (ws, _, call) in paths.items()}
             with torch.no_grad():
                 t = bench(fns)
-            bytes_read = {"dense fp32 nn.Linear": out_f * in_f * 4, "decode then matmul": out_f * in_f * (4 + 4.5 / 8),
-                          "torch int4 kernel (fp32 x)": out_f * in_f * 4.5 / 8, "torch int4 kernel (bf16 x)": out_f * in_f * 4.25 / 8,
-                          "ours fused": out_f * in_f * 4.5 / 8, "seedbasis 3.5 fused": out_f * in_f * 5 / 8,
-                          "seedbasis 2.5 fused": out_f * in_f * 4.5 / 8, "low-rank 4.25 bpw": out_f * in_f * 4.25 / 8,
-                          "rbe block-DCT 4.25 bpw": out_f * in_f * 4.25 / 8}
+            bytes_read = {k: out_f * in_f * bpw / 8 for k, (_, bpw, _) in paths.items()}
             row = dict(shape=[out_f, in_f], batch=batch, ms={k: v * 1e3 for k, v in t.items()},
                        speedup_vs_dense={k: t["dense fp32 nn.Linear"] / v for k, v in t.items()},
                        achieved_over_limit={k: (bytes_read[k] / bw) / v for k, v in t.items()},
-                       stored_bits_per_weight=enc.bits_per_weight())
+                       bits_read_per_weight={k: bpw for k, (_, bpw, _) in paths.items()},
+                       copies={k: len(ws) for k, (ws, _, _) in paths.items()})
             rows.append(row)
-            print(f"{out_f}×{in_f} b={batch:2d} " + "  ".join(f"{k}: {v * 1e3:.3f} ms" for k, v in t.items()), flush=True)
+            print(f"{out_f}×{in_f} b={batch:2d} " + "  ".join(f"{k}: {v * 1e3:.3f}" for k, v in t.items()), flush=True)
+        del paths
     e2e = end_to_end()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "fused_matmul.json").write_text(json.dumps(dict(read_bandwidth_gbs=bw / 1e9, kernel=extension_status(),
-                                                               rows=rows, end_to_end=e2e), indent=2) + "\n")
-    lines = [f"Read bandwidth measured in the same run: {bw / 1e9:.1f} GB/s. Kernel: {extension_status()}.", "",
-             "| shape (out×in) | batch | dense fp32 ms | decode+matmul ms | torch int4, fp32 x ms | torch int4, bf16 x ms | ours ms | ours vs dense | ours vs torch int4 bf16 | ours: achieved/limit |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                                                               round_bytes=ROUND_BYTES, rows=rows, end_to_end=e2e),
+                                                          indent=2) + "\n")
+    (RESULTS / "fused_matmul.md").write_text(markdown(rows, bw, e2e))
+
+
+def markdown(rows: list[dict], bw: float, e2e: dict) -> str:
+    lines = [f"Read bandwidth measured in the same run: {bw / 1e9:.1f} GB/s. Kernel: {extension_status()}. "
+             f"Cold cache (each path cycles through ≥ {ROUND_BYTES // 2**20} MiB of weight copies).", "",
+             "Milliseconds per call; in brackets: speedup vs dense fp32 (ours int4 also vs torch's int4 kernel with "
+             "bf16 activations).", "",
+             "| shape (out×in) | batch | dense fp32 | decode+matmul | torch int4 (fp32 x) | torch int4 (bf16 x) "
+             "| ours int4 g128, fp32 x | ours int4 g128, int8 x | ours int3 g64, fp32 x | ours int3 g64, int8 x "
+             "| ours int2 g64, fp32 x | ours int2 g64, int8 x | int4 int8 x: achieved/limit |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        m = r["ms"]
-        lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['batch']} | {m['dense fp32 nn.Linear']:.3f} | "
-                     f"{m['decode then matmul']:.3f} | {m['torch int4 kernel (fp32 x)']:.3f} | "
-                     f"{m['torch int4 kernel (bf16 x)']:.3f} | {m['ours fused']:.3f} | "
-                     f"{r['speedup_vs_dense']['ours fused']:.2f}× | {m['torch int4 kernel (bf16 x)'] / m['ours fused']:.2f}× | "
-                     f"{r['achieved_over_limit']['ours fused']:.2f} |")
+        m, s = r["ms"], r["speedup_vs_dense"]
+        torch_bf16 = m["torch int4 kernel (bf16 x)"]
+        cells = [f"{m['dense fp32 nn.Linear']:.3f}", f"{m['decode then matmul']:.3f}",
+                 f"{m['torch int4 kernel (fp32 x)']:.3f}", f"{torch_bf16:.3f} ({s['torch int4 kernel (bf16 x)']:.1f}×)"]
+        for name in INT_CODECS:
+            for act in ("fp32 x", "int8 x"):
+                k = f"ours {name} ({act})"
+                extra = f"; {torch_bf16 / m[k]:.2f}× torch" if name == "int4 g128" else ""
+                cells.append(f"{m[k]:.3f} ({s[k]:.1f}×{extra})")
+        cells.append(f"{r['achieved_over_limit']['ours int4 g128 (int8 x)']:.2f}")
+        lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['batch']} | " + " | ".join(cells) + " |")
     lines += ["", "Other fused paths, same run (ms; speedup vs dense fp32 in brackets):", "",
               "| shape (out×in) | batch | seed basis 3.5 bpw | seed basis 2.5 bpw | low-rank (x Bᵀ) Aᵀ, 4.25 bpw | RBE block-DCT (sparse), 4.25 bpw |",
               "|---|---:|---:|---:|---:|---:|"]
@@ -139,28 +184,33 @@ def main() -> None:
         lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['batch']} | "
                      + " | ".join(f"{m[k]:.3f} ({s[k]:.2f}×)" for k in ("seedbasis 3.5 fused", "seedbasis 2.5 fused",
                                                                          "low-rank 4.25 bpw", "rbe block-DCT 4.25 bpw")) + " |")
-    lines += ["", f"End-to-end SmolLM2-135M greedy decoding, batch 1, 32 new tokens: dense fp32 "
-              f"{e2e['dense_tokens_per_s']:.1f} tok/s, RTN int4 g128 (fused kernel) {e2e['int4_tokens_per_s']:.1f} tok/s "
-              f"({e2e['int4_tokens_per_s'] / e2e['dense_tokens_per_s']:.2f}×)."]
-    (RESULTS / "fused_matmul.md").write_text("\n".join(lines) + "\n")
+    dense = e2e["dense fp32"]
+    lines += ["", "End-to-end SmolLM2-135M greedy decoding, batch 1, 32 new tokens (tokens/s; speedup vs dense):", "",
+              "| model | tokens/s | vs dense |", "|---|---:|---:|"]
+    lines += [f"| {k} | {v:.1f} | {v / dense:.2f}× |" for k, v in e2e.items()]
+    return "\n".join(lines) + "\n"
 
 
 def end_to_end() -> dict:
-    import copy
-
     import reality_stone as rs
     from reality_stone.models.evaluate import tokens_per_second
     from reality_stone.models.loaders import load_smollm2
+    from reality_stone.nn import set_activations
 
     loaded = load_smollm2()
-    dense = loaded.model
-    q = copy.deepcopy(dense)
-    rs.compress(q, codec_config("rtn", bits=4, group=GROUP))
-    res = {}
+    models = {"dense fp32": loaded.model}
+    for name, cfg in INT_CODECS.items():
+        q = copy.deepcopy(loaded.model)
+        rs.compress(q, codec_config("rtn", **cfg))
+        models[f"RTN {name}, fp32 x"] = q
+        q8 = copy.deepcopy(q)
+        set_activations(q8, "int8")
+        models[f"RTN {name}, int8 x"] = q8
+    res = {k: [] for k in models}
     for _ in range(2):  # alternate, keep the best of two for each
-        res.setdefault("dense", []).append(tokens_per_second(dense, loaded.tokenizer, new_tokens=32))
-        res.setdefault("int4", []).append(tokens_per_second(q, loaded.tokenizer, new_tokens=32))
-    return dict(dense_tokens_per_s=max(res["dense"]), int4_tokens_per_s=max(res["int4"]))
+        for k, m in models.items():
+            res[k].append(tokens_per_second(m, loaded.tokenizer, new_tokens=32))
+    return {k: max(v) for k, v in res.items()}
 
 
 if __name__ == "__main__":
