@@ -118,30 +118,28 @@ class GroupQuantMatmul(Encoded):
             self._layout = (pack_lowbit_layout(codes, bits), scale, offset, zero_point, g, bits)
         return self._layout
 
-    def _matmul(self, x: Tensor, op) -> Tensor:
+    def _matmul(self, x: Tensor, int8_activations: bool) -> Tensor:
+        from reality_stone.kernels.int_lowbit_ops import lowbit_matmul
+
         if x.shape[-1] != self.shape[1]:
             raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
         packed, scale, offset, zero_point, group, bits = self.kernel_layout()
         K = packed.shape[1] * 8 // bits
         if K != x.shape[-1]:
             x = torch.nn.functional.pad(x, (0, K - x.shape[-1]))
-        return op(x, packed, scale, offset, zero_point, group, bits)
+        return lowbit_matmul(x, packed, scale, offset, zero_point, group, bits, int8_activations=int8_activations)
 
     def matmul(self, x: Tensor) -> Tensor:
         if self.config.bits > 4:
             return super().matmul(x)
-        from reality_stone.kernels.int_lowbit_ops import lowbit_linear
-
-        return self._matmul(x, lowbit_linear)
+        return self._matmul(x, False)
 
     def matmul_int8_activations(self, x: Tensor) -> Tensor:
         """``x @ W.T`` with x quantised to int8 per group on the fly (AVX-512 VNNI kernel; see
         `reality_stone.kernels.int_lowbit_ops.lowbit_linear_a8`). ≤ 4-bit codes, float32 x."""
         if self.config.bits > 4:
             raise ValueError(f"int8 activations need codes of at most 4 bits, this weight has {self.config.bits}")
-        from reality_stone.kernels.int_lowbit_ops import lowbit_linear_a8
-
-        return self._matmul(x, lowbit_linear_a8)
+        return self._matmul(x, True)
 
 
 class RTNEncoded(GroupQuantMatmul):

@@ -28,7 +28,7 @@ from reality_stone.kernels.extension import load_extension
 from reality_stone.kernels.int_lowbit import CHUNK, affine_offset, dequantize_rows, quantize_activations
 from reality_stone.kernels.tiled import FUSED_MAX_BATCH, tiled_linear, tiled_linear_transposed
 
-__all__ = ["lowbit_linear", "lowbit_linear_a8"]
+__all__ = ["lowbit_linear", "lowbit_linear_a8", "lowbit_matmul"]
 
 
 def _decoder(packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int, bits: int):
@@ -43,10 +43,19 @@ def _fused(x2: Tensor, group: int):
     return load_extension()
 
 
-@torch.library.custom_op("reality_stone::lowbit_linear", mutates_args=())
-def lowbit_linear(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
-                  bits: int) -> Tensor:
-    """x (..., K) @ Wᵀ for W in the ``bits``-bit compute layout; scale/offset (rows, K/group) fp16."""
+def lowbit_matmul(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int, bits: int,
+                  *, int8_activations: bool = False) -> Tensor:
+    """What the codecs call: `lowbit_linear` / `lowbit_linear_a8`, minus the custom op's Python
+    dispatch (tens of µs per call — more than the kernel itself on SmolLM2-sized layers) when
+    neither autograd nor ``torch.compile`` needs the op. Same kernels, same numbers."""
+    args = (x, packed, scale, offset, zero_point, group, bits)
+    if (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
+        return lowbit_linear_a8(*args) if int8_activations else lowbit_linear(*args)
+    return _forward_a8(*args) if int8_activations else _forward(*args)
+
+
+def _forward(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
+             bits: int) -> Tensor:
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     ext = _fused(x2, group)
@@ -57,10 +66,8 @@ def lowbit_linear(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero
     return y.reshape(*lead, packed.shape[0])
 
 
-@torch.library.custom_op("reality_stone::lowbit_linear_a8", mutates_args=())
-def lowbit_linear_a8(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
-                     bits: int) -> Tensor:
-    """x (..., K) float32 @ Wᵀ with x quantised to int8 per group (see the module docstring)."""
+def _forward_a8(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
+                bits: int) -> Tensor:
     if x.dtype != torch.float32:
         raise ValueError(f"int8 activation quantisation takes float32 inputs, got {x.dtype}")
     lead = x.shape[:-1]
@@ -75,6 +82,20 @@ def lowbit_linear_a8(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, z
         y = tiled_linear(x_deq, packed.shape[0], _decoder(packed, scale, torch.zeros_like(offset), False, group, bits))
         y += x2.reshape(B, -1, group).sum(-1) @ affine_offset(scale, offset, zero_point, torch.float32).T
     return y.reshape(*lead, packed.shape[0])
+
+
+@torch.library.custom_op("reality_stone::lowbit_linear", mutates_args=())
+def lowbit_linear(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
+                  bits: int) -> Tensor:
+    """x (..., K) @ Wᵀ for W in the ``bits``-bit compute layout; scale/offset (rows, K/group) fp16."""
+    return _forward(x, packed, scale, offset, zero_point, group, bits)
+
+
+@torch.library.custom_op("reality_stone::lowbit_linear_a8", mutates_args=())
+def lowbit_linear_a8(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
+                     bits: int) -> Tensor:
+    """x (..., K) float32 @ Wᵀ with x quantised to int8 per group (see the module docstring)."""
+    return _forward_a8(x, packed, scale, offset, zero_point, group, bits)
 
 
 def _fake(x, packed, scale, offset, zero_point, group, bits):
