@@ -5,8 +5,8 @@
 Same protocol as seedbasis.py: the first 8192 tokens of Hamlet and of the Lee news corpus,
 context 512, stride 256. Each group-quantised codec once with exact fp32 activations
 (`CompressedLinear` default) and once with ``set_activations(model, "int8")`` — activations
-quantised to int8 per weight group on the fly, the numbers the VNNI kernel computes (long
-windows run the same arithmetic in torch). The speed side is in fused_matmul.md.
+quantised to int8 per weight group on the fly, through the VNNI kernel (on CPUs without it,
+the same arithmetic in torch). The speed side is in fused_matmul.md.
 """
 
 from __future__ import annotations

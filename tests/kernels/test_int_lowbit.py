@@ -67,7 +67,7 @@ SHAPES = [(37, 192, 64), (129, 512, 128), (300, 256, 256), (17, 64 * 37, 64)]
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("rows,K,group", SHAPES)
-@pytest.mark.parametrize("batch", [1, 2, 5, 32])
+@pytest.mark.parametrize("batch", [1, 2, 5, 32, 300])  # 32: 8-row slices; 300: tiled
 def test_fused_matches_reference_within_its_own_error(bits, rows, K, group, batch):
     zero_point = bits == 3  # both affine forms
     packed, scale, offset = _weights(rows, K, group, bits, zero_point)
@@ -82,7 +82,7 @@ def test_fused_matches_reference_within_its_own_error(bits, rows, K, group, batc
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("rows,K,group", SHAPES)
-@pytest.mark.parametrize("batch", [1, 3, 8, 32])
+@pytest.mark.parametrize("batch", [1, 3, 8, 70])
 def test_int8_activation_path_matches_its_reference(bits, rows, K, group, batch):
     zero_point = bits != 3
     packed, scale, offset = _weights(rows, K, group, bits, zero_point, seed=3)

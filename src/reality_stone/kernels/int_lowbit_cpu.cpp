@@ -323,6 +323,19 @@ struct A8Rows {
   static void run(A... a) { rows_a8_avx512<BITS, B>(a...); }
 };
 
+// Batches of more than kMaxBatch rows: blocks of 64 weight rows (≤ 64·8·bits·K/64 bytes, L2-sized
+// for K ≤ 16k), each run for every slice of ≤ 8 batch rows before moving on, so the codes come
+// from DRAM once per call, not once per slice. f(row_begin, row_end, batch_begin, batch_rows).
+template <typename F>
+void for_blocks(int64_t r0, int64_t r1, int64_t B, F&& f) {
+  if (B <= kMaxBatch) {
+    f(r0, r1, 0, B);
+    return;
+  }
+  for (int64_t rb = r0; rb < r1; rb += 64)
+    for (int64_t b0 = 0; b0 < B; b0 += kMaxBatch) f(rb, std::min(rb + 64, r1), b0, std::min<int64_t>(kMaxBatch, B - b0));
+}
+
 void check_layout(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scale,
                   const torch::Tensor& offset, int64_t group, int64_t bits) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous fp32 [B, K]");
@@ -330,7 +343,7 @@ void check_layout(const torch::Tensor& x, const torch::Tensor& codes, const torc
               "codes must be contiguous uint8 [N, K*bits/8]");
   TORCH_CHECK(bits >= 2 && bits <= 4, "bits must be 2, 3 or 4");
   const int64_t B = x.size(0), K = x.size(1), N = codes.size(0);
-  TORCH_CHECK(B >= 1 && B <= kMaxBatch, "batch must be in [1, 8] for the fused path");
+  TORCH_CHECK(B >= 1, "empty batch");
   TORCH_CHECK(group % kChunk == 0 && K % group == 0 && codes.size(1) == K / kChunk * 8 * bits,
               "bad shapes for the low-bit kernel (group must be a multiple of 64 dividing K)");
   TORCH_CHECK(scale.scalar_type() == torch::kHalf && offset.scalar_type() == torch::kHalf && scale.is_contiguous() &&
@@ -342,7 +355,7 @@ void check_layout(const torch::Tensor& x, const torch::Tensor& codes, const torc
 }  // namespace
 
 
-// x: [B, K] fp32 (B <= 8), codes: [N, K/64 · 8·bits] uint8, scale/offset: [N, K/group] fp16 (offset holds
+// x: [B, K] fp32, codes: [N, K/64 · 8·bits] uint8, scale/offset: [N, K/group] fp16 (offset holds
 // zero points z when zero_point: w = (q − z)·s, else w = q·s + offset). -> y [B, N].
 torch::Tensor lowbit_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
                           bool zero_point, int64_t group, int64_t bits) {
@@ -356,7 +369,9 @@ torch::Tensor lowbit_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor sc
   const uint8_t* cp = codes.data_ptr<uint8_t>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
-    dispatch<F32Rows>(bits, B, xp, cp, sp, op, zero_point, xs, yp, K, N, group, r0, r1);
+    for_blocks(r0, r1, B, [&](int64_t rb, int64_t re, int64_t b0, int64_t nb) {
+      dispatch<F32Rows>(bits, nb, xp + b0 * K, cp, sp, op, zero_point, xs + b0 * NG, yp + b0 * N, K, N, group, rb, re);
+    });
   });
   return y;
 }
@@ -378,8 +393,11 @@ torch::Tensor lowbit_gemv_a8(torch::Tensor x, torch::Tensor codes, torch::Tensor
   const uint8_t* cp = codes.data_ptr<uint8_t>();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
-    dispatch<A8Rows>(bits, B, static_cast<const int8_t*>(xq), static_cast<const float*>(dx),
-                     static_cast<const float*>(xs), cp, sp, op, zero_point, yp, K, N, group, r0, r1);
+    for_blocks(r0, r1, B, [&](int64_t rb, int64_t re, int64_t b0, int64_t nb) {
+      dispatch<A8Rows>(bits, nb, static_cast<const int8_t*>(xq + b0 * K), static_cast<const float*>(dx + b0 * NG),
+                       static_cast<const float*>(xs + b0 * NG), cp, sp, op, zero_point, yp + b0 * N, K, N, group, rb,
+                       re);
+    });
   });
   return y;
 }
