@@ -60,7 +60,8 @@ class HQQConfig(CodecConfig):
 class HQQEncoded(GroupQuantMatmul):
     def __init__(self, config: HQQConfig, shape, codes: Tensor, scale: Tensor, zero: Tensor):
         self.config, self.shape = config, (int(shape[0]), int(shape[1]))
-        self.codes, self.scale, self.zero = codes, scale, zero
+        self.scale, self.zero = scale, zero
+        self._hold_codes(codes)
 
     def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
         out_f, in_f = self.shape
@@ -68,8 +69,8 @@ class HQQEncoded(GroupQuantMatmul):
         w = (q - self.zero.float()[..., None]) * self.scale.float()[..., None]
         return w.reshape(out_f, -1)[:, :in_f].to(dtype)
 
-    def _affine(self):  # w = (q − zero)·s
-        return self.codes, self.scale, self.zero, True
+    def _affine(self, codes):  # w = (q − zero)·s
+        return codes, self.scale, self.zero, True
 
     def payload(self) -> bytes:
         return (pack_bits(self.codes[:, : self.shape[1]], self.config.bits) + self.scale.numpy().astype("<f2").tobytes()

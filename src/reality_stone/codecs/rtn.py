@@ -26,7 +26,7 @@ from torch import Tensor
 
 from reality_stone.codecs.base import CodecConfig, Encoded, check_weight, register
 from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
-from reality_stone.kernels.int_lowbit import CHUNK, layout_bits, pack_lowbit_layout
+from reality_stone.kernels.int_lowbit import CHUNK, layout_bits, pack_lowbit_layout, unpack_lowbit_layout
 
 __all__ = ["GroupQuantMatmul", "RTNConfig", "RTNEncoded"]
 
@@ -88,26 +88,44 @@ class RTNConfig(CodecConfig):
 class GroupQuantMatmul(Encoded):
     """``matmul`` for codecs whose weight is ``q·scale + offset`` per group with ≤ 4-bit codes.
 
-    Subclasses provide ``_affine()`` → (codes (out, padded_in) uint8, scale fp16, offset or
-    zero point fp16 (out, n_groups), zero_point: bool) — the stored tensors, so the kernel reads
-    the stored bits per weight. `kernel_layout` packs them once into the compute layout of
+    Subclasses hold their codes with ``_hold_codes`` and provide ``_affine(codes)`` → (codes,
+    scale fp16, offset or zero point fp16 (out, n_groups), zero_point: bool) — the stored
+    tensors, so the kernel reads the stored bits per weight. `kernel_layout` packs them once
+    into the compute layout of
     `reality_stone.kernels.int_lowbit` (``bits`` bits per code); the fused kernels
     (`reality_stone.kernels.int_lowbit_ops`) then never build W. Codes of more than 4 bits
     take the reference path (decode → matmul).
     """
 
-    def _affine(self) -> tuple[Tensor, Tensor, Tensor]:
+    def _affine(self, codes: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def _hold_codes(self, codes: Tensor) -> None:
+        """Keep ``codes`` (out, padded_in) — for ≤ 4-bit codes only inside the compute layout
+        (``bits`` bits per code instead of a byte): the layout is built here and the byte-per-code
+        tensor dropped, so a loaded or compressed model holds the stored bits, not 2–4× more."""
+        self._codes, self._padded_in, self._layout = codes, codes.shape[1], None
+        if self.config.bits <= 4:
+            self.kernel_layout()
+            self._codes = None
+
+    @property
+    def codes(self) -> Tensor:
+        """(out, padded_in) uint8 codes (read back from the compute layout where that holds them)."""
+        if self._codes is not None:
+            return self._codes
+        packed, bits = self._layout[0], self._layout[5]
+        return unpack_lowbit_layout(packed, bits)[:, : self._padded_in].to(torch.uint8)
+
     def kernel_layout(self):
-        """(packed uint8, scale fp16, offset/zero fp16, zero_point, group, layout bits), built once; None for > 4-bit codes.
+        """(packed uint8, scale fp16, offset/zero fp16, zero_point, group, layout bits); None for > 4-bit codes.
 
         The input dim is padded to a multiple of lcm(group, 64) with zero-scale groups.
         """
         if self.config.bits > 4:
             return None
         if getattr(self, "_layout", None) is None:
-            codes, scale, offset, zero_point = self._affine()
+            codes, scale, offset, zero_point = self._affine(self._codes)
             g = self.config.group
             step = math.lcm(g, CHUNK)
             K = -(-codes.shape[1] // step) * step
@@ -147,7 +165,8 @@ class RTNEncoded(GroupQuantMatmul):
 
     def __init__(self, config: RTNConfig, shape, codes: Tensor, scale: Tensor, offset: Tensor | None):
         self.config, self.shape = config, (int(shape[0]), int(shape[1]))
-        self.codes, self.scale, self.offset = codes, scale, offset
+        self.scale, self.offset = scale, offset
+        self._hold_codes(codes)
 
     def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
         out_f, in_f = self.shape
@@ -160,11 +179,11 @@ class RTNEncoded(GroupQuantMatmul):
             w = q * s + self.offset.float()[..., None]
         return w.reshape(out_f, -1)[:, :in_f].to(dtype)
 
-    def _affine(self):
+    def _affine(self, codes):
         cfg = self.config
         if cfg.symmetric:  # w = (q − 2^(b−1))·s: zero point 2^(b−1)
-            return self.codes, self.scale, torch.full_like(self.scale, 2 ** (cfg.bits - 1)), True
-        return self.codes, self.scale, self.offset, False
+            return codes, self.scale, torch.full_like(self.scale, 2 ** (cfg.bits - 1)), True
+        return codes, self.scale, self.offset, False
 
     def payload(self) -> bytes:
         # only the real inputs' codes are stored; the padding of the last group is implicit
