@@ -1,6 +1,7 @@
 """Whole-model results table: every codec configuration on SmolLM2-135M and MiniLM, one run.
 
     python benchmarks/model_eval.py     # -> benchmarks/results/model_eval.{json,md}
+    python benchmarks/model_eval.py --redo="fp32 (dense),RTN int4"   # re-measure those SmolLM2 rows only
 
 SmolLM2 (causal LM): compress in place, save the single-file format, then
 * perplexity on the held-out texts (Hamlet, Lee news), first 2048 tokens, context 512, stride 256;
@@ -63,6 +64,9 @@ def subprocess_eval(path: Path) -> dict:
 
 def main() -> None:
     torch.set_num_threads(2)
+    redo = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--redo=")), None)
+    prefixes = tuple(redo.split(",")) if redo else None
+    old = json.loads((RESULTS / "model_eval.json").read_text()) if prefixes else None
     lm = load_smollm2()
     rows = []
     from reality_stone.data.text import evaluation_text
@@ -70,6 +74,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs():
+            if prefixes and not spec.label.startswith(prefixes):  # kept from the previous run
+                rows.append(next(r for r in old["smollm2"] if r["label"] == spec.label))
+                continue
             model = copy.deepcopy(lm.model)
             row = dict(label=spec.label, config=spec.config.to_dict() if spec.config else None)
             t0 = time.perf_counter()
@@ -102,9 +109,8 @@ def main() -> None:
             del model
             rows.append(row)
             print({k: v for k, v in row.items() if k not in ("config", "layer_rel_error")}, flush=True)
-    enc = load_minilm()
     enc_specs = [s for s in specs() if s.label.split()[0] in ("fp16", "RTN", "HQQ", "seedbasis", "RBE")]
-    enc_rows = evaluate_specs(enc, enc_specs)
+    enc_rows = old["minilm"] if prefixes else evaluate_specs(load_minilm(), enc_specs)
     for r in enc_rows:
         print({k: v for k, v in r.items() if k != "config"}, flush=True)
     RESULTS.mkdir(exist_ok=True)

@@ -19,6 +19,7 @@ leaves a half-written file under the final name. Reading validates everything an
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -172,6 +173,27 @@ def _build_architecture(arch: dict, path: Path) -> nn.Module:
         return cls(config).eval()
 
 
+_LIBC = None
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Decoding layer after layer frees many MB-sized temporaries; glibc raises its mmap threshold
+    after large frees and then keeps such blocks in its heap, so without this the loading
+    process's RSS ratchets up to ~2× the live data (measured: 1.55 GB vs 0.85 GB peak for an
+    int3 SmolLM2 file)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
 def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     """Load a file written by `save`.
 
@@ -221,6 +243,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
         new = CompressedLinear(enc, bias)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
+        _return_freed_memory()
     for alias, target in meta["aliases"].items():
         if target not in state:
             raise ValueError(f"{path}: alias {alias!r} points to missing tensor {target!r}")
