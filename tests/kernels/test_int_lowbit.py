@@ -252,3 +252,15 @@ def test_direct_entry_point_equals_the_custom_ops_and_keeps_autograd():
         lowbit_matmul(xg, packed, scale, offset, False, 128, 4, int8_activations=int8).sum().backward()
         w = lowbit_linear_reference(torch.eye(256), packed, scale, offset, False, 128, 4)  # (256, rows) = Wᵀ
         torch.testing.assert_close(xg.grad, w.sum(1).expand(3, -1), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", CODECS[:4], ids=lambda c: f"{c.codec_name}{c.bits}g{c.group}")
+def test_encoded_weight_holds_only_the_packed_layout(cfg):
+    # a compressed layer keeps ≈ its stored bytes in memory (not a byte per code beside the layout)
+    W = torch.randn(96, 640, generator=torch.Generator().manual_seed(6))
+    enc = cfg.encode(W)
+    held = sum(t.numel() * t.element_size() for t in vars(enc).values() if isinstance(t, torch.Tensor))
+    held += sum(t.numel() * t.element_size() for t in enc.kernel_layout() if isinstance(t, torch.Tensor))
+    assert held <= 1.5 * enc.nbytes, (held, enc.nbytes)
+    again = type(enc).from_payload(enc.config, enc.shape, enc.payload())  # codes read back from the layout
+    assert torch.equal(again.codes, enc.codes) and torch.equal(again.decode(), enc.decode())

@@ -131,7 +131,9 @@ class GroupQuantMatmul(Encoded):
             K = -(-codes.shape[1] // step) * step
             extra = (K - codes.shape[1]) // g
             codes = torch.nn.functional.pad(codes, (0, K - codes.shape[1]))
-            scale, offset = (torch.nn.functional.pad(t.half(), (0, extra)).contiguous() for t in (scale, offset))
+            # the stored fp16 tensors themselves unless padding is needed (no second copy)
+            scale, offset = (torch.nn.functional.pad(t.half(), (0, extra)) if extra else t.half().contiguous()
+                             for t in (scale, offset))
             bits = layout_bits(self.config.bits)
             self._layout = (pack_lowbit_layout(codes, bits), scale, offset, zero_point, g, bits)
         return self._layout
