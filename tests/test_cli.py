@@ -41,6 +41,8 @@ def test_compress_inspect_eval_minilm(tmp_path):
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     assert res["cosine_mean"] > 0.99 and res["spearman"] > 0.98
+    r = runner.invoke(app, ["eval", str(out), "--activations", "int8"])  # 8-bit codes: no int8-activation path
+    assert r.exit_code == 2 and "int8 activations" in r.output
 
 
 def test_demo_quick_end_to_end():
@@ -66,5 +68,9 @@ def test_compress_a_checkpoint_folder_streams_it(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output[res.output.index("{"):])
     assert summary["compressed_layers"] == 36 and out.is_file()  # 6 blocks × 6 Linears; pooler kept dense
+    res = runner.invoke(app, ["eval", str(out), "--activations", "int8", "--json"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout)
+    assert ev["activations"] == "int8" and ev["cosine_mean"] > 0.85
     res = runner.invoke(app, ["compress", str(tmp_path / "missing.safetensors"), "-o", str(out)])
     assert res.exit_code != 0

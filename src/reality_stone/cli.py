@@ -206,6 +206,8 @@ def eval_cmd(
     tokens: int = typer.Option(2048, min=16, help="tokens of each text to score"),
     context: int = typer.Option(512, min=8),
     stride: int = typer.Option(256, min=1),
+    activations: str = typer.Option("fp32", help="fp32 (exact) or int8 (quantised per group on the fly; "
+                                                  "≤4-bit group codecs, AVX-512 VNNI kernel)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Perplexity (causal LM) or embedding check (encoder) of a compressed model file, plus speed and memory."""
@@ -214,14 +216,18 @@ def eval_cmd(
     from reality_stone.models.evaluate import model_nbytes, peak_rss_bytes, perplexity, tokens_per_second
     from reality_stone.models.loaders import load_tokenizer
 
+    from reality_stone.nn import set_activations
+
     try:
         meta = read_metadata(path)
         model = load(path)
+        if activations != "fp32":
+            set_activations(model, activations)
     except (ValueError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     source = meta["source"]
-    result = dict(file=str(path), source=source, weight_bytes=model_nbytes(model))
+    result = dict(file=str(path), source=source, activations=activations, weight_bytes=model_nbytes(model))
     if source == "smollm2":
         from reality_stone.data.text import evaluation_text
 

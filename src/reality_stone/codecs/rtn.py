@@ -20,7 +20,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
 import torch
 from torch import Tensor
 
@@ -91,10 +90,9 @@ class GroupQuantMatmul(Encoded):
     Subclasses hold their codes with ``_hold_codes`` and provide ``_affine(codes)`` → (codes,
     scale fp16, offset or zero point fp16 (out, n_groups), zero_point: bool) — the stored
     tensors, so the kernel reads the stored bits per weight. `kernel_layout` packs them once
-    into the compute layout of
-    `reality_stone.kernels.int_lowbit` (``bits`` bits per code); the fused kernels
-    (`reality_stone.kernels.int_lowbit_ops`) then never build W. Codes of more than 4 bits
-    take the reference path (decode → matmul).
+    into the compute layout of `reality_stone.kernels.int_lowbit` (``bits`` bits per code);
+    the fused kernels (`reality_stone.kernels.int_lowbit_ops`) then never build W. Codes of
+    more than 4 bits take the reference path (decode → matmul).
     """
 
     def _affine(self, codes: Tensor) -> tuple[Tensor, Tensor, Tensor, bool]:
