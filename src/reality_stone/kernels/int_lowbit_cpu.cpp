@@ -37,7 +37,10 @@ namespace {
 
 constexpr int64_t kChunk = 64;  // inputs per chunk
 
-#define RS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
+// fp32 paths: AVX-512 F/BW/VL (+F16C); the int8 path additionally VNNI, so a CPU with AVX-512
+// but without VNNI never executes a VNNI instruction.
+#define RS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
+#define RS_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
 
 // ---------------------------------------------------------------- AVX-512, fp32 activations
 
@@ -107,7 +110,7 @@ RS_AVX512 void rows_f32_avx512(const float* xp, const uint8_t* cp, const uint16_
 
 // The 64 codes of a chunk as unsigned bytes, in input order.
 template <int BITS>
-RS_AVX512 inline __m512i codes64_avx512(const uint8_t* c) {
+RS_AVX512_VNNI inline __m512i codes64_avx512(const uint8_t* c) {
   if constexpr (BITS == 4) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
     const __m256i m = _mm256_set1_epi8(0x0F);
@@ -133,7 +136,7 @@ RS_AVX512 inline __m512i codes64_avx512(const uint8_t* c) {
 // One group of the int8 path: Σ_i q·xq per batch row (int32 lanes), then one FMA with
 // scale·dx into accumulator chain C.
 template <int BITS, int B, int C, int NC>
-RS_AVX512 inline void a8_group(const uint8_t* row, const int8_t* xq, int64_t K, int64_t g, int64_t group,
+RS_AVX512_VNNI inline void a8_group(const uint8_t* row, const int8_t* xq, int64_t K, int64_t g, int64_t group,
                                const __m512 (&sdx)[B], int j, __m512 (&acc)[B][NC]) {
   const int64_t chunks = group / kChunk, cb = 8 * BITS;
   __m512i dot[B];
@@ -149,7 +152,7 @@ RS_AVX512 inline void a8_group(const uint8_t* row, const int8_t* xq, int64_t K, 
 }
 
 template <int BITS, int B>
-RS_AVX512 void rows_a8_avx512(const int8_t* xq, const float* dx, const float* xs, const uint8_t* cp,
+RS_AVX512_VNNI void rows_a8_avx512(const int8_t* xq, const float* dx, const float* xs, const uint8_t* cp,
                               const uint16_t* sp, const uint16_t* op, bool zero_point, float* yp, int64_t K, int64_t N,
                               int64_t group, int64_t r0, int64_t r1) {
   const int64_t NG = K / group, chunks = group / kChunk, cb = 8 * BITS, row_bytes = K / kChunk * cb;
