@@ -215,7 +215,6 @@ def eval_cmd(
     from reality_stone.models import load, read_metadata
     from reality_stone.models.evaluate import model_nbytes, peak_rss_bytes, perplexity, tokens_per_second
     from reality_stone.models.loaders import load_tokenizer
-
     from reality_stone.nn import set_activations
 
     try:

@@ -122,7 +122,7 @@ class GroupQuantMatmul(Encoded):
         """
         if self.config.bits > 4:
             return None
-        if getattr(self, "_layout", None) is None:
+        if self._layout is None:
             codes, scale, offset, zero_point = self._affine(self._codes)
             g = self.config.group
             step = math.lcm(g, CHUNK)

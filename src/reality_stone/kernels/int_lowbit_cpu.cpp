@@ -20,10 +20,9 @@
 //                      instruction), one fp32 FMA per group. Needs AVX-512 VNNI.
 #include "kernels.h"
 
-#include <cstdlib>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
-#include <vector>
 
 // REALITY_STONE_NO_AVX512=1 forces the AVX2 path (so tests cover both on AVX-512 machines).
 const bool kHasAvx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -43,6 +42,15 @@ constexpr int64_t kChunk = 64;  // inputs per chunk
 #define RS_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
 
 // ---------------------------------------------------------------- AVX-512, fp32 activations
+
+// 16 groups' affine parameters (fp16 in the layout, lanes ≥ popcount(m) zero) as fp32: scale s
+// and offset o (zero_point: the layout holds zero points z and o = −z·s).
+RS_AVX512 inline void affine16_avx512(const uint16_t* s16, const uint16_t* o16, __mmask16 m, bool zero_point, __m512& s,
+                                      __m512& o) {
+  s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s16));
+  o = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, o16));
+  if (zero_point) o = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(o, s));
+}
 
 // Codes 16i .. 16i+15 of a chunk as int32 lanes (i in 0..3).
 template <int BITS>
@@ -97,9 +105,8 @@ RS_AVX512 void rows_f32_avx512(const float* xp, const uint8_t* cp, const uint16_
     // offset terms: Σ_g offset[r,g]·Σx[b,g], 16 groups per FMA
     for (int64_t g0 = 0; g0 < NG; g0 += 16) {
       const __mmask16 m = static_cast<__mmask16>((1u << std::min<int64_t>(16, NG - g0)) - 1);
-      const __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sp + r * NG + g0));
-      __m512 ov = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, op + r * NG + g0));
-      if (zero_point) ov = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(ov, sv));
+      __m512 sv, ov;
+      affine16_avx512(sp + r * NG + g0, op + r * NG + g0, m, zero_point, sv, ov);
       for (int b = 0; b < B; ++b) acc[b] = _mm512_fmadd_ps(ov, _mm512_maskz_loadu_ps(m, xs + b * NG + g0), acc[b]);
     }
     for (int b = 0; b < B; ++b) yp[b * N + r] = _mm512_reduce_add_ps(acc[b]);
@@ -169,9 +176,8 @@ RS_AVX512_VNNI void rows_a8_avx512(const int8_t* xq, const float* dx, const floa
     for (int64_t g0 = 0; g0 < NG; g0 += 16) {
       const int n = static_cast<int>(std::min<int64_t>(16, NG - g0));
       const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
-      const __m512 sv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, sp + r * NG + g0));
-      __m512 ov = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, op + r * NG + g0));
-      if (zero_point) ov = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(ov, sv));
+      __m512 sv, ov;
+      affine16_avx512(sp + r * NG + g0, op + r * NG + g0, m, zero_point, sv, ov);
       __m512 sdx[B];
       for (int b = 0; b < B; ++b) {
         sdx[b] = _mm512_mul_ps(sv, _mm512_maskz_loadu_ps(m, dx + b * NG + g0));
@@ -219,15 +225,6 @@ RS_AVX512 void quantize_activations_avx512(const float* x, int8_t* xq, float* dx
 
 // ---------------------------------------------------------------- AVX2, fp32 activations
 
-inline void row_affine_avx2(const uint16_t* s16, const uint16_t* o16, bool zero_point, int64_t NG, float* s,
-                            float* o) {
-  for (int64_t g = 0; g < NG; ++g) {
-    s[g] = _cvtsh_ss(s16[g]);
-    const float v = _cvtsh_ss(o16[g]);
-    o[g] = zero_point ? -(v * s[g]) : v;
-  }
-}
-
 // Codes 8i .. 8i+7 of a chunk as int32 lanes (i in 0..7).
 template <int BITS>
 inline __m256i codes8_avx2(const uint8_t* c, int i) {
@@ -250,11 +247,8 @@ template <int BITS, int B>
 void rows_f32_avx2(const float* xp, const uint8_t* cp, const uint16_t* sp, const uint16_t* op, bool zero_point,
                    const float* xs, float* yp, int64_t K, int64_t N, int64_t group, int64_t r0, int64_t r1) {
   const int64_t NG = K / group, chunks = group / kChunk, cb = 8 * BITS, row_bytes = K / kChunk * cb;
-  std::vector<float> srow_v(NG + 16), orow_v(NG + 16);
-  float *srow = srow_v.data(), *orow = orow_v.data();
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = cp + r * row_bytes;
-    row_affine_avx2(sp + r * NG, op + r * NG, zero_point, NG, srow, orow);
     __m256 acc[B];
     float off[B];
     for (int b = 0; b < B; ++b) { acc[b] = _mm256_setzero_ps(); off[b] = 0.f; }
@@ -274,8 +268,9 @@ void rows_f32_avx2(const float* xp, const uint8_t* cp, const uint16_t* sp, const
           }
         }
       }
-      const __m256 s = _mm256_set1_ps(srow[g]);
-      const float o = orow[g];
+      const float sg = _cvtsh_ss(sp[r * NG + g]), og = _cvtsh_ss(op[r * NG + g]);
+      const __m256 s = _mm256_set1_ps(sg);
+      const float o = zero_point ? -(og * sg) : og;  // as affine16_avx512
       for (int b = 0; b < B; ++b) {
         __m256 d = dot[b][0];
         for (int j = 1; j < kChains; ++j) d = _mm256_add_ps(d, dot[b][j]);
@@ -379,33 +374,8 @@ torch::Tensor lowbit_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor sc
   return y;
 }
 
-// Same layout; activations quantised to int8 per group inside (see the file comment).
-torch::Tensor lowbit_gemv_a8(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
-                             bool zero_point, int64_t group, int64_t bits) {
-  TORCH_CHECK(kHasAvx512Vnni, "the int8-activation kernel needs AVX-512 VNNI");
-  check_layout(x, codes, scale, offset, group, bits);
-  const int64_t B = x.size(0), K = x.size(1), N = codes.size(0), NG = K / group;
-  auto xq_t = torch::empty({B, K}, x.options().dtype(torch::kChar));
-  auto dx_t = torch::empty({B, NG}, x.options()), xs_t = torch::empty({B, NG}, x.options());
-  int8_t* xq = xq_t.data_ptr<int8_t>();
-  float *dx = dx_t.data_ptr<float>(), *xs = xs_t.data_ptr<float>();
-  quantize_activations_avx512(x.data_ptr<float>(), xq, dx, xs, B * NG, group);
-  auto y = torch::empty({B, N}, x.options());
-  const uint16_t *sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()),
-                 *op = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
-  const uint8_t* cp = codes.data_ptr<uint8_t>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
-    for_blocks(r0, r1, B, [&](int64_t rb, int64_t re, int64_t b0, int64_t nb) {
-      dispatch<A8Rows>(bits, nb, static_cast<const int8_t*>(xq + b0 * K), static_cast<const float*>(dx + b0 * NG),
-                       static_cast<const float*>(xs + b0 * NG), cp, sp, op, zero_point, yp + b0 * N, K, N, group, rb,
-                       re);
-    });
-  });
-  return y;
-}
-
-// The activation quantiser alone (tests compare it bit for bit with the torch reference).
+// Per-group int8 quantisation of x: {xq int8 [B, K], dx fp32 [B, K/group], Σx fp32 [B, K/group]}
+// (the kernel's first step; tests compare it bit for bit with the torch reference).
 std::vector<torch::Tensor> quantize_activations_int8(torch::Tensor x, int64_t group) {
   TORCH_CHECK(kHasAvx512Vnni, "the int8-activation kernel needs AVX-512 VNNI");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous() && group % 16 == 0 &&
@@ -417,4 +387,27 @@ std::vector<torch::Tensor> quantize_activations_int8(torch::Tensor x, int64_t gr
   quantize_activations_avx512(x.data_ptr<float>(), xq.data_ptr<int8_t>(), dx.data_ptr<float>(), xs.data_ptr<float>(),
                               B * NG, group);
   return {xq, dx, xs};
+}
+
+// Same layout; activations quantised to int8 per group inside (see the file comment).
+torch::Tensor lowbit_gemv_a8(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
+                             bool zero_point, int64_t group, int64_t bits) {
+  TORCH_CHECK(kHasAvx512Vnni, "the int8-activation kernel needs AVX-512 VNNI");
+  check_layout(x, codes, scale, offset, group, bits);
+  const int64_t B = x.size(0), K = x.size(1), N = codes.size(0), NG = K / group;
+  const auto q = quantize_activations_int8(x, group);  // xq, dx, Σx
+  const int8_t* xq = q[0].data_ptr<int8_t>();
+  const float *dx = q[1].data_ptr<float>(), *xs = q[2].data_ptr<float>();
+  auto y = torch::empty({B, N}, x.options());
+  const uint16_t *sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()),
+                 *op = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
+  const uint8_t* cp = codes.data_ptr<uint8_t>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
+    for_blocks(r0, r1, B, [&](int64_t rb, int64_t re, int64_t b0, int64_t nb) {
+      dispatch<A8Rows>(bits, nb, xq + b0 * K, dx + b0 * NG, xs + b0 * NG, cp, sp, op, zero_point, yp + b0 * N, K, N,
+                       group, rb, re);
+    });
+  });
+  return y;
 }

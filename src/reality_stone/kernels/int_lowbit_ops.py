@@ -44,7 +44,9 @@ def _decoder(packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, gr
 
 def _fused(x2: Tensor, group: int, max_batch: int | None = None):
     """The extension when the fused kernel can serve this call, else None."""
-    if x2.dtype != torch.float32 or x2.shape[0] == 0 or group % CHUNK or x2.shape[0] > (max_batch or x2.shape[0]):
+    if x2.dtype != torch.float32 or x2.shape[0] == 0 or group % CHUNK:
+        return None
+    if max_batch is not None and x2.shape[0] > max_batch:
         return None
     return load_extension()
 

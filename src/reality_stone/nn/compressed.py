@@ -29,7 +29,6 @@ class CompressedLinear(nn.Module):
     def __init__(self, encoded: Encoded, bias: Tensor | None = None, *, activations: str = "fp32"):
         super().__init__()
         self.encoded = encoded
-        self.activations = "fp32"
         self.set_activations(activations)
         self._decoded: Tensor | None = None  # set only inside `decoded_weights`
         self.out_features, self.in_features = encoded.shape
