@@ -6,11 +6,15 @@ per weight. Inside a chunk
 
 * 4 bits: byte k (0..31) = code k | code k+32 << 4;
 * 2 bits: byte k (0..15) = code k | code k+16 << 2 | code k+32 << 4 | code k+48 << 6;
-* 3 bits: the 2-bit layout of (code & 3), then a little-endian uint64 whose bit i is code i >> 2.
+* 3 bits: the 2-bit layout of (code & 3); the high bits (code >> 2) go to the end of a
+  *block* of 4 chunks (fewer at the end of a row): a block of nc chunks is their 16·nc bytes of
+  low bits, then 4 masks p of 16·nc bits each (little-endian, 2·nc bytes), bit 16c + k of mask
+  p = high bit of input 64c + 16p + k of the block — exactly what one 64-byte vector of the
+  block's low bits needs, part p at a time.
 
-Every unpack step of the kernel (`int_lowbit_cpu.cpp`) then yields codes of consecutive
-inputs with shifts and masks only. K (the input dim padded to whole groups) must be a
-multiple of 64.
+Every unpack step of the kernel (`int_lowbit_cpu.cpp`) then yields codes with shifts and
+masks only; the int8-activation kernel reads 2 (4-bit) or 4 (2/3-bit) chunks per 64-byte load.
+K (the input dim padded to whole groups) must be a multiple of 64.
 
 Affine parameters per (row, group) are fp16, as the codecs store them: a scale s and either
 an offset o (w = q·s + o) or a zero point z (``zero_point=True``: w = (q − z)·s, i.e.
@@ -62,10 +66,15 @@ def pack_lowbit_layout(codes: Tensor, bits: int) -> Tensor:
     two = lo[..., 0:16] | (lo[..., 16:32] << 2) | (lo[..., 32:48] << 4) | (lo[..., 48:64] << 6)
     if bits == 2:
         return two.reshape(rows, -1).contiguous()
-    hi = (c >> 2).reshape(rows, K // CHUNK, 8, 8)  # byte j of the uint64 holds codes 8j..8j+7 (LSB first)
+    # high bits (rows, chunk, part p, 16 inputs) -> 2 bytes (LSB first) per (chunk, part)
+    hi = (c >> 2).reshape(rows, K // CHUNK, 4, 2, 8)
     weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-    hi_bytes = (hi * weights).sum(-1, dtype=torch.int32).to(torch.uint8)
-    return torch.cat([two, hi_bytes], dim=-1).reshape(rows, -1).contiguous()
+    hi_bytes = (hi * weights).sum(-1, dtype=torch.int32).to(torch.uint8)  # (rows, chunks, 4, 2)
+    blocks = []
+    for c0 in range(0, K // CHUNK, 4):  # per block: low bits of its chunks, then masks p = 0..3
+        lo_b, hi_b = two[:, c0 : c0 + 4], hi_bytes[:, c0 : c0 + 4]
+        blocks += [lo_b.reshape(rows, -1), hi_b.transpose(1, 2).reshape(rows, -1)]
+    return torch.cat(blocks, dim=-1).contiguous()
 
 
 def unpack_lowbit_layout(packed: Tensor, bits: int) -> Tensor:
@@ -75,13 +84,24 @@ def unpack_lowbit_layout(packed: Tensor, bits: int) -> Tensor:
     if bits == 4:
         c = torch.cat([p & 0x0F, p >> 4], dim=-1)
     else:
-        two = p[..., :16]
-        c = torch.cat([(two >> s) & 3 for s in (0, 2, 4, 6)], dim=-1)
         if bits == 3:
-            shifts = torch.arange(8, dtype=torch.uint8)
-            hi = ((p[..., 16:24, None] >> shifts) & 1).reshape(rows, -1, CHUNK)
-            c = c | (hi << 2)
+            return _unpack_three_bit(packed)
+        c = torch.cat([(p >> s) & 3 for s in (0, 2, 4, 6)], dim=-1)
     return c.reshape(rows, -1).to(torch.int64)
+
+
+def _unpack_three_bit(packed: Tensor) -> Tensor:
+    rows, n_chunks = packed.shape[0], packed.shape[1] // 24
+    shifts = torch.arange(8, dtype=torch.uint8)
+    out, o = [], 0
+    for c0 in range(0, n_chunks, 4):
+        nc = min(4, n_chunks - c0)
+        two = packed[:, o : o + 16 * nc].reshape(rows, nc, 16)
+        hi_bytes = packed[:, o + 16 * nc : o + 24 * nc].reshape(rows, 4, nc, 2).transpose(1, 2)  # (rows, nc, p, 2)
+        hi = ((hi_bytes[..., None] >> shifts) & 1).reshape(rows, nc, CHUNK)
+        out.append(torch.cat([(two >> s) & 3 for s in (0, 2, 4, 6)], dim=-1) | (hi << 2))
+        o += 24 * nc
+    return torch.cat(out, dim=1).reshape(rows, -1).to(torch.int64)
 
 
 def affine_offset(scale: Tensor, offset: Tensor, zero_point: bool, dtype) -> Tensor:

@@ -41,7 +41,7 @@ constexpr int64_t kChunk = 64;  // inputs per chunk
 #define RS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,f16c")))
 #define RS_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
 
-// ---------------------------------------------------------------- AVX-512, fp32 activations
+// ---------------------------------------------------------------- AVX-512: blocks of chunks
 
 // 16 groups' affine parameters (fp16 in the layout, lanes ≥ popcount(m) zero) as fp32: scale s
 // and offset o (zero_point: the layout holds zero points z and o = −z·s).
@@ -52,21 +52,88 @@ RS_AVX512 inline void affine16_avx512(const uint16_t* s16, const uint16_t* o16, 
   if (zero_point) o = _mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(o, s));
 }
 
-// Codes 16i .. 16i+15 of a chunk as int32 lanes (i in 0..3).
+// Both AVX-512 paths read a row in *blocks*: one 64-byte load holds P consecutive chunks (P = 2
+// for 4 bits, 4 for 2/3 bits: a chunk is 32 or 16 bytes of packed codes), i.e. 64·P inputs.
+// Part p of the block (nibble p or crumb p: one shift, one mask, for all P chunks at once) holds
+// in the 64/P bytes of chunk c the codes of inputs 64c + (64/P)·p + k; in 128-bit lane l, the
+// codes of 16 consecutive inputs (chunk l/(4/P), 64c + (64/P)·p + 16·(l % (4/P)) + k).
 template <int BITS>
-RS_AVX512 inline __m512i codes16_avx512(const uint8_t* c, int i) {
-  if constexpr (BITS == 4) {
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + (i & 1) * 16)));
-    return i < 2 ? _mm512_and_si512(v, _mm512_set1_epi32(0x0F)) : _mm512_srli_epi32(v, 4);
-  } else {
-    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
-    v = _mm512_and_si512(_mm512_srli_epi32(v, 2 * i), _mm512_set1_epi32(3));
+constexpr int kParts = BITS == 4 ? 2 : 4;
+
+// The P parts of the block at chunk `c` of a row (nc ≤ P chunks; zero codes beyond), as bytes.
+// FULL (nc == P, all but a row's last block) is its own instantiation: constant offsets, the
+// 3-bit masks loaded straight into mask registers.
+template <int BITS, bool FULL>
+RS_AVX512 inline void block_codes(const uint8_t* row, int64_t c, int64_t nc, __m512i (&q)[kParts<BITS>]) {
+  constexpr int P = kParts<BITS>, kWidth = 8 / P;  // bits per part within a byte
+  const uint8_t* blk = row + c * 8 * BITS;  // blocks start at multiples of P chunks
+  if constexpr (FULL) nc = P;
+  const __m512i v = FULL ? _mm512_loadu_si512(blk)
+                         : _mm512_maskz_loadu_epi8(_cvtu64_mask64(~0ULL >> (64 - 64 / P * nc)), blk);
+  const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << kWidth) - 1));
+  for (int p = 0; p < P; ++p) {
+    // 16-bit shifts (there are no 8-bit ones): the mask drops the bits from the neighbouring byte
+    q[p] = _mm512_and_si512(p == 0 ? v : _mm512_srli_epi16(v, kWidth * p), mask);
     if constexpr (BITS == 3) {
-      uint16_t hi;
-      std::memcpy(&hi, c + 16 + 2 * i, 2);  // bits 16i..16i+15 of the little-endian uint64
-      v = _mm512_mask_add_epi32(v, static_cast<__mmask16>(hi), v, _mm512_set1_epi32(4));
+      // high bits after the block's low bits: mask p (16·nc bits), bit 16c + k = input 64c + 16p + k
+      const uint8_t* hi = blk + 16 * nc;
+      __mmask64 h;
+      if constexpr (FULL) {
+        h = _load_mask64(reinterpret_cast<__mmask64*>(const_cast<uint8_t*>(hi + 8 * p)));  // kmovq k, m64
+      } else {
+        uint64_t bits = 0;
+        std::memcpy(&bits, hi + p * 2 * nc, 2 * nc);
+        h = _cvtu64_mask64(bits);
+      }
+      q[p] = _mm512_mask_add_epi8(q[p], h, q[p], _mm512_set1_epi8(4));
     }
-    return v;
+  }
+}
+
+// 128-bit lane l of v (l a constant once the callers' loops are unrolled).
+RS_AVX512 inline __m128i lane128(__m512i v, int l) {
+  switch (l) {
+    case 0: return _mm512_castsi512_si128(v);
+    case 1: return _mm512_extracti32x4_epi32(v, 1);
+    case 2: return _mm512_extracti32x4_epi32(v, 2);
+    default: return _mm512_extracti32x4_epi32(v, 3);
+  }
+}
+
+// ---------------------------------------------------------------- AVX-512, fp32 activations
+
+// One block of the fp32 path. 128-bit lane l of the block's bytes is widened to int32 once and
+// serves all P parts: part p = (lane >> width·p) & mask holds 16 codes of consecutive inputs →
+// fp32 → one FMA with x (one shuffle per lane, not per part: the shuffle port is the bottleneck
+// of this path). Then per chunk one FMA with its group's scale (chain c & 1).
+template <int BITS, int B, bool FULL>
+RS_AVX512 inline void f32_block(const uint8_t* row, const uint16_t* srow, const float* xp, int64_t K, int64_t c0,
+                                int64_t nc, int64_t cpg, int64_t& g, int64_t& left, __m512 (&acc)[B][2]) {
+  constexpr int P = kParts<BITS>, kWidth = 8 / P, kLanes = 4 / P;  // 128-bit lanes per chunk
+  if constexpr (FULL) nc = P;
+  const uint8_t* blk = row + c0 * 8 * BITS;
+  const __m512i mask = _mm512_set1_epi32((1 << kWidth) - 1);
+  for (int c = 0; c < P; ++c) {
+    if (!FULL && c >= nc) break;  // lanes of missing chunks are never read
+    __m512 dot[B];
+    for (int b = 0; b < B; ++b) dot[b] = _mm512_setzero_ps();
+    for (int h = 0; h < kLanes; ++h) {
+      const __m512i w = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 16 * (c * kLanes + h))));
+      for (int p = 0; p < P; ++p) {
+        __m512i qi = p == 0 ? w : _mm512_srli_epi32(w, kWidth * p);
+        if (p != P - 1) qi = _mm512_and_si512(qi, mask);  // 32-bit lanes: the top part is alone
+        if constexpr (BITS == 3) {  // high bits: mask p of the block, bits 16c .. 16c+15
+          const __mmask16 hb = _load_mask16(reinterpret_cast<__mmask16*>(const_cast<uint8_t*>(blk + 16 * nc + p * 2 * nc + 2 * c)));
+          qi = _mm512_mask_add_epi32(qi, hb, qi, _mm512_set1_epi32(4));
+        }
+        const __m512 qf = _mm512_cvtepi32_ps(qi);
+        const int64_t i = (c0 + c) * kChunk + 64 / P * p + 16 * h;
+        for (int b = 0; b < B; ++b) dot[b] = _mm512_fmadd_ps(qf, _mm512_loadu_ps(xp + b * K + i), dot[b]);
+      }
+    }
+    const __m512 s = _mm512_set1_ps(_cvtsh_ss(srow[g]));
+    for (int b = 0; b < B; ++b) acc[b][c & 1] = _mm512_fmadd_ps(s, dot[b], acc[b][c & 1]);
+    if (--left == 0) ++g, left = cpg;
   }
 }
 
@@ -74,105 +141,70 @@ template <int BITS, int B>
 RS_AVX512 void rows_f32_avx512(const float* xp, const uint8_t* cp, const uint16_t* sp, const uint16_t* op,
                                bool zero_point, const float* xs, float* yp, int64_t K, int64_t N, int64_t group,
                                int64_t r0, int64_t r1) {
-  const int64_t NG = K / group, chunks = group / kChunk, cb = 8 * BITS, row_bytes = K / kChunk * cb;
+  constexpr int P = kParts<BITS>;
+  const int64_t NG = K / group, n_chunks = K / kChunk, row_bytes = n_chunks * 8 * BITS, cpg = group / kChunk;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = cp + r * row_bytes;
-    __m512 acc[B];
-    for (int b = 0; b < B; ++b) acc[b] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < NG; ++g) {
-      // Batch 1: four independent FMA chains (one per quarter) hide the FMA latency.
-      __m512 dot[B][B == 1 ? 4 : 1];
-      for (int b = 0; b < B; ++b)
-        for (auto& d : dot[b]) d = _mm512_setzero_ps();
-      for (int64_t u = 0; u < chunks; ++u) {
-        const uint8_t* c = row + (g * chunks + u) * cb;
-        const int64_t base = g * group + u * kChunk;
-        for (int i = 0; i < 4; ++i) {
-          const __m512 q = _mm512_cvtepi32_ps(codes16_avx512<BITS>(c, i));
-          for (int b = 0; b < B; ++b) {
-            __m512& d = dot[b][B == 1 ? i : 0];
-            d = _mm512_fmadd_ps(q, _mm512_loadu_ps(xp + b * K + base + 16 * i), d);
-          }
-        }
-      }
-      const __m512 s = _mm512_set1_ps(_cvtsh_ss(sp[r * NG + g]));
-      for (int b = 0; b < B; ++b) {
-        __m512 d = dot[b][0];
-        if constexpr (B == 1) d = _mm512_add_ps(_mm512_add_ps(dot[0][0], dot[0][1]), _mm512_add_ps(dot[0][2], dot[0][3]));
-        acc[b] = _mm512_fmadd_ps(s, d, acc[b]);
-      }
-    }
+    const uint16_t* srow = sp + r * NG;
+    __m512 acc[B][2];  // two chains: the per-chunk scale FMAs are latency-bound at batch 1
+    for (int b = 0; b < B; ++b) acc[b][0] = acc[b][1] = _mm512_setzero_ps();
+    int64_t g = 0, left = cpg;  // the group of the current chunk, chunks left in it
+    int64_t c0 = 0;
+    for (; c0 + P <= n_chunks; c0 += P) f32_block<BITS, B, true>(row, srow, xp, K, c0, P, cpg, g, left, acc);
+    if (c0 < n_chunks) f32_block<BITS, B, false>(row, srow, xp, K, c0, n_chunks - c0, cpg, g, left, acc);
     // offset terms: Σ_g offset[r,g]·Σx[b,g], 16 groups per FMA
     for (int64_t g0 = 0; g0 < NG; g0 += 16) {
       const __mmask16 m = static_cast<__mmask16>((1u << std::min<int64_t>(16, NG - g0)) - 1);
       __m512 sv, ov;
-      affine16_avx512(sp + r * NG + g0, op + r * NG + g0, m, zero_point, sv, ov);
-      for (int b = 0; b < B; ++b) acc[b] = _mm512_fmadd_ps(ov, _mm512_maskz_loadu_ps(m, xs + b * NG + g0), acc[b]);
+      affine16_avx512(srow + g0, op + r * NG + g0, m, zero_point, sv, ov);
+      for (int b = 0; b < B; ++b) acc[b][0] = _mm512_fmadd_ps(ov, _mm512_maskz_loadu_ps(m, xs + b * NG + g0), acc[b][0]);
     }
-    for (int b = 0; b < B; ++b) yp[b * N + r] = _mm512_reduce_add_ps(acc[b]);
+    for (int b = 0; b < B; ++b) yp[b * N + r] = _mm512_reduce_add_ps(_mm512_add_ps(acc[b][0], acc[b][1]));
   }
 }
 
 // ---------------------------------------------------------------- AVX-512 VNNI, int8 activations
 
-// The 64 codes of a chunk as unsigned bytes, in input order.
-template <int BITS>
-RS_AVX512_VNNI inline __m512i codes64_avx512(const uint8_t* c) {
-  if constexpr (BITS == 4) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c));
-    const __m256i m = _mm256_set1_epi8(0x0F);
-    const __m256i lo = _mm256_and_si256(v, m), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-  } else {
-    // the 16 bytes in all four 128-bit lanes; lane j shifts by 2j (16-bit shifts: the masks
-    // below drop the bits that crossed from the neighbouring byte)
-    __m512i v = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
-    v = _mm512_srlv_epi16(v, _mm512_set_epi32(0x00060006, 0x00060006, 0x00060006, 0x00060006, 0x00040004,
-                                              0x00040004, 0x00040004, 0x00040004, 0x00020002, 0x00020002,
-                                              0x00020002, 0x00020002, 0, 0, 0, 0));
-    v = _mm512_and_si512(v, _mm512_set1_epi8(3));
-    if constexpr (BITS == 3) {
-      uint64_t hi;
-      std::memcpy(&hi, c + 16, 8);
-      v = _mm512_mask_add_epi8(v, _cvtu64_mask64(hi), v, _mm512_set1_epi8(4));
-    }
-    return v;
-  }
+// The activations of a block are stored permuted (`permuted_position`) so that part p of the
+// block meets one contiguous 64-byte load of x: one vpdpbusd covers all P chunks, its 16 int32
+// lanes hold the P chunks' partial dots side by side, and one cvt + one FMA with the lanes'
+// scale·dx finishes the block — per-group work does not grow with the number of groups (at
+// group 64 a one-chunk-per-vpdpbusd loop spent most of its time there).
+
+// Position of input i of a row in the permuted activation layout of P-part blocks.
+inline int64_t permuted_position(int64_t i, int P) {
+  const int64_t block = i / (64 * P), rem = i % (64 * P), c = rem / 64, w = rem % 64, width = 64 / P;
+  return block * 64 * P + 64 * (w / width) + width * c + w % width;
 }
 
-// One group of the int8 path: Σ_i q·xq per batch row (int32 lanes), then one FMA with
-// scale·dx into accumulator chain C.
-template <int BITS, int B, int C, int NC>
-RS_AVX512_VNNI inline void a8_group(const uint8_t* row, const int8_t* xq, int64_t K, int64_t g, int64_t group,
-                               const __m512 (&sdx)[B], int j, __m512 (&acc)[B][NC]) {
-  const int64_t chunks = group / kChunk, cb = 8 * BITS;
-  __m512i dot[B];
+// One block of the int8 path: P vpdpbusd per batch row, then cvt + FMA with the lanes' scale·dx.
+template <int BITS, int B, bool FULL>
+RS_AVX512_VNNI inline void a8_block(const uint8_t* row, const int8_t* xp, int64_t Kp, int64_t c, int64_t nc,
+                                    const int32_t* lanes, const __m512 (&sdx)[B], __m512 (&acc)[B]) {
+  constexpr int P = kParts<BITS>;
+  __m512i q[P], dot[B];
+  block_codes<BITS, FULL>(row, c, nc, q);
   for (int b = 0; b < B; ++b) dot[b] = _mm512_setzero_si512();
-  for (int64_t u = 0; u < chunks; ++u) {
-    const __m512i q = codes64_avx512<BITS>(row + (g * chunks + u) * cb);
-    const int64_t base = g * group + u * kChunk;
-    for (int b = 0; b < B; ++b) dot[b] = _mm512_dpbusd_epi32(dot[b], q, _mm512_loadu_si512(xq + b * K + base));
-  }
-  const __m512i lane = _mm512_set1_epi32(j);  // scale·dx of group j, broadcast from a register
+  for (int p = 0; p < P; ++p)
+    for (int b = 0; b < B; ++b)
+      dot[b] = _mm512_dpbusd_epi32(dot[b], q[p], _mm512_loadu_si512(xp + b * Kp + c * kChunk + 64 * p));
+  const __m512i l = _mm512_loadu_si512(lanes);
   for (int b = 0; b < B; ++b)
-    acc[b][C] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[b]), _mm512_permutexvar_ps(lane, sdx[b]), acc[b][C]);
+    acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[b]), _mm512_permutexvar_ps(l, sdx[b]), acc[b]);
 }
 
+// xp: activations in the permuted layout, [B, Kp] int8 (Kp: K padded to whole blocks, zeros).
+// lane_group: for the j-th block of a 16-group window, lane l → the window's group of that lane.
 template <int BITS, int B>
-RS_AVX512_VNNI void rows_a8_avx512(const int8_t* xq, const float* dx, const float* xs, const uint8_t* cp,
-                              const uint16_t* sp, const uint16_t* op, bool zero_point, float* yp, int64_t K, int64_t N,
-                              int64_t group, int64_t r0, int64_t r1) {
-  const int64_t NG = K / group, chunks = group / kChunk, cb = 8 * BITS, row_bytes = K / kChunk * cb;
-  constexpr int kChains = B <= 2 ? 2 : 1;  // per-group FMAs are latency-bound at batch 1-2
+RS_AVX512_VNNI void rows_a8_avx512(const int8_t* xp, int64_t Kp, const float* dx, const float* xs, const uint8_t* cp,
+                                   const uint16_t* sp, const uint16_t* op, bool zero_point, const int32_t* lane_group,
+                                   float* yp, int64_t K, int64_t N, int64_t group, int64_t r0, int64_t r1) {
+  constexpr int P = kParts<BITS>;
+  const int64_t NG = K / group, n_chunks = K / kChunk, row_bytes = n_chunks * 8 * BITS, cpg = group / kChunk;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = cp + r * row_bytes;
-    __m512 acc[B][kChains], offv[B];
-    for (int b = 0; b < B; ++b) {
-      for (auto& a : acc[b]) a = _mm512_setzero_ps();
-      offv[b] = _mm512_setzero_ps();
-    }
-    // Groups in blocks of 16: the scale·dx products and the offset terms of 16 groups take
-    // one vector op each instead of 16 scalar ones.
+    __m512 acc[B];
+    for (int b = 0; b < B; ++b) acc[b] = _mm512_setzero_ps();
     for (int64_t g0 = 0; g0 < NG; g0 += 16) {
       const int n = static_cast<int>(std::min<int64_t>(16, NG - g0));
       const __mmask16 m = static_cast<__mmask16>((1u << n) - 1);
@@ -181,53 +213,73 @@ RS_AVX512_VNNI void rows_a8_avx512(const int8_t* xq, const float* dx, const floa
       __m512 sdx[B];
       for (int b = 0; b < B; ++b) {
         sdx[b] = _mm512_mul_ps(sv, _mm512_maskz_loadu_ps(m, dx + b * NG + g0));
-        offv[b] = _mm512_fmadd_ps(ov, _mm512_maskz_loadu_ps(m, xs + b * NG + g0), offv[b]);
+        acc[b] = _mm512_fmadd_ps(ov, _mm512_maskz_loadu_ps(m, xs + b * NG + g0), acc[b]);  // offset terms
       }
-      int j = 0;
-      if constexpr (kChains == 2) {
-        for (; j + 1 < n; j += 2) {
-          a8_group<BITS, B, 0>(row, xq, K, g0 + j, group, sdx, j, acc);
-          a8_group<BITS, B, 1>(row, xq, K, g0 + j + 1, group, sdx, j + 1, acc);
-        }
-      }
-      for (; j < n; ++j) a8_group<BITS, B, 0>(row, xq, K, g0 + j, group, sdx, j, acc);
+      const int64_t c_end = (g0 + n) * cpg;
+      int64_t c = g0 * cpg, j = 0;
+      for (; c + P <= c_end; c += P, ++j)
+        a8_block<BITS, B, true>(row, xp, Kp, c, P, lane_group + 16 * j, sdx, acc);
+      if (c < c_end) a8_block<BITS, B, false>(row, xp, Kp, c, n_chunks - c, lane_group + 16 * j, sdx, acc);
     }
-    for (int b = 0; b < B; ++b) {
-      __m512 a = acc[b][0];
-      if constexpr (kChains == 2) a = _mm512_add_ps(a, acc[b][1]);
-      yp[b * N + r] = _mm512_reduce_add_ps(_mm512_add_ps(a, offv[b]));
-    }
+    for (int b = 0; b < B; ++b) yp[b * N + r] = _mm512_reduce_add_ps(acc[b]);
   }
 }
 
 // Per group of `group` inputs: xq = round_half_even(x · (127 / max|x|)), dx = max|x| / 127,
-// xs = Σx (fp32, for the offset term). max|x| = 0 → xq = 0, dx = 0.
-RS_AVX512 void quantize_activations_avx512(const float* x, int8_t* xq, float* dx, float* xs, int64_t n_groups,
-                                           int64_t group) {
-  for (int64_t g = 0; g < n_groups; ++g) {
-    const float* xg = x + g * group;
-    __m512 amax = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
-    for (int64_t k = 0; k < group; k += 16) {
-      const __m512 v = _mm512_loadu_ps(xg + k);
-      amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
-      sum = _mm512_add_ps(sum, v);
+// xs = Σx (fp32, for the offset term). max|x| = 0 → xq = 0, dx = 0. x is [B, K]; xq row b
+// starts at b·Kp, input i at `permuted_position(i, P)` (P = 1: the natural order).
+RS_AVX512 void quantize_activations_avx512(const float* x, int64_t B, int64_t K, int64_t group, int P, int8_t* xq,
+                                           int64_t Kp, float* dx, float* xs) {
+  const int64_t NG = K / group;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t g = 0; g < NG; ++g) {
+      const float* xg = x + b * K + g * group;
+      __m512 amax = _mm512_setzero_ps(), sum = _mm512_setzero_ps();
+      for (int64_t k = 0; k < group; k += 16) {
+        const __m512 v = _mm512_loadu_ps(xg + k);
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+        sum = _mm512_add_ps(sum, v);
+      }
+      const float m = _mm512_reduce_max_ps(amax);
+      const __m512 inv = _mm512_set1_ps(m > 0.f ? 127.f / m : 0.f);
+      for (int64_t k = 0; k < group; k += 16) {  // 16 inputs stay contiguous under the permutation
+        const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), inv));  // MXCSR: nearest-even
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + b * Kp + permuted_position(g * group + k, P)),
+                         _mm512_cvtsepi32_epi8(q));
+      }
+      dx[b * NG + g] = m / 127.f;
+      xs[b * NG + g] = _mm512_reduce_add_ps(sum);
     }
-    const float m = _mm512_reduce_max_ps(amax);
-    const __m512 inv = _mm512_set1_ps(m > 0.f ? 127.f / m : 0.f);
-    for (int64_t k = 0; k < group; k += 16) {
-      const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xg + k), inv));  // MXCSR: nearest-even
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + g * group + k), _mm512_cvtsepi32_epi8(q));
-    }
-    dx[g] = m / 127.f;
-    xs[g] = _mm512_reduce_add_ps(sum);
   }
 }
 
 // ---------------------------------------------------------------- AVX2, fp32 activations
 
+// Where chunk `cg` of a row lies (chunk by chunk, as the AVX2 path reads): its packed (low) bits and, for 3 bits, its high-bit words —
+// 16 bits per 16 inputs, `hstride` bytes apart (see pack_lowbit_layout: a block of ≤ 4 chunks
+// stores their low bits, then 4 masks of 16 bits per chunk).
+struct ChunkRef {
+  const uint8_t* lo;
+  const uint8_t* hi;
+  int64_t hstride;
+};
+
+template <int BITS>
+inline ChunkRef chunk_ref(const uint8_t* row, int64_t cg, int64_t n_chunks) {
+  if constexpr (BITS != 3) {
+    return {row + cg * 8 * BITS, nullptr, 0};
+  } else {
+    const int64_t c = cg % 4, start = cg - c, nc = std::min<int64_t>(4, n_chunks - start);
+    const uint8_t* blk = row + start * 24;
+    return {blk + 16 * c, blk + 16 * nc + 2 * c, 2 * nc};
+  }
+}
+
+
 // Codes 8i .. 8i+7 of a chunk as int32 lanes (i in 0..7).
 template <int BITS>
-inline __m256i codes8_avx2(const uint8_t* c, int i) {
+inline __m256i codes8_avx2(const ChunkRef& ref, int i) {
+  const uint8_t* c = ref.lo;
   if constexpr (BITS == 4) {
     const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + (i & 3) * 8)));
     return i < 4 ? _mm256_and_si256(v, _mm256_set1_epi32(0x0F)) : _mm256_srli_epi32(v, 4);
@@ -236,7 +288,7 @@ inline __m256i codes8_avx2(const uint8_t* c, int i) {
     v = _mm256_and_si256(_mm256_srli_epi32(v, 2 * (i >> 1)), _mm256_set1_epi32(3));
     if constexpr (BITS == 3) {
       const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-      const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(c[16 + i]), bit), bit);
+      const __m256i set = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(ref.hi[(i >> 1) * ref.hstride + (i & 1)]), bit), bit);
       v = _mm256_add_epi32(v, _mm256_and_si256(set, _mm256_set1_epi32(4)));
     }
     return v;
@@ -258,7 +310,7 @@ void rows_f32_avx2(const float* xp, const uint8_t* cp, const uint16_t* sp, const
       for (int b = 0; b < B; ++b)
         for (auto& d : dot[b]) d = _mm256_setzero_ps();
       for (int64_t u = 0; u < chunks; ++u) {
-        const uint8_t* c = row + (g * chunks + u) * cb;
+        const ChunkRef c = chunk_ref<BITS>(row, g * chunks + u, K / kChunk);
         const int64_t base = g * group + u * kChunk;
         for (int i = 0; i < 8; ++i) {
           const __m256 q = _mm256_cvtepi32_ps(codes8_avx2<BITS>(c, i));
@@ -375,17 +427,18 @@ torch::Tensor lowbit_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor sc
 }
 
 // Per-group int8 quantisation of x: {xq int8 [B, K], dx fp32 [B, K/group], Σx fp32 [B, K/group]}
-// (the kernel's first step; tests compare it bit for bit with the torch reference).
+// (the kernel's first step, in the natural input order; tests compare it bit for bit with the
+// torch reference).
 std::vector<torch::Tensor> quantize_activations_int8(torch::Tensor x, int64_t group) {
   TORCH_CHECK(kHasAvx512Vnni, "the int8-activation kernel needs AVX-512 VNNI");
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous() && group % 16 == 0 &&
                   x.size(1) % group == 0,
               "x must be contiguous fp32 [B, K] with K a multiple of group (a multiple of 16)");
-  const int64_t B = x.size(0), NG = x.size(1) / group;
+  const int64_t B = x.size(0), K = x.size(1), NG = K / group;
   auto xq = torch::empty_like(x, x.options().dtype(torch::kChar));
   auto dx = torch::empty({B, NG}, x.options()), xs = torch::empty({B, NG}, x.options());
-  quantize_activations_avx512(x.data_ptr<float>(), xq.data_ptr<int8_t>(), dx.data_ptr<float>(), xs.data_ptr<float>(),
-                              B * NG, group);
+  quantize_activations_avx512(x.data_ptr<float>(), B, K, group, 1, xq.data_ptr<int8_t>(), K, dx.data_ptr<float>(),
+                              xs.data_ptr<float>());
   return {xq, dx, xs};
 }
 
@@ -395,18 +448,29 @@ torch::Tensor lowbit_gemv_a8(torch::Tensor x, torch::Tensor codes, torch::Tensor
   TORCH_CHECK(kHasAvx512Vnni, "the int8-activation kernel needs AVX-512 VNNI");
   check_layout(x, codes, scale, offset, group, bits);
   const int64_t B = x.size(0), K = x.size(1), N = codes.size(0), NG = K / group;
-  const auto q = quantize_activations_int8(x, group);  // xq, dx, Σx
-  const int8_t* xq = q[0].data_ptr<int8_t>();
-  const float *dx = q[1].data_ptr<float>(), *xs = q[2].data_ptr<float>();
+  const int P = bits == 4 ? kParts<4> : kParts<2>;
+  const int64_t Kp = (K + 64 * P - 1) / (64 * P) * (64 * P);  // whole blocks; the padding stays zero
+  auto xq = torch::zeros({B, Kp}, x.options().dtype(torch::kChar));
+  auto dx = torch::empty({B, NG}, x.options()), xs = torch::empty({B, NG}, x.options());
+  quantize_activations_avx512(x.data_ptr<float>(), B, K, group, P, xq.data_ptr<int8_t>(), Kp, dx.data_ptr<float>(),
+                              xs.data_ptr<float>());
+  // lane → group (within a 16-group window) for each block of a window
+  const int64_t chunks_per_group = group / kChunk, blocks = 16 * chunks_per_group / P;
+  std::vector<int32_t> lane_group(16 * blocks);
+  for (int64_t j = 0; j < blocks; ++j)
+    for (int l = 0; l < 16; ++l) lane_group[16 * j + l] = static_cast<int32_t>((j * P + l * P / 16) / chunks_per_group);
   auto y = torch::empty({B, N}, x.options());
+  const int8_t* xqp = xq.data_ptr<int8_t>();
+  const float *dxp = dx.data_ptr<float>(), *xsp = xs.data_ptr<float>();
   const uint16_t *sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()),
                  *op = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
   const uint8_t* cp = codes.data_ptr<uint8_t>();
+  const int32_t* lg = lane_group.data();
   float* yp = y.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
     for_blocks(r0, r1, B, [&](int64_t rb, int64_t re, int64_t b0, int64_t nb) {
-      dispatch<A8Rows>(bits, nb, xq + b0 * K, dx + b0 * NG, xs + b0 * NG, cp, sp, op, zero_point, yp + b0 * N, K, N,
-                       group, rb, re);
+      dispatch<A8Rows>(bits, nb, xqp + b0 * Kp, Kp, dxp + b0 * NG, xsp + b0 * NG, cp, sp, op, zero_point, lg,
+                       yp + b0 * N, K, N, group, rb, re);
     });
   });
   return y;
