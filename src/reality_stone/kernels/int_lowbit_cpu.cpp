@@ -22,7 +22,6 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <cstring>
 
 // REALITY_STONE_NO_AVX512=1 forces the AVX2 path (so tests cover both on AVX-512 machines).
 const bool kHasAvx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -81,9 +80,9 @@ RS_AVX512 inline void block_codes(const uint8_t* row, int64_t c, int64_t nc, __m
       if constexpr (FULL) {
         h = _load_mask64(reinterpret_cast<__mmask64*>(const_cast<uint8_t*>(hi + 8 * p)));  // kmovq k, m64
       } else {
-        uint64_t bits = 0;
-        std::memcpy(&bits, hi + p * 2 * nc, 2 * nc);
-        h = _cvtu64_mask64(bits);
+        // 2·nc bytes by a masked load (a variable-size memcpy is a library call)
+        const __m128i b = _mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << (2 * nc)) - 1), hi + p * 2 * nc);
+        h = _cvtu64_mask64(static_cast<uint64_t>(_mm_cvtsi128_si64(b)));
       }
       q[p] = _mm512_mask_add_epi8(q[p], h, q[p], _mm512_set1_epi8(4));
     }
