@@ -6,10 +6,10 @@
 // 8·BITS bytes; inside a chunk
 //   4 bits: byte k (0..31) = code k | code k+32 << 4
 //   2 bits: byte k (0..15) = code k | code k+16 << 2 | code k+32 << 4 | code k+48 << 6
-//   3 bits: the 2-bit layout of (code & 3), then a little-endian uint64 whose bit i = code i >> 2
-// so every unpack step yields codes of *consecutive* inputs and needs only shifts and masks.
-// Groups are whole chunks (group % 64 == 0). W is never materialised: codes are unpacked
-// into registers and consumed.
+//   3 bits: the 2-bit layout of (code & 3); the high bits after each block of ≤ 4 chunks
+//           (4 masks of 16 bits per chunk: mask p, bit 16c + k = input 64c + 16p + k)
+// so every unpack step needs only shifts and masks. Groups are whole chunks (group % 64 == 0).
+// W is never materialised: codes are unpacked into registers and consumed.
 //
 // Two entry points:
 //  * lowbit_gemv     — fp32 activations, exact to fp32 rounding (AVX-512 when the CPU has it,
@@ -17,7 +17,7 @@
 //  * lowbit_gemv_a8  — activations quantised on the fly to int8 per group (symmetric,
 //                      round-half-even, scale max|x|/127; the offset term keeps the exact fp32
 //                      Σx): u8 codes × s8 activations with AVX-512 VNNI (vpdpbusd, 64 MACs per
-//                      instruction), one fp32 FMA per group. Needs AVX-512 VNNI.
+//                      instruction), one fp32 FMA per block of chunks. Needs AVX-512 VNNI.
 #include "kernels.h"
 
 #include <algorithm>
