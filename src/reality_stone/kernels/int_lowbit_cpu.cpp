@@ -89,16 +89,6 @@ RS_AVX512 inline void block_codes(const uint8_t* row, int64_t c, int64_t nc, __m
   }
 }
 
-// 128-bit lane l of v (l a constant once the callers' loops are unrolled).
-RS_AVX512 inline __m128i lane128(__m512i v, int l) {
-  switch (l) {
-    case 0: return _mm512_castsi512_si128(v);
-    case 1: return _mm512_extracti32x4_epi32(v, 1);
-    case 2: return _mm512_extracti32x4_epi32(v, 2);
-    default: return _mm512_extracti32x4_epi32(v, 3);
-  }
-}
-
 // ---------------------------------------------------------------- AVX-512, fp32 activations
 
 // One block of the fp32 path. 128-bit lane l of the block's bytes is widened to int32 once and
