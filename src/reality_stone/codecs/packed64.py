@@ -629,6 +629,22 @@ class Packed64Encoded(Encoded):
             raise ValueError("corrupt packed64 data: extra split bits")
         return out
 
+    def kernel_layout(self):
+        """The fused kernel's layout (`reality_stone.kernels.packed64`), built once."""
+        if not hasattr(self, "_layout"):
+            from reality_stone.kernels.packed64 import packed64_layout
+
+            self._layout = packed64_layout(self.seeds, self.scales, self.leaves, self.config.block, self.shape,
+                                           self.config.formula)
+        return self._layout
+
+    def matmul(self, x: Tensor) -> Tensor:
+        """``x @ Wᵀ`` with every leaf generated row by row and used at once (`kernels.packed64_ops`):
+        the dense weight is never built."""
+        from reality_stone.kernels.packed64_ops import packed64_matmul
+
+        return packed64_matmul(x, self.kernel_layout())
+
     def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
         B = self.config.block
         rows, cols = self.shape

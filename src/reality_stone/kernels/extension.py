@@ -1,7 +1,7 @@
 """The compiled CPU kernels: one C++ extension (AVX2 + FMA), built on first use and cached.
 
 Sources: `int_lowbit_cpu.cpp` (group-quantised ≤4-bit), `seedbasis_cpu.cpp` (seed-basis
-blocks) and `bindings.cpp`. Built with ``torch.utils.cpp_extension.load`` into the user
+blocks), `packed64_cpu.cpp` (Packed64 leaves) and `bindings.cpp`. Built with ``torch.utils.cpp_extension.load`` into the user
 cache dir (one build per torch version; rebuilt when a source changes). No compiler, no
 AVX2, or ``REALITY_STONE_NO_EXT=1`` → ``None`` and one warning; callers then use their
 plain-torch paths.
@@ -17,7 +17,7 @@ import torch
 
 __all__ = ["extension_status", "load_extension"]
 
-SOURCES = ["int_lowbit_cpu.cpp", "seedbasis_cpu.cpp", "bindings.cpp"]
+SOURCES = ["int_lowbit_cpu.cpp", "seedbasis_cpu.cpp", "packed64_cpu.cpp", "bindings.cpp"]
 _EXT = None
 _EXT_ERROR: str | None = None
 
@@ -41,7 +41,7 @@ def load_extension():
             build.mkdir(parents=True, exist_ok=True)
             here = Path(__file__).parent
             _EXT = load(name="reality_stone_kernels", sources=[str(here / s) for s in SOURCES],
-                        build_directory=str(build), extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
+                        build_directory=str(build), extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fno-math-errno", "-fopenmp"],
                         extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # no compiler, headers, ... -> pure torch
             _EXT_ERROR = f"build failed: {str(exc).splitlines()[0][:200]}"
