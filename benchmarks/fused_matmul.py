@@ -19,7 +19,9 @@ Other fused paths in the same run: the seed-basis kernel at the 3.5 and 2.5 bpw 
 11008×4096 would dominate the run; the quality of real encodings is in seedbasis.md; its
 compute layout reads 16 + 8 + 4P bits per 8 weights), low-rank (x Bᵀ) Aᵀ in fp16 at the
 rank that stores 4.25 bits per weight, and RBE (poly-cos8 blueprint + block-DCT residual,
-64×64 blocks, fp16 values, global 4.25-bpw budget) through its transform-domain sparse path.
+64×64 blocks, fp16 values, global 4.25-bpw budget) through its transform-domain sparse path,
+and Packed64 (one seed + fp16 scale per 32×32 block, random fields, each block generated in
+float32 by the kernel; its quality on real weights is in packed64.md — it does not represent them).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 import torch
 
 from reality_stone.codecs import codec_config
+from reality_stone.codecs.packed64 import Packed64Encoded, pack_seed
 from reality_stone.codecs.seedbasis import SeedBasisEncoded, preset
 from reality_stone.kernels.extension import extension_status
 
@@ -85,6 +88,20 @@ def random_seedbasis(out_f: int, in_f: int, budget: str, g: torch.Generator) -> 
     return enc
 
 
+def random_packed64(out_f: int, in_f: int, g: torch.Generator, block: int = 32) -> Packed64Encoded:
+    """One Packed64 seed + fp16 scale per block × block block, random fields (uniform over the
+    generator kinds; the kernel's speed depends on the kind mix, not on the values)."""
+    n = -(-out_f // block) * -(-in_f // block)
+    ints = {name: torch.randint(lo, hi + 1, (n,), generator=g) for name, (lo, hi) in
+            dict(basis=(0, 15), d_theta=(0, 3), d_r=(0, 1), rot=(0, 15), log2_c=(-4, 3)).items()}
+    seeds = pack_seed(torch.rand(n, generator=g, dtype=torch.float64) * 0.5,
+                      torch.rand(n, generator=g, dtype=torch.float64) * 6, **ints)
+    enc = Packed64Encoded(codec_config("packed64", block=block), (out_f, in_f), torch.zeros(0, dtype=torch.bool),
+                          seeds, (torch.randn(n, generator=g) * 0.01).half())
+    enc.kernel_layout()
+    return enc
+
+
 def paths_for_shape(out_f: int, in_f: int, g: torch.Generator) -> tuple[dict, dict]:
     """name -> (list of weight copies, bits read per weight, call(weight, x, xpad, xbf16))."""
     W = torch.randn(out_f, in_f, generator=g) * 0.02
@@ -113,6 +130,8 @@ def paths_for_shape(out_f: int, in_f: int, g: torch.Generator) -> tuple[dict, di
     rank = max(1, round(4.25 / 16 * out_f * in_f / (out_f + in_f)))
     paths["seedbasis 3.5 fused"] = (random_seedbasis(out_f, in_f, "3.5", g), 5, lambda w, x, xp, xb: w.matmul(x))
     paths["seedbasis 2.5 fused"] = (random_seedbasis(out_f, in_f, "2.5", g), 4.5, lambda w, x, xp, xb: w.matmul(x))
+    p64 = random_packed64(out_f, in_f, g)
+    paths["packed64 fused"] = (p64, 8 * p64.nbytes / (out_f * in_f), lambda w, x, xp, xb: w.matmul(x))
     paths["low-rank 4.25 bpw"] = (codec_config("lowrank", rank=rank).encode(W), 4.25, lambda w, x, xp, xb: w.matmul(x))
     paths["rbe block-DCT 4.25 bpw"] = (codec_config("rbe", block=64, basis="poly-cos8", residual="dct", bpw=4.25,
                                                     value_dtype="fp16").encode(W), 4.25, lambda w, x, xp, xb: w.matmul(x))
@@ -177,13 +196,15 @@ def markdown(rows: list[dict], bw: float, e2e: dict) -> str:
         cells.append(f"{r['achieved_over_limit']['ours int4 g128 (int8 x)']:.2f}")
         lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['batch']} | " + " | ".join(cells) + " |")
     lines += ["", "Other fused paths, same run (ms; speedup vs dense fp32 in brackets):", "",
-              "| shape (out×in) | batch | seed basis 3.5 bpw | seed basis 2.5 bpw | low-rank (x Bᵀ) Aᵀ, 4.25 bpw | RBE block-DCT (sparse), 4.25 bpw |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| shape (out×in) | batch | seed basis 3.5 bpw | seed basis 2.5 bpw | low-rank (x Bᵀ) Aᵀ, 4.25 bpw "
+              "| RBE block-DCT (sparse), 4.25 bpw | Packed64, one seed per 32² block (0.08 bpw) |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         m, s = r["ms"], r["speedup_vs_dense"]
         lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['batch']} | "
                      + " | ".join(f"{m[k]:.3f} ({s[k]:.2f}×)" for k in ("seedbasis 3.5 fused", "seedbasis 2.5 fused",
-                                                                         "low-rank 4.25 bpw", "rbe block-DCT 4.25 bpw")) + " |")
+                                                                         "low-rank 4.25 bpw", "rbe block-DCT 4.25 bpw",
+                                                                         "packed64 fused")) + " |")
     dense = e2e["dense fp32"]
     lines += ["", "End-to-end SmolLM2-135M greedy decoding, batch 1, 32 new tokens (tokens/s; speedup vs dense):", "",
               "| model | tokens/s | vs dense |", "|---|---:|---:|"]
