@@ -18,7 +18,8 @@ Other fused paths in the same run: the seed-basis kernel at the 3.5 and 2.5 bpw 
 (random seeds/exponents/codes — speed does not depend on the values, and a real search on
 11008×4096 would dominate the run; the quality of real encodings is in seedbasis.md; its
 compute layout reads 16 + 8 + 4P bits per 8 weights), low-rank (x Bᵀ) Aᵀ in fp16 at the
-rank that stores 4.25 bits per weight, and RBE (poly-cos8 blueprint + block-DCT residual,
+rank that stores 4.25 bits per weight (alone, and with 2 % of the residual kept sparse:
++ one COO sparse × dense product), and RBE (poly-cos8 blueprint + block-DCT residual,
 64×64 blocks, fp16 values, global 4.25-bpw budget) through its transform-domain sparse path,
 and Packed64 (one seed + fp16 scale per 32×32 block, random fields, each block generated in
 float32 by the kernel; its quality on real weights is in packed64.md — it does not represent them).
@@ -133,6 +134,9 @@ def paths_for_shape(out_f: int, in_f: int, g: torch.Generator) -> tuple[dict, di
     p64 = random_packed64(out_f, in_f, g)
     paths["packed64 fused"] = (p64, 8 * p64.nbytes / (out_f * in_f), lambda w, x, xp, xb: w.matmul(x))
     paths["low-rank 4.25 bpw"] = (codec_config("lowrank", rank=rank).encode(W), 4.25, lambda w, x, xp, xb: w.matmul(x))
+    sparse_rank = max(1, round((4.25 / 8 * out_f * in_f - 4 * (out_f + 1) - 4 * 0.02 * out_f * in_f) / (2 * (out_f + in_f))))
+    paths["low-rank + 2 % sparse 4.25 bpw"] = (codec_config("lowrank", rank=sparse_rank, sparse=0.02).encode(W), 4.25,
+                                               lambda w, x, xp, xb: w.matmul(x))
     paths["rbe block-DCT 4.25 bpw"] = (codec_config("rbe", block=64, basis="poly-cos8", residual="dct", bpw=4.25,
                                                     value_dtype="fp16").encode(W), 4.25, lambda w, x, xp, xb: w.matmul(x))
     copies = {}
@@ -197,13 +201,15 @@ def markdown(rows: list[dict], bw: float, e2e: dict) -> str:
         lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['batch']} | " + " | ".join(cells) + " |")
     lines += ["", "Other fused paths, same run (ms; speedup vs dense fp32 in brackets):", "",
               "| shape (out×in) | batch | seed basis 3.5 bpw | seed basis 2.5 bpw | low-rank (x Bᵀ) Aᵀ, 4.25 bpw "
-              "| RBE block-DCT (sparse), 4.25 bpw | Packed64, one seed per 32² block (0.08 bpw) |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+              "| low-rank + 2 % sparse, 4.25 bpw | RBE block-DCT (sparse), 4.25 bpw "
+              "| Packed64, one seed per 32² block (0.08 bpw) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         m, s = r["ms"], r["speedup_vs_dense"]
         lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['batch']} | "
                      + " | ".join(f"{m[k]:.3f} ({s[k]:.2f}×)" for k in ("seedbasis 3.5 fused", "seedbasis 2.5 fused",
-                                                                         "low-rank 4.25 bpw", "rbe block-DCT 4.25 bpw",
+                                                                         "low-rank 4.25 bpw", "low-rank + 2 % sparse 4.25 bpw",
+                                                                         "rbe block-DCT 4.25 bpw",
                                                                          "packed64 fused")) + " |")
     dense = e2e["dense fp32"]
     lines += ["", "End-to-end SmolLM2-135M greedy decoding, batch 1, 32 new tokens (tokens/s; speedup vs dense):", "",

@@ -76,3 +76,50 @@ def test_lowrank_exact_for_low_rank_and_fused_matmul():
     assert LowRankConfig(rank=100).encode(W).A.shape == (40, 40)
     with pytest.raises(ValueError, match="rank"):
         LowRankConfig(rank=0)
+
+
+def test_lowrank_sparse_residual_recovers_outliers_and_counts_every_byte():
+    from reality_stone.codecs import decode_bytes
+
+    g = torch.Generator().manual_seed(5)
+    L = torch.randn(60, 2, generator=g) @ torch.randn(2, 90, generator=g)
+    spikes = torch.zeros(60 * 90)
+    where = torch.randperm(60 * 90, generator=g)[:54]  # 1 % of the entries
+    spikes[where] = torch.randn(54, generator=g).sign() * 3
+    W = L + spikes.reshape(60, 90)
+    plain = LowRankConfig(rank=2).encode(W)
+    enc = LowRankConfig(rank=2, sparse=0.01).encode(W)
+    # rank 2 alone cannot place the spikes; the residual keeps them (what remains: the spikes'
+    # pull on the singular vectors, which an SVD-first fit does not undo)
+    assert relative_error(W, plain.decode()) > 0.15
+    assert relative_error(W, enc.decode()) < 0.3 * relative_error(W, plain.decode())
+    crow, col, val = enc.residual
+    assert len(col) == 54 and int(crow[-1]) == 54
+    # every byte: fp16 factors, int32 row pointers, uint16 columns, fp16 values
+    assert len(enc.payload()) - len(plain.payload()) == 4 * 61 + (2 + 2) * 54
+    assert enc.nbytes == len(enc.to_bytes())
+    data = enc.to_bytes()
+    back = decode_bytes(data)
+    assert back.to_bytes() == data and torch.equal(back.decode(), enc.decode())
+    for x in (torch.randn(3, 90, generator=g), torch.randn(2, 4, 90, generator=g, dtype=torch.float64)):
+        ref = x.double() @ enc.decode(torch.float64).T
+        tol = 1e-12 if x.dtype == torch.float64 else 1e-5
+        assert (enc.matmul(x).double() - ref).abs().max() <= tol * ref.abs().max()
+    x = torch.randn(2, 90, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(enc.matmul, (x,))
+
+
+def test_lowrank_sparse_rejects_bad_config_and_corrupt_residual():
+    from reality_stone.codecs import decode_bytes
+
+    for bad in (-0.1, 1.0, "0.1"):
+        with pytest.raises(ValueError, match="sparse"):
+            LowRankConfig(rank=2, sparse=bad)
+    enc = LowRankConfig(rank=2, sparse=0.05).encode(torch.randn(20, 30, generator=torch.Generator().manual_seed(6)))
+    data = bytearray(enc.to_bytes())
+    with pytest.raises(ValueError, match="corrupt lowrank"):
+        decode_bytes(bytes(data[:-2]))  # truncated
+    col_at = len(data) - 4 * 30  # first residual column (30 entries: uint16 columns, then fp16 values)
+    data[col_at], data[col_at + 1] = 0xFF, 0xFF  # column 65535 >= 30
+    with pytest.raises(ValueError, match="corrupt lowrank"):
+        decode_bytes(bytes(data))

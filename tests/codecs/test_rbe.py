@@ -143,7 +143,7 @@ def test_bad_configs():
 
 
 @pytest.mark.parametrize("residual", ["dct", "haar", "db4"])
-@pytest.mark.parametrize("basis", ["poly-cos8", "none"])
+@pytest.mark.parametrize("basis", ["poly-cos8", "packed64", "none"])
 @pytest.mark.parametrize("batch", [1, 32])
 def test_fused_block_transform_matmul_matches_decode(residual, basis, batch):
     from reality_stone.codecs import codec_config

@@ -291,12 +291,13 @@ class RBEEncoded(Encoded):
     def matmul(self, x: Tensor) -> Tensor:
         """``x @ Wᵀ`` without W (`kernels.block_transform`): transform x once per column block,
         one sparse product over the kept coefficients, inverse transform; the poly-cos8
-        blueprint through its 8 basis images. Packed64 blueprints and mirror mode use the
-        reference decode → matmul."""
+        blueprint through its 8 basis images, a Packed64 blueprint through the Packed64
+        kernel (`kernels.packed64_ops`: each block generated as it is used). Mirror mode and
+        blueprint-only configs use the reference decode → matmul."""
         if x.shape[-1] != self.shape[1]:
             raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
         cfg = self.config
-        if cfg.mirror or cfg.basis == "packed64" or cfg.residual == "none":
+        if cfg.mirror or cfg.residual == "none":
             return super().matmul(x)
         from reality_stone.kernels.block_transform import block_transform_matmul, coefficient_matrix
 
@@ -309,8 +310,20 @@ class RBEEncoded(Encoded):
                 bp = torch.zeros(nI, nJ, 8, dtype=torch.float64)
                 for (i, j), b in zip(self.positions, self.blueprint.double()):
                     bp[i, j] = b
+            elif cfg.basis == "packed64":
+                from reality_stone.kernels.packed64 import packed64_layout
+
+                seeds, scales = self.blueprint
+                bp = packed64_layout(seeds, scales, [(i * B, j * B, B) for i, j in self.positions], B, self.shape,
+                                     "polar")
             self._fused = (transform_matrix(cfg.residual, B), C, bp, poly_cos8_basis(B).permute(2, 0, 1).contiguous())
         A, C, bp, basis = self._fused
+        if cfg.basis == "packed64":
+            from reality_stone.kernels.packed64_ops import packed64_matmul
+
+            # the blueprint is a least-squares fit per block (‖blueprint‖ ≤ ‖W‖ blockwise), so its
+            # product in the kernel's float32 does not cancel against the residual's
+            return block_transform_matmul(x, A, C, self.shape[0]) + packed64_matmul(x, bp)
         return block_transform_matmul(x, A, C, self.shape[0], blueprint=bp, basis=basis if bp is not None else None)
 
     def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
