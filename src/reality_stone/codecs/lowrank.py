@@ -8,7 +8,7 @@ Outliers are what a rank-r fit misses worst, and a few of them carry much of the
 energy in real weights.
 
 The fused product never forms W: ``x @ W.T = (x @ B.T) @ A.T + x @ S.T``, O(r·(in + out) +
-nnz) per row instead of O(in·out); the sparse part is one COO sparse × dense product.
+nnz) per row instead of O(in·out); the sparse part is one CSR × dense product.
 """
 
 from __future__ import annotations
@@ -74,19 +74,19 @@ class LowRankEncoded(Encoded):
         self.residual = residual
         self._sparse: dict[torch.dtype, Tensor] = {}
 
-    def _residual_coo(self, dtype: torch.dtype) -> Tensor:
-        """S as a coalesced (out, in) sparse COO tensor of ``dtype`` (built once per dtype)."""
+    def _residual_csr(self, dtype: torch.dtype) -> Tensor:
+        """S as an (out, in) sparse CSR tensor of ``dtype`` (built once per dtype)."""
         if dtype not in self._sparse:
+            from reality_stone.kernels.sparse import csr_matrix
+
             crow, col, val = self.residual
-            rows = torch.repeat_interleave(torch.arange(self.shape[0]), crow.diff().to(torch.int64))
-            self._sparse[dtype] = torch.sparse_coo_tensor(torch.stack([rows, col.to(torch.int64)]), val.to(dtype),
-                                                          self.shape, is_coalesced=True, check_invariants=True)
+            self._sparse[dtype] = csr_matrix(crow, col, val.to(dtype), self.shape)
         return self._sparse[dtype]
 
     def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
         W = self.A.double() @ self.B.double()
         if self.residual is not None:
-            W += self._residual_coo(torch.float64).to_dense()
+            W += self._residual_csr(torch.float64).to_dense()
         return W.to(dtype)
 
     def matmul(self, x: Tensor) -> Tensor:
@@ -95,7 +95,7 @@ class LowRankEncoded(Encoded):
         y = (x @ self.B.to(x.dtype).T) @ self.A.to(x.dtype).T
         if self.residual is not None:
             x2 = x.reshape(-1, self.shape[1])
-            y = y + torch.sparse.mm(self._residual_coo(x.dtype), x2.T).T.reshape(y.shape)
+            y = y + (self._residual_csr(x.dtype) @ x2.T).T.reshape(y.shape)
         return y
 
     def _col_dtype(self) -> str:
@@ -139,7 +139,7 @@ class LowRankEncoded(Encoded):
                 raise ValueError("corrupt lowrank payload: bad sparse residual indices")
             if not np.isfinite(val).all():
                 raise ValueError("corrupt lowrank payload: non-finite residual value")
-            # within a row, columns strictly increase (the encoder's order; the COO is marked coalesced)
+            # within a row, columns strictly increase (the encoder's order, and what CSR requires)
             rows = np.repeat(np.arange(out_f), counts)
             key = rows * in_f + col.astype(np.int64)
             if (np.diff(key) <= 0).any():

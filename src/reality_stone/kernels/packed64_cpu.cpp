@@ -20,6 +20,7 @@
 #include "kernels.h"
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -141,17 +142,18 @@ void generate_hash(const Leaf& L, int64_t i0, int64_t i1, float* w, Emit&& emit)
   }
 }
 
-template <bool ANGULAR, class Emit>
-void generate_kind(int kind, const Leaf& L, int64_t i0, int64_t i1, float* psi, float* w, Emit&& emit) {
+// f(std::integral_constant<int, kind>{}): one switch turns the runtime kind into a template argument.
+template <class F>
+void dispatch_kind(int kind, F&& f) {
   switch (kind) {
-    case 0: return generate_polar<0, ANGULAR>(L, i0, i1, psi, w, emit);
-    case 1: return generate_polar<1, ANGULAR>(L, i0, i1, psi, w, emit);
-    case 2: return generate_polar<2, ANGULAR>(L, i0, i1, psi, w, emit);
-    case 3: return generate_polar<3, ANGULAR>(L, i0, i1, psi, w, emit);
-    case 4: return generate_polar<4, ANGULAR>(L, i0, i1, psi, w, emit);
-    case 5: return generate_polar<5, ANGULAR>(L, i0, i1, psi, w, emit);
-    case 6: return generate_polar<6, ANGULAR>(L, i0, i1, psi, w, emit);
-    case 7: return generate_polar<7, ANGULAR>(L, i0, i1, psi, w, emit);
+    case 0: return f(std::integral_constant<int, 0>{});
+    case 1: return f(std::integral_constant<int, 1>{});
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
     default: TORCH_CHECK(false, "packed64: unknown leaf kind ", kind);
   }
 }
@@ -163,8 +165,10 @@ void generate_leaf(const int32_t* li, const double* lp, const float* tables, int
   const Leaf L = read_leaf(li, lp, tables);
   const int kind = li[3];
   if (kind == kHashKind) return generate_hash(L, i0, i1, w, emit);
-  if (L.k == 0) return generate_kind<false>(kind, L, i0, i1, psi, w, emit);
-  generate_kind<true>(kind, L, i0, i1, psi, w, emit);
+  dispatch_kind(kind, [&](auto K) {
+    if (L.k == 0) generate_polar<K.value, false>(L, i0, i1, psi, w, emit);
+    else generate_polar<K.value, true>(L, i0, i1, psi, w, emit);
+  });
 }
 
 
@@ -285,22 +289,6 @@ void leaf_gemv_folded(const Leaf& L, const float* x, int64_t B, int64_t Cp, floa
   }
 }
 
-template <bool ANGULAR>
-void gemv_folded_kind(int kind, const Leaf& L, const float* x, int64_t B, int64_t Cp, float* y, int64_t Rp,
-                      float* buf) {
-  switch (kind) {
-    case 0: return leaf_gemv_folded<0, ANGULAR>(L, x, B, Cp, y, Rp, buf);
-    case 1: return leaf_gemv_folded<1, ANGULAR>(L, x, B, Cp, y, Rp, buf);
-    case 2: return leaf_gemv_folded<2, ANGULAR>(L, x, B, Cp, y, Rp, buf);
-    case 3: return leaf_gemv_folded<3, ANGULAR>(L, x, B, Cp, y, Rp, buf);
-    case 4: return leaf_gemv_folded<4, ANGULAR>(L, x, B, Cp, y, Rp, buf);
-    case 5: return leaf_gemv_folded<5, ANGULAR>(L, x, B, Cp, y, Rp, buf);
-    case 6: return leaf_gemv_folded<6, ANGULAR>(L, x, B, Cp, y, Rp, buf);
-    case 7: return leaf_gemv_folded<7, ANGULAR>(L, x, B, Cp, y, Rp, buf);
-    default: TORCH_CHECK(false, "packed64: unknown leaf kind ", kind);
-  }
-}
-
 // Validates the layout against the padded matrix (n_top_rows · block) × cols_pad: every table
 // read and output write stays in bounds and each leaf lies in its own top block row (so threads
 // never share an output row). A corrupt layout is an error, never a wild access.
@@ -361,8 +349,10 @@ torch::Tensor packed64_gemv(torch::Tensor x, torch::Tensor leaves, torch::Tensor
       const int64_t row0 = leaf[0], col0 = leaf[1], s = leaf[2], kind = leaf[3];
       if (kind != kHashKind && s % 2 == 0) {  // polar: by the leaf's symmetries
         const Leaf L = read_leaf(leaf, lp + l * kLeafParams, tab);
-        if (L.k == 0) gemv_folded_kind<false>(kind, L, xp, B, Cp, yp, Rp, buf.data());
-        else gemv_folded_kind<true>(kind, L, xp, B, Cp, yp, Rp, buf.data());
+        dispatch_kind(kind, [&](auto K) {
+          if (L.k == 0) leaf_gemv_folded<K.value, false>(L, xp, B, Cp, yp, Rp, buf.data());
+          else leaf_gemv_folded<K.value, true>(L, xp, B, Cp, yp, Rp, buf.data());
+        });
         continue;
       }
       generate_leaf(leaf, lp + l * kLeafParams, tab, 0, s, psi.data(), w.data(), [&](int64_t i, const float* wr) {
