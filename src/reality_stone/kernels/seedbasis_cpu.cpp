@@ -42,15 +42,22 @@ torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tens
   TORCH_CHECK(codes.scalar_type() == torch::kByte && codes.is_contiguous() && codes.dim() == 3 && codes.size(0) == nb &&
                   codes.size(1) == P && codes.size(2) == Np / 2,
               "codes: uint8 [nb, P, Np/2]");
-  auto y = torch::zeros({B, Np}, v.options());
+  // Batch 1: threads split the column blocks, so each expands z only for its own blocks, and sum
+  // into private copies of y (added at the end). Larger batches: threads split the rows (every
+  // thread expands every block, but its share of y stays in L1/L2) — measured at 4096²:
+  // batch 1 2.64 → 2.24 ms by columns, batch 8 15.9 → 17.9 ms.
+  const bool split_columns = B == 1;
+  const int64_t n_parts = split_columns ? at::get_num_threads() : 1;
+  auto y_parts = torch::zeros({n_parts, B, Np}, v.options());
   const float* vp = v.data_ptr<float>();
   const int32_t* pat = pattern.data_ptr<int32_t>();
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(seeds.data_ptr<int16_t>());
   const int8_t* ep = exps.data_ptr<int8_t>();
   const uint8_t* cp = codes.data_ptr<uint8_t>();
-  float* yp = y.data_ptr<float>();
+  float* y_all = y_parts.data_ptr<float>();
   const int64_t half = Np / 2, n_seed_rows = pattern.numel();
-  at::parallel_for(0, Np / 8, 16, [&](int64_t o0, int64_t o1) {
+  // columns [j0, j1) × 8-row groups [o0, o1) into yp
+  auto run = [&](int64_t j0, int64_t j1, int64_t o0, int64_t o1, float* yp) {
     const __m256i shifts = _mm256_setr_epi32(0, 8, 16, 24, 4, 12, 20, 28);
     const __m256i nib = _mm256_set1_epi32(0x0F), eight = _mm256_set1_epi32(8), bias = _mm256_set1_epi32(127);
     const __m256i vP = _mm256_set1_epi32(static_cast<int>(P));
@@ -60,7 +67,7 @@ torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tens
     // (~5–8 cycles each here) per 8 rows
     const bool expand = (o1 - o0) * 6 > n_seed_rows / P;
     std::vector<float> z(expand ? B * n_seed_rows : 0);
-    for (int64_t j = 0; j < nb; ++j) {
+    for (int64_t j = j0; j < j1; ++j) {
       if (expand) {
         for (int64_t b = 0; b < B; ++b) {
           const float* vb = vp + (b * nb + j) * kPatterns;
@@ -94,6 +101,13 @@ torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tens
         }
       }
     }
-  });
-  return y;
+  };
+  if (split_columns) {
+    at::parallel_for(0, nb, 1, [&](int64_t j0, int64_t j1) {
+      run(j0, j1, 0, Np / 8, y_all + at::get_thread_num() * B * Np);
+    });
+    return y_parts.sum(0);
+  }
+  at::parallel_for(0, Np / 8, 16, [&](int64_t o0, int64_t o1) { run(0, nb, o0, o1, y_all); });
+  return y_parts[0];
 }
