@@ -29,7 +29,7 @@ torch::Tensor lowbit_gemv_a8(torch::Tensor x, torch::Tensor codes, torch::Tensor
                              bool zero_point, int64_t group, int64_t bits);
 std::vector<torch::Tensor> quantize_activations_int8(torch::Tensor x, int64_t group);
 torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tensor seeds, torch::Tensor exps,
-                             torch::Tensor codes, int64_t coeffs);
+                             torch::Tensor codes);
 torch::Tensor packed64_gemv(torch::Tensor x, torch::Tensor leaves, torch::Tensor params, torch::Tensor row_start,
                             torch::Tensor tables, int64_t block);
 torch::Tensor packed64_rows(torch::Tensor leaves, torch::Tensor params, torch::Tensor row_start,

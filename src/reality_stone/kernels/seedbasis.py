@@ -4,7 +4,8 @@ The fused kernel (`seedbasis_cpu.cpp`) never builds W: every basis row U_{s,p} �
 one of 256 sign patterns, so per call the 256 signed sums of each 8-input block of x
 (`block_sign_sums`, a (B, nb, 256) table: 1 KB per block) turn a block's contribution into
 P table lookups. Layout (`seedbasis_layout`, built once per weight): seeds uint16, absolute
-block exponents int8 and 4-bit codes, all column-block-major so a thread streams them.
+block exponents int8 and 4-bit codes (each row's P codes together), all column-block-major
+so a thread streams them.
 Supported: block 8, ≤ 8 coefficients of ≤ 4 bits, exponents in [-126, 127] (``fusable``).
 """
 
@@ -38,8 +39,11 @@ def block_sign_sums(x2: Tensor, n_blocks: int) -> Tensor:
 
 @dataclass(frozen=True)
 class SeedBasisLayout:
-    """pattern int32 (2^S·P,), seeds int16 (nb, Np) holding uint16, exps int8 (nb, Np),
-    codes uint8 (nb, P, Np/2); ``rows`` real output rows (Np = rows padded to 8)."""
+    """pattern int32 (2^S, PL); seeds int16 (nb, Np) holding uint16; exps int8 (nb, Np);
+    codes uint8 (nb, Np, PL/2): code + 8 in 4 bits, row-major, coefficient p of a row in byte
+    p // 2 (low nibble first), padding coefficients and rows code 0. PL = 4 if P ≤ 4 else 8
+    (a row's z values fill 128 or 256 bits); ``coeffs`` = P; ``rows`` real output rows (Np =
+    rows padded to 8)."""
 
     pattern: Tensor
     seeds: Tensor
@@ -55,40 +59,39 @@ def fusable(block: int, coeffs: int, coeff_bits: int, exps: Tensor) -> bool:
 
 
 def seedbasis_layout(table: Tensor, seeds: Tensor, exps: Tensor, codes: Tensor) -> SeedBasisLayout:
-    """From the codec's fields: table (2^S, P, 8) ±1, seeds (out, nb), absolute exps (out, nb),
-    signed codes (out, nb, P) in [-8, 8)."""
+    """From the codec's fields: table (2^S, P, 8) ±1, seeds (out, nb) in [0, 2^S), absolute exps
+    (out, nb), signed codes (out, nb, P) in [-8, 8)."""
     out_f, nb = seeds.shape
     P = codes.shape[-1]
+    PL = 4 if P <= 4 else 8
+    if seeds.numel() and not (0 <= int(seeds.min()) and int(seeds.max()) < table.shape[0]):
+        raise ValueError(f"seeds must be in [0, {table.shape[0]})")  # the kernel indexes z by them
     Np = -(-out_f // 8) * 8
     bits = ((table > 0).to(torch.int64) << torch.arange(BLOCK)).sum(-1)  # (2^S, P) pattern ids
     pad = Np - out_f
     s = torch.nn.functional.pad(seeds, (0, 0, 0, pad)).T
     e = torch.nn.functional.pad(exps, (0, 0, 0, pad)).T
-    c = torch.nn.functional.pad(codes + 8, (0, 0, 0, 0, 0, pad), value=8)  # padded rows: code 0
-    c = c.permute(1, 2, 0).reshape(nb, P, Np // 8, 2, 4)  # rows 8o + 4h + i
-    nibbles = (c[..., 0, :] | (c[..., 1, :] << 4)).to(torch.uint8).reshape(nb, P, Np // 2)
+    c = torch.nn.functional.pad(codes + 8, (0, PL - P, 0, 0, 0, pad), value=8)  # padding: code 0
+    c = c.permute(1, 0, 2).reshape(nb, Np, PL // 2, 2)
     return SeedBasisLayout(
-        pattern=bits.reshape(-1).to(torch.int32).contiguous(),
+        pattern=torch.nn.functional.pad(bits, (0, PL - P)).to(torch.int32).contiguous(),
         seeds=torch.from_numpy(s.numpy().astype(np.uint16).view(np.int16)).contiguous(),
         exps=e.to(torch.int8).contiguous(),
-        codes=nibbles.contiguous(), coeffs=P, rows=out_f)
+        codes=(c[..., 0] | (c[..., 1] << 4)).to(torch.uint8).contiguous(), coeffs=P, rows=out_f)
 
 
-def _codes(layout_codes: Tensor, r0: int, r1: int) -> Tensor:
-    """Signed codes (r1 − r0, nb, P) of rows [r0, r1), r0 a multiple of 8."""
-    nb, P, _ = layout_codes.shape
-    o1 = -(-r1 // 8)
-    c = layout_codes[:, :, r0 // 2 : o1 * 4].reshape(nb, P, -1, 4).to(torch.int64)
-    rows = torch.stack([c & 15, c >> 4], dim=3).reshape(nb, P, -1)  # (nb, P, rows) in row order
-    return rows.permute(2, 0, 1)[: r1 - r0] - 8
+def _codes(lay: SeedBasisLayout, r0: int, r1: int) -> Tensor:
+    """Signed codes (r1 − r0, nb, P) of rows [r0, r1)."""
+    c = lay.codes[:, r0:r1].to(torch.int64)  # (nb, rows, PL/2)
+    q = torch.stack([c & 15, c >> 4], dim=-1).reshape(c.shape[0], r1 - r0, -1)[..., : lay.coeffs] - 8
+    return q.permute(1, 0, 2)
 
 
 def decode_rows(lay: SeedBasisLayout, r0: int, r1: int, in_features: int, dtype=torch.float32) -> Tensor:
     """Dense rows [r0, r1) of W from the layout (for the tiled path and backward)."""
-    P = lay.coeffs
-    basis = sign_patterns().T.to(dtype)[lay.pattern.to(torch.int64)].reshape(-1, P, BLOCK)  # (2^S, P, 8)
+    basis = sign_patterns().T.to(dtype)[lay.pattern[:, : lay.coeffs].to(torch.int64)]  # (2^S, P, 8)
     seeds = lay.seeds[:, r0:r1].T.to(torch.int64) & 0xFFFF  # uint16 stored as int16
-    q = _codes(lay.codes, r0, r1).to(dtype)
+    q = _codes(lay, r0, r1).to(dtype)
     blocks = torch.einsum("rjp,rjpc->rjc", q, basis[seeds]) * torch.exp2(lay.exps[:, r0:r1].T.to(dtype))[..., None]
     return blocks.reshape(r1 - r0, -1)[:, :in_features]
 

@@ -3,16 +3,18 @@
 // Block (row r, column block j) decodes to 2^e[r,j] · Σ_p q[r,j,p] · U_{s[r,j], p}, each basis
 // row U_{s,p} ∈ {±1}^8 being one of 256 sign patterns. So with
 //     v[b, j, k] = Σ_c sign_k(c) · x[b, 8j + c]          (all 256 patterns, computed per call)
-// the block's contribution is 2^e · Σ_p q_p · v[b, j, pattern[s·P + p]] — table lookups per
-// block, never W. The v table is 1 KB per column block and stays in L1 while a thread walks
-// its rows (column block outer, rows inner); 8 rows go through one AVX2 register. When a
-// thread has enough rows, it first expands z[s·P + p] = v[j, pattern[s·P + p]] for every
-// seed (2^S·P floats, L1/L2-resident), so each coefficient costs one gather instead of two;
-// AVX2 gathers are this kernel's bottleneck.
+// the block's contribution is 2^e · Σ_p q_p · v[b, j, pattern[s, p]] — table lookups per
+// block, never W. Column block outer, rows inner: per block a thread first expands
+// z[s, p] = v[j, pattern[s, p]] for every seed (2^S × PL floats, L1/L2-resident), then a row's
+// P products are one contiguous z[s] row (PL = 4 or 8 floats, zero codes in the padding)
+// times the row's codes — plain loads, no gathers (gathers cost ~1 cycle per element on the
+// CPUs this runs on; the previous gather kernel was bound by them). The PL lanes accumulate
+// per row across blocks in `acc` and are summed once at the end. Threads where a block has
+// too few rows to repay the expansion gather z[s] straight from v through the pattern row.
 //
-// Compute layout (seedbasis.py, built once): seeds uint16 [nb, Np], exps int8 [nb, Np]
-// (absolute block exponents, in [-126, 127]), codes uint8 [nb, P, Np/2] (code + 8, 4 bits;
-// per 8-row group 4 bytes, byte i = row i in the low nibble and row i + 4 in the high one),
+// Compute layout (seedbasis.py, built once): pattern int32 [2^S, PL]; seeds uint16 [nb, Np];
+// exps int8 [nb, Np] (absolute block exponents, in [-126, 127]); codes uint8 [nb, Np, PL/2]
+// (code + 8, 4 bits, row-major: coefficient p of a row in byte p/2, low nibble first).
 // Np = rows padded to a multiple of 8.
 #include "kernels.h"
 
@@ -22,92 +24,130 @@
 using reality_stone::kMaxBatch;
 
 namespace {
-constexpr int kMaxCoeffs = 8;
 constexpr int kPatterns = 256;
-}  // namespace
 
-// v: [B, nb, 256] fp32, pattern: [2^S · P] int32. Returns y: [B, Np].
-torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tensor seeds, torch::Tensor exps,
-                             torch::Tensor codes, int64_t coeffs) {
-  TORCH_CHECK(v.dim() == 3 && v.scalar_type() == torch::kFloat && v.is_contiguous() && v.size(2) == kPatterns,
-              "v must be contiguous fp32 [B, nb, 256]");
-  TORCH_CHECK(pattern.scalar_type() == torch::kInt && pattern.is_contiguous(), "pattern must be contiguous int32");
-  TORCH_CHECK(seeds.scalar_type() == torch::kShort && seeds.is_contiguous() && seeds.dim() == 2, "seeds: int16 [nb, Np]");
-  TORCH_CHECK(exps.scalar_type() == torch::kChar && exps.is_contiguous() && exps.sizes() == seeds.sizes(), "exps: int8 [nb, Np]");
-  const int64_t B = v.size(0), nb = v.size(1), Np = seeds.size(1), P = coeffs;
-  TORCH_CHECK(B >= 1 && B <= kMaxBatch, "batch must be in [1, 8] for the fused path");
-  TORCH_CHECK(P >= 1 && P <= kMaxCoeffs, "coeffs must be in [1, 8] for the fused path");
-  TORCH_CHECK(seeds.size(0) == nb && Np % 8 == 0, "seeds must be [nb, Np] with Np a multiple of 8");
-  TORCH_CHECK(pattern.numel() % P == 0, "pattern must hold 2^S · P entries");
-  TORCH_CHECK(codes.scalar_type() == torch::kByte && codes.is_contiguous() && codes.dim() == 3 && codes.size(0) == nb &&
-                  codes.size(1) == P && codes.size(2) == Np / 2,
-              "codes: uint8 [nb, P, Np/2]");
-  // Batch 1: threads split the column blocks, so each expands z only for its own blocks, and sum
-  // into private copies of y (added at the end). Larger batches: threads split the rows (every
-  // thread expands every block, but its share of y stays in L1/L2) — measured at 4096²:
-  // batch 1 2.64 → 2.24 ms by columns, batch 8 15.9 → 17.9 ms.
-  const bool split_columns = B == 1;
-  const int64_t n_parts = split_columns ? at::get_num_threads() : 1;
-  auto y_parts = torch::zeros({n_parts, B, Np}, v.options());
-  const float* vp = v.data_ptr<float>();
-  const int32_t* pat = pattern.data_ptr<int32_t>();
-  const uint16_t* sp = reinterpret_cast<const uint16_t*>(seeds.data_ptr<int16_t>());
-  const int8_t* ep = exps.data_ptr<int8_t>();
-  const uint8_t* cp = codes.data_ptr<uint8_t>();
-  float* y_all = y_parts.data_ptr<float>();
-  const int64_t half = Np / 2, n_seed_rows = pattern.numel();
-  // columns [j0, j1) × 8-row groups [o0, o1) into yp
-  auto run = [&](int64_t j0, int64_t j1, int64_t o0, int64_t o1, float* yp) {
-    const __m256i shifts = _mm256_setr_epi32(0, 8, 16, 24, 4, 12, 20, 28);
-    const __m256i nib = _mm256_set1_epi32(0x0F), eight = _mm256_set1_epi32(8), bias = _mm256_set1_epi32(127);
-    const __m256i vP = _mm256_set1_epi32(static_cast<int>(P));
-    __m256 q[kMaxCoeffs];
-    __m256i pid[kMaxCoeffs];
-    // expanding z costs 2^S·P scalar loads per column block and batch row; it saves P gathers
-    // (~5–8 cycles each here) per 8 rows
-    const bool expand = (o1 - o0) * 6 > n_seed_rows / P;
-    std::vector<float> z(expand ? B * n_seed_rows : 0);
-    for (int64_t j = j0; j < j1; ++j) {
-      if (expand) {
-        for (int64_t b = 0; b < B; ++b) {
-          const float* vb = vp + (b * nb + j) * kPatterns;
-          float* zb = z.data() + b * n_seed_rows;
-          for (int64_t k = 0; k < n_seed_rows; ++k) zb[k] = vb[pat[k]];
-        }
+// acc[r·PL + l] += lanes of 2^e · q ⊙ z[s] for the 8 rows of group o of block j (one batch row:
+// z_b / v_b; the codes and scales are shared by the batch and computed once).
+template <int PL>
+struct Group {
+  __m256 qs[PL];  // 2^e · q, one vector per 8 / PL rows
+  uint16_t seed[8];
+};
+
+template <int PL>
+inline void prepare_group(const uint16_t* sj, const int8_t* ej, const uint8_t* cj, int64_t o, Group<PL>& g) {
+  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  const __m256i nib = _mm256_set1_epi32(0x0F), eight = _mm256_set1_epi32(8), bias = _mm256_set1_epi32(127);
+  std::memcpy(g.seed, sj + 8 * o, sizeof(g.seed));
+  const __m256i e = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ej + 8 * o)));
+  // 2^e built from its IEEE-754 bits (the exponents were range-checked at layout time)
+  const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, bias), 23));
+  const uint8_t* c = cj + 8 * o * (PL / 2);
+  for (int v = 0; v < PL; ++v) {  // 8 rows = PL vectors of 8 / PL rows
+    uint32_t word;  // 8 / PL rows × PL nibbles
+    std::memcpy(&word, c + 4 * v, 4);
+    const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), shifts), nib);
+    const __m256i lane_row = PL == 4 ? _mm256_setr_epi32(2 * v, 2 * v, 2 * v, 2 * v, 2 * v + 1, 2 * v + 1, 2 * v + 1,
+                                                         2 * v + 1)
+                                     : _mm256_set1_epi32(v);
+    g.qs[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, eight)),
+                            _mm256_permutevar8x32_ps(scale, lane_row));
+  }
+}
+
+// the z rows of the vector's RV rows: from the expanded table, or gathered from v
+template <int PL>
+inline __m256 z_rows(const Group<PL>& g, int v, const float* zb, const float* vb, const int32_t* pat, bool expanded) {
+  if constexpr (PL == 8) {
+    const int64_t s = g.seed[v];
+    if (expanded) return _mm256_loadu_ps(zb + 8 * s);
+    return _mm256_i32gather_ps(vb, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pat + 8 * s)), 4);
+  } else {
+    const int64_t s0 = g.seed[2 * v], s1 = g.seed[2 * v + 1];
+    if (expanded) return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(zb + 4 * s0)), _mm_loadu_ps(zb + 4 * s1), 1);
+    const __m128 z0 = _mm_i32gather_ps(vb, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * s0)), 4);
+    const __m128 z1 = _mm_i32gather_ps(vb, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * s1)), 4);
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(z0), z1, 1);
+  }
+}
+
+// columns [j0, j1) × 8-row groups [o0, o1) of all batch rows into acc [B, Np · PL]
+template <int PL>
+void seedbasis_blocks(const float* vp, const int32_t* pat, int64_t n_seeds, const uint16_t* sp, const int8_t* ep,
+                      const uint8_t* cp, int64_t B, int64_t nb, int64_t Np, int64_t j0, int64_t j1, int64_t o0,
+                      int64_t o1, float* acc) {
+  // expanding z costs 2^S·PL scalar copies per block and batch row; it saves one PL-lane gather
+  // (~PL cycles) per row
+  const bool expand = (o1 - o0) * 8 > n_seeds;
+  std::vector<float> z(expand ? B * n_seeds * PL : 0);
+  Group<PL> g;
+  for (int64_t j = j0; j < j1; ++j) {
+    if (expand) {
+      for (int64_t b = 0; b < B; ++b) {
+        const float* vb = vp + (b * nb + j) * kPatterns;
+        float* zb = z.data() + b * n_seeds * PL;
+        for (int64_t k = 0; k < n_seeds * PL; ++k) zb[k] = vb[pat[k]];
       }
-      const uint16_t* sj = sp + j * Np;
-      const int8_t* ej = ep + j * Np;
-      const uint8_t* cj = cp + j * P * half;
-      for (int64_t o = o0; o < o1; ++o) {
-        const __m256i s = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sj + 8 * o)));
-        const __m256i sP = _mm256_mullo_epi32(s, vP);
-        const __m256i e = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ej + 8 * o)));
-        // 2^e built from its IEEE-754 bits (the exponents were range-checked at layout time)
-        const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, bias), 23));
-        for (int64_t p = 0; p < P; ++p) {
-          uint32_t word;
-          std::memcpy(&word, cj + p * half + 4 * o, 4);
-          const __m256i c = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), shifts), nib);
-          q[p] = _mm256_cvtepi32_ps(_mm256_sub_epi32(c, eight));
-          const __m256i idx = _mm256_add_epi32(sP, _mm256_set1_epi32(static_cast<int>(p)));
-          pid[p] = expand ? idx : _mm256_i32gather_epi32(pat, idx, 4);
-        }
-        for (int64_t b = 0; b < B; ++b) {
-          const float* vb = expand ? z.data() + b * n_seed_rows : vp + (b * nb + j) * kPatterns;
-          __m256 acc = _mm256_mul_ps(q[0], _mm256_i32gather_ps(vb, pid[0], 4));
-          for (int64_t p = 1; p < P; ++p) acc = _mm256_fmadd_ps(q[p], _mm256_i32gather_ps(vb, pid[p], 4), acc);
-          float* yb = yp + b * Np + 8 * o;
-          _mm256_storeu_ps(yb, _mm256_fmadd_ps(scale, acc, _mm256_loadu_ps(yb)));
+    }
+    const uint16_t* sj = sp + j * Np;
+    const int8_t* ej = ep + j * Np;
+    const uint8_t* cj = cp + j * Np * (PL / 2);
+    for (int64_t o = o0; o < o1; ++o) {
+      prepare_group<PL>(sj, ej, cj, o, g);
+      for (int64_t b = 0; b < B; ++b) {
+        const float* zb = expand ? z.data() + b * n_seeds * PL : nullptr;
+        const float* vb = vp + (b * nb + j) * kPatterns;
+        float* ab = acc + b * Np * PL + 8 * o * PL;
+        for (int v = 0; v < PL; ++v) {
+          float* a = ab + 8 * v;
+          _mm256_storeu_ps(a, _mm256_fmadd_ps(g.qs[v], z_rows<PL>(g, v, zb, vb, pat, expand), _mm256_loadu_ps(a)));
         }
       }
     }
+  }
+}
+}  // namespace
+
+// v: [B, nb, 256] fp32, pattern: [2^S, PL] int32 (PL = 4 or 8). Returns y: [B, Np].
+torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tensor seeds, torch::Tensor exps,
+                             torch::Tensor codes) {
+  TORCH_CHECK(v.dim() == 3 && v.scalar_type() == torch::kFloat && v.is_contiguous() && v.size(2) == kPatterns,
+              "v must be contiguous fp32 [B, nb, 256]");
+  TORCH_CHECK(pattern.scalar_type() == torch::kInt && pattern.is_contiguous() && pattern.dim() == 2 &&
+                  (pattern.size(1) == 4 || pattern.size(1) == 8),
+              "pattern must be contiguous int32 [2^S, 4 or 8]");
+  TORCH_CHECK(seeds.scalar_type() == torch::kShort && seeds.is_contiguous() && seeds.dim() == 2, "seeds: int16 [nb, Np]");
+  TORCH_CHECK(exps.scalar_type() == torch::kChar && exps.is_contiguous() && exps.sizes() == seeds.sizes(), "exps: int8 [nb, Np]");
+  const int64_t B = v.size(0), nb = v.size(1), Np = seeds.size(1), PL = pattern.size(1), n_seeds = pattern.size(0);
+  TORCH_CHECK(B >= 1 && B <= kMaxBatch, "batch must be in [1, 8] for the fused path");
+  TORCH_CHECK(seeds.size(0) == nb && Np % 8 == 0, "seeds must be [nb, Np] with Np a multiple of 8");
+  TORCH_CHECK(codes.scalar_type() == torch::kByte && codes.is_contiguous() && codes.dim() == 3 && codes.size(0) == nb &&
+                  codes.size(1) == Np && codes.size(2) == PL / 2,
+              "codes: uint8 [nb, Np, PL/2]");
+  const int32_t* pat = pattern.data_ptr<int32_t>();
+  for (int64_t k = 0; k < pattern.numel(); ++k) TORCH_CHECK(pat[k] >= 0 && pat[k] < kPatterns, "pattern id out of range");
+  // seeds < 2^S = n_seeds: they are S-bit codec fields, checked when the layout is built
+  const uint16_t* sp = reinterpret_cast<const uint16_t*>(seeds.data_ptr<int16_t>());
+  // Batch 1: threads split the column blocks, so each expands z only for its own blocks, and
+  // accumulate into private copies (added at the end). Larger batches: threads split the rows
+  // (every thread expands every block, but its share of acc stays in L1/L2).
+  const bool split_columns = B == 1;
+  const int64_t n_parts = split_columns ? at::get_num_threads() : 1;
+  auto acc = torch::zeros({n_parts, B, Np, PL}, v.options());
+  const float* vp = v.data_ptr<float>();
+  const int8_t* ep = exps.data_ptr<int8_t>();
+  const uint8_t* cp = codes.data_ptr<uint8_t>();
+  float* ap = acc.data_ptr<float>();
+  auto run = [&](int64_t j0, int64_t j1, int64_t o0, int64_t o1, float* a) {
+    if (PL == 4) seedbasis_blocks<4>(vp, pat, n_seeds, sp, ep, cp, B, nb, Np, j0, j1, o0, o1, a);
+    else seedbasis_blocks<8>(vp, pat, n_seeds, sp, ep, cp, B, nb, Np, j0, j1, o0, o1, a);
   };
   if (split_columns) {
     at::parallel_for(0, nb, 1, [&](int64_t j0, int64_t j1) {
-      run(j0, j1, 0, Np / 8, y_all + at::get_thread_num() * B * Np);
+      run(j0, j1, 0, Np / 8, ap + at::get_thread_num() * B * Np * PL);
     });
-    return y_parts.sum(0);
+  } else {
+    at::parallel_for(0, Np / 8, 16, [&](int64_t o0, int64_t o1) { run(0, nb, o0, o1, ap); });
   }
-  at::parallel_for(0, Np / 8, 16, [&](int64_t o0, int64_t o1) { run(0, nb, o0, o1, y_all); });
-  return y_parts[0];
+  return acc.sum({0, 3});
 }

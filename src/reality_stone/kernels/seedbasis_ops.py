@@ -19,8 +19,8 @@ from reality_stone.kernels.tiled import FUSED_MAX_BATCH, tiled_linear, tiled_lin
 
 __all__ = ["seedbasis_linear", "seedbasis_matmul"]
 
-def _layout(pattern, seeds, exps, codes, rows) -> SeedBasisLayout:
-    return SeedBasisLayout(pattern, seeds, exps, codes, codes.shape[1], rows)
+def _layout(pattern, seeds, exps, codes, coeffs, rows) -> SeedBasisLayout:
+    return SeedBasisLayout(pattern, seeds, exps, codes, coeffs, rows)
 
 
 def _decoder(lay: SeedBasisLayout, in_features: int):
@@ -28,36 +28,37 @@ def _decoder(lay: SeedBasisLayout, in_features: int):
 
 
 @torch.library.custom_op("reality_stone::seedbasis_linear", mutates_args=())
-def seedbasis_linear(x: Tensor, pattern: Tensor, seeds: Tensor, exps: Tensor, codes: Tensor, rows: int) -> Tensor:
+def seedbasis_linear(x: Tensor, pattern: Tensor, seeds: Tensor, exps: Tensor, codes: Tensor, coeffs: int,
+                     rows: int) -> Tensor:
     """x (..., in) @ Wᵀ for W in the seed-basis compute layout (`seedbasis_layout`)."""
-    lay = _layout(pattern, seeds, exps, codes, rows)
+    lay = _layout(pattern, seeds, exps, codes, coeffs, rows)
     lead, in_f = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, in_f)
     ext = load_extension() if x2.dtype == torch.float32 and x2.shape[0] <= FUSED_MAX_BATCH else None
     if ext is not None and x2.shape[0] > 0:
         v = block_sign_sums(x2, seeds.shape[0])
-        y = ext.seedbasis_gemv(v, pattern, seeds, exps, codes, codes.shape[1])[:, :rows]
+        y = ext.seedbasis_gemv(v, pattern, seeds, exps, codes)[:, :rows]
     else:
         y = tiled_linear(x2, rows, _decoder(lay, in_f))
     return y.reshape(*lead, rows)
 
 
 @seedbasis_linear.register_fake
-def _(x, pattern, seeds, exps, codes, rows):
+def _(x, pattern, seeds, exps, codes, coeffs, rows):
     return x.new_empty(*x.shape[:-1], rows)
 
 
 def _setup(ctx, inputs, output):
-    x, pattern, seeds, exps, codes, rows = inputs
+    x, pattern, seeds, exps, codes, coeffs, rows = inputs
     ctx.save_for_backward(pattern, seeds, exps, codes)
-    ctx.rows, ctx.in_features = rows, x.shape[-1]
+    ctx.coeffs, ctx.rows, ctx.in_features = coeffs, rows, x.shape[-1]
 
 
 def _backward(ctx, grad):
-    lay = _layout(*ctx.saved_tensors, ctx.rows)
+    lay = _layout(*ctx.saved_tensors, ctx.coeffs, ctx.rows)
     g2 = grad.reshape(-1, grad.shape[-1])
     gx = tiled_linear_transposed(g2, ctx.rows, ctx.in_features, _decoder(lay, ctx.in_features))
-    return gx.reshape(*grad.shape[:-1], ctx.in_features), None, None, None, None, None
+    return gx.reshape(*grad.shape[:-1], ctx.in_features), None, None, None, None, None, None
 
 
 seedbasis_linear.register_autograd(_backward, setup_context=_setup)
@@ -65,4 +66,4 @@ seedbasis_linear.register_autograd(_backward, setup_context=_setup)
 
 def seedbasis_matmul(x: Tensor, lay: SeedBasisLayout) -> Tensor:
     """``x @ Wᵀ`` through the custom op."""
-    return seedbasis_linear(x, lay.pattern, lay.seeds, lay.exps, lay.codes, lay.rows)
+    return seedbasis_linear(x, lay.pattern, lay.seeds, lay.exps, lay.codes, lay.coeffs, lay.rows)
