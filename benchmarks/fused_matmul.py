@@ -17,9 +17,9 @@ run (sum over a 512 MiB array), i.e. the memory-bound floor.
 Other fused paths in the same run: the seed-basis kernel at the 3.5 and 2.5 bpw presets
 (random seeds/exponents/codes — speed does not depend on the values, and a real search on
 11008×4096 would dominate the run; the quality of real encodings is in seedbasis.md; its
-compute layout reads 16 + 8 + 4P bits per 8 weights), low-rank (x Bᵀ) Aᵀ in fp16 at the
-rank that stores 4.25 bits per weight (alone, and with 2 % of the residual kept sparse:
-+ one COO sparse × dense product), and RBE (poly-cos8 blueprint + block-DCT residual,
+compute layout reads 16 + 8 + 4·PL bits per 8 weights, PL = P rounded up to 4 or 8),
+low-rank (x Bᵀ) Aᵀ in fp16 at the rank that stores 4.25 bits per weight (alone, and with 2 %
+of the residual kept sparse: + one CSR × dense product), and RBE (poly-cos8 blueprint + block-DCT residual,
 64×64 blocks, fp16 values, global 4.25-bpw budget) through its transform-domain sparse path,
 and Packed64 (one seed + fp16 scale per 32×32 block, random fields, each block generated in
 float32 by the kernel; its quality on real weights is in packed64.md — it does not represent them).
@@ -129,8 +129,9 @@ def paths_for_shape(out_f: int, in_f: int, g: torch.Generator) -> tuple[dict, di
         paths[f"ours {name} (fp32 x)"] = (enc, bpw, lambda w, x, xp, xb: w.matmul(x))
         paths[f"ours {name} (int8 x)"] = (enc, bpw, lambda w, x, xp, xb: w.matmul_int8_activations(x))
     rank = max(1, round(4.25 / 16 * out_f * in_f / (out_f + in_f)))
-    paths["seedbasis 3.5 fused"] = (random_seedbasis(out_f, in_f, "3.5", g), 5, lambda w, x, xp, xb: w.matmul(x))
-    paths["seedbasis 2.5 fused"] = (random_seedbasis(out_f, in_f, "2.5", g), 4.5, lambda w, x, xp, xb: w.matmul(x))
+    for budget in ("3.5", "2.5"):  # both presets have P ≤ 4: PL = 4
+        paths[f"seedbasis {budget} fused"] = (random_seedbasis(out_f, in_f, budget, g), (16 + 8 + 4 * 4) / 8,
+                                              lambda w, x, xp, xb: w.matmul(x))
     p64 = random_packed64(out_f, in_f, g)
     paths["packed64 fused"] = (p64, 8 * p64.nbytes / (out_f * in_f), lambda w, x, xp, xb: w.matmul(x))
     paths["low-rank 4.25 bpw"] = (codec_config("lowrank", rank=rank).encode(W), 4.25, lambda w, x, xp, xb: w.matmul(x))
