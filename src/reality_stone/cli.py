@@ -314,10 +314,7 @@ def demo(
 ) -> None:
     """Compress SmolLM2-135M at ~4 and ~3.5 bits per weight and one extreme ratio; evaluate; print the table."""
 
-    from reality_stone.data.text import calibration_text
-    from reality_stone.models import compressible_layers
-    from reality_stone.models.calibration import collect_hessians
-    from reality_stone.models.demo import DataAwareEncoder, demo_specs
+    from reality_stone.models.demo import demo_specs
     from reality_stone.models.experiment import evaluate_specs
     from reality_stone.models.loaders import load_smollm2
 
@@ -325,10 +322,6 @@ def demo(
     specs = demo_specs()
     if quick:
         tokens = min(tokens, 512)
-    # activation statistics for the data-aware codec, from the calibration text (never evaluated on)
-    layers = [n for n, _ in compressible_layers(loaded.model)[0]]
-    hessians = collect_hessians(loaded.model, loaded.tokenizer, calibration_text(), layers=layers,
-                                n_tokens=1024 if quick else 4096)
     with Progress(console=console, transient=True, disable=as_json) as progress:
         task = progress.add_task("evaluating", total=len(specs))
 
@@ -336,8 +329,9 @@ def demo(
             progress.update(task, description=label)
             progress.advance(task)
 
+        # the data-aware row calibrates on the bundled calibration plays (never evaluated on)
         rows = evaluate_specs(loaded, specs, max_tokens=tokens, speed=not quick, progress=step,
-                              encode_fn=DataAwareEncoder(hessians))
+                              calibration="shakespeare", calibration_tokens=1024 if quick else 4096)
     for r in rows:
         r["weight_mb"] = r["weight_bytes"] / 1e6
     if as_json:

@@ -6,10 +6,29 @@ import struct
 import pytest
 import torch
 
-from reality_stone.codecs import codec_config, decode_bytes, registered_codecs, relative_error
-from reality_stone.codecs.base import FORMAT_VERSION, MAGIC
+from reality_stone.calibration import ActivationStats
+from reality_stone.codecs import codec_class, codec_config, decode_bytes, registered_codecs, relative_error
+from reality_stone.codecs.base import CALIBRATION_MODES, FORMAT_VERSION, MAGIC
 
 CODECS = registered_codecs()
+
+
+class _Codec:
+    """codec_config(name) whose ``encode`` passes input statistics to codecs that use them
+    (correlated inputs, as real activations are), so every codec runs the same suite."""
+
+    def __init__(self, name):
+        self.cfg = codec_config(name)
+
+    def encode(self, W):
+        if self.cfg.calibration == "unused" or W.dim() != 2:  # bad shapes: the weight check must speak first
+            return self.cfg.encode(W)
+        g = torch.Generator().manual_seed(7)
+        X = torch.randn(256, 8, generator=g) @ torch.randn(8, W.shape[1], generator=g) + 0.3 * torch.randn(256, W.shape[1], generator=g)
+        return self.cfg.encode(W, ActivationStats((X.T @ X / 256).double(), 256))
+
+    def __eq__(self, other):
+        return self.cfg == other.cfg
 
 
 def weight(rows=48, cols=80, seed=0):
@@ -22,12 +41,21 @@ def name(request):
 
 
 def test_registry_has_codecs():
-    assert "packed64" in CODECS
+    assert "packed64" in CODECS and "gptq" in CODECS
+
+
+def test_capabilities_are_declared(name):
+    cls = codec_class(name)
+    assert cls.calibration in CALIBRATION_MODES
+    assert cls.description  # shown by `reality-stone codecs`
+    if cls.calibration == "required":
+        with pytest.raises(ValueError, match="calibration"):
+            codec_config(name).encode(weight())
 
 
 def test_decode_shape_dtype_and_error_is_finite(name):
     W = weight()
-    enc = codec_config(name).encode(W)
+    enc = _Codec(name).encode(W)
     assert enc.shape == (48, 80)
     out = enc.decode()
     assert out.shape == W.shape and out.dtype == torch.float32
@@ -39,7 +67,7 @@ def test_decode_shape_dtype_and_error_is_finite(name):
 @pytest.mark.parametrize("batch", [(1,), (32,), (2, 3)])
 def test_matmul_matches_decode(name, batch):
     W = weight()
-    enc = codec_config(name).encode(W)
+    enc = _Codec(name).encode(W)
     x = torch.randn(*batch, 80, generator=torch.Generator().manual_seed(1))
     ref = (x.double() @ enc.decode(torch.float64).T)
     out = enc.matmul(x)
@@ -51,7 +79,7 @@ def test_matmul_matches_decode(name, batch):
 
 
 def test_nbytes_is_serialised_length_and_round_trip_is_exact(name):
-    enc = codec_config(name).encode(weight())
+    enc = _Codec(name).encode(weight())
     data = enc.to_bytes()
     assert enc.nbytes == len(data)
     back = decode_bytes(data)
@@ -64,13 +92,13 @@ def test_nbytes_is_serialised_length_and_round_trip_is_exact(name):
 
 def test_deterministic(name):
     W = weight(seed=3)
-    assert codec_config(name).encode(W).to_bytes() == codec_config(name).encode(W.clone()).to_bytes()
+    assert _Codec(name).encode(W).to_bytes() == _Codec(name).encode(W.clone()).to_bytes()
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (1, 9), (65, 1)])
 def test_non_divisible_shapes_pad_and_crop(name, shape):
     W = weight(*shape)
-    enc = codec_config(name).encode(W)
+    enc = _Codec(name).encode(W)
     assert enc.decode().shape == shape
     assert decode_bytes(enc.to_bytes()).decode().shape == shape
 
@@ -88,7 +116,7 @@ def test_non_divisible_shapes_pad_and_crop(name, shape):
 )
 def test_bad_weights(name, bad, match):
     with pytest.raises(ValueError, match=match):
-        codec_config(name).encode(bad)
+        _Codec(name).encode(bad)
 
 
 def test_unknown_codec_and_option():
@@ -99,7 +127,7 @@ def test_unknown_codec_and_option():
 
 
 def test_corrupt_truncated_and_future_data(name):
-    data = codec_config(name).encode(weight(24, 40)).to_bytes()
+    data = _Codec(name).encode(weight(24, 40)).to_bytes()
     with pytest.raises(ValueError, match="magic"):
         decode_bytes(b"XXXX" + data[4:])
     bumped = MAGIC + struct.pack("<B", FORMAT_VERSION + 1) + data[len(MAGIC) + 1 :]

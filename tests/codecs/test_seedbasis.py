@@ -3,9 +3,11 @@
 import pytest
 import torch
 
+from reality_stone.codecs import codec_config
+
 from reality_stone.codecs import decode_bytes, relative_error
 from reality_stone.codecs.seedbasis import PRESETS, SeedBasisConfig, lfsr_basis, lfsr_bits, packed64_basis, preset
-from reality_stone.models.calibration import output_error
+from reality_stone.calibration import ActivationStats, output_error
 
 
 def _python_lfsr(seed, n):
@@ -76,11 +78,13 @@ def test_data_aware_mode_lowers_output_error():
     X = torch.randn(1024, 12, generator=g) @ torch.randn(12, 64, generator=g) + 0.2 * torch.randn(1024, 64, generator=g)
     H = (X.T @ X / len(X)).double()
     cfg = preset("3.5")
-    free, aware = cfg.encode(W), cfg.encode(W, hessian=H)
+    free, aware = cfg.encode(W), cfg.encode(W, ActivationStats(H, len(X)))
     assert output_error(W, aware.decode(), H) < 0.7 * output_error(W, free.decode(), H)
     assert aware.nbytes == free.nbytes
-    with pytest.raises(ValueError, match="hessian"):
-        cfg.encode(W, hessian=torch.eye(10))
+    with pytest.raises(ValueError, match="inputs"):
+        cfg.encode(W, ActivationStats(torch.eye(10, dtype=torch.float64), 1))
+    with pytest.raises(ValueError, match="ActivationStats"):
+        cfg.encode(W, H)
 
 
 def test_packed64_basis_family_is_available():
@@ -96,3 +100,12 @@ def test_bad_configs():
             SeedBasisConfig(**kw)
     with pytest.raises(ValueError, match="unknown preset"):
         preset("3.0")
+    with pytest.raises(ValueError, match="unknown preset"):
+        codec_config("seedbasis", preset="3.0")
+    with pytest.raises(ValueError, match="no presets"):
+        codec_config("rtn", preset="3.5")
+
+
+def test_presets_by_name_everywhere():
+    assert codec_config("seedbasis", preset="3.5") == preset("3.5")
+    assert codec_config("seedbasis", preset="2.5", chunk=64) == preset("2.5", chunk=64)

@@ -6,9 +6,12 @@ A codec is a frozen config dataclass registered under a name (torchao style)::
     @dataclass(frozen=True)
     class Packed64Config(CodecConfig):
         block: int = 32
-        def encode(self, weight) -> Encoded: ...
+        def encode(self, weight, stats=None) -> Encoded: ...
 
-``encode`` returns an `Encoded`: ``decode()`` gives the (out, in) weight back,
+``stats`` is the layer's `reality_stone.calibration.ActivationStats` (E[x xᵀ] of its inputs)
+or None. Each config declares in ``calibration`` whether it uses them: ``"unused"`` (ignored),
+``"optional"`` (data-free without, output-error-aware with) or ``"required"`` (ValueError
+without). ``encode`` returns an `Encoded`: ``decode()`` gives the (out, in) weight back,
 ``matmul(x)`` computes ``x @ W.T`` (fused where the codec allows, else decode + matmul),
 ``to_bytes()`` serialises it and ``nbytes`` is exactly ``len(to_bytes())`` — every stored
 byte: payload, scales, seeds, indices, shape and config header.
@@ -26,8 +29,10 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "CALIBRATION_MODES",
     "CodecConfig",
     "Encoded",
+    "codec_class",
     "codec_config",
     "decode_bytes",
     "register",
@@ -49,6 +54,8 @@ def register(name: str):
     def deco(cls: type[CodecConfig]) -> type[CodecConfig]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"codec {name!r} is already registered by {_REGISTRY[name].__name__}")
+        if cls.calibration not in CALIBRATION_MODES:
+            raise ValueError(f"codec {name!r}: calibration must be one of {CALIBRATION_MODES}, got {cls.calibration!r}")
         cls.codec_name = name
         _REGISTRY[name] = cls
         return cls
@@ -61,11 +68,27 @@ def registered_codecs() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def codec_config(name: str, **kwargs: Any) -> "CodecConfig":
-    """Build the registered config ``name`` with ``kwargs`` (unknown names/fields -> ValueError)."""
+def codec_class(name: str) -> type["CodecConfig"]:
+    """The registered config class ``name`` (unknown -> ValueError listing the registered ones)."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown codec {name!r}; registered: {', '.join(registered_codecs())}")
-    cls = _REGISTRY[name]
+    return _REGISTRY[name]
+
+
+def codec_config(name: str, **kwargs: Any) -> "CodecConfig":
+    """Build the registered config ``name`` with ``kwargs`` (unknown names/fields -> ValueError).
+
+    A codec with presets (``seedbasis``) also takes ``preset="3.5"``; other fields override it.
+    """
+    cls = codec_class(name)
+    if "preset" in kwargs:
+        presets = getattr(cls, "PRESETS", None)
+        if presets is None:
+            raise ValueError(f"codec {name!r} has no presets")
+        key = str(kwargs.pop("preset"))
+        if key not in presets:
+            raise ValueError(f"unknown preset {key!r} for codec {name!r}; choose from {sorted(presets)}")
+        kwargs = presets[key] | kwargs
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(kwargs) - fields
     if unknown:
@@ -87,13 +110,26 @@ def check_weight(weight: Tensor) -> None:
         raise ValueError("weight contains NaN or Inf")
 
 
+CALIBRATION_MODES = ("unused", "optional", "required")
+
+
 class CodecConfig:
-    """Base of the registered config dataclasses. Subclasses implement ``encode`` and ``_decode_payload``."""
+    """Base of the registered config dataclasses. Subclasses implement ``encode`` and ``_decode_payload``.
+
+    Declared, not probed: ``calibration`` (one of `CALIBRATION_MODES`: does ``encode`` use
+    activation statistics) and ``description`` (one line for `reality-stone codecs`).
+    """
 
     codec_name: ClassVar[str] = ""
+    calibration: ClassVar[str] = "unused"
+    description: ClassVar[str] = ""
 
-    def encode(self, weight: Tensor) -> "Encoded":  # pragma: no cover - abstract
+    def encode(self, weight: Tensor, stats=None) -> "Encoded":  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def nominal_bits_per_weight(self) -> float | None:
+        """Bits per weight before headers and padding (None where it depends on the weight)."""
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]

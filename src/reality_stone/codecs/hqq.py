@@ -10,6 +10,7 @@ zero-padded to a multiple of ``group``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ __all__ = ["HQQConfig", "HQQEncoded"]
 @register("hqq")
 @dataclass(frozen=True)
 class HQQConfig(CodecConfig):
+    description: ClassVar[str] = "HQQ half-quadratic scale/zero optimiser, data-free; fused 2/3/4-bit kernels"
     bits: int = 4
     group: int = 64
 
@@ -34,7 +36,10 @@ class HQQConfig(CodecConfig):
         if not (isinstance(self.group, int) and self.group >= 1):
             raise ValueError(f"group must be a positive integer, got {self.group!r}")
 
-    def encode(self, weight: Tensor) -> "HQQEncoded":
+    def nominal_bits_per_weight(self) -> float:
+        return self.bits + 32 / self.group
+
+    def encode(self, weight: Tensor, stats=None) -> "HQQEncoded":
         check_weight(weight)
         try:
             from hqq.core.quantize import Quantizer

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ __all__ = ["LowRankConfig", "LowRankEncoded"]
 @dataclass(frozen=True)
 class LowRankConfig(CodecConfig):
     """rank: kept singular directions; sparse: fraction of the residual's entries kept (0: none)."""
+    description: ClassVar[str] = "truncated SVD (fp16 factors), optional sparse residual; matmul (x Bᵀ) Aᵀ"
 
     rank: int = 8
     sparse: float = 0.0
@@ -39,7 +41,7 @@ class LowRankConfig(CodecConfig):
         if not (isinstance(self.sparse, (int, float)) and 0 <= self.sparse < 1):
             raise ValueError(f"sparse must be a fraction in [0, 1), got {self.sparse!r}")
 
-    def encode(self, weight: Tensor) -> "LowRankEncoded":
+    def encode(self, weight: Tensor, stats=None) -> "LowRankEncoded":
         check_weight(weight)
         W = weight.detach().double()
         r = min(self.rank, *W.shape)

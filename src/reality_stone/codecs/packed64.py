@@ -57,6 +57,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from typing import ClassVar
 from typing import NamedTuple
 
 import numpy as np
@@ -483,6 +484,7 @@ class Packed64Config(CodecConfig):
         (family, harmonic, d_r) shapes of each block, between their best grid value's neighbours.
     adam_steps, lr: joint Adam polish of (r, θ, scale), kept only where it lowers the error.
     """
+    description: ClassVar[str] = "one 64-bit seed + scale per block, quadtree (seed 002/003); extreme ratios"
 
     block: int = 32
     min_block: int | None = None
@@ -519,7 +521,7 @@ class Packed64Config(CodecConfig):
     def _min_block(self) -> int:
         return self.block if self.min_block is None else self.min_block
 
-    def encode(self, weight: Tensor) -> "Packed64Encoded":
+    def encode(self, weight: Tensor, stats=None) -> "Packed64Encoded":
         check_weight(weight)
         rows, cols = weight.shape
         B = self.block

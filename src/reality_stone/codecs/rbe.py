@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 from functools import lru_cache
 
 import numpy as np
@@ -100,6 +101,7 @@ def _read_f16(data: bytes, count: int) -> Tensor:
 @register("rbe")
 @dataclass(frozen=True)
 class RBEConfig(CodecConfig):
+    description: ClassVar[str] = "blueprint (poly-cos8 / Packed64) + DCT/wavelet residual per block (seeds 001/004)"
     block: int = 128
     basis: str = "poly-cos8"
     residual: str = "dct"
@@ -151,7 +153,7 @@ class RBEConfig(CodecConfig):
         return [(i, j) for i in range(nr) for j in range(nc) if not self.mirror or j >= i]
 
     # -- encode -------------------------------------------------------------------------
-    def encode(self, weight: Tensor) -> "RBEEncoded":
+    def encode(self, weight: Tensor, stats=None) -> "RBEEncoded":
         check_weight(weight)
         rows, cols = weight.shape
         W64 = weight.detach().double()

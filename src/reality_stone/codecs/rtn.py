@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ __all__ = ["GroupQuantMatmul", "RTNConfig", "RTNEncoded"]
 @register("rtn")
 @dataclass(frozen=True)
 class RTNConfig(CodecConfig):
+    description: ClassVar[str] = "group-wise round-to-nearest integers (the baseline); fused 2/3/4-bit kernels"
     bits: int = 4
     group: int = 128
     symmetric: bool = False
@@ -45,7 +47,10 @@ class RTNConfig(CodecConfig):
         if not isinstance(self.symmetric, bool):
             raise ValueError(f"symmetric must be a bool, got {self.symmetric!r}")
 
-    def encode(self, weight: Tensor) -> "RTNEncoded":
+    def nominal_bits_per_weight(self) -> float:
+        return self.bits + 16 * (1 if self.symmetric else 2) / self.group
+
+    def encode(self, weight: Tensor, stats=None) -> "RTNEncoded":
         check_weight(weight)
         out_f, in_f = weight.shape
         g = self.group

@@ -20,7 +20,7 @@ U_s row-major (P rows of C). ``basis="packed64"`` uses the Packed64 generator in
 Encoding searches all 2^S seeds for every block at once (batched over blocks and seeds):
 least squares t_s = (U_s U_sᵀ)⁺ U_s w, quantised with the block's exponent, error
 ‖w‖² − 2 qᵀ U_s w + qᵀ U_s U_sᵀ q; the best (s, q) wins. With activation statistics
-(``hessian=`` the input second moment H = E[x xᵀ]) it minimises the *output* error instead:
+(``stats``: `ActivationStats`, the input second moment H = E[x xᵀ]) it minimises the *output* error instead:
 blocks are visited left to right with GPTQ's error feedback (Frantar et al. 2022; the
 vector form is GPTVQ, van Baalen et al. 2024), the per-block metric being the C×C block of
 the inverse Hessian's Cholesky factor.
@@ -31,12 +31,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from reality_stone.codecs.base import CodecConfig, Encoded, check_weight, register
+from reality_stone.calibration import hessian_of
 from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 
 __all__ = ["PRESETS", "SeedBasisConfig", "SeedBasisEncoded", "lfsr_basis", "lfsr_bits", "packed64_basis", "preset"]
@@ -89,6 +91,12 @@ def packed64_basis(seed_bits: int, block: int, coeffs: int) -> Tensor:
 @register("seedbasis")
 @dataclass(frozen=True)
 class SeedBasisConfig(CodecConfig):
+    calibration: ClassVar[str] = "optional"
+    description: ClassVar[str] = ("seed-generated ±1 bases + quantised coefficients (SeedLM); output-error-aware "
+                                  "with calibration; presets 4.25 / 3.5 / 2.5")
+    PRESETS: ClassVar[dict[str, dict]] = {}  # filled below the class
+    DAMP: ClassVar[float] = 0.01  # Hessian damping (fraction of its mean diagonal), as GPTQ's default
+
     block: int = 8
     seed_bits: int = 8
     coeffs: int = 6
@@ -130,6 +138,9 @@ class SeedBasisConfig(CodecConfig):
         """(S + E + P·Q)/C: bits per weight before the per-row exponent and the header."""
         return self.block_bits / self.block
 
+    def nominal_bits_per_weight(self) -> float:
+        return self.nominal_bpw()
+
     def table(self) -> Tensor:
         fn = lfsr_basis if self.basis == "lfsr" else packed64_basis
         return fn(self.seed_bits, self.block, self.coeffs)
@@ -167,10 +178,11 @@ class SeedBasisConfig(CodecConfig):
         Gp = torch.linalg.pinv(G.double(), hermitian=True)
         return G, (Gp @ U.double()).to(torch.float32)
 
-    def encode(self, weight: Tensor, hessian: Tensor | None = None, damp: float = 0.01) -> "SeedBasisEncoded":
-        """Data-free (``hessian=None``) or output-error-aware (``hessian`` = E[x xᵀ], (in, in))."""
+    def encode(self, weight: Tensor, stats=None) -> "SeedBasisEncoded":
+        """Data-free (``stats=None``) or output-error-aware (``stats``: `ActivationStats` of the layer's inputs)."""
         check_weight(weight)
         out_f, in_f = weight.shape
+        hessian = None if stats is None else hessian_of(stats, in_f)
         C = self.block
         nb = -(-in_f // C)
         W = torch.zeros(out_f, nb * C, dtype=torch.float32)
@@ -188,7 +200,7 @@ class SeedBasisConfig(CodecConfig):
             if bool((exps.reshape(out_f, nb) < (e_top - E)[:, None]).any()):
                 seeds, exps, codes = self._data_free(W, U, G, M, e_top)
         else:
-            seeds, exps, codes = self._gptq(W, in_f, hessian, damp, U, e_top)
+            seeds, exps, codes = self._gptq(W, in_f, hessian, self.DAMP, U, e_top)
         e_off = (exps.reshape(out_f, nb) - (e_top - E)[:, None]).to(torch.int64)
         return SeedBasisEncoded(self, (out_f, in_f), e_top.to(torch.int64), seeds.reshape(out_f, nb),
                                 e_off, codes.reshape(out_f, nb, self.coeffs))
@@ -336,6 +348,7 @@ PRESETS = {
     "3.5": dict(block=8, seed_bits=10, coeffs=4, coeff_bits=4, exp_bits=2),
     "2.5": dict(block=8, seed_bits=10, coeffs=3, coeff_bits=3, exp_bits=1),
 }
+SeedBasisConfig.PRESETS.update(PRESETS)
 
 
 def preset(bpw: str, **overrides) -> SeedBasisConfig:

@@ -7,6 +7,11 @@ are ``nn.Linear`` in transformers) whose qualified name matches ``include`` and 
 wins). Embeddings and norms are never touched. A Linear whose weight is *shared* with
 another module (tied ``lm_head`` ↔ embeddings) is skipped by default: compressing it would
 untie it and store the matrix twice.
+
+Data-aware codecs (``gptq``, ``seedbasis``) take ``calibration=`` — texts, a file, token ids
+or a bundled corpus name — and get each layer's `ActivationStats` from
+`reality_stone.calibration`: sequentially by default (block k sees blocks 0…k−1 already
+compressed, as GPTQModel / llm-compressor do), or in one pass over the dense model.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from reality_stone.codecs import relative_error, sqnr_db
 from reality_stone.codecs.base import CodecConfig
 from reality_stone.nn.compressed import CompressedLinear
 
-__all__ = ["CompressionReport", "LayerReport", "compress", "compressible_layers"]
+__all__ = ["CompressionReport", "LayerReport", "compress", "compressible_layers", "guard_save_pretrained"]
 
 
 @dataclass
@@ -37,12 +42,14 @@ class LayerReport:
     rel_error: float
     sqnr_db: float
     seconds: float
+    output_error: float | None = None  # relative output error under the calibration statistics
 
 
 @dataclass
 class CompressionReport:
     layers: list[LayerReport] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    calibration: dict | None = None  # mode, tokens, sequences, seq_len, seconds (None: data-free)
 
     @property
     def compressed_bytes(self) -> int:
@@ -60,7 +67,15 @@ class CompressionReport:
     def to_dict(self) -> dict:
         return dict(layers=[asdict(r) for r in self.layers], skipped=self.skipped,
                     compressed_bytes=self.compressed_bytes, dense_bytes_fp32=self.dense_bytes_fp32,
-                    bits_per_weight=self.bits_per_weight)
+                    bits_per_weight=self.bits_per_weight, calibration=self.calibration,
+                    output_error=self.output_error)
+
+    @property
+    def output_error(self) -> float | None:
+        """Weight-count-weighted mean relative output error (None without calibration)."""
+        rows = [r for r in self.layers if r.output_error is not None]
+        n = sum(r.shape[0] * r.shape[1] for r in rows)
+        return sum(r.output_error * r.shape[0] * r.shape[1] for r in rows) / n if n else None
 
 
 def _shared_weights(model: nn.Module) -> set[int]:
@@ -91,6 +106,25 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+def _refuse_save_pretrained(*_args, **_kwargs):
+    raise ValueError("this model holds compressed layers (CompressedLinear): save_pretrained would write only its "
+                     "dense tensors and from_pretrained would fill every compressed projection with random weights. "
+                     "Save it with reality_stone.save(model, path) and load it with reality_stone.load(path).")
+
+
+def guard_save_pretrained(model: nn.Module) -> None:
+    """Make ``save_pretrained`` / ``push_to_hub`` on a model with compressed layers raise a clear error."""
+    for attr in ("save_pretrained", "push_to_hub"):
+        if hasattr(model, attr):
+            setattr(model, attr, _refuse_save_pretrained)
+
+
+def _model_vocab_size(model: nn.Module) -> int | None:
+    get = getattr(model, "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    return emb.num_embeddings if isinstance(emb, nn.Embedding) else None
+
+
 def compress(
     model: nn.Module,
     config: CodecConfig,
@@ -100,38 +134,83 @@ def compress(
     per_layer: dict[str, CodecConfig] | None = None,
     skip_tied: bool = True,
     progress: bool = False,
-    encode_fn=None,
+    calibration=None,
+    tokenizer=None,
+    tokens: int = 8192,
+    seq_len: int = 512,
+    sequential: bool = True,
 ) -> CompressionReport:
     """Replace the selected ``nn.Linear`` layers of ``model`` with `CompressedLinear`, in place.
 
-    ``encode_fn(name, linear, config) -> Encoded`` overrides how a layer is encoded (the
-    data-aware codecs use it to pass activation statistics); default ``config.encode(weight)``.
+    ``calibration`` (texts, a list of texts, a file path, token ids, or "shakespeare"/"news";
+    see `reality_stone.calibration.calibration_ids`) with ``tokenizer`` for text: the first
+    ``tokens`` tokens in sequences of ``seq_len`` give each layer its input statistics, which
+    codecs declaring ``calibration != "unused"`` receive. ``sequential`` (default): block by
+    block through the already-compressed blocks; False: one pass over the dense model.
+    A codec with ``calibration == "required"`` (gptq) and no calibration → ValueError; calibration
+    given while no selected codec uses it → ValueError (it would be silently ignored).
     """
+    from reality_stone.calibration import calibration_ids, collect_stats, output_error, sequential_stats
+
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     chosen, skipped = compressible_layers(model, include, skip, skip_tied)
     if not chosen:
         raise ValueError("no nn.Linear layer matched: nothing to compress (check include/skip patterns)")
+    configs = {name: next((c for pat, c in (per_layer or {}).items() if fnmatch.fnmatchcase(name, pat)), config)
+               for name, _ in chosen}
+    aware = [name for name, _ in chosen if configs[name].calibration != "unused"]
+    required = sorted({c.codec_name for c in configs.values() if c.calibration == "required"})
+    if calibration is None and required:
+        raise ValueError(f"codec(s) {', '.join(required)} need calibration data: pass calibration= (texts, a file, "
+                         "token ids or 'shakespeare'/'news') and tokenizer=")
+    if calibration is not None and not aware:
+        names = sorted({c.codec_name for c in configs.values()})
+        raise ValueError(f"calibration was given but codec(s) {', '.join(names)} do not use it; drop it or pick a "
+                         "data-aware codec (gptq, seedbasis)")
     report = CompressionReport(skipped=skipped)
-    iterator = chosen
+    layers = dict(chosen)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(chosen, desc="compressing", unit="layer")
-        iterator = bar
-    for name, lin in iterator:
-        cfg = next((c for pat, c in (per_layer or {}).items() if fnmatch.fnmatchcase(name, pat)), config)
-        t0 = time.perf_counter()
-        enc = encode_fn(name, lin, cfg) if encode_fn else cfg.encode(lin.weight.detach())
-        dt = time.perf_counter() - t0
+        bar = tqdm(total=len(chosen), desc="compressing", unit="layer")
+
+    def encode(name: str, stats) -> None:
+        lin, cfg = layers[name], configs[name]
         W = lin.weight.detach()
+        t0 = time.perf_counter()
+        enc = cfg.encode(W, stats if cfg.calibration != "unused" else None)
+        dt = time.perf_counter() - t0
         D = enc.decode(torch.float32)
         report.layers.append(LayerReport(
             name=name, shape=tuple(W.shape), codec=cfg.codec_name, nbytes=enc.nbytes, dense_bytes_fp32=W.numel() * 4,
             ratio_fp32=enc.compression_ratio(), bits_per_weight=enc.bits_per_weight(),
-            rel_error=relative_error(W, D), sqnr_db=sqnr_db(W, D), seconds=dt))
+            rel_error=relative_error(W, D), sqnr_db=sqnr_db(W, D), seconds=dt,
+            output_error=output_error(W, D, stats) if stats is not None else None))
         _set_submodule(model, name, CompressedLinear(enc, lin.bias))
-    if bar is not None:
-        bar.close()
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        if calibration is None:
+            for name, _ in chosen:
+                encode(name, None)
+        else:
+            t0 = time.perf_counter()
+            ids = calibration_ids(calibration, tokenizer, tokens=tokens, seq_len=seq_len,
+                                  vocab_size=_model_vocab_size(model))
+            names = [name for name, _ in chosen]
+            report.calibration = dict(mode="sequential" if sequential else "one-pass", tokens=int(ids.numel()),
+                                      sequences=int(ids.shape[0]), seq_len=int(ids.shape[1]))
+            # every selected layer gets statistics (cheap; the report's output error uses them too)
+            steps = sequential_stats(model, ids, names) if sequential else iter([collect_stats(model, ids, names)])
+            for block_stats in steps:
+                for name in block_stats:
+                    encode(name, block_stats[name])
+            report.calibration["seconds"] = time.perf_counter() - t0
+    finally:
+        if bar is not None:
+            bar.close()
+    guard_save_pretrained(model)
     return report

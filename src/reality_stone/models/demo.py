@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from reality_stone.codecs import codec_config
-from reality_stone.codecs.seedbasis import SeedBasisConfig, preset
 from reality_stone.models.experiment import Spec
 
-__all__ = ["DataAwareEncoder", "demo_specs"]
+__all__ = ["demo_specs"]
 
 
 def demo_specs() -> list[Spec]:
@@ -20,18 +19,6 @@ def demo_specs() -> list[Spec]:
         Spec("fp32 (dense)"),
         Spec("HQQ 4-bit g64", codec_config("hqq", bits=4, group=64)),
         Spec("HQQ 3-bit g64", codec_config("hqq", bits=3, group=64)),
-        Spec("seedbasis 3.5 data-aware", preset("3.5")),
+        Spec("seedbasis 3.5 data-aware", codec_config("seedbasis", preset="3.5"), calibrated=True),
         Spec("RBE poly-cos8+DCT K=50 (seed 004, '151:1')", codec_config("rbe", block=128, k=50)),
     ]
-
-
-class DataAwareEncoder:
-    """``encode_fn`` for `compress`: seed-basis layers get their calibration Hessian, others encode plainly."""
-
-    def __init__(self, hessians: dict):
-        self.hessians = hessians
-
-    def __call__(self, name, linear, config):
-        if isinstance(config, SeedBasisConfig) and name in self.hessians:
-            return config.encode(linear.weight.detach(), hessian=self.hessians[name])
-        return config.encode(linear.weight.detach())

@@ -12,42 +12,72 @@ from torch import nn
 
 from reality_stone.nn.compressed import CompressedLinear
 
-__all__ = ["embedding_fidelity", "lee_sentences", "model_nbytes", "peak_rss_bytes", "perplexity", "tokens_per_second"]
+__all__ = ["embedding_fidelity", "lee_sentences", "model_nbytes", "peak_rss_bytes", "perplexity", "score_text",
+           "tokens_per_second"]
+
+
+def _windows(n_ids: int, context: int, stride: int):
+    """(begin, end, n_new) of the sliding windows: each token is scored once, with up to
+    ``context - stride`` tokens of left context beyond the first window."""
+    prev_end = 0
+    for begin in range(0, n_ids, stride):
+        end = min(begin + context, n_ids)
+        yield begin, end, end - prev_end
+        prev_end = end
+        if end == n_ids:
+            break
+
+
+def _logits(model: nn.Module, window: torch.Tensor) -> torch.Tensor:
+    out = model(window)
+    return (out.logits if hasattr(out, "logits") else out[0])[0].float()
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, tokenizer, text: str, *, context: int = 512, stride: int = 256,
-               max_tokens: int | None = 8192) -> tuple[float, int]:
-    """Sliding-window perplexity of ``text`` (first ``max_tokens`` tokens): windows of ``context``
-    tokens advancing by ``stride``; each token is scored once, with up to ``context - stride``
-    tokens of left context beyond the first window. Returns (perplexity, tokens scored)."""
+def score_text(model: nn.Module, tokenizer, text: str, *, base: nn.Module | None = None, context: int = 512,
+               stride: int = 256, max_tokens: int | None = 8192) -> dict:
+    """Sliding-window perplexity of ``text`` (first ``max_tokens`` tokens) under ``model``.
+
+    With ``base`` (the uncompressed model) in the same windows: its perplexity, the mean KL
+    divergence KL(base ‖ model) of the next-token distributions (nats/token, llama.cpp's
+    ``--kl-divergence``) and top-1 agreement (fraction of positions where both models'
+    most likely next token is the same). Returns dict(ppl, tokens, [base_ppl, kl, top1]).
+    """
     if not 0 < stride <= context:
         raise ValueError(f"need 0 < stride <= context, got stride={stride}, context={context}")
     ids = tokenizer(text, return_tensors="pt").input_ids[0]
     if max_tokens is not None:
         ids = ids[:max_tokens]
     if len(ids) < 2:
-        raise ValueError("text is too short to score")
-    nll, counted, prev_end = 0.0, 0, 0
-    for begin in range(0, len(ids), stride):
-        end = min(begin + context, len(ids))
+        raise ValueError(f"text is too short to score ({len(ids)} token)")
+    nll = base_nll = kl = 0.0
+    agree = counted = 0
+    for begin, end, n_new in _windows(len(ids), context, stride):
         window = ids[begin:end][None]
-        n_new = end - prev_end
-        labels = window.clone()
-        labels[:, : window.shape[1] - n_new] = -100
-        if begin == 0:
-            labels[:, 0] = -100  # the first token has nothing to be predicted from
-        n_scored = int((labels != -100).sum())
-        if n_scored:
-            loss = model(window, labels=labels).loss
-            # transformers averages over the scored tokens shifted by one
-            n_pred = int((labels[:, 1:] != -100).sum())
-            nll += float(loss) * n_pred
-            counted += n_pred
-        prev_end = end
-        if end == len(ids):
-            break
-    return math.exp(nll / counted), counted
+        # positions predicting the new tokens (the first token of the text has no prediction)
+        first = max(window.shape[1] - n_new, 1) - 1
+        targets = window[0, first + 1 :]
+        if not len(targets):
+            continue
+        logp = torch.log_softmax(_logits(model, window)[first:-1], -1)
+        nll -= float(logp.gather(1, targets[:, None]).sum())
+        if base is not None:
+            logq = torch.log_softmax(_logits(base, window)[first:-1], -1)
+            base_nll -= float(logq.gather(1, targets[:, None]).sum())
+            kl += float((logq.exp() * (logq - logp)).sum())
+            agree += int((logq.argmax(-1) == logp.argmax(-1)).sum())
+        counted += len(targets)
+    out = dict(ppl=math.exp(nll / counted), tokens=counted)
+    if base is not None:
+        out.update(base_ppl=math.exp(base_nll / counted), kl=kl / counted, top1=agree / counted)
+    return out
+
+
+def perplexity(model: nn.Module, tokenizer, text: str, *, context: int = 512, stride: int = 256,
+               max_tokens: int | None = 8192) -> tuple[float, int]:
+    """(perplexity, tokens scored) of ``text``: `score_text` without a base model."""
+    r = score_text(model, tokenizer, text, context=context, stride=stride, max_tokens=max_tokens)
+    return r["ppl"], r["tokens"]
 
 
 def lee_sentences(n: int = 64, min_chars: int = 40) -> list[str]:

@@ -26,9 +26,11 @@ class Spec:
     config: CodecConfig | None = None
     dense_dtype: str = "fp32"
     per_layer: tuple[tuple[str, CodecConfig], ...] = ()
+    calibrated: bool = False  # data-aware: compress with `evaluate_specs`' calibration set
+    sequential: bool = True  # calibrated: block by block (else one pass over the dense model)
 
 
-def _apply(model: nn.Module, spec: Spec, encode_fn=None) -> tuple[dict, float]:
+def _apply(model: nn.Module, spec: Spec, tokenizer, calibration, calibration_tokens: int) -> tuple[dict, float]:
     t0 = time.perf_counter()
     if spec.config is None:
         if spec.dense_dtype == "fp16":
@@ -36,17 +38,24 @@ def _apply(model: nn.Module, spec: Spec, encode_fn=None) -> tuple[dict, float]:
                 for p in model.parameters():
                     p.copy_(p.half().float())
         return {}, 0.0
-    report = compress(model, spec.config, per_layer=dict(spec.per_layer), encode_fn=encode_fn)
+    kw = {}
+    if spec.calibrated:
+        if calibration is None:
+            raise ValueError(f"spec {spec.label!r} is calibrated but evaluate_specs got no calibration=")
+        kw = dict(calibration=calibration, tokenizer=tokenizer, tokens=calibration_tokens, sequential=spec.sequential)
+    report = compress(model, spec.config, per_layer=dict(spec.per_layer), **kw)
     return report.to_dict(), time.perf_counter() - t0
 
 
 def evaluate_specs(loaded, specs: list[Spec], *, texts=("shakespeare", "news"), max_tokens: int = 2048,
-                   context: int = 512, stride: int = 256, speed: bool = True, progress=None, encode_fn=None) -> list[dict]:
+                   context: int = 512, stride: int = 256, speed: bool = True, progress=None, calibration=None,
+                   calibration_tokens: int = 8192) -> list[dict]:
     """Evaluate each spec on a fresh copy of ``loaded.model``.
 
     Causal LMs: perplexity on each held-out text, decode tokens/s. Encoders: embedding
     fidelity against the dense model on Lee-corpus sentences. Always: bits per weight of the
-    compressed layers, total weight bytes, compression seconds.
+    compressed layers, total weight bytes, compression seconds (calibration included for
+    ``Spec.calibrated`` rows, which use ``calibration``: see `reality_stone.models.compress`).
     """
     from reality_stone.data.text import evaluation_text
 
@@ -57,12 +66,13 @@ def evaluate_specs(loaded, specs: list[Spec], *, texts=("shakespeare", "news"), 
         if progress:
             progress(spec.label)
         model = copy.deepcopy(loaded.model)
-        report, seconds = _apply(model, spec, encode_fn)
+        report, seconds = _apply(model, spec, loaded.tokenizer, calibration, calibration_tokens)
         row = dict(label=spec.label, codec=spec.config.codec_name if spec.config else spec.dense_dtype,
                    config=spec.config.to_dict() if spec.config else None,
                    bits_per_weight=report.get("bits_per_weight", 16.0 if spec.dense_dtype == "fp16" else 32.0),
                    weight_bytes=(model_nbytes(model) // (2 if spec.dense_dtype == "fp16" and not spec.config else 1)),
-                   dense_weight_bytes=dense_bytes, compress_seconds=seconds)
+                   dense_weight_bytes=dense_bytes, compress_seconds=seconds, calibration=report.get("calibration"),
+                   output_error=report.get("output_error"))
         if loaded.kind == "causal-lm":
             # quality through the reference path, each weight decoded once (not per window)
             with decoded_weights(model):

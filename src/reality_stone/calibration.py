@@ -1,0 +1,277 @@
+"""Activation statistics for data-aware codecs — the only place that runs a model over calibration text.
+
+A data-aware codec (``gptq``, ``seedbasis``) minimises the error of a layer's *output*
+``x Wᵀ`` instead of its weight: for inputs with second moment H = E[x xᵀ] the expected
+squared output error of ``W − Ŵ`` is tr(ΔW H ΔWᵀ). `ActivationStats` carries H for one
+``nn.Linear`` (in × in, float64) and the number of tokens behind it; codecs receive it as
+``encode(weight, stats)``.
+
+Two ways to collect it, as GPTQModel / llm-compressor do:
+
+* **one pass** (`collect_stats`): the dense model runs over the calibration set once, with a
+  hook on every selected layer.
+* **sequential** (`sequential_stats`): the model is walked decoder block by decoder block;
+  block k's statistics come from the outputs of blocks 0 … k−1 *after* they were compressed,
+  so each block corrects for the error of the ones before it. The caller compresses a
+  block's layers between two steps of the generator.
+
+Calibration input (`calibration_ids`): a text, a list of texts, a text file, token ids, or
+one of the bundled corpora ``"shakespeare"`` (The Tempest, The Comedy of Errors, Paradise
+Lost — never evaluated on) and ``"news"`` (the second half of the Lee corpus; evaluation
+reads only its beginning). The first ``tokens`` tokens are cut into ``seq_len`` sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ActivationStats",
+    "BUNDLED_CORPORA",
+    "calibration_ids",
+    "collect_stats",
+    "decoder_blocks",
+    "hessian_of",
+    "output_error",
+    "sequential_stats",
+]
+
+BUNDLED_CORPORA = ("shakespeare", "news")
+
+
+@dataclass(frozen=True)
+class ActivationStats:
+    """Input statistics of one ``nn.Linear``: ``xtx`` = E[x xᵀ] (in, in) float64 over ``tokens`` tokens."""
+
+    xtx: Tensor
+    tokens: int
+
+    def __post_init__(self):
+        if not isinstance(self.xtx, Tensor) or self.xtx.dim() != 2 or self.xtx.shape[0] != self.xtx.shape[1]:
+            shape = tuple(self.xtx.shape) if isinstance(self.xtx, Tensor) else type(self.xtx).__name__
+            raise ValueError(f"ActivationStats.xtx must be a square (in, in) matrix, got {shape}")
+        if not (isinstance(self.tokens, int) and self.tokens > 0):
+            raise ValueError(f"ActivationStats.tokens must be a positive integer, got {self.tokens!r}")
+        if not bool(torch.isfinite(self.xtx).all()):
+            raise ValueError("ActivationStats.xtx contains NaN or Inf (the calibration run overflowed)")
+
+    @property
+    def in_features(self) -> int:
+        return self.xtx.shape[0]
+
+
+
+def hessian_of(stats, in_features: int) -> Tensor:
+    """H = E[x xᵀ] (float64) of ``stats`` for a layer with ``in_features`` inputs — the codecs' entry."""
+    if not isinstance(stats, ActivationStats):
+        raise ValueError(f"stats must be reality_stone.calibration.ActivationStats, got {type(stats).__name__}")
+    if stats.in_features != in_features:
+        raise ValueError(f"activation statistics are for {stats.in_features} inputs, the weight has {in_features}")
+    return stats.xtx.double()
+
+
+def output_error(weight: Tensor, approx: Tensor, stats: ActivationStats | Tensor) -> float:
+    """Relative output error sqrt(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)) for inputs with second moment H."""
+    H = stats.xtx if isinstance(stats, ActivationStats) else stats
+    W, D, H = weight.double(), (weight - approx).double(), H.double()
+    return float(((D @ H) * D).sum().clamp_min(0).sqrt() / ((W @ H) * W).sum().sqrt())
+
+
+# ----------------------------------------------------------------------------- input
+
+
+def _bundled_text(name: str) -> str:
+    from reality_stone.data.text import calibration_text, lee_background
+
+    if name == "shakespeare":
+        return calibration_text()
+    docs = lee_background().splitlines()
+    # evaluation scores a prefix of the corpus (≤ 8192 tokens ≈ its first 60 documents):
+    # calibration takes the second half, so the two never meet
+    return "\n".join(docs[len(docs) // 2 :])
+
+
+def _as_text(calibration) -> tuple[str, str]:
+    """(text, description) of a text-like calibration argument."""
+    if isinstance(calibration, Path):
+        if not calibration.is_file():
+            raise ValueError(f"calibration file {calibration} does not exist")
+        return calibration.read_text(encoding="utf-8", errors="replace"), f"file {calibration}"
+    if isinstance(calibration, str):
+        if calibration in BUNDLED_CORPORA:
+            return _bundled_text(calibration), f"bundled corpus {calibration!r}"
+        if "\n" not in calibration and len(calibration) < 4096 and Path(calibration).is_file():
+            return Path(calibration).read_text(encoding="utf-8", errors="replace"), f"file {calibration}"
+        return calibration, "the given text (not a bundled corpus name nor an existing file)"
+    if isinstance(calibration, Sequence) and calibration and all(isinstance(t, str) for t in calibration):
+        return "\n\n".join(calibration), f"{len(calibration)} texts"
+    raise ValueError("calibration must be a text, a list of texts, a file path, token ids or one of "
+                     f"{BUNDLED_CORPORA}; got {type(calibration).__name__}")
+
+
+def calibration_ids(calibration, tokenizer=None, *, tokens: int = 8192, seq_len: int = 512,
+                    vocab_size: int | None = None) -> Tensor:
+    """The calibration set as token ids (n_sequences, seq_len), int64.
+
+    ``calibration``: text, list of texts, ``Path``/existing file name, a bundled corpus name
+    (`BUNDLED_CORPORA`), or token ids (1-D or 2-D int tensor / list of ints). The first
+    ``tokens`` tokens are kept and cut into ``tokens // seq_len`` sequences. ``vocab_size``
+    (the model's) rejects ids the model cannot embed — a tokenizer that does not match it.
+    """
+    if not (isinstance(tokens, int) and isinstance(seq_len, int)) or seq_len < 1 or tokens < seq_len:
+        raise ValueError(f"need integers tokens >= seq_len >= 1, got tokens={tokens!r}, seq_len={seq_len!r}")
+    if isinstance(calibration, Tensor) or (isinstance(calibration, (list, tuple)) and calibration
+                                           and all(isinstance(t, int) for t in calibration)):
+        ids = torch.as_tensor(calibration)
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() not in (1, 2):
+            raise ValueError(f"calibration token ids must be a 1-D or 2-D integer tensor, got {ids.dtype} "
+                             f"with shape {tuple(ids.shape)}")
+        ids, what = ids.reshape(-1).to(torch.int64), "the given token ids"
+    else:
+        text, what = _as_text(calibration)
+        if tokenizer is None:
+            raise ValueError(f"calibration from {what} needs a tokenizer (tokenizer=…)")
+        ids = torch.as_tensor(tokenizer(text, return_tensors="pt").input_ids[0], dtype=torch.int64)
+    if len(ids) < seq_len:
+        raise ValueError(f"calibration from {what} has {len(ids)} tokens, fewer than seq_len={seq_len}: "
+                         "give more text or a smaller seq_len")
+    if bool((ids < 0).any()) or (vocab_size is not None and int(ids.max()) >= vocab_size):
+        raise ValueError(f"calibration token ids reach {int(ids.max())} (min {int(ids.min())}) but the model embeds "
+                         f"ids 0…{(vocab_size or 0) - 1}: the tokenizer does not match the model")
+    n = min(len(ids), tokens) // seq_len
+    return ids[: n * seq_len].reshape(n, seq_len)
+
+
+# ----------------------------------------------------------------------------- collection
+
+
+class _Accumulator:
+    """Sum of x xᵀ and the token count of one layer's inputs, fed by a forward pre-hook."""
+
+    def __init__(self):
+        self.sum: Tensor | None = None
+        self.count = 0
+
+    def __call__(self, _module, inputs):
+        x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
+        xtx = (x.T @ x).double()  # float32 product (fast), float64 sum over sequences
+        self.sum = xtx if self.sum is None else self.sum + xtx
+        self.count += x.shape[0]
+
+    def stats(self, name: str) -> ActivationStats:
+        if self.sum is None:
+            raise ValueError(f"layer {name!r} never ran on the calibration set (is it used by forward()?)")
+        return ActivationStats(self.sum / self.count, self.count)
+
+
+def _hooked(model: nn.Module, layers: Sequence[str]):
+    acc = {name: _Accumulator() for name in layers}
+    handles = [model.get_submodule(name).register_forward_pre_hook(acc[name]) for name in layers]
+    return acc, handles
+
+
+@torch.no_grad()
+def collect_stats(model: nn.Module, ids: Tensor, layers: Sequence[str]) -> dict[str, ActivationStats]:
+    """One pass: E[x xᵀ] of each named layer's inputs with ``model`` run on every row of ``ids``."""
+    from reality_stone.nn.compressed import decoded_weights
+
+    acc, handles = _hooked(model, layers)
+    try:
+        with decoded_weights(model):  # already-compressed layers (sequential mode's last step): decode once
+            for row in ids:
+                model(row[None], use_cache=False) if _takes_use_cache(model) else model(row[None])
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: acc[name].stats(name) for name in layers}
+
+
+def _takes_use_cache(model: nn.Module) -> bool:
+    config = getattr(model, "config", None)
+    return config is not None and hasattr(config, "use_cache")
+
+
+def decoder_blocks(model: nn.Module, layers: Sequence[str]) -> tuple[str, nn.ModuleList] | None:
+    """(name, blocks) of the ``nn.ModuleList`` of repeated blocks holding most of ``layers``
+    (``model.layers`` of a Llama/Qwen2/Gemma, ``encoder.layer`` of a BERT), or None."""
+    best, best_n = None, 0
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) >= 2:
+            prefix = f"{name}." if name else ""
+            n = sum(1 for layer in layers if layer.startswith(prefix))
+            if n > best_n:
+                best, best_n = (name, mod), n
+    return best
+
+
+class _Captured(Exception):
+    """Raised by the hook on block 0 once its inputs are recorded (the rest of the model is not run)."""
+
+
+@torch.no_grad()
+def sequential_stats(model: nn.Module, ids: Tensor, layers: Sequence[str]) -> Iterator[dict[str, ActivationStats]]:
+    """Block-by-block statistics: yields the stats of each decoder block's selected layers in order.
+
+    Between two steps the caller replaces that block's layers (with compressed ones); the
+    generator then runs the *modified* block to produce the next block's inputs. Layers
+    outside the blocks (e.g. an untied ``lm_head``) are yielded last, from one pass of the
+    whole, by then compressed, model. Without decoder blocks this is one `collect_stats`.
+    Hidden states are kept in memory: n_sequences × seq_len × hidden floats.
+    """
+    found = decoder_blocks(model, layers)
+    if found is None:
+        yield collect_stats(model, ids, layers)
+        return
+    prefix, blocks = found
+    prefix = f"{prefix}." if prefix else ""
+    inputs: list[tuple[tuple, dict]] = []
+
+    def capture(_module, args, kwargs):
+        inputs.append((args, kwargs))
+        raise _Captured
+
+    handle = blocks[0].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        for row in ids:
+            try:
+                model(row[None], use_cache=False) if _takes_use_cache(model) else model(row[None])
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    if len(inputs) != len(ids):
+        raise ValueError("the model did not run its first decoder block on the calibration input")
+    for k, block in enumerate(blocks):
+        names = [n for n in layers if n.startswith(f"{prefix}{k}.")]
+        if names:
+            acc, handles = _hooked(model, names)
+            try:
+                for args, kwargs in inputs:
+                    block(*args, **kwargs)
+            finally:
+                for h in handles:
+                    h.remove()
+            yield {name: acc[name].stats(name) for name in names}
+        if k + 1 < len(blocks):  # the (now compressed) block's outputs are the next block's inputs
+            from reality_stone.nn.compressed import decoded_weights
+
+            outputs = []
+            # each compressed weight decoded once for all sequences: the reference path, which
+            # the fused kernels are tested against, and fast at 512-token batches
+            with decoded_weights(block):
+                for args, kwargs in inputs:
+                    out = block(*args, **kwargs)
+                    hidden = out[0] if isinstance(out, tuple) else out
+                    if args:
+                        outputs.append(((hidden, *args[1:]), kwargs))
+                    else:  # hidden states passed by keyword
+                        outputs.append((args, kwargs | {"hidden_states": hidden}))
+            inputs = outputs
+    rest = [n for n in layers if not n.startswith(prefix)]
+    if rest:
+        yield collect_stats(model, ids, rest)
