@@ -119,7 +119,8 @@ def calibration_ids(calibration, tokenizer=None, *, tokens: int = 8192, seq_len:
     """The calibration set as token ids (n_sequences, seq_len), int64.
 
     ``calibration``: text, list of texts, ``Path``/existing file name, a bundled corpus name
-    (`BUNDLED_CORPORA`), or token ids (1-D or 2-D int tensor / list of ints). The first
+    (`BUNDLED_CORPORA`), or token ids (1-D int tensor / list of ints, or 2-D (n, L): taken as
+    n sequences of L tokens, ``seq_len`` ignored). The first
     ``tokens`` tokens are kept and cut into ``tokens // seq_len`` sequences. ``vocab_size``
     (the model's) rejects ids the model cannot embed — a tokenizer that does not match it.
     """
@@ -131,6 +132,9 @@ def calibration_ids(calibration, tokenizer=None, *, tokens: int = 8192, seq_len:
         if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() not in (1, 2):
             raise ValueError(f"calibration token ids must be a 1-D or 2-D integer tensor, got {ids.dtype} "
                              f"with shape {tuple(ids.shape)}")
+        if ids.dim() == 2:  # (n, L): already cut into sequences; keep them as they are
+            seq_len = ids.shape[1]
+            tokens = max(tokens, seq_len)
         ids, what = ids.reshape(-1).to(torch.int64), "the given token ids"
     else:
         text, what = _as_text(calibration)

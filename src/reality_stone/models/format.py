@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from reality_stone.codecs.base import decode_bytes
+from reality_stone.models.compress import guard_save_pretrained
 from reality_stone.nn.compressed import CompressedLinear
 
 __all__ = ["ENCODED_SUFFIX", "FORMAT_NAME", "FORMAT_VERSION", "atomic_path", "file_metadata", "load", "read_metadata", "save"]
@@ -263,4 +264,6 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     missing = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if missing:
         raise ValueError(f"{path}: no data for {missing[:5]} (file does not match the architecture)")
+    if meta["compressed"]:
+        guard_save_pretrained(model)
     return model

@@ -1,0 +1,164 @@
+"""reality_stone.calibration and rs.compress(calibration=…) on tiny real-architecture models."""
+
+import pytest
+import torch
+
+import reality_stone as rs
+from reality_stone.calibration import (ActivationStats, calibration_ids, collect_stats, decoder_blocks, output_error,
+                                       sequential_stats)
+from reality_stone.codecs import codec_config
+from reality_stone.models import compressible_layers
+from reality_stone.models.evaluate import score_text
+from reality_stone.models.loaders import tiny_bert, tiny_llama
+from reality_stone.nn import CompressedLinear
+
+
+def ids(n=4, seq=32, seed=0):
+    return torch.randint(0, 256, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def names(model):
+    return [n for n, _ in compressible_layers(model)[0]]
+
+
+def test_one_pass_stats_are_the_input_second_moment():
+    model = tiny_llama()
+    x_seen = []
+    lin = model.model.layers[1].mlp.down_proj
+    h = lin.register_forward_pre_hook(lambda m, a: x_seen.append(a[0].reshape(-1, a[0].shape[-1]).double()))
+    stats = collect_stats(model, ids(), names(model))
+    h.remove()
+    X = torch.cat(x_seen)
+    s = stats["model.layers.1.mlp.down_proj"]
+    assert s.tokens == 4 * 32 and s.in_features == 160
+    torch.testing.assert_close(s.xtx, X.T @ X / len(X), rtol=1e-5, atol=1e-7)
+
+
+def test_sequential_equals_one_pass_until_something_is_compressed():
+    model = tiny_llama()
+    layers = names(model)
+    assert decoder_blocks(model, layers)[0] == "model.layers"
+    one = collect_stats(model, ids(), layers)
+    steps = list(sequential_stats(model, ids(), layers))  # nothing replaced between steps
+    assert [sorted(s) for s in steps] == [sorted(n for n in layers if f".{k}." in n) for k in range(2)]
+    for step in steps:
+        for name, s in step.items():
+            torch.testing.assert_close(s.xtx, one[name].xtx, rtol=1e-5, atol=1e-6)
+
+
+def test_sequential_statistics_see_the_compressed_blocks():
+    torch.manual_seed(0)
+    calib = ids(6, 48)
+    seq, one = tiny_llama(), tiny_llama()
+    r_seq = rs.compress(seq, codec_config("gptq", bits=2, group=32), calibration=calib)
+    r_one = rs.compress(one, codec_config("gptq", bits=2, group=32), calibration=calib, sequential=False)
+    assert r_seq.calibration["mode"] == "sequential" and r_one.calibration["mode"] == "one-pass"
+    assert r_seq.calibration["tokens"] == 6 * 48
+    by = lambda r: {x.name: x for x in r.layers}  # noqa: E731
+    s, o = by(r_seq), by(r_one)
+    # block 0 sees the same inputs either way; block 1 sees block 0's *compressed* outputs
+    assert s["model.layers.0.self_attn.q_proj"].output_error == pytest.approx(o["model.layers.0.self_attn.q_proj"].output_error)
+    assert s["model.layers.1.self_attn.q_proj"].output_error != pytest.approx(o["model.layers.1.self_attn.q_proj"].output_error)
+    assert all(isinstance(m, CompressedLinear) for n, m in seq.named_modules() if n in s)
+
+
+def test_calibrated_codecs_beat_data_free_on_held_out_output():
+    # a tiny real-architecture LM: data-aware seed basis / GPTQ vs their data-free counterparts,
+    # output of the whole model on inputs not used for calibration
+    calib, held = ids(8, 64, seed=1), ids(4, 64, seed=2)
+    base = tiny_llama()
+    with torch.no_grad():
+        ref = base(held).logits
+    def err(model):  # noqa: E306
+        with torch.no_grad():
+            return float((model(held).logits - ref).norm() / ref.norm())
+    rtn, gptq, free, aware = tiny_llama(), tiny_llama(), tiny_llama(), tiny_llama()
+    rs.compress(rtn, codec_config("rtn", bits=3, group=32))
+    rs.compress(gptq, codec_config("gptq", bits=3, group=32), calibration=calib)
+    rs.compress(free, codec_config("seedbasis", preset="2.5"))
+    rs.compress(aware, codec_config("seedbasis", preset="2.5"), calibration=calib)
+    assert err(gptq) < err(rtn)
+    assert err(aware) < err(free)
+
+
+def test_encoder_models_calibrate_too():
+    model = tiny_bert()
+    report = rs.compress(model, codec_config("gptq", bits=4, group=32), calibration=ids(3, 16))
+    assert len(report.layers) == len([r for r in report.layers if r.output_error is not None]) > 0
+    assert report.output_error < 0.2
+
+
+def test_calibration_inputs_and_bad_input():
+    from reality_stone.models.loaders import load_tokenizer
+
+    tok = load_tokenizer("smollm2")
+    t = calibration_ids("shakespeare", tok, tokens=1000, seq_len=200)
+    assert t.shape == (5, 200) and t.dtype == torch.int64
+    assert calibration_ids(["one text " * 40, "another " * 40], tok, tokens=64, seq_len=32).shape == (2, 32)
+    assert calibration_ids(list(range(100)), tokens=100, seq_len=10).shape == (10, 10)
+    with pytest.raises(ValueError, match=r"has \d+ tokens, fewer than seq_len=512"):
+        calibration_ids("a short text", tok, seq_len=512)
+    with pytest.raises(ValueError, match="tokenizer does not match"):
+        calibration_ids("shakespeare", tok, tokens=256, seq_len=128, vocab_size=256)
+    with pytest.raises(ValueError, match="needs a tokenizer"):
+        calibration_ids("shakespeare")
+    with pytest.raises(ValueError, match="integer tensor"):
+        calibration_ids(torch.randn(100), seq_len=10)
+    with pytest.raises(ValueError, match="square"):
+        ActivationStats(torch.zeros(3, 4), 1)
+    with pytest.raises(ValueError, match="NaN"):
+        ActivationStats(torch.full((2, 2), float("nan")), 1)
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="need calibration"):
+        rs.compress(model, codec_config("gptq"))
+    with pytest.raises(ValueError, match="do not use it"):
+        rs.compress(model, codec_config("rtn"), calibration=ids())
+    with pytest.raises(ValueError, match="tokenizer does not match"):
+        rs.compress(model, codec_config("gptq", group=32), calibration=torch.full((2, 32), 300))
+    assert not any(isinstance(m, CompressedLinear) for m in model.modules())  # nothing replaced by refused calls
+
+
+def test_news_calibration_is_disjoint_from_news_evaluation():
+    from reality_stone.calibration import _bundled_text
+    from reality_stone.data.text import evaluation_text
+    from reality_stone.models.loaders import load_tokenizer
+
+    tok = load_tokenizer("smollm2")
+    scored = tok.decode(tok(evaluation_text("news")).input_ids[:8192])
+    calib = _bundled_text("news")
+    assert len(calib) > 20000
+    assert not any(line.strip() and line.strip() in calib for line in scored.splitlines()[:-1])
+
+
+def test_save_pretrained_on_a_compressed_model_refuses(tmp_path):
+    model = tiny_llama()
+    rs.compress(model, codec_config("rtn", bits=4, group=32))
+    with pytest.raises(ValueError, match="reality_stone.save"):
+        model.save_pretrained(tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    loaded = rs.load(rs.save(model, tmp_path / "m.safetensors"))
+    with pytest.raises(ValueError, match="random weights"):
+        loaded.save_pretrained(tmp_path / "hf")
+
+
+def test_score_text_kl_and_top1_against_the_base():
+    from reality_stone.data.text import evaluation_text
+    from reality_stone.models.loaders import load_tokenizer
+
+    tok = load_tokenizer("smollm2")
+    base = tiny_llama()
+    base.resize_token_embeddings(len(tok))
+    same = score_text(base, tok, evaluation_text("shakespeare"), base=base, context=64, stride=32, max_tokens=200)
+    assert same["kl"] == pytest.approx(0, abs=1e-6) and same["top1"] == 1 and same["ppl"] == pytest.approx(same["base_ppl"])
+    assert same["tokens"] == 199
+    other = tiny_llama(seed=1)
+    other.resize_token_embeddings(len(tok))
+    diff = score_text(other, tok, evaluation_text("shakespeare"), base=base, context=64, stride=32, max_tokens=200)
+    assert diff["kl"] > 1e-5 and diff["top1"] < 1 and diff["base_ppl"] == pytest.approx(same["ppl"])
+
+
+def test_output_error_metric():
+    W = torch.randn(4, 6, dtype=torch.float64)
+    H = torch.eye(6, dtype=torch.float64)
+    assert output_error(W, W, ActivationStats(H, 1)) == 0
+    assert output_error(W, 0 * W, H) == pytest.approx(1.0)
