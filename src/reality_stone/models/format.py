@@ -4,7 +4,9 @@ Tensors
     every dense tensor of the state dict (embeddings, norms, biases, uncompressed layers),
     stored once even when tied (the other names are listed as aliases), and for each
     `CompressedLinear` a uint8 tensor ``<layer>.__encoded__`` holding `Encoded.to_bytes()`
-    (which starts with its own magic, version, codec name and config).
+    (which starts with its own magic, version, codec name and config); optionally the
+    tokenizer as one uint8 tensor ``__tokenizer__`` (UTF-8 JSON: file name → text of the
+    files ``save_pretrained`` writes), so a file is self-contained for eval / generate.
 Metadata (safetensors' string → string header)
     ``format`` = "reality-stone", ``format_version`` = "1", ``architecture`` (JSON:
     transformers class name + config, or null for a plain module), ``compressed`` (JSON:
@@ -34,11 +36,55 @@ from reality_stone.codecs.base import decode_bytes
 from reality_stone.models.compress import guard_save_pretrained
 from reality_stone.nn.compressed import CompressedLinear
 
-__all__ = ["ENCODED_SUFFIX", "FORMAT_NAME", "FORMAT_VERSION", "atomic_path", "file_metadata", "load", "read_metadata", "save"]
+__all__ = ["ENCODED_SUFFIX", "FORMAT_NAME", "FORMAT_VERSION", "TOKENIZER_TENSOR", "atomic_path", "file_metadata", "load",
+           "load_tokenizer_from_file", "read_metadata", "save"]
 
 FORMAT_NAME = "reality-stone"
 FORMAT_VERSION = 1
 ENCODED_SUFFIX = ".__encoded__"
+TOKENIZER_TENSOR = "__tokenizer__"
+_TOKENIZER_MAX_BYTES = 64 << 20  # a tokenizer.json is a few MB; refuse absurd ones before parsing
+
+
+def _tokenizer_tensor(tokenizer) -> torch.Tensor:
+    """The tokenizer's ``save_pretrained`` files as one uint8 tensor (UTF-8 JSON {name: text})."""
+    with tempfile.TemporaryDirectory() as d:
+        tokenizer.save_pretrained(d)
+        files = {p.name: p.read_text(encoding="utf-8") for p in sorted(Path(d).iterdir()) if p.is_file()}
+    data = json.dumps(files, sort_keys=True).encode()
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def load_tokenizer_from_file(path: str | Path):
+    """The tokenizer stored in a Reality Stone file (None if it holds none)."""
+    from safetensors import safe_open
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    meta = read_metadata(path)
+    if TOKENIZER_TENSOR not in meta["tensors"]:
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        t = f.get_tensor(TOKENIZER_TENSOR)
+    if t.dtype != torch.uint8 or t.dim() != 1 or t.numel() > _TOKENIZER_MAX_BYTES:
+        raise ValueError(f"{path}: tensor {TOKENIZER_TENSOR!r} is not a tokenizer blob")
+    if _sha(t) != meta["checksums"][TOKENIZER_TENSOR]:
+        raise ValueError(f"{path}: checksum mismatch for tensor {TOKENIZER_TENSOR!r} (corrupt data)")
+    try:
+        files = json.loads(t.numpy().tobytes().decode("utf-8"))
+        if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise ValueError("not a {file name: text} object")
+    except ValueError as exc:
+        raise ValueError(f"{path}: corrupt tokenizer blob ({exc})") from None
+    with tempfile.TemporaryDirectory() as d:
+        for name, text in files.items():
+            if Path(name).name != name or name.startswith("."):
+                raise ValueError(f"{path}: tokenizer blob names an unsafe file {name!r}")
+            (Path(d) / name).write_text(text, encoding="utf-8")
+        try:
+            return AutoTokenizer.from_pretrained(d)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: the stored tokenizer does not load ({str(exc)[:200]})") from None
 
 
 def _sha(t: torch.Tensor) -> str:
@@ -94,10 +140,11 @@ def _architecture(model: nn.Module):
     return None
 
 
-def save(model: nn.Module, path: str | Path, *, source: str | None = None) -> Path:
+def save(model: nn.Module, path: str | Path, *, source: str | None = None, tokenizer=None) -> Path:
     """Write ``model`` (with its `CompressedLinear` layers) to one safetensors file, atomically.
 
-    ``source`` names the model it came from (e.g. "smollm2"), so tools can find its tokenizer.
+    ``source`` names the model it came from (e.g. "smollm2" or a folder), ``tokenizer`` (a
+    transformers tokenizer) is stored in the file so `reality-stone eval/generate` need nothing else.
     """
     from safetensors.torch import save_file
 
@@ -119,6 +166,8 @@ def save(model: nn.Module, path: str | Path, *, source: str | None = None) -> Pa
             tensors[name + ENCODED_SUFFIX] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             compressed[name] = {"codec": mod.encoded.config.codec_name, "shape": list(mod.encoded.shape),
                                 "bits_per_weight": mod.encoded.bits_per_weight()}
+    if tokenizer is not None:
+        tensors[TOKENIZER_TENSOR] = _tokenizer_tensor(tokenizer)
     meta = file_metadata(architecture=_architecture(model), compressed=compressed, aliases=aliases,
                          checksums={k: _sha(v) for k, v in tensors.items()}, source=source)
     with atomic_path(path) as tmp:
@@ -216,6 +265,8 @@ def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     try:
         with safe_open(str(path), framework="pt") as f:
             for key in meta["tensors"]:
+                if key == TOKENIZER_TENSOR:  # not part of the model (see `load_tokenizer_from_file`)
+                    continue
                 t = f.get_tensor(key)
                 if _sha(t) != checksums[key]:
                     raise ValueError(f"{path}: checksum mismatch for tensor {key!r} (corrupt data)")

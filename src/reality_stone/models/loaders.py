@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import functools
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from reality_stone.data.pretrained import SMOLLM2_FILE, minilm_dir, smollm2_gguf
+from reality_stone.data.pretrained import SMOLLM2_FILE, minilm_dir, qwen_coder_gguf, smollm2_gguf
 
-__all__ = ["LoadedModel", "load_minilm", "load_model", "load_smollm2", "load_tokenizer", "tiny_bert", "tiny_llama"]
+__all__ = ["LoadedModel", "is_model_folder", "load_minilm", "load_model", "load_qwen_coder", "load_smollm2", "load_tokenizer",
+           "tiny_bert", "tiny_llama"]
 
-MODELS = ("smollm2", "minilm")
+MODELS = ("smollm2", "minilm", "qwen2.5-coder-0.5b")
 
 
 @dataclass
@@ -35,13 +38,9 @@ def _offline() -> None:
     logging.disable_progress_bar()
 
 
-def load_smollm2() -> LoadedModel:
-    """SmolLM2-135M-Instruct (LlamaForCausalLM, Q4_1-dequantised to fp32) and its tokenizer."""
-    _offline()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = smollm2_gguf()
-    # transformers' GGUF converter draws its own tqdm bar on every load; silence just that one.
+@contextmanager
+def _quiet_gguf():
+    """transformers' GGUF converter draws its own tqdm bar on every load; silence just that one."""
     try:
         import transformers.modeling_gguf_pytorch_utils as gguf_utils
     except ImportError:  # pragma: no cover - module moved: the bar is cosmetic
@@ -50,16 +49,28 @@ def load_smollm2() -> LoadedModel:
     if bar is not None:
         gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=SMOLLM2_FILE)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=SMOLLM2_FILE, dtype=torch.float32)
+        yield
     finally:
         if bar is not None:
             gguf_utils.tqdm = bar
-    return LoadedModel("smollm2", model.eval(), tok, "causal-lm")
+
+
+def load_smollm2() -> LoadedModel:
+    """SmolLM2-135M-Instruct (LlamaForCausalLM, Q4_1-dequantised to fp32) and its tokenizer."""
+    _offline()
+    loaded = _from_gguf(smollm2_gguf())
+    return LoadedModel("smollm2", loaded.model, loaded.tokenizer, "causal-lm")
+
+
+def load_qwen_coder() -> LoadedModel:
+    """Qwen2.5-Coder-0.5B-Instruct (Qwen2ForCausalLM, ≈ 494 M parameters, Q4_K_M GGUF → fp32)."""
+    _offline()
+    loaded = _from_gguf(qwen_coder_gguf())
+    return LoadedModel("qwen2.5-coder-0.5b", loaded.model, loaded.tokenizer, "causal-lm")
 
 
 def load_tokenizer(name: str):
-    """The tokenizer of a known model (for files saved with ``source=name``)."""
+    """The tokenizer of a bundled model (for files saved with ``source=name`` and no tokenizer)."""
     _offline()
     from transformers import AutoTokenizer
 
@@ -68,6 +79,9 @@ def load_tokenizer(name: str):
         return AutoTokenizer.from_pretrained(path.parent, gguf_file=SMOLLM2_FILE)
     if name == "minilm":
         return AutoTokenizer.from_pretrained(minilm_dir())
+    if name == "qwen2.5-coder-0.5b":
+        path = qwen_coder_gguf()
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
 
 
@@ -80,13 +94,68 @@ def load_minilm() -> LoadedModel:
     return LoadedModel("minilm", AutoModel.from_pretrained(d, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(d), "encoder")
 
 
-def load_model(name: str) -> LoadedModel:
-    """``"smollm2"`` (the default causal LM) or ``"minilm"``."""
-    if name == "smollm2":
-        return load_smollm2()
-    if name == "minilm":
-        return load_minilm()
-    raise ValueError(f"unknown model {name!r}; choose from {MODELS}")
+def _kind(model: nn.Module) -> str:
+    return "causal-lm" if type(model).__name__.endswith("ForCausalLM") else "encoder"
+
+
+def _from_folder(folder: Path) -> LoadedModel:
+    """A Hugging Face model folder (``save_pretrained`` layout: config.json + weights + tokenizer)."""
+    import json
+
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except ValueError as exc:
+        raise ValueError(f"{folder}/config.json is not valid JSON ({exc})") from None
+    archs = config.get("architectures") or []
+    auto = AutoModelForCausalLM if any(str(a).endswith("ForCausalLM") for a in archs) else AutoModel
+    try:
+        model = auto.from_pretrained(folder, dtype=torch.float32).eval()
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{folder}: transformers could not load this model folder ({str(exc)[:300]})") from None
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, TypeError):
+        tok = None  # weights without a tokenizer: compress works, text calibration/eval need one
+    return LoadedModel(str(folder), model, tok, _kind(model))
+
+
+def _from_gguf(path: Path) -> LoadedModel:
+    """A GGUF file (llama.cpp's format), dequantised to fp32 by transformers, with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _quiet_gguf():
+        try:
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ValueError(f"{path}: transformers could not load this GGUF file ({str(exc)[:300]})") from None
+    return LoadedModel(str(path), model.eval(), tok, "causal-lm")
+
+
+def is_model_folder(path: Path) -> bool:
+    """A Hugging Face model folder (has config.json): loaded whole, not streamed."""
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def load_model(source: str | Path) -> LoadedModel:
+    """A model and its tokenizer from ``source``: a bundled name (`MODELS`), a Hugging Face model
+    folder (config.json + safetensors, as ``save_pretrained`` writes it) or a ``.gguf`` file."""
+    _offline()
+    if str(source) in BUNDLED:
+        return BUNDLED[str(source)]()
+    path = Path(source)
+    if is_model_folder(path):
+        return _from_folder(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return _from_gguf(path)
+    if path.exists():
+        raise ValueError(f"{path}: not a model folder (no config.json) nor a .gguf file")
+    raise ValueError(f"unknown model {str(source)!r}: give one of {MODELS}, a Hugging Face model folder or a .gguf file")
+
+
+BUNDLED = {"smollm2": load_smollm2, "minilm": load_minilm, "qwen2.5-coder-0.5b": load_qwen_coder}
 
 
 def tiny_llama(seed: int = 0) -> nn.Module:
