@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from reality_stone.cli import app
@@ -10,7 +11,8 @@ from reality_stone.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("cmd", [[], ["compress"], ["eval"], ["inspect"], ["demo"], ["codecs"], ["hyperbolic-demo"]])
+@pytest.mark.parametrize("cmd", [[], ["compress"], ["eval"], ["generate"], ["inspect"], ["demo"], ["codecs"],
+                                 ["hyperbolic-demo"]])
 def test_help(cmd):
     result = runner.invoke(app, [*cmd, "--help"])
     assert result.exit_code == 0, result.output
@@ -53,6 +55,95 @@ def test_compress_inspect_eval_minilm(tmp_path):
     assert res["activations"] == "int8" and res["cosine_mean"] > 0.85
 
 
+def test_version_and_codecs_json():
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith("reality-stone ")
+    r = runner.invoke(app, ["codecs", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {row["codec"]: row for row in json.loads(r.stdout)}
+    assert rows["gptq"]["calibration"] == "required" and rows["rtn"]["calibration"] == "unused"
+    assert rows["seedbasis"]["calibration"] == "optional" and rows["seedbasis"]["presets"] == ["2.5", "3.5", "4.25"]
+    assert rows["seedbasis"]["bits_per_weight"]["preset 3.5"] == 3.5 and rows["rtn"]["bits_per_weight"]["default"] == 4.25
+
+
+@pytest.mark.slow
+def test_calibrated_compress_eval_generate_smollm2(tmp_path):
+    out = tmp_path / "gptq.safetensors"
+    r = runner.invoke(app, ["compress", "smollm2", "--codec", "gptq", "--opt", "bits=4", "--opt", "group=128",
+                            "--calibration", "shakespeare", "--calibration-tokens", "1024", "--seq-len", "256",
+                            "-o", str(out), "--json", "--threads", "2"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["calibration"]["mode"] == "sequential" and summary["calibration"]["tokens"] == 1024
+    assert 4.2 < summary["bits_per_weight"] < 4.35 and 0 < summary["output_error"] < 0.2
+    assert all(layer["codec"] == "gptq" for layer in summary["layers"])
+    # self-contained: the tokenizer travels in the file; --base scores the original in the same run
+    r = runner.invoke(app, ["eval", str(out), "--base", "source", "--text", "news", "--tokens", "300", "--no-speed",
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)["texts"]["news"]
+    assert res["tokens"] == 299 and 1.0 < res["ppl_ratio"] < 1.5 and 0 < res["kl"] < 0.5 and 0.6 < res["top1"] < 1
+    r = runner.invoke(app, ["generate", str(out), "What is the capital of France?", "--max-new-tokens", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    gen = json.loads(r.stdout)
+    assert 1 <= gen["new_tokens"] <= 8 and isinstance(gen["text"], str) and gen["text"].strip()
+
+
+def test_calibration_bad_input_is_clear(tmp_path):
+    out = tmp_path / "x.safetensors"
+    cases = [
+        (["--codec", "rtn", "--calibration", "shakespeare"], "do not use it"),
+        (["--codec", "gptq"], "need calibration"),
+        (["--codec", "seedbasis", "--preset", "9"], "unknown preset"),
+        (["--codec", "seedbasis", "--calibration", str(tmp_path / "missing.txt")], "no such file"),
+    ]
+    for args, msg in cases:
+        r = runner.invoke(app, ["compress", "smollm2", *args, "-o", str(out)])
+        assert r.exit_code != 0 and msg in " ".join(r.output.split()), (args, r.output)
+    short = tmp_path / "short.txt"
+    short.write_text("Too short to calibrate on.")
+    r = runner.invoke(app, ["compress", "smollm2", "--codec", "gptq", "--calibration", str(short), "-o", str(out)])
+    assert r.exit_code == 2 and "fewer than seq_len=512" in " ".join(r.output.split())
+    assert not out.exists()
+
+
+def test_hf_model_folder_calibrated_with_own_text(tmp_path):
+    from reality_stone.models.loaders import load_tokenizer, tiny_llama
+
+    tok = load_tokenizer("smollm2")
+    model = tiny_llama()
+    model.resize_token_embeddings(len(tok))
+    folder = tmp_path / "my-model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    text = tmp_path / "mine.txt"
+    from reality_stone.data.text import evaluation_text
+
+    text.write_text(evaluation_text("shakespeare")[:20000])
+    out = tmp_path / "my-model.rs.safetensors"
+    r = runner.invoke(app, ["compress", str(folder), "--codec", "seedbasis", "--preset", "4.25", "--calibration",
+                            str(text), "--calibration-tokens", "512", "--seq-len", "128", "--one-pass", "-o", str(out),
+                            "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["calibration"]["mode"] == "one-pass" and summary["calibration"]["sequences"] == 4
+    r = runner.invoke(app, ["eval", str(out), "--text-file", str(text), "--base", str(folder), "--tokens", "200",
+                            "--no-speed", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)["texts"]["mine.txt"]
+    assert res["tokens"] == 199 and res["kl"] >= 0 and 0 <= res["top1"] <= 1
+
+
+def test_a_checkpoint_without_config_cannot_be_calibrated(tmp_path):
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "w.safetensors"
+    save_file({"layer.weight": torch.randn(64, 64)}, str(ckpt))
+    r = runner.invoke(app, ["compress", str(ckpt), "--codec", "gptq", "--calibration", "shakespeare",
+                            "-o", str(tmp_path / "o.safetensors")])
+    assert r.exit_code == 2 and "cannot be calibrated" in " ".join(r.output.split())
+
+
 def test_demo_quick_end_to_end():
     r = runner.invoke(app, ["demo", "--quick", "--json"])
     assert r.exit_code == 0, r.output
@@ -71,7 +162,7 @@ def test_compress_a_checkpoint_folder_streams_it(tmp_path):
     from reality_stone.data.pretrained import minilm_dir
 
     out = tmp_path / "m.safetensors"
-    res = runner.invoke(app, ["compress", str(minilm_dir()), "-o", str(out), "--opt", "bits=4", "--json",
+    res = runner.invoke(app, ["compress", str(minilm_dir()), "--stream", "-o", str(out), "--opt", "bits=4", "--json",
                               "--skip", "pooler.*"])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output[res.output.index("{"):])

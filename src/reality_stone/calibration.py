@@ -250,7 +250,8 @@ def sequential_stats(model: nn.Module, ids: Tensor, layers: Sequence[str]) -> It
         handle.remove()
     if len(inputs) != len(ids):
         raise ValueError("the model did not run its first decoder block on the calibration input")
-    for k, block in enumerate(blocks):
+    last = max((k for k in range(len(blocks)) if any(n.startswith(f"{prefix}{k}.") for n in layers)), default=-1)
+    for k, block in enumerate(blocks[: last + 1]):  # blocks past the last selected layer need no inputs
         names = [n for n in layers if n.startswith(f"{prefix}{k}.")]
         if names:
             acc, handles = _hooked(model, names)
@@ -261,7 +262,7 @@ def sequential_stats(model: nn.Module, ids: Tensor, layers: Sequence[str]) -> It
                 for h in handles:
                     h.remove()
             yield {name: acc[name].stats(name) for name in names}
-        if k + 1 < len(blocks):  # the (now compressed) block's outputs are the next block's inputs
+        if k < last:  # the (now compressed) block's outputs are the next block's inputs
             from reality_stone.nn.compressed import decoded_weights
 
             outputs = []

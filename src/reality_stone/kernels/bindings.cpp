@@ -8,6 +8,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("has_avx512", []() { return kHasAvx512; }, "whether the low-bit fp32 path runs on AVX-512");
   m.def("has_avx512_vnni", []() { return kHasAvx512Vnni; }, "whether the int8-activation path is available");
   m.def("seedbasis_gemv", &seedbasis_gemv, "fused seed-basis GEMV/small-batch GEMM (expanded z rows + FMA)");
+  m.def("seedbasis_search", &seedbasis_search, "seed-basis encoder: best quantised seed per block (all seeds)");
   m.def("packed64_gemv", &packed64_gemv, "fused Packed64 GEMV/small-batch GEMM (leaves generated row by row)");
   m.def("packed64_rows", &packed64_rows, "rows [r0, r1) of a Packed64 weight, generated (tiled path, backward)");
 }

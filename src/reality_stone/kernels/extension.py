@@ -1,7 +1,7 @@
 """The compiled CPU kernels: one C++ extension (AVX2 + FMA), built on first use and cached.
 
 Sources: `int_lowbit_cpu.cpp` (group-quantised ≤4-bit), `seedbasis_cpu.cpp` (seed-basis
-blocks), `packed64_cpu.cpp` (Packed64 leaves) and `bindings.cpp`. Built with ``torch.utils.cpp_extension.load`` into the user
+blocks), `seedbasis_search_cpu.cpp` (the seed-basis encoder's search), `packed64_cpu.cpp` (Packed64 leaves) and `bindings.cpp`. Built with ``torch.utils.cpp_extension.load`` into the user
 cache dir (one build per torch version; rebuilt when a source changes). No compiler, no
 AVX2, or ``REALITY_STONE_NO_EXT=1`` → ``None`` and one warning; callers then use their
 plain-torch paths.
@@ -17,7 +17,7 @@ import torch
 
 __all__ = ["extension_status", "load_extension"]
 
-SOURCES = ["int_lowbit_cpu.cpp", "seedbasis_cpu.cpp", "packed64_cpu.cpp", "bindings.cpp"]
+SOURCES = ["int_lowbit_cpu.cpp", "seedbasis_cpu.cpp", "seedbasis_search_cpu.cpp", "packed64_cpu.cpp", "bindings.cpp"]
 _EXT = None
 _EXT_ERROR: str | None = None
 

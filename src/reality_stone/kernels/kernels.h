@@ -34,3 +34,5 @@ torch::Tensor packed64_gemv(torch::Tensor x, torch::Tensor leaves, torch::Tensor
                             torch::Tensor tables, int64_t block);
 torch::Tensor packed64_rows(torch::Tensor leaves, torch::Tensor params, torch::Tensor row_start,
                             torch::Tensor tables, int64_t block, int64_t r0, int64_t r1, int64_t cols_pad);
+std::vector<torch::Tensor> seedbasis_search(torch::Tensor w, torch::Tensor U, torch::Tensor M, torch::Tensor G,
+                                            torch::Tensor e_lo, torch::Tensor e_hi, int64_t coeff_bits);
