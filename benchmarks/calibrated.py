@@ -145,6 +145,7 @@ def main() -> None:
                 rows.append(dict(model=model_name, label=label, budget=budget, config=config.to_dict(),
                                  codec=config.codec_name, calibration=report.calibration,
                                  bits_per_weight=report.bits_per_weight, output_error=report.output_error,
+                                 weights=sum(r.shape[0] * r.shape[1] for r in report.layers),
                                  compress_seconds=seconds, file_mb=file_mb, threads=threads, **res))
                 print({k: v for k, v in rows[-1].items() if k != "config"}, flush=True)
                 write(rows)

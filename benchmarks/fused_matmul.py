@@ -16,7 +16,7 @@ run (sum over a 512 MiB array), i.e. the memory-bound floor.
 
 Other fused paths in the same run: the seed-basis kernel at the 3.5 and 2.5 bpw presets
 (random seeds/exponents/codes — speed does not depend on the values, and a real search on
-11008×4096 would dominate the run; the quality of real encodings is in seedbasis.md; its
+11008×4096 would dominate the run; the quality of real encodings is in calibrated.md; its
 compute layout reads 16 + 8 + 4·PL bits per 8 weights, PL = P rounded up to 4 or 8),
 low-rank (x Bᵀ) Aᵀ in fp16 at the rank that stores 4.25 bits per weight (alone, and with 2 %
 of the residual kept sparse: + one CSR × dense product), and RBE (poly-cos8 blueprint + block-DCT residual,

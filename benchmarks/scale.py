@@ -2,6 +2,7 @@
 
     python benchmarks/scale.py               # 1, 4, 16 GB  -> results/scale.{json,md}
     python benchmarks/scale.py --sizes=1,4   # smaller run
+    python benchmarks/scale.py --estimate-only  # rewrite the table and 70B estimate from scale.json (no run)
 
 Synthetic sharded fp16 checkpoints with Llama-7B-like tensors (4096×4096 attention,
 11008×4096 MLP, norms; ~2 GB shards) are generated on the fly and deleted afterwards.
@@ -88,6 +89,9 @@ def run(src: Path, out: Path, workers: int) -> dict:
 
 
 def main() -> None:
+    if "--estimate-only" in sys.argv:
+        write(json.loads((RESULTS / "scale.json").read_text())["rows"])
+        return
     sizes = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--sizes=")), "1,4,16")
     rows = []
     for gb in [float(s) for s in sizes.split(",")]:
@@ -107,12 +111,18 @@ def main() -> None:
             print(row, flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+    write(rows)
+
+
+def write(rows: list[dict]) -> None:
+    """results/scale.{json,md} from the measured rows, with the 70B estimate."""
     gbps = statistics.median([r["gb_per_s"] for r in rows])
-    timing = RESULTS / "seedbasis_timing.json"
+    timing = RESULTS / "calibrated.json"
     sb = None
-    if timing.is_file():  # the seed basis' measured whole-model speed (benchmarks/seedbasis_timing.py)
-        sb = next(r["seconds_per_mweight"] for r in json.loads(timing.read_text())["rows"]
-                  if r["budget"] == "3.5" and r["mode"] == "data-aware")
+    if timing.is_file():  # the seed basis' measured whole-model speed, calibration included (benchmarks/calibrated.py)
+        r = next((r for r in json.loads(timing.read_text())["rows"]
+                  if r["label"] == "seedbasis 3.5 sequential" and r["model"] == "smollm2" and "weights" in r), None)
+        sb = r["compress_seconds"] / r["weights"] * 1e6 if r else None
     est = dict(model="70B parameters, fp16 (140 GB)", rtn_process_hours=140 / gbps / 3600,
                seedbasis_3_5_aware_process_hours=(70e3 * sb / 3600) if sb else None,
                note="extrapolated from measured throughput on this 2-core machine (one process, 2 threads); "
@@ -128,7 +138,8 @@ def main() -> None:
     lines += ["", f"Estimate (not measured): a 70B fp16 checkpoint (140 GB) at the median measured "
               f"{gbps:.3f} GB/s takes ≈ {est['rtn_process_hours']:.1f} h with RTN in one 2-thread process here"
               + (f"; the data-aware seed basis (3.5 bpw) at its measured {sb:.2f} s per million weights would "
-                 f"take ≈ {est['seedbasis_3_5_aware_process_hours']:.0f} h (plus calibration), i.e. a cluster job."
+                 f"take ≈ {est['seedbasis_3_5_aware_process_hours']:.0f} h (calibration included, "
+                 f"benchmarks/calibrated.py), i.e. a cluster job."
                  if sb else ".")]
     (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import torch
 
+from reality_stone.calibration import calibration_ids, collect_stats, output_error
 from reality_stone.codecs import relative_error
 from reality_stone.codecs.seedbasis import SeedBasisConfig
-from reality_stone.data.text import calibration_text
-from reality_stone.models.calibration import collect_hessians, output_error
 from reality_stone.models.loaders import load_smollm2
 
 RESULTS = Path(__file__).parent / "results"
@@ -35,7 +34,7 @@ CANDIDATES = {
 def main() -> None:
     torch.set_num_threads(2)
     loaded = load_smollm2()
-    H = collect_hessians(loaded.model, loaded.tokenizer, calibration_text(), layers=LAYERS, n_tokens=4096)
+    H = collect_stats(loaded.model, calibration_ids("shakespeare", loaded.tokenizer, tokens=4096), LAYERS)
     rows = []
     for budget, cands in CANDIDATES.items():
         for C, S, P, Q, E in cands:
@@ -44,7 +43,7 @@ def main() -> None:
             for name in LAYERS:
                 W = loaded.model.get_submodule(name).weight.detach()
                 t0 = time.perf_counter()
-                D = cfg.encode(W, hessian=H[name]).decode()
+                D = cfg.encode(W, H[name]).decode()
                 secs += time.perf_counter() - t0
                 out_e += output_error(W, D, H[name]) * W.numel()
                 w_e += relative_error(W, D) * W.numel()

@@ -1,4 +1,4 @@
-"""Copy every benchmarks/results/*.md table into README.md between its markers.
+"""Copy every benchmarks/results/*.md table into README.md and docs/*.md between its markers.
 
     python benchmarks/update_readme.py
 
@@ -16,13 +16,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    texts = {p: p.read_text() for p in pages}
     for md in sorted((ROOT / "benchmarks" / "results").glob("*.md")):
         pattern = re.compile(rf"(<!-- BEGIN {re.escape(md.name)} -->\n).*?(<!-- END {re.escape(md.name)} -->)", re.S)
-        text, n = pattern.subn(lambda m: m.group(1) + md.read_text() + m.group(2), text)
-        print(f"{md.name}: {'updated' if n else 'no marker in README'}")
-    readme.write_text(text)
+        where = []
+        for page, text in texts.items():
+            texts[page], n = pattern.subn(lambda m: m.group(1) + md.read_text() + m.group(2), text)
+            if n:
+                where.append(page.relative_to(ROOT).as_posix())
+        print(f"{md.name}: {', '.join(where) or 'no marker in README or docs'}")
+    for page, text in texts.items():
+        page.write_text(text)
 
 
 if __name__ == "__main__":

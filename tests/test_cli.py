@@ -144,6 +144,7 @@ def test_a_checkpoint_without_config_cannot_be_calibrated(tmp_path):
     assert r.exit_code == 2 and "cannot be calibrated" in " ".join(r.output.split())
 
 
+@pytest.mark.slow
 def test_demo_quick_end_to_end():
     r = runner.invoke(app, ["demo", "--quick", "--json"])
     assert r.exit_code == 0, r.output

