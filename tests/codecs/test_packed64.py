@@ -203,3 +203,13 @@ def test_bad_config():
     for kw in (dict(block=12), dict(block=16, min_block=32), dict(tol=0.0), dict(formula="x"), dict(scale_dtype="int8")):
         with pytest.raises(ValueError):
             Packed64Config(**kw)
+
+
+def test_encodes_under_no_grad():
+    # the CLI compresses under torch.no_grad(); the encoder's Adam polish needs its own graph
+    from reality_stone.codecs import codec_config
+
+    W = torch.randn(16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        enc = codec_config("packed64", block=8, grid=8, search_steps=2, adam_steps=2).encode(W)
+    assert enc.decode().shape == (16, 16)

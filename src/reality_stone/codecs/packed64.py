@@ -433,8 +433,9 @@ def _fit_polar(blocks: Tensor, masks: Tensor, cfg: "Packed64Config") -> tuple[Te
         opt = torch.optim.Adam([p_r, p_t, p_s], lr=cfg.lr)
         for _ in range(cfg.adam_steps):
             opt.zero_grad()
-            loss = (block_err(p_r, p_t, p_s * scale) / norms).sum()
-            loss.backward()
+            with torch.enable_grad():  # the encoder's own optimisation, also when called under no_grad (the CLI)
+                loss = (block_err(p_r, p_t, p_s * scale) / norms).sum()
+                loss.backward()
             opt.step()
             with torch.no_grad():
                 p_r.clamp_(1e-6, 0.999)
