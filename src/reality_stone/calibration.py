@@ -188,16 +188,20 @@ def collect_stats(model: nn.Module, ids: Tensor, layers: Sequence[str]) -> dict[
     try:
         with decoded_weights(model):  # already-compressed layers (sequential mode's last step): decode once
             for row in ids:
-                model(row[None], use_cache=False) if _takes_use_cache(model) else model(row[None])
+                _run(model, row)
     finally:
         for h in handles:
             h.remove()
     return {name: acc[name].stats(name) for name in layers}
 
 
-def _takes_use_cache(model: nn.Module) -> bool:
+def _run(model: nn.Module, row: Tensor) -> None:
+    """The model on one calibration sequence; transformers models without a KV cache (nothing reuses it)."""
     config = getattr(model, "config", None)
-    return config is not None and hasattr(config, "use_cache")
+    if config is not None and hasattr(config, "use_cache"):
+        model(row[None], use_cache=False)
+    else:
+        model(row[None])
 
 
 def decoder_blocks(model: nn.Module, layers: Sequence[str]) -> tuple[str, nn.ModuleList] | None:
@@ -243,7 +247,7 @@ def sequential_stats(model: nn.Module, ids: Tensor, layers: Sequence[str]) -> It
     try:
         for row in ids:
             try:
-                model(row[None], use_cache=False) if _takes_use_cache(model) else model(row[None])
+                _run(model, row)
             except _Captured:
                 pass
     finally:

@@ -159,7 +159,7 @@ class SeedBasisConfig(CodecConfig):
         from reality_stone.kernels.extension import load_extension
 
         fused = w.dtype == torch.float32 and U.shape[2] == 8 and U.shape[1] <= 8 and len(U) % 8 == 0
-        ext = load_extension() if fused else None
+        ext = load_extension(quiet=True) if fused else None
         if ext is None:
             return self._search_reference(w, U, G, M, e_lo, e_hi)
         soa = lambda T: T.permute(1, 2, 0).contiguous()  # noqa: E731  (seed innermost: the SIMD lanes)

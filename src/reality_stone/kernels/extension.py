@@ -20,12 +20,18 @@ __all__ = ["extension_status", "load_extension"]
 SOURCES = ["int_lowbit_cpu.cpp", "seedbasis_cpu.cpp", "seedbasis_search_cpu.cpp", "packed64_cpu.cpp", "bindings.cpp"]
 _EXT = None
 _EXT_ERROR: str | None = None
+_WARNED = False
 
 
-def load_extension():
-    """The compiled kernel module, or None (reason in `extension_status`)."""
-    global _EXT, _EXT_ERROR
+def load_extension(*, quiet: bool = False):
+    """The compiled kernel module, or None (reason in `extension_status`).
+
+    Without it, the first non-``quiet`` call warns once: the fused matmuls say so; the encoders
+    (``quiet``: their fallback is only slower, never different) do not use up that warning."""
+    global _EXT, _EXT_ERROR, _WARNED
     if _EXT is not None or _EXT_ERROR is not None:
+        if _EXT is None and not quiet and not _WARNED:
+            _warn()
         return _EXT
     if os.environ.get("REALITY_STONE_NO_EXT"):
         _EXT_ERROR = "disabled by REALITY_STONE_NO_EXT"
@@ -45,10 +51,16 @@ def load_extension():
                         extra_ldflags=["-fopenmp"], verbose=False)
         except Exception as exc:  # no compiler, headers, ... -> pure torch
             _EXT_ERROR = f"build failed: {str(exc).splitlines()[0][:200]}"
-    if _EXT is None:
-        warnings.warn(f"reality_stone: fused CPU kernels unavailable ({_EXT_ERROR}); using the plain torch paths",
-                      RuntimeWarning, stacklevel=3)
+    if _EXT is None and not quiet:
+        _warn()
     return _EXT
+
+
+def _warn() -> None:
+    global _WARNED
+    _WARNED = True
+    warnings.warn(f"reality_stone: fused CPU kernels unavailable ({_EXT_ERROR}); using the plain torch paths",
+                  RuntimeWarning, stacklevel=4)
 
 
 def extension_status() -> str:
