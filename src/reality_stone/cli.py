@@ -197,11 +197,16 @@ def compress_cmd(
     `reality-stone eval out.safetensors` and `reality-stone generate out.safetensors "…"` need nothing else.
     """
     from reality_stone.models import compress, save
+    from reality_stone.models.compress import check_calibration
     from reality_stone.models.loaders import is_model_folder, load_model
 
     n_threads = _threads(threads)
     config = _codec(codec, opt, preset)
     calib = _calibration_arg(calibration)
+    try:  # before loading anything: a codec/calibration mismatch fails at once
+        check_calibration([config], calib is not None)
+    except ValueError as exc:
+        _fail(str(exc))
     path = Path(model)
     if path.exists() and (stream or not (is_model_folder(path) or path.suffix == ".gguf")):
         if calib is not None or config.calibration == "required":

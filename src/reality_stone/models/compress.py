@@ -27,7 +27,8 @@ from reality_stone.codecs import relative_error, sqnr_db
 from reality_stone.codecs.base import CodecConfig
 from reality_stone.nn.compressed import CompressedLinear
 
-__all__ = ["CompressionReport", "LayerReport", "compress", "compressible_layers", "guard_save_pretrained"]
+__all__ = ["CompressionReport", "LayerReport", "check_calibration", "compress", "compressible_layers",
+           "guard_save_pretrained"]
 
 
 @dataclass
@@ -106,6 +107,19 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+def check_calibration(configs: list[CodecConfig], calibrated: bool) -> None:
+    """ValueError if a codec that requires calibration gets none, or calibration is given and no
+    codec would use it (it would be silently ignored)."""
+    required = sorted({c.codec_name for c in configs if c.calibration == "required"})
+    if not calibrated and required:
+        raise ValueError(f"codec(s) {', '.join(required)} need calibration data: pass calibration= (texts, a file, "
+                         "token ids or 'shakespeare'/'news') and tokenizer=")
+    if calibrated and all(c.calibration == "unused" for c in configs):
+        names = sorted({c.codec_name for c in configs})
+        raise ValueError(f"calibration was given but codec(s) {', '.join(names)} do not use it; drop it or pick a "
+                         "data-aware codec (gptq, seedbasis)")
+
+
 def _refuse_save_pretrained(*_args, **_kwargs):
     raise ValueError("this model holds compressed layers (CompressedLinear): save_pretrained would write only its "
                      "dense tensors and from_pretrained would fill every compressed projection with random weights. "
@@ -159,15 +173,7 @@ def compress(
         raise ValueError("no nn.Linear layer matched: nothing to compress (check include/skip patterns)")
     configs = {name: next((c for pat, c in (per_layer or {}).items() if fnmatch.fnmatchcase(name, pat)), config)
                for name, _ in chosen}
-    aware = [name for name, _ in chosen if configs[name].calibration != "unused"]
-    required = sorted({c.codec_name for c in configs.values() if c.calibration == "required"})
-    if calibration is None and required:
-        raise ValueError(f"codec(s) {', '.join(required)} need calibration data: pass calibration= (texts, a file, "
-                         "token ids or 'shakespeare'/'news') and tokenizer=")
-    if calibration is not None and not aware:
-        names = sorted({c.codec_name for c in configs.values()})
-        raise ValueError(f"calibration was given but codec(s) {', '.join(names)} do not use it; drop it or pick a "
-                         "data-aware codec (gptq, seedbasis)")
+    check_calibration(list(configs.values()), calibration is not None)
     report = CompressionReport(skipped=skipped)
     layers = dict(chosen)
     bar = None
