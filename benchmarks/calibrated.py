@@ -24,8 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 import reality_stone as rs
 from reality_stone.codecs import codec_config
 from reality_stone.data.text import evaluation_text

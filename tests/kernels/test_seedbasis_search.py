@@ -68,7 +68,7 @@ def test_encodes_identically_without_the_extension():
     import subprocess
     import sys
 
-    script = ("import torch, hashlib;from reality_stone.codecs import codec_config;"
+    script = ("import torch;from reality_stone.codecs import codec_config;"
               "W=torch.randn(16,64,generator=torch.Generator().manual_seed(3))*0.05;"
               "print(codec_config('seedbasis',preset='3.5').encode(W).decode().sum().item())")
     outs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,

@@ -383,7 +383,7 @@ SeedBasisConfig.PRESETS.update(PRESETS)
 
 
 def preset(bpw: str, **overrides) -> SeedBasisConfig:
-    """One of `PRESETS` ("4.25", "3.5", "2.5"), with optional field overrides."""
-    if bpw not in PRESETS:
-        raise ValueError(f"unknown preset {bpw!r}; choose from {sorted(PRESETS)}")
-    return SeedBasisConfig(**(PRESETS[bpw] | overrides))
+    """One of `PRESETS` ("4.25", "3.5", "2.5"), with optional field overrides (= ``codec_config("seedbasis", preset=bpw)``)."""
+    from reality_stone.codecs.base import codec_config
+
+    return codec_config("seedbasis", preset=bpw, **overrides)
