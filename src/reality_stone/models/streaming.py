@@ -37,14 +37,12 @@ from typing import Callable
 import torch
 
 from reality_stone.codecs.base import CodecConfig
-from reality_stone.models.format import ENCODED_SUFFIX, atomic_path, file_metadata
+from reality_stone.models.format import (DTYPE_NAMES, ENCODED_SUFFIX, TORCH_DTYPES, atomic_path, file_metadata,
+                                         tensor_checksum, write_safetensors)
 
 __all__ = ["TensorSource", "checkpoint_tensors", "compress_checkpoint", "default_selector"]
 
-_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
-           torch.bool: "BOOL"}
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: records carry the file checksum over dtype, shape and bytes
 
 
 @dataclass(frozen=True)
@@ -55,9 +53,6 @@ class TensorSource:
     shape: tuple[int, ...]
     offset: int  # absolute byte offset of the data in the shard
     nbytes: int
-
-
-_TORCH_DTYPES = {v: k for k, v in _DTYPES.items()}
 
 
 def default_selector(name: str, shape: tuple[int, ...]) -> bool:
@@ -111,9 +106,9 @@ def checkpoint_tensors(src: str | Path) -> list[TensorSource]:
                 dtype, shape = str(info["dtype"]), tuple(int(d) for d in info["shape"])
             except (KeyError, TypeError, ValueError):
                 raise ValueError(f"{shard}: corrupt header entry for tensor {name!r}") from None
-            if dtype not in _TORCH_DTYPES:
+            if dtype not in TORCH_DTYPES:
                 raise ValueError(f"{shard}: tensor {name!r} has unsupported dtype {dtype}")
-            if b1 - b0 != math.prod(shape) * _TORCH_DTYPES[dtype].itemsize:
+            if b1 - b0 != math.prod(shape) * TORCH_DTYPES[dtype].itemsize:
                 raise ValueError(f"{shard}: tensor {name!r}: {b1 - b0} bytes do not hold {dtype}{list(shape)}")
             seen[name] = shard
             entries.append(TensorSource(name, str(shard), dtype, shape, start + b0, b1 - b0))
@@ -139,8 +134,8 @@ def _read(src: TensorSource) -> torch.Tensor:
     if len(data) != src.nbytes:
         raise ValueError(f"{src.shard}: tensor {src.name!r} is truncated ({len(data)} of {src.nbytes} bytes)")
     if src.nbytes == 0:
-        return torch.empty(src.shape, dtype=_TORCH_DTYPES[src.dtype])
-    return torch.frombuffer(data, dtype=_TORCH_DTYPES[src.dtype]).reshape(src.shape)
+        return torch.empty(src.shape, dtype=TORCH_DTYPES[src.dtype])
+    return torch.frombuffer(data, dtype=TORCH_DTYPES[src.dtype]).reshape(src.shape)
 
 
 def _process(src: TensorSource, config: CodecConfig | None, tensor: torch.Tensor | None = None) -> dict:
@@ -156,9 +151,9 @@ def _process(src: TensorSource, config: CodecConfig | None, tensor: torch.Tensor
                    compressed=dict(codec=config.codec_name, shape=list(enc.shape), bits_per_weight=enc.bits_per_weight()))
     else:
         data = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        rec = dict(out_name=src.name, dtype=_DTYPES[t.dtype], shape=list(t.shape), compressed=None)
+        rec = dict(out_name=src.name, dtype=DTYPE_NAMES[t.dtype], shape=list(t.shape), compressed=None)
     rec.update(source=src.name, nbytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-               seconds=time.perf_counter() - t0)
+               checksum=tensor_checksum(rec["dtype"], rec["shape"], data), seconds=time.perf_counter() - t0)
     return rec | {"data": data}
 
 
@@ -265,7 +260,7 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
     selected = {t.name for t in tensors if t.dtype in ("F32", "F16", "BF16", "F64") and select(t.name, t.shape)}
     cfg_of = lambda t: config if t.name in selected else None  # noqa: E731
     out.parent.mkdir(parents=True, exist_ok=True)
-    store = _PartStore(out.with_name(out.name + ".parts"), {"source": _fingerprint(tensors), "codec": cfg_dict,
+    store = _PartStore(out.with_name(out.name + ".parts"), {"version": MANIFEST_VERSION, "source": _fingerprint(tensors), "codec": cfg_dict,
                                                             "selected": sorted(selected)}, resume and streaming)
     todo = [t for t in tensors if t.name not in store.done]
     use_ray = workers > 1 or ray_address is not None
@@ -303,18 +298,16 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
         raise ValueError(f"{src}: two tensors map to the same output name")
     compressed = {r["out_name"][: -len(ENCODED_SUFFIX)]: r["compressed"] for r in records if r["compressed"]}
     meta = file_metadata(architecture=_architecture(src), compressed=compressed, aliases={},
-                         checksums={r["out_name"]: r["sha256"] for r in records}, source=source)
-    header, offset = {"__metadata__": meta}, 0
-    for r in records:
-        header[r["out_name"]] = {"dtype": r["dtype"], "shape": r["shape"], "data_offsets": [offset, offset + r["nbytes"]]}
-        offset += r["nbytes"]
-    hbytes = json.dumps(header, separators=(",", ":")).encode()
-    hbytes += b" " * (-len(hbytes) % 8)  # safetensors: the data starts 8-byte aligned
+                         checksums={r["out_name"]: r["checksum"] for r in records}, source=source)
+
+    def copy_part(fh, part):
+        with open(store.folder / part, "rb") as fp:
+            shutil.copyfileobj(fp, fh, 16 * 2**20)
+
+    entries = [(r["out_name"], r["dtype"], r["shape"], r["nbytes"], lambda fh, p=r["part"]: copy_part(fh, p))
+               for r in records]
     with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        fh.write(struct.pack("<Q", len(hbytes)) + hbytes)
-        for r in records:
-            with open(store.folder / r["part"], "rb") as part:
-                shutil.copyfileobj(part, fh, 16 * 2**20)
+        write_safetensors(fh, entries, meta)
     shutil.rmtree(store.folder, ignore_errors=True)
     in_bytes = sum(Path(s).stat().st_size for s in {t.shard for t in tensors})
     return dict(output=str(out), tensors=len(records), compressed_layers=len(compressed), input_bytes=in_bytes,
