@@ -40,16 +40,20 @@ def test_spline_from_dense_is_exact_on_splines_and_reports_error_otherwise():
     assert 0.5 < err_random < 1.0
 
 
-def test_geodesic_spline_stays_on_the_ball_and_hits_control_points():
-    layer = GeodesicSplineLinear(6, 9, 4, c=2.0, dtype=F64)
+@pytest.mark.parametrize("seed", range(6))
+def test_geodesic_spline_stays_on_the_ball_and_hits_control_points(seed):
+    layer = GeodesicSplineLinear(6, 9, 4, c=2.0, dtype=F64, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        layer.tangent.mul_(5)  # control points at ‖P‖√c ≈ 0.9998 (exp/log lose digits much closer in)
+        layer.tangent.mul_(5)  # control points at ‖P‖√c ≈ 0.9999 (exp/log lose digits much closer in)
     W = layer.weight
     poincare.check_point(W, c=2.0)
     t = torch.arange(9) * 4 / 8  # rows 0, 2, 4, 6, 8 are the control points
     P = layer.control
+    # exp/log round trips lose digits as 1/(1 − ‖P‖√c): the bound follows the conditioning
+    # (measured over 40 seeds: error · (1 − r) ≤ 2e-12)
+    rim = 1 - float(P.norm(dim=-1).max()) * 2.0**0.5
     for i in range(0, 9, 2):
-        torch.testing.assert_close(W[i], P[int(t[i])], rtol=1e-8, atol=1e-8)
+        torch.testing.assert_close(W[i], P[int(t[i])], rtol=0, atol=1e-11 / rim)
 
 
 def test_geodesic_spline_reduces_to_euclidean_as_c_goes_to_zero():

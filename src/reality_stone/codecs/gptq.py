@@ -31,7 +31,7 @@ from torch import Tensor
 
 from reality_stone.calibration import hessian_of
 from reality_stone.codecs.base import CodecConfig, check_weight, register
-from reality_stone.codecs.rtn import RTNEncoded
+from reality_stone.codecs.rtn import RTNEncoded, check_group
 
 __all__ = ["GPTQConfig", "GPTQEncoded", "gptq_quantize", "prepare_hessian"]
 
@@ -69,6 +69,7 @@ class GPTQConfig(CodecConfig):
 
     def encode(self, weight: Tensor, stats=None) -> "GPTQEncoded":
         check_weight(weight)
+        check_group(self.group, weight.shape[1])
         if stats is None:
             raise ValueError("gptq needs calibration statistics (stats=ActivationStats of the layer's inputs, "
                              "e.g. rs.compress(model, config, calibration=texts)); for data-free use rtn or hqq")

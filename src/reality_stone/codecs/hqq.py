@@ -18,7 +18,7 @@ from torch import Tensor
 
 from reality_stone.codecs.base import CodecConfig, check_weight, register
 from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
-from reality_stone.codecs.rtn import GroupQuantMatmul
+from reality_stone.codecs.rtn import GroupQuantMatmul, check_group
 
 __all__ = ["HQQConfig", "HQQEncoded"]
 
@@ -41,6 +41,7 @@ class HQQConfig(CodecConfig):
 
     def encode(self, weight: Tensor, stats=None) -> "HQQEncoded":
         check_weight(weight)
+        check_group(self.group, weight.shape[1])
         try:
             from hqq.core.quantize import Quantizer
         except ImportError:
@@ -84,6 +85,7 @@ class HQQEncoded(GroupQuantMatmul):
     @classmethod
     def from_payload(cls, config: HQQConfig, shape, payload: bytes) -> "HQQEncoded":
         out_f, in_f = shape
+        check_group(config.group, in_f)
         n_groups = -(-in_f // config.group)
         n_codes = out_f * in_f  # padding codes of the last group are not stored
         nb = packed_nbytes(n_codes, config.bits)

@@ -147,6 +147,11 @@ class RBEConfig(CodecConfig):
     def blueprint_bytes(self) -> int:
         return {"poly-cos8": 16, "packed64": 10, "none": 0}[self.basis]
 
+    def n_blocks(self, shape: tuple[int, int]) -> int:
+        """len(block_positions(shape)), by arithmetic (a decoder checks it against the bytes first)."""
+        nr, nc = -(-shape[0] // self.block), -(-shape[1] // self.block)
+        return nr * (nr + 1) // 2 if self.mirror else nr * nc
+
     def block_positions(self, shape: tuple[int, int]) -> list[tuple[int, int]]:
         B = self.block
         nr, nc = -(-shape[0] // B), -(-shape[1] // B)
@@ -368,8 +373,14 @@ class RBEEncoded(Encoded):
 
     @classmethod
     def from_payload(cls, config: RBEConfig, shape, payload: bytes) -> "RBEEncoded":
-        n = len(config.block_positions(shape))
+        if config.mirror and shape[0] != shape[1]:
+            raise ValueError(f"corrupt rbe payload: mirror=True with a non-square shape {tuple(shape)}")
+        n = config.n_blocks(shape)
         B = config.block
+        # every block stores at least its blueprint and count: check before building anything per block
+        fixed = n * config.blueprint_bytes + packed_nbytes(n, config.count_bits) + (2 * n if config.value_dtype == "int8" else 0)
+        if len(payload) < fixed:
+            raise ValueError(f"rbe payload has {len(payload)} bytes, shape {tuple(shape)} needs at least {fixed}")
         o = 0
         blueprint = None
         if config.basis == "poly-cos8":
@@ -393,6 +404,9 @@ class RBEEncoded(Encoded):
         o += nb
         if bool((all_idx >= B * B).any()):
             raise ValueError("corrupt rbe payload: coefficient index out of range")
+        block_of = torch.repeat_interleave(torch.arange(n), counts)
+        if total and torch.unique(block_of * (B * B) + all_idx).numel() != total:
+            raise ValueError("corrupt rbe payload: a block lists the same coefficient twice")
         int8_scales = None
         if config.value_dtype == "int8":
             int8_scales = _read_f16(payload[o:], n)

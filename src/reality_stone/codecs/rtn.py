@@ -28,7 +28,19 @@ from reality_stone.codecs.base import CodecConfig, Encoded, check_weight, regist
 from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from reality_stone.kernels.int_lowbit import CHUNK, layout_bits, pack_lowbit_layout, unpack_lowbit_layout
 
-__all__ = ["GroupQuantMatmul", "RTNConfig", "RTNEncoded"]
+__all__ = ["GroupQuantMatmul", "RTNConfig", "RTNEncoded", "check_group"]
+
+# A group longer than the row pads every row to the group (codes, scales and the kernel layout):
+# allowed up to this many inputs (so a small layer can share a model-wide group), never beyond —
+# a stored group of 2^22 on a 64-input layer would make a few-KB blob allocate gigabytes.
+MAX_GROUP_OVER_ROW = 1024
+
+
+def check_group(group: int, in_features: int) -> None:
+    """A group may exceed the row length only up to `MAX_GROUP_OVER_ROW` inputs (ValueError)."""
+    if group > max(in_features, MAX_GROUP_OVER_ROW):
+        raise ValueError(f"group {group} is longer than the {in_features} inputs of the layer "
+                         f"(at most max(inputs, {MAX_GROUP_OVER_ROW}))")
 
 
 @register("rtn")
@@ -53,6 +65,7 @@ class RTNConfig(CodecConfig):
     def encode(self, weight: Tensor, stats=None) -> "RTNEncoded":
         check_weight(weight)
         out_f, in_f = weight.shape
+        check_group(self.group, in_f)
         g = self.group
         n_groups = -(-in_f // g)
         W = torch.zeros(out_f, n_groups * g, dtype=torch.float32)
@@ -200,6 +213,7 @@ class RTNEncoded(GroupQuantMatmul):
     @classmethod
     def from_payload(cls, config: RTNConfig, shape, payload: bytes) -> "RTNEncoded":
         out_f, in_f = shape
+        check_group(config.group, in_f)
         n_groups = -(-in_f // config.group)
         n_codes = out_f * in_f
         n_code_bytes = packed_nbytes(n_codes, config.bits)

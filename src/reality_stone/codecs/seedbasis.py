@@ -366,7 +366,15 @@ class SeedBasisEncoded(Encoded):
                  else torch.zeros(n, dtype=torch.int64)).reshape(out_f, nb)
         o += sizes[2]
         codes = unpack_bits(payload[o:], config.coeff_bits, n * config.coeffs) - 2 ** (config.coeff_bits - 1)
-        return cls(config, shape, e_top, seeds, e_off, codes.reshape(out_f, nb, config.coeffs))
+        enc = cls(config, shape, e_top, seeds, e_off, codes.reshape(out_f, nb, config.coeffs))
+        # |ŵ| ≤ 2^exponent · P · 2^(Q−1) · max|U|: a stored exponent that overflows float32 would
+        # decode to Inf (and the kernel would compute with it), so it is corrupt data
+        if n:
+            top = int(enc.block_exponents().max())
+            bound = math.log2(config.coeffs * 2 ** (config.coeff_bits - 1) * float(config.table().abs().max()))
+            if top + bound >= 128:
+                raise ValueError(f"corrupt seedbasis payload: block exponent {top} overflows float32")
+        return enc
 
 
 # Presets at the three budgets (nominal bits per weight; + 8/in for the row exponent).

@@ -92,21 +92,44 @@ def _forward_a8(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_p
     return y.reshape(*lead, packed.shape[0])
 
 
+def _check(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int, bits: int) -> None:
+    """Shapes and dtypes of the public ops' inputs (ValueError): every code value is valid, so
+    consistent shapes are all a layout needs."""
+    if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16) or x.dim() == 0:
+        raise ValueError(f"lowbit_linear: x must be a floating-point tensor (..., K), got {x.dtype} {tuple(x.shape)}")
+    if bits not in (2, 4) and bits != 3:
+        raise ValueError(f"lowbit_linear: bits must be 2, 3 or 4, got {bits}")
+    if packed.dtype != torch.uint8 or packed.dim() != 2 or (packed.shape[1] * 8) % bits:
+        raise ValueError(f"lowbit_linear: packed must be uint8 (rows, K·bits/8), got {packed.dtype} {tuple(packed.shape)}")
+    rows, K = packed.shape[0], packed.shape[1] * 8 // bits
+    if not (isinstance(group, int) and group >= 1 and K % group == 0):
+        raise ValueError(f"lowbit_linear: group {group} does not divide the layout's {K} inputs")
+    for name, t in (("scale", scale), ("offset", offset)):
+        if t.dtype != torch.float16 or tuple(t.shape) != (rows, K // group):
+            raise ValueError(f"lowbit_linear: {name} must be float16 {(rows, K // group)}, got {t.dtype} {tuple(t.shape)}")
+    if x.shape[-1] != K:
+        raise ValueError(f"lowbit_linear: x has {x.shape[-1]} features, the layout holds {K}")
+
+
 @torch.library.custom_op("reality_stone::lowbit_linear", mutates_args=())
 def lowbit_linear(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
                   bits: int) -> Tensor:
-    """x (..., K) @ Wᵀ for W in the ``bits``-bit compute layout; scale/offset (rows, K/group) fp16."""
-    return _forward(x, packed, scale, offset, zero_point, group, bits)
+    """x (..., K) @ Wᵀ for W in the ``bits``-bit compute layout; scale/offset (rows, K/group) fp16.
+    Malformed inputs raise ValueError."""
+    _check(x, packed, scale, offset, group, bits)
+    return _forward(x, packed.contiguous(), scale.contiguous(), offset.contiguous(), zero_point, group, bits)
 
 
 @torch.library.custom_op("reality_stone::lowbit_linear_a8", mutates_args=())
 def lowbit_linear_a8(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
                      bits: int) -> Tensor:
     """x (..., K) float32 @ Wᵀ with x quantised to int8 per group (see the module docstring)."""
-    return _forward_a8(x, packed, scale, offset, zero_point, group, bits)
+    _check(x, packed, scale, offset, group, bits)
+    return _forward_a8(x, packed.contiguous(), scale.contiguous(), offset.contiguous(), zero_point, group, bits)
 
 
 def _fake(x, packed, scale, offset, zero_point, group, bits):
+    _check(x, packed, scale, offset, group, bits)
     return x.new_empty(*x.shape[:-1], packed.shape[0])
 
 

@@ -56,12 +56,25 @@ def _forward(x: Tensor, lay: Packed64Layout) -> Tensor:
 @torch.library.custom_op("reality_stone::packed64_linear", mutates_args=())
 def packed64_linear(x: Tensor, leaves: Tensor, params: Tensor, row_start: Tensor, tables: Tensor, block: int,
                     rows: int) -> Tensor:
-    """x (..., in) @ Wᵀ for W in the Packed64 compute layout (`packed64_layout`)."""
-    return _forward(x, _layout(leaves, params, row_start, tables, block, rows, x.shape[-1]))
+    """x (..., in) @ Wᵀ for W in the Packed64 compute layout (`packed64_layout`). Malformed
+    inputs raise ValueError (the kernel validates every leaf against the layout before use)."""
+    _check(x, rows)
+    try:
+        return _forward(x, _layout(leaves, params, row_start, tables, block, rows, x.shape[-1]))
+    except (RuntimeError, IndexError) as exc:
+        raise ValueError(f"packed64_linear: malformed layout ({str(exc).splitlines()[0][:200]})") from None
+
+
+def _check(x: Tensor, rows: int) -> None:
+    if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16) or x.dim() == 0:
+        raise ValueError(f"packed64_linear: x must be a floating-point tensor (..., in), got {x.dtype} {tuple(x.shape)}")
+    if rows < 0:
+        raise ValueError(f"packed64_linear: rows must be >= 0, got {rows}")
 
 
 @packed64_linear.register_fake
 def _(x, leaves, params, row_start, tables, block, rows):
+    _check(x, rows)
     return x.new_empty(*x.shape[:-1], rows)
 
 

@@ -126,8 +126,21 @@ torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tens
               "codes: uint8 [nb, Np, PL/2]");
   const int32_t* pat = pattern.data_ptr<int32_t>();
   for (int64_t k = 0; k < pattern.numel(); ++k) TORCH_CHECK(pat[k] >= 0 && pat[k] < kPatterns, "pattern id out of range");
-  // seeds < 2^S = n_seeds: they are S-bit codec fields, checked when the layout is built
+  // The op is public: seeds index the pattern table (an out-of-range seed reads out of bounds)
+  // and exps become 2^e by exponent-bit arithmetic (valid for e >= -126). One pass over the
+  // nb*Np int16 + int8 fields, vectorised by the compiler: small next to the gemv itself.
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(seeds.data_ptr<int16_t>());
+  {
+    const int8_t* e = exps.data_ptr<int8_t>();
+    uint16_t smax = 0;
+    int8_t emin = 127;
+    for (int64_t k = 0; k < seeds.numel(); ++k) {
+      smax = sp[k] > smax ? sp[k] : smax;
+      emin = e[k] < emin ? e[k] : emin;
+    }
+    TORCH_CHECK(seeds.numel() == 0 || smax < n_seeds, "seed ", smax, " out of range: the pattern table holds ", n_seeds);
+    TORCH_CHECK(emin >= -126, "block exponent ", int(emin), " out of range (>= -126)");
+  }
   // Batch 1: threads split the column blocks, so each expands z only for its own blocks, and
   // accumulate into private copies (added at the end). Larger batches: threads split the rows
   // (every thread expands every block, but its share of acc stays in L1/L2).

@@ -186,7 +186,10 @@ def compress(
         lin, cfg = layers[name], configs[name]
         W = lin.weight.detach()
         t0 = time.perf_counter()
-        enc = cfg.encode(W, stats if cfg.calibration != "unused" else None)
+        try:
+            enc = cfg.encode(W, stats if cfg.calibration != "unused" else None)
+        except ValueError as exc:  # name the layer: "weight contains NaN" alone does not say where
+            raise ValueError(f"layer {name!r}: {exc}") from None
         dt = time.perf_counter() - t0
         D = enc.decode(torch.float32)
         report.layers.append(LayerReport(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor, nn
 
 from reality_stone.codecs.base import Encoded
@@ -55,15 +56,30 @@ class CompressedLinear(nn.Module):
         return cls(config.encode(linear.weight.detach()), linear.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"input has {x.shape[-1]} features, {self.in_features} expected")
+        """x (..., in_features) floating point -> (..., out_features), same dtype as x.
+
+        float32 and float64 inputs are computed in their own dtype; float16 / bfloat16 inputs in
+        float32 (the kernels' compute dtype), the result cast back. Integer, bool or complex
+        inputs raise TypeError: a weight of fractions has no exact integer product.
+        """
+        if not isinstance(x, Tensor):
+            raise TypeError(f"CompressedLinear takes a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"CompressedLinear takes floating-point inputs, got {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"input has {x.shape[-1] if x.dim() else 0} features, {self.in_features} expected")
+        out_dtype = x.dtype
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
         if self._decoded is not None:
-            y = x @ self._decoded.T
+            y = x @ self._decoded.to(x.dtype).T
         elif self.activations == "int8":
             y = self.encoded.matmul_int8_activations(x)
         else:
             y = self.encoded.matmul(x)
-        return y if self.bias is None else y + self.bias.to(y.dtype)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(out_dtype)
 
     @property
     def weight(self) -> Tensor:
