@@ -425,7 +425,7 @@ def _build_architecture(arch: dict, meta: dict, path: Path) -> nn.Module:
         config = cls.config_class.from_dict(arch["config"])
         with init_empty_weights(include_buffers=False):
             return cls(config).eval()
-    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, OverflowError, ZeroDivisionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - untrusted config: transformers/huggingface_hub raise their own types
         raise ValueError(f"{path}: the stored {arch['class']} config does not build a model "
                          f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
@@ -518,6 +518,8 @@ def load(path: str | Path, model: nn.Module | None = None, *, max_expansion: flo
                 t = f.get_tensor(key)
                 if _checksum_of(t, version) != checksums[key]:
                     raise ValueError(f"{path}: checksum mismatch for tensor {key!r} (corrupt data)")
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ValueError(f"{path}: tensor {key!r} holds NaN or Inf")
                 state[key] = t
     except ValueError:
         raise
