@@ -6,7 +6,7 @@ one of 256 sign patterns, so per call the 256 signed sums of each 8-input block 
 P table lookups. Layout (`seedbasis_layout`, built once per weight): seeds uint16, absolute
 block exponents int8 and 4-bit codes (each row's P codes together), all column-block-major
 so a thread streams them.
-Supported: block 8, ≤ 8 coefficients of ≤ 4 bits, exponents in [-126, 127] (``fusable``).
+Supported: block 8, ≤ 8 coefficients of ≤ 4 bits, exponents in [-126, 120] (``fusable``).
 """
 
 from __future__ import annotations
@@ -53,9 +53,13 @@ class SeedBasisLayout:
     rows: int
 
 
+# block exponents the kernel takes: 2^e a normal float32, and 8 codes of magnitude ≤ 8 times it finite
+EXP_MIN, EXP_MAX = -126, 120
+
+
 def fusable(block: int, coeffs: int, coeff_bits: int, exps: Tensor) -> bool:
     return (block == BLOCK and coeffs <= 8 and coeff_bits <= 4
-            and (exps.numel() == 0 or bool((exps >= -126).all() and (exps <= 127).all())))
+            and (exps.numel() == 0 or bool((exps >= EXP_MIN).all() and (exps <= EXP_MAX).all())))
 
 
 def seedbasis_layout(table: Tensor, seeds: Tensor, exps: Tensor, codes: Tensor) -> SeedBasisLayout:
@@ -81,15 +85,19 @@ def seedbasis_layout(table: Tensor, seeds: Tensor, exps: Tensor, codes: Tensor) 
 
 
 def _codes(lay: SeedBasisLayout, r0: int, r1: int) -> Tensor:
-    """Signed codes (r1 − r0, nb, P) of rows [r0, r1)."""
+    """Signed codes (r1 − r0, nb, PL) of rows [r0, r1), padding coefficients included."""
     c = lay.codes[:, r0:r1].to(torch.int64)  # (nb, rows, PL/2)
-    q = torch.stack([c & 15, c >> 4], dim=-1).reshape(c.shape[0], r1 - r0, -1)[..., : lay.coeffs] - 8
+    q = torch.stack([c & 15, c >> 4], dim=-1).reshape(c.shape[0], r1 - r0, -1) - 8
     return q.permute(1, 0, 2)
 
 
 def decode_rows(lay: SeedBasisLayout, r0: int, r1: int, in_features: int, dtype=torch.float32) -> Tensor:
-    """Dense rows [r0, r1) of W from the layout (for the tiled path and backward)."""
-    basis = sign_patterns().T.to(dtype)[lay.pattern[:, : lay.coeffs].to(torch.int64)]  # (2^S, P, 8)
+    """Dense rows [r0, r1) of W from the layout (for the tiled path and backward).
+
+    All PL coefficient slots are summed, as the kernel does: in a layout built by
+    `seedbasis_layout` the padding slots hold code 0, and for any other layout the two paths
+    still agree (``coeffs`` is not trusted to say which slots are padding)."""
+    basis = sign_patterns().T.to(dtype)[lay.pattern.to(torch.int64)]  # (2^S, PL, 8)
     seeds = lay.seeds[:, r0:r1].T.to(torch.int64) & 0xFFFF  # uint16 stored as int16
     q = _codes(lay, r0, r1).to(dtype)
     blocks = torch.einsum("rjp,rjpc->rjc", q, basis[seeds]) * torch.exp2(lay.exps[:, r0:r1].T.to(dtype))[..., None]

@@ -133,13 +133,16 @@ torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tens
   {
     const int8_t* e = exps.data_ptr<int8_t>();
     uint16_t smax = 0;
-    int8_t emin = 127;
+    int8_t emin = 127, emax = -128;
     for (int64_t k = 0; k < seeds.numel(); ++k) {
       smax = sp[k] > smax ? sp[k] : smax;
       emin = e[k] < emin ? e[k] : emin;
+      emax = e[k] > emax ? e[k] : emax;
     }
     TORCH_CHECK(seeds.numel() == 0 || smax < n_seeds, "seed ", smax, " out of range: the pattern table holds ", n_seeds);
-    TORCH_CHECK(emin >= -126, "block exponent ", int(emin), " out of range (>= -126)");
+    // 2^e must be a normal float and 8 codes of magnitude <= 8 times it must stay finite
+    TORCH_CHECK(seeds.numel() == 0 || (emin >= -126 && emax <= 120), "block exponent out of range [-126, 120]: ",
+                int(emin), "..", int(emax));
   }
   // Batch 1: threads split the column blocks, so each expands z only for its own blocks, and
   // accumulate into private copies (added at the end). Larger batches: threads split the rows

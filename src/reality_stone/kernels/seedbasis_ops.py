@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from reality_stone.kernels.extension import load_extension
-from reality_stone.kernels.seedbasis import SeedBasisLayout, block_sign_sums, decode_rows
+from reality_stone.kernels.seedbasis import EXP_MAX, EXP_MIN, SeedBasisLayout, block_sign_sums, decode_rows
 from reality_stone.kernels.tiled import FUSED_MAX_BATCH, tiled_linear, tiled_linear_transposed
 
 __all__ = ["seedbasis_linear", "seedbasis_matmul"]
@@ -29,7 +29,7 @@ def _decoder(lay: SeedBasisLayout, in_features: int):
 
 def _check(x: Tensor, pattern: Tensor, seeds: Tensor, exps: Tensor, codes: Tensor, coeffs: int, rows: int) -> None:
     """Shapes and dtypes of the public op's inputs (ValueError). Value ranges (seeds < 2^S,
-    exponents >= -126) are checked where they are used: by the C++ kernel, or below for the
+    exponents in [-126, 120]) are checked where they are used: by the C++ kernel, or below for the
     tiled path."""
     if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         raise ValueError(f"seedbasis_linear: x must be a floating-point tensor, got {x.dtype}")
@@ -54,8 +54,8 @@ def _check(x: Tensor, pattern: Tensor, seeds: Tensor, exps: Tensor, codes: Tenso
 def _check_values(pattern: Tensor, seeds: Tensor, exps: Tensor) -> None:
     if seeds.numel() and int(seeds.to(torch.int32).bitwise_and(0xFFFF).max()) >= pattern.shape[0]:
         raise ValueError(f"seedbasis_linear: a seed is out of range (the pattern table holds {pattern.shape[0]})")
-    if exps.numel() and int(exps.min()) < -126:
-        raise ValueError("seedbasis_linear: a block exponent is below -126")
+    if exps.numel() and not (int(exps.min()) >= EXP_MIN and int(exps.max()) <= EXP_MAX):
+        raise ValueError(f"seedbasis_linear: a block exponent is out of range [{EXP_MIN}, {EXP_MAX}]")
     if pattern.numel() and not (int(pattern.min()) >= 0 and int(pattern.max()) < 256):
         raise ValueError("seedbasis_linear: a pattern id is out of [0, 256)")
 
@@ -64,7 +64,7 @@ def _check_values(pattern: Tensor, seeds: Tensor, exps: Tensor) -> None:
 def seedbasis_linear(x: Tensor, pattern: Tensor, seeds: Tensor, exps: Tensor, codes: Tensor, coeffs: int,
                      rows: int) -> Tensor:
     """x (..., in) @ Wᵀ for W in the seed-basis compute layout (`seedbasis_layout`). Malformed
-    inputs (shapes, dtypes, seeds ≥ 2^S, exponents < −126) raise ValueError."""
+    inputs (shapes, dtypes, seeds ≥ 2^S, exponents outside [−126, 120]) raise ValueError."""
     _check(x, pattern, seeds, exps, codes, coeffs, rows)
     pattern, seeds, exps, codes = (t.contiguous() for t in (pattern, seeds, exps, codes))
     lay = _layout(pattern, seeds, exps, codes, coeffs, rows)
