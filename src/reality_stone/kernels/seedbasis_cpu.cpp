@@ -13,11 +13,12 @@
 // too few rows to repay the expansion gather z[s] straight from v through the pattern row.
 //
 // Compute layout (seedbasis.py, built once): pattern int32 [2^S, PL]; seeds uint16 [nb, Np];
-// exps int8 [nb, Np] (absolute block exponents, in [-126, 127]); codes uint8 [nb, Np, PL/2]
+// exps int8 [nb, Np] (absolute block exponents, in [-126, 120]); codes uint8 [nb, Np, PL/2]
 // (code + 8, 4 bits, row-major: coefficient p of a row in byte p/2, low nibble first).
 // Np = rows padded to a multiple of 8.
 #include "kernels.h"
 
+#include <atomic>
 #include <cstring>
 #include <vector>
 
@@ -25,6 +26,7 @@ using reality_stone::kMaxBatch;
 
 namespace {
 constexpr int kPatterns = 256;
+constexpr int kExpMin = -126, kExpMax = 120;  // 2^e normal; 8 codes of |q| <= 8 times it finite
 
 // acc[r·PL + l] += lanes of 2^e · q ⊙ z[s] for the 8 rows of group o of block j (one batch row:
 // z_b / v_b; the codes and scales are shared by the batch and computed once).
@@ -34,13 +36,23 @@ struct Group {
   uint16_t seed[8];
 };
 
+// Returns nonzero when a seed of the group is >= n_seeds or an exponent is outside
+// [kExpMin, kExpMax]: the op is public, so the fields are checked here, where they are already
+// in registers (a separate pass over them cost 10-15 % of the gemv in memory traffic). Bad
+// values are clamped before use — nothing is read out of bounds — and the call then fails.
 template <int PL>
-inline void prepare_group(const uint16_t* sj, const int8_t* ej, const uint8_t* cj, int64_t o, Group<PL>& g) {
+inline int prepare_group(const uint16_t* sj, const int8_t* ej, const uint8_t* cj, int64_t o, __m128i seed_max,
+                         Group<PL>& g) {
   const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
   const __m256i nib = _mm256_set1_epi32(0x0F), eight = _mm256_set1_epi32(8), bias = _mm256_set1_epi32(127);
-  std::memcpy(g.seed, sj + 8 * o, sizeof(g.seed));
-  const __m256i e = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ej + 8 * o)));
-  // 2^e built from its IEEE-754 bits (the exponents were range-checked at layout time)
+  const __m128i s = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sj + 8 * o));
+  const __m128i s_ok = _mm_min_epu16(s, seed_max);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(g.seed), s_ok);
+  const __m256i e_raw = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ej + 8 * o)));
+  const __m256i e = _mm256_max_epi32(_mm256_min_epi32(e_raw, _mm256_set1_epi32(kExpMax)), _mm256_set1_epi32(kExpMin));
+  const int bad = (_mm_movemask_epi8(_mm_cmpeq_epi16(s, s_ok)) != 0xFFFF) |
+                  (_mm256_movemask_epi8(_mm256_cmpeq_epi32(e, e_raw)) != -1);
+  // 2^e built from its IEEE-754 bits (valid for normal exponents: hence the clamp above)
   const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, bias), 23));
   const uint8_t* c = cj + 8 * o * (PL / 2);
   for (int v = 0; v < PL; ++v) {  // 8 rows = PL vectors of 8 / PL rows
@@ -53,6 +65,7 @@ inline void prepare_group(const uint16_t* sj, const int8_t* ej, const uint8_t* c
     g.qs[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, eight)),
                             _mm256_permutevar8x32_ps(scale, lane_row));
   }
+  return bad;
 }
 
 // the z rows of the vector's RV rows: from the expanded table, or gathered from v
@@ -75,10 +88,12 @@ inline __m256 z_rows(const Group<PL>& g, int v, const float* zb, const float* vb
 template <int PL>
 void seedbasis_blocks(const float* vp, const int32_t* pat, int64_t n_seeds, const uint16_t* sp, const int8_t* ep,
                       const uint8_t* cp, int64_t B, int64_t nb, int64_t Np, int64_t j0, int64_t j1, int64_t o0,
-                      int64_t o1, float* acc) {
+                      int64_t o1, float* acc, std::atomic<int>& bad_input) {
   // expanding z costs 2^S·PL scalar copies per block and batch row; it saves one PL-lane gather
   // (~PL cycles) per row
   const bool expand = (o1 - o0) * 8 > n_seeds;
+  const __m128i seed_max = _mm_set1_epi16(static_cast<int16_t>(static_cast<uint16_t>(n_seeds - 1)));
+  int bad = 0;
   std::vector<float> z(expand ? B * n_seeds * PL : 0);
   Group<PL> g;
   for (int64_t j = j0; j < j1; ++j) {
@@ -93,7 +108,7 @@ void seedbasis_blocks(const float* vp, const int32_t* pat, int64_t n_seeds, cons
     const int8_t* ej = ep + j * Np;
     const uint8_t* cj = cp + j * Np * (PL / 2);
     for (int64_t o = o0; o < o1; ++o) {
-      prepare_group<PL>(sj, ej, cj, o, g);
+      bad |= prepare_group<PL>(sj, ej, cj, o, seed_max, g);
       for (int64_t b = 0; b < B; ++b) {
         const float* zb = expand ? z.data() + b * n_seeds * PL : nullptr;
         const float* vb = vp + (b * nb + j) * kPatterns;
@@ -105,6 +120,7 @@ void seedbasis_blocks(const float* vp, const int32_t* pat, int64_t n_seeds, cons
       }
     }
   }
+  if (bad) bad_input.store(1, std::memory_order_relaxed);
 }
 }  // namespace
 
@@ -126,24 +142,10 @@ torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tens
               "codes: uint8 [nb, Np, PL/2]");
   const int32_t* pat = pattern.data_ptr<int32_t>();
   for (int64_t k = 0; k < pattern.numel(); ++k) TORCH_CHECK(pat[k] >= 0 && pat[k] < kPatterns, "pattern id out of range");
-  // The op is public: seeds index the pattern table (an out-of-range seed reads out of bounds)
-  // and exps become 2^e by exponent-bit arithmetic (valid for e >= -126). One pass over the
-  // nb*Np int16 + int8 fields, vectorised by the compiler: small next to the gemv itself.
+  TORCH_CHECK(n_seeds >= 1 && n_seeds <= 65536, "pattern must have 1 to 65536 rows (one per seed)");
+  // seeds (< n_seeds) and exponents are range-checked inside the loop (prepare_group)
   const uint16_t* sp = reinterpret_cast<const uint16_t*>(seeds.data_ptr<int16_t>());
-  {
-    const int8_t* e = exps.data_ptr<int8_t>();
-    uint16_t smax = 0;
-    int8_t emin = 127, emax = -128;
-    for (int64_t k = 0; k < seeds.numel(); ++k) {
-      smax = sp[k] > smax ? sp[k] : smax;
-      emin = e[k] < emin ? e[k] : emin;
-      emax = e[k] > emax ? e[k] : emax;
-    }
-    TORCH_CHECK(seeds.numel() == 0 || smax < n_seeds, "seed ", smax, " out of range: the pattern table holds ", n_seeds);
-    // 2^e must be a normal float and 8 codes of magnitude <= 8 times it must stay finite
-    TORCH_CHECK(seeds.numel() == 0 || (emin >= -126 && emax <= 120), "block exponent out of range [-126, 120]: ",
-                int(emin), "..", int(emax));
-  }
+  std::atomic<int> bad_input{0};
   // Batch 1: threads split the column blocks, so each expands z only for its own blocks, and
   // accumulate into private copies (added at the end). Larger batches: threads split the rows
   // (every thread expands every block, but its share of acc stays in L1/L2).
@@ -155,8 +157,8 @@ torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tens
   const uint8_t* cp = codes.data_ptr<uint8_t>();
   float* ap = acc.data_ptr<float>();
   auto run = [&](int64_t j0, int64_t j1, int64_t o0, int64_t o1, float* a) {
-    if (PL == 4) seedbasis_blocks<4>(vp, pat, n_seeds, sp, ep, cp, B, nb, Np, j0, j1, o0, o1, a);
-    else seedbasis_blocks<8>(vp, pat, n_seeds, sp, ep, cp, B, nb, Np, j0, j1, o0, o1, a);
+    if (PL == 4) seedbasis_blocks<4>(vp, pat, n_seeds, sp, ep, cp, B, nb, Np, j0, j1, o0, o1, a, bad_input);
+    else seedbasis_blocks<8>(vp, pat, n_seeds, sp, ep, cp, B, nb, Np, j0, j1, o0, o1, a, bad_input);
   };
   if (split_columns) {
     at::parallel_for(0, nb, 1, [&](int64_t j0, int64_t j1) {
@@ -165,5 +167,7 @@ torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tens
   } else {
     at::parallel_for(0, Np / 8, 16, [&](int64_t o0, int64_t o1) { run(0, nb, o0, o1, ap); });
   }
+  TORCH_CHECK(!bad_input.load(), "a seed is >= ", n_seeds, " (the pattern table's rows) or a block exponent is outside [",
+              kExpMin, ", ", kExpMax, "]");
   return acc.sum({0, 3});
 }
