@@ -277,8 +277,8 @@ def test_killed_writer_leaves_no_temp_after_the_next_save(tmp_path):
     assert remove_stale_temps(target) == [] and live.exists()
 
 
-@pytest.mark.parametrize("codec, opts", [("rtn", {}), ("seedbasis", {"preset": "3.5"}), ("lowrank", {"rank": 8}),
-                                         ("packed64", {}), ("rbe", {"block": 8})])
+@pytest.mark.parametrize("codec, opts", [("rtn", {}), ("hqq", {}), ("seedbasis", {"preset": "3.5"}), ("lowrank", {"rank": 8}),
+                                         ("lowrank", {"rank": 8, "sparse": 0.05}), ("packed64", {}), ("rbe", {"block": 8})])
 def test_compressed_linear_inputs(codec, opts):
     layer = CompressedLinear(codec_config(codec, **opts).encode(torch.randn(32, 64)), torch.randn(32))
     x = torch.randn(5, 64)

@@ -111,7 +111,7 @@ MAX_EXPANSION = 64.0
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of ``t`` (any dtype, bf16 and bool included), without a copy
     when ``t`` is contiguous."""
-    flat = t.detach().contiguous().reshape(-1)
+    flat = t.detach().cpu().contiguous().reshape(-1)
     return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
 
 
