@@ -49,7 +49,8 @@ def poincare_to_klein(p: Tensor, *, c: float | Tensor, check: bool = True) -> Te
 def klein_to_poincare(k: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
     """Klein point -> ball point, shapes (..., d)."""
     c = poincare._prep(c, check, {"k": k})
-    return k / (1 + (1 - c * sq_norm(k)).clamp_min(0).sqrt())
+    # clamp above 0: at the rim sqrt's gradient is infinite, and Inf · 0 (the clamp's) is NaN
+    return k / (1 + (1 - c * sq_norm(k)).clamp_min(MIN_NORM * MIN_NORM).sqrt())
 
 
 def lorentz_to_klein(x: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from reality_stone.geometry.manifold import Manifold
-from reality_stone.geometry.stable import MIN_NORM, norm
+from reality_stone.geometry.stable import MIN_NORM, safe_norm, sq_norm
 from reality_stone.geometry.validation import as_curvature, check_finite, check_same_last_dim
 
 __all__ = [
@@ -64,13 +64,20 @@ def _prep(c, check: bool, points: dict[str, Tensor], vectors: dict[str, Tensor] 
 
 def _check_on_hyperboloid(name: str, x: Tensor, c: Tensor) -> None:
     x = x.detach()
-    if bool((x[..., 0] <= 0).any()):
+    if not bool((x[..., 0] > 0).all()):
         raise ValueError(f"{name} has points on the lower sheet (x₀ <= 0); the model uses x₀ > 0")
     c = c.detach()
-    scale = (c * x[..., :1] ** 2).clamp_min(1.0)
-    err = ((c * _inner(x, x) + 1).abs() / scale).max()
+    # |c⟨x,x⟩_L + 1| relative to c·x₀² (the size of the terms that cancel), computed from x/x₀
+    # so that nothing overflows: c·x₀²·(‖x_s/x₀‖² − 1) + 1 over max(c·x₀², 1). (Squaring x₀
+    # directly overflowed float32 above x₀ ≈ 1.8e19: Inf − Inf = NaN, and NaN > tol let
+    # [1e20, 5] through.)
+    x0 = x[..., :1]
+    r = x[..., 1:] / x0
+    cx02 = c * x0 * x0  # may be Inf: then 1/cx02 = 0 and the scaled error is |‖r‖² − 1|
+    rel = sq_norm(r) - 1
+    err = torch.where(cx02 >= 1, (rel + 1 / cx02).abs(), (cx02 * rel + 1).abs()).max()
     tol = _MANIFOLD_RTOL.get(x.dtype, 1e-2)
-    if float(err) > tol:
+    if not float(err) <= tol:  # a NaN error never passes
         raise ValueError(f"{name} is off the hyperboloid: |c⟨x,x⟩_L + 1| / (c x₀²) reaches {float(err):.3g} > {tol}")
 
 
@@ -91,7 +98,8 @@ def _tangent_norm(u: Tensor) -> Tensor:
 
 def _project(x: Tensor, c: Tensor) -> Tensor:
     xs = x[..., 1:]
-    x0 = (1 / c + (xs * xs).sum(-1, keepdim=True)).sqrt()
+    # x₀ = √(1/c + ‖x_s‖²) = hypot(1/√c, ‖x_s‖), without squaring a huge ‖x_s‖
+    x0 = torch.hypot(safe_norm(xs), (1 / c.sqrt()).expand_as(xs[..., :1]))
     return torch.cat([x0, xs], dim=-1)
 
 
@@ -102,8 +110,11 @@ def _proj_tangent(x: Tensor, u: Tensor, c: Tensor) -> Tensor:
 def _dist(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
     sc = c.sqrt()
     diff = x - y
-    q = _inner(diff, diff).clamp_min(MIN_NORM * MIN_NORM)
-    return 2 / sc * torch.asinh(sc * q.sqrt() / 2)
+    # ‖x − y‖_L from the difference scaled by its largest entry: far points (√c·d > 45 in
+    # float32) square past the float range, the scaled form does not
+    m = diff.detach().abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(diff.dtype).tiny)
+    q = _inner(diff / m, diff / m).clamp_min(MIN_NORM * MIN_NORM)
+    return 2 / sc * torch.asinh(sc * (m * q.sqrt()).clamp_min(MIN_NORM) / 2)
 
 
 def _expmap(x: Tensor, u: Tensor, c: Tensor) -> Tensor:
@@ -113,6 +124,10 @@ def _expmap(x: Tensor, u: Tensor, c: Tensor) -> Tensor:
 
 
 def _logmap(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    if x.dtype == torch.float32:
+        # w grows like x₀²y₀ (e^(3√c d)): past √c·d ≈ 29 it leaves float32 although the result
+        # (length d, coordinates ~ d·x₀) fits; float64 holds it for every float32 point
+        return _logmap(x.double(), y.double(), c.double()).float()
     w = y + c * _inner(x, y) * x
     return _dist(x, y, c) * w / _tangent_norm(w)
 
@@ -120,7 +135,7 @@ def _logmap(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
 def _expmap0(u: Tensor, c: Tensor) -> Tensor:
     sc = c.sqrt()
     us = u[..., 1:]
-    n = norm(us)
+    n = safe_norm(us)
     return torch.cat([torch.cosh(sc * n) / sc, torch.sinh(sc * n) / (sc * n) * us], dim=-1)
 
 
@@ -128,7 +143,7 @@ def _logmap0(y: Tensor, c: Tensor) -> Tensor:
     # sinh(√c d) = √c‖y_s‖ on the hyperboloid, so asinh gives d without arcosh's cancellation.
     sc = c.sqrt()
     ys = y[..., 1:]
-    n = norm(ys)
+    n = safe_norm(ys)
     return torch.cat([torch.zeros_like(y[..., :1]), torch.asinh(sc * n) / (sc * n) * ys], dim=-1)
 
 
@@ -178,7 +193,7 @@ def dist0(x: Tensor, *, c: float | Tensor, keepdim: bool = False, check: bool = 
     """Distance from the origin (1/√c)·asinh(√c‖x_s‖)."""
     c = _prep(c, check, {"x": x})
     sc = c.sqrt()
-    d = torch.asinh(sc * x[..., 1:].norm(dim=-1, keepdim=True)) / sc
+    d = torch.asinh(sc * safe_norm(x[..., 1:])) / sc
     return d if keepdim else d.squeeze(-1)
 
 
@@ -195,9 +210,16 @@ def logmap(x: Tensor, y: Tensor, *, c: float | Tensor, check: bool = True) -> Te
 
 
 def expmap0(u: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
-    """Exponential map at the origin. ``u[..., 0]`` is ignored (it is 0 for tangents at the origin)."""
+    """Exponential map at the origin. ``u[..., 0]`` is ignored (it is 0 for tangents at the origin).
+    With ``check``, a tangent too long for the dtype (cosh(√c‖u‖)/√c past its largest value:
+    √c‖u‖ ≳ 89 in float32, 710 in float64) raises ValueError instead of returning Inf/NaN."""
     c = _prep(c, check, {}, {"u": u})
-    return _expmap0(u, c)
+    out = _expmap0(u, c)
+    if check and not bool(torch.isfinite(out.detach()).all()):
+        worst = float((c.sqrt() * safe_norm(u[..., 1:])).detach().max())
+        raise ValueError(f"u is too long for {u.dtype}: √c‖u‖ reaches {worst:.4g}, the point's x₀ = cosh(√c‖u‖)/√c "
+                         f"overflows")
+    return out
 
 
 def logmap0(y: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:

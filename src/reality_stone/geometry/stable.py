@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_NORM", "artanh", "norm", "sq_norm", "dot", "tanh_ratio", "artanh_ratio"]
+__all__ = ["MIN_NORM", "artanh", "norm", "safe_norm", "sq_norm", "dot", "tanh_ratio", "artanh_ratio"]
 
 MIN_NORM = 1e-15
 
@@ -41,6 +41,14 @@ def dot(x: Tensor, y: Tensor) -> Tensor:
 def norm(x: Tensor) -> Tensor:
     """‖x‖ over the last dim, keepdim, clamped to >= MIN_NORM. Shape (..., 1)."""
     return torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(MIN_NORM)
+
+
+def safe_norm(x: Tensor) -> Tensor:
+    """‖x‖ over the last dim like `norm`, but without overflow: torch's CPU norm squares the
+    entries, so float32 coordinates above ~1.8e19 (Lorentz points past √c·d ≈ 45) gave Inf.
+    Scaled by the largest entry (the gradient of the scale cancels: the norm is homogeneous)."""
+    m = x.detach().abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    return (m * torch.linalg.vector_norm(x / m, dim=-1, keepdim=True)).clamp_min(MIN_NORM)
 
 
 def tanh_ratio(t: Tensor) -> Tensor:
