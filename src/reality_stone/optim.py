@@ -1,5 +1,9 @@
 """Riemannian SGD and Adam for `ManifoldParameter`s (plain tensors get the Euclidean update).
 
+geoopt's ``ManifoldParameter`` / ``ManifoldTensor`` are stepped on their own manifold
+(``egrad2rgrad``, ``retr``, ``transp``, ``inner``); any other tensor carrying a ``manifold``
+this optimiser cannot step on raises ValueError instead of silently taking a Euclidean step.
+
 RiemannianSGD (Bonnabel 2013): x ← exp_x(-lr · rgrad), momentum transported along the step.
 RiemannianAdam (Bécigneul & Ganea 2019): Adam's first moment is a tangent vector transported
 with the point; the second moment is the squared Riemannian norm of the gradient, one scalar
@@ -21,6 +25,45 @@ from reality_stone.geometry.parameter import ManifoldParameter
 __all__ = ["RiemannianAdam", "RiemannianSGD"]
 
 
+class _GeooptSteps:
+    """geoopt's manifold API under the names the optimisers call (retraction as the step:
+    geoopt's own recommendation — expmap followed by the manifold's projection)."""
+
+    def __init__(self, manifold):
+        self.m = manifold
+
+    def egrad2rgrad(self, x, g):
+        return self.m.egrad2rgrad(x, g)
+
+    def expmap(self, x, u):
+        return self.m.retr(x, u)
+
+    def parallel_transport(self, x, y, v):
+        return self.m.transp(x, y, v)
+
+    def inner(self, x, u, v, keepdim=False):
+        return self.m.inner(x, u, v, keepdim=keepdim)
+
+
+def _manifold_of(p):
+    """The manifold to step ``p`` on: ours, geoopt's (adapted), or None for a plain tensor."""
+    if isinstance(p, ManifoldParameter):
+        return p.manifold
+    m = getattr(p, "manifold", None)
+    if m is None:
+        return None
+    if all(callable(getattr(m, a, None)) for a in ("egrad2rgrad", "retr", "transp", "inner")):
+        return _GeooptSteps(m)
+    raise ValueError(f"a parameter carries a manifold of type {type(m).__name__} that this optimiser cannot step "
+                     "on (it needs egrad2rgrad, retr, transp and inner, as geoopt's manifolds have)")
+
+
+def _check_manifolds(groups) -> None:
+    for group in groups:  # fail at construction, not at the first step
+        for p in group["params"]:
+            _manifold_of(p)
+
+
 def _check_hparams(lr: float, **named: float) -> None:
     if not (lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be positive and finite, got {lr}")
@@ -35,6 +78,7 @@ class RiemannianSGD(Optimizer):
     def __init__(self, params, lr: float, momentum: float = 0.0):
         _check_hparams(lr, momentum=momentum)
         super().__init__(params, dict(lr=lr, momentum=momentum))
+        _check_manifolds(self.param_groups)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -49,7 +93,7 @@ class RiemannianSGD(Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise ValueError("RiemannianSGD does not support sparse gradients")
-                m = p.manifold if isinstance(p, ManifoldParameter) else None
+                m = _manifold_of(p)
                 g = m.egrad2rgrad(p.data, p.grad) if m is not None else p.grad
                 if mom > 0:
                     state = self.state[p]
@@ -76,6 +120,7 @@ class RiemannianAdam(Optimizer):
         if not eps > 0:
             raise ValueError(f"eps must be positive, got {eps}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+        _check_manifolds(self.param_groups)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -90,7 +135,7 @@ class RiemannianAdam(Optimizer):
                     continue
                 if p.grad.is_sparse:
                     raise ValueError("RiemannianAdam does not support sparse gradients")
-                m = p.manifold if isinstance(p, ManifoldParameter) else None
+                m = _manifold_of(p)
                 state = self.state[p]
                 if not state:
                     state["step"] = 0

@@ -2,10 +2,12 @@
 
 ``poincare``, ``lorentz`` and ``klein`` hold the functions (keyword-only curvature ``c``,
 batched over leading dims); `PoincareBall`, `Lorentz` and `Klein` own a (learnable)
-curvature and forward to them; ``conversions`` holds the exact isometries between models.
+curvature and forward to them; ``conversions`` holds the exact isometries between models;
+``to_geoopt`` / ``from_geoopt`` convert manifolds to and from geoopt's.
 """
 
 from reality_stone.geometry import conversions, klein, lorentz, poincare
+from reality_stone.geometry.interop import from_geoopt, to_geoopt
 from reality_stone.geometry.klein import Klein
 from reality_stone.geometry.lorentz import Lorentz
 from reality_stone.geometry.manifold import Manifold
@@ -21,7 +23,9 @@ __all__ = [
     "PoincareBall",
     "boundary_eps",
     "conversions",
+    "from_geoopt",
     "klein",
     "lorentz",
     "poincare",
+    "to_geoopt",
 ]
