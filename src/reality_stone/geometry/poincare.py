@@ -196,7 +196,7 @@ def _mobius_matvec(m: Tensor, x: Tensor, c: Tensor) -> Tensor:
 def project(x: Tensor, *, c: float | Tensor, eps: float | None = None) -> Tensor:
     """Pull points with ``‖x‖ > (1 - eps)/√c`` radially back to that norm.
 
-    ``eps`` defaults to the per-dtype margin of `boundary_eps` (float32 1e-5, float64 1e-10).
+    ``eps`` defaults to the per-dtype margin of `boundary_eps` (float32 1e-5, float64 1e-13).
     Points inside are returned unchanged; NaN stays NaN. Shape (..., d) -> (..., d).
     """
     check_vector("x", x)

@@ -23,9 +23,12 @@ __all__ = [
 # Relative margin kept from the boundary by `project` (a point is kept at norm
 # <= (1 - eps) / sqrt(c)). float32 resolves 1 - c|x|^2 to about 6e-8, so 1e-5 leaves a
 # relative error of ~1e-2 in the conformal factor at the margin and a maximal distance
-# from the origin of 2 artanh(1 - 1e-5) ~ 12.2 / sqrt(c); float64 keeps ~5e-7 relative
-# error at 1e-10 and reaches ~23.7 / sqrt(c).
-_BOUNDARY_EPS = {torch.float32: 1e-5, torch.float64: 1e-10, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+# from the origin of 2 artanh(1 - 1e-5) ~ 12.2 / sqrt(c). float64: 1e-13, where the point
+# itself stops resolving distance (1 - r ≈ 2e^(-s) against a spacing of 1.1e-16 near 1):
+# dist(0, expmap0 v) and logmap0(expmap0 v) stay within 1e-4 relative up to √c·d ≈ 30.4
+# (1e-10, the margin before, stopped them at 23.7; a smaller margin gains nothing —
+# measured in tests/geometry/test_reach.py).
+_BOUNDARY_EPS = {torch.float32: 1e-5, torch.float64: 1e-13, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
 def boundary_eps(dtype: torch.dtype) -> float:
