@@ -109,6 +109,11 @@ def wordnet_closure(root_lemma: str = "mammal", sense: int = 1, wordnet_dir: Pat
     Node names are ``lemma.offset`` (offsets are unique; lemmas are not).
     """
     index = Path(wordnet_dir) / "index.noun"
+    if not index.is_file():  # before anything opens it: the error must carry the install hint
+        raise FileNotFoundError(
+            f"WordNet noun index not found at {index}; install the Debian packages "
+            "`wordnet-base wordnet-sense-index` or set REALITY_STONE_WORDNET"
+        )
     root = None
     with index.open(encoding="latin-1") as fh:
         for line in fh:
