@@ -1,29 +1,47 @@
 """Embedding a hierarchy (a transitive closure) in hyperbolic or Euclidean space.
 
 Training follows Nickel & Kiela (2017, "Poincaré Embeddings for Learning Hierarchical
-Representations"): for each closure edge (u, v), a softmax over -d(u, ·) against sampled
-non-neighbours of u; a burn-in phase at lr/10. Hyperbolic embeddings are
-`ManifoldParameter`s on the Poincaré ball trained with `RiemannianAdam`; the Euclidean
-baseline is a plain parameter with Adam and the same loss.
+Representations"): for each closure edge (u, v), a softmax over −d(u, ·) against sampled
+non-neighbours of u; a burn-in phase at lr/10. The table of points is read with
+``F.embedding(..., sparse=True)`` so `RiemannianAdam` updates only the rows a batch touches
+(the cost of a step follows the batch, not the 82k-node table); negatives are drawn and
+checked against the closure for the whole batch at once (a sorted key table, not an N×N
+matrix). Geometries: ``poincare`` (ball), ``lorentz`` (hyperboloid, d+1 coordinates) and the
+``euclidean`` baseline (same loss, Adam).
 
-Evaluation is the paper's reconstruction task: for every edge (u, v), the rank of v among
-u's non-neighbours ordered by distance (mean rank, 1 is perfect), and the mean average
-precision of u's neighbour set.
+Evaluation (`rank_metrics`), for every node u with neighbours:
+* reconstruction (Nickel & Kiela's task): rank of each closure neighbour v of u among u's
+  non-neighbours ordered by distance (mean rank, 1 is perfect) and the mean average precision;
+* link prediction (``holdout`` > 0): a random ``holdout`` share of the closure edges is never
+  trained on; each held-out neighbour is ranked among all nodes that are not u's training
+  neighbours (the filtered setting).
+Both are computed in row chunks over the full distance matrix, so 82k nodes fit in memory.
+
+Checkpoints (``checkpoint=`` a path) hold the table, the optimiser moments, the epoch and the
+random-generator state in one safetensors file; an interrupted run resumed from it ends with
+the same embedding, bit for bit, as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from reality_stone.data.wordnet import Hierarchy
-from reality_stone.geometry import PoincareBall, ManifoldParameter
-from reality_stone.geometry import poincare
+from reality_stone.geometry import Lorentz, ManifoldParameter, PoincareBall, lorentz, poincare
 from reality_stone.optim import RiemannianAdam
 
-__all__ = ["EmbeddingResult", "embed_hierarchy", "reconstruction_metrics"]
+__all__ = ["GEOMETRIES", "EmbeddingResult", "embed", "embed_hierarchy", "rank_metrics", "reconstruction_metrics"]
+
+GEOMETRIES = ("poincare", "lorentz", "euclidean")
 
 
 @dataclass(frozen=True)
@@ -34,22 +52,29 @@ class EmbeddingResult:
     map: float
     final_loss: float
     embedding: Tensor
+    link_mean_rank: float | None = None
+    link_map: float | None = None
+    epochs: int = 0
+    seconds: float = 0.0
 
 
-def _distance_fn(geometry: str, c: float):
+def _distance_fn(geometry: str, c: float) -> Callable[[Tensor, Tensor], Tensor]:
     if geometry == "poincare":
         return lambda a, b: poincare.dist(a, b, c=c, check=False)
+    if geometry == "lorentz":
+        return lambda a, b: lorentz.dist(a, b, c=c, check=False)
     if geometry == "euclidean":
         return lambda a, b: (a - b).norm(dim=-1)
-    raise ValueError(f"geometry must be 'poincare' or 'euclidean', got {geometry!r}")
+    raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
 
 
 def reconstruction_metrics(dist: Tensor, adjacency: Tensor) -> tuple[float, float]:
-    """Mean rank and MAP of the reconstruction.
+    """Mean rank and MAP of the reconstruction from a dense (N, N) distance matrix.
 
-    ``dist`` (N, N) pairwise distances, ``adjacency`` (N, N) bool, symmetric, no diagonal.
-    Rank of a neighbour v of u = 1 + #(non-neighbours w ≠ u closer to u than v).
-    AP(u) = mean over u's neighbours v_i (sorted by distance) of i / (position of v_i among all w ≠ u).
+    ``adjacency`` (N, N) bool, symmetric, no diagonal. Rank of a neighbour v of u = 1 +
+    #(non-neighbours w ≠ u closer to u than v). AP(u) = mean over u's neighbours v_i (sorted
+    by distance) of i / (position of v_i among all w ≠ u). (`rank_metrics` computes the same
+    from an embedding in row chunks.)
     """
     n = dist.shape[0]
     if dist.shape != (n, n) or adjacency.shape != (n, n):
@@ -72,7 +97,128 @@ def reconstruction_metrics(dist: Tensor, adjacency: Tensor) -> tuple[float, floa
     return float(torch.cat(ranks).mean()), float(torch.stack(aps).mean())
 
 
-def embed_hierarchy(
+def _csr(pairs: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """(row pointer (n+1,), column indices) of directed pairs (E, 2), rows sorted."""
+    order = torch.argsort(pairs[:, 0] * n + pairs[:, 1])
+    cols = pairs[order, 1]
+    ptr = torch.zeros(n + 1, dtype=torch.int64)
+    ptr[1:] = torch.bincount(pairs[:, 0], minlength=n).cumsum(0)
+    return ptr, cols
+
+
+def rank_metrics(embedding: Tensor, distance: Callable[[Tensor, Tensor], Tensor], positives: Tensor,
+                 excluded: Tensor | None = None, *, chunk: int = 256) -> tuple[float, float]:
+    """Mean rank and MAP of the ``positives`` pairs (E, 2), both directions listed, against all
+    nodes, from ``embedding`` (N, ...) in row chunks (memory: chunk × N distances).
+
+    For a row u: candidates are all nodes except u and the ``excluded`` pairs (u, w) (the
+    training edges, in link prediction); rank of a positive v = 1 + #(candidates that are not
+    positives and are strictly closer than v); AP(u) = mean_i i / (position of the i-th
+    closest positive among the candidates).
+    """
+    n = embedding.shape[0]
+    pos_ptr, pos_cols = _csr(positives, n)
+    ex_ptr, ex_cols = _csr(excluded, n) if excluded is not None and len(excluded) else (None, None)
+    ranks, aps = [], []
+    for r0 in range(0, n, chunk):
+        r1 = min(n, r0 + chunk)
+        p0, p1 = int(pos_ptr[r0]), int(pos_ptr[r1])
+        if p0 == p1:
+            continue
+        with torch.no_grad():
+            d = distance(embedding[r0:r1, None, :], embedding[None, :, :]).float()  # (R, N)
+        rows = torch.arange(r1 - r0)
+        d[rows, torch.arange(r0, r1)] = math.inf  # u itself is no candidate
+        if ex_ptr is not None:
+            e0, e1 = int(ex_ptr[r0]), int(ex_ptr[r1])
+            ex_rows = torch.repeat_interleave(rows, ex_ptr[r0 + 1 : r1 + 1] - ex_ptr[r0:r1])
+            d[ex_rows, ex_cols[e0:e1]] = math.inf
+        # position of every node in its row's distance order (0 = closest candidate)
+        order = torch.argsort(d, dim=1)
+        inv = torch.empty_like(order)
+        inv.scatter_(1, order, torch.arange(n).expand(r1 - r0, n).contiguous())
+        counts = pos_ptr[r0 + 1 : r1 + 1] - pos_ptr[r0:r1]
+        p_rows = torch.repeat_interleave(rows, counts)
+        p = inv[p_rows, pos_cols[p0:p1]]
+        key = torch.sort(p_rows * n + p).values  # per row, positives in distance order
+        p_sorted = key % n
+        start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        i = torch.arange(p1 - p0) - start  # 0-based index among the row's positives
+        ranks.append((p_sorted - i + 1).double())  # closer non-positive candidates + 1
+        prec = (i + 1).double() / (p_sorted + 1).double()
+        has = counts > 0
+        aps.append(torch.zeros(r1 - r0, dtype=torch.float64).index_add_(0, p_rows.sort().values, prec)[has]
+                   / counts[has].double())
+    return float(torch.cat(ranks).mean()), float(torch.cat(aps).mean())
+
+
+class _EdgeSet:
+    """Membership of (u, v) pairs in a closure for whole batches: sorted u·N + v keys."""
+
+    def __init__(self, pairs: Tensor, n: int):
+        self.n = n
+        self.keys = torch.sort(pairs[:, 0] * n + pairs[:, 1]).values
+
+    def contains(self, u: Tensor, v: Tensor) -> Tensor:
+        q = u * self.n + v
+        i = torch.searchsorted(self.keys, q).clamp_max(len(self.keys) - 1)
+        return self.keys[i] == q
+
+
+def _split(edges: Tensor, holdout: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    if not 0 <= holdout < 1:
+        raise ValueError(f"holdout must be in [0, 1), got {holdout}")
+    if holdout == 0:
+        return edges, edges[:0]
+    perm = torch.randperm(len(edges), generator=g)
+    k = int(round(holdout * len(edges)))
+    return edges[perm[k:]], edges[perm[:k]]
+
+
+def _fingerprint(hierarchy: Hierarchy, settings: dict) -> str:
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    h.update(hierarchy.edges.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save_checkpoint(path: Path, weight: Tensor, opt: RiemannianAdam, g: torch.Generator, epoch: int,
+                     fingerprint: str, loss: float) -> None:
+    from safetensors.torch import save_file
+
+    from reality_stone.models.format import atomic_path
+
+    state = opt.state[weight]
+    tensors = {"weight": weight.detach().clone(), "rng": g.get_state()}
+    meta = {"epoch": str(epoch), "fingerprint": fingerprint, "loss": repr(loss), "step": str(state.get("step", 0))}
+    if state:
+        tensors |= {"exp_avg": state["exp_avg"].clone(), "exp_avg_sq": state["exp_avg_sq"].clone()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def _load_checkpoint(path: Path, weight: Tensor, opt: RiemannianAdam, g: torch.Generator, fingerprint: str):
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            t = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors' own error types
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from None
+    if meta.get("fingerprint") != fingerprint:
+        raise ValueError(f"{path}: the checkpoint is of another hierarchy or other settings; delete it or choose "
+                         "another path")
+    if t["weight"].shape != weight.shape or t["weight"].dtype != weight.dtype:
+        raise ValueError(f"{path}: checkpoint table {tuple(t['weight'].shape)} does not match {tuple(weight.shape)}")
+    with torch.no_grad():
+        weight.copy_(t["weight"])
+    if "exp_avg" in t:
+        opt.state[weight] = {"step": int(meta["step"]), "exp_avg": t["exp_avg"], "exp_avg_sq": t["exp_avg_sq"]}
+    g.set_state(t["rng"])
+    return int(meta["epoch"]), float(meta["loss"])
+
+
+def embed(
     hierarchy: Hierarchy,
     dim: int,
     geometry: str = "poincare",
@@ -85,44 +231,102 @@ def embed_hierarchy(
     c: float = 1.0,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
+    holdout: float = 0.0,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 10,
+    progress: bool = False,
+    evaluate: bool = True,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> EmbeddingResult:
-    """Train an embedding of ``hierarchy`` and evaluate its reconstruction. Deterministic under ``seed``."""
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
+    """Train an embedding of ``hierarchy`` in ``dim`` dimensions and evaluate it.
+
+    Deterministic under ``seed``. ``holdout`` > 0 also reports link prediction on the held-out
+    share of the closure edges. ``checkpoint``: written every ``checkpoint_every`` epochs and at
+    the end; an existing one of the same hierarchy and settings is resumed.
+    """
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
+        raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
+    for name, v in (("epochs", epochs), ("batch_size", batch_size), ("negatives", negatives)):
+        if not (isinstance(v, int) and v >= 1):
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    n = hierarchy.num_nodes
+    if n < 2 or len(hierarchy.edges) == 0:
+        raise ValueError("the hierarchy's closure is empty: nothing to embed")
+    t_start = time.perf_counter()
     distance = _distance_fn(geometry, c)
     g = torch.Generator().manual_seed(seed)
-    n = hierarchy.num_nodes
-    adjacency = hierarchy.adjacency()
+    closure = torch.cat([hierarchy.edges, hierarchy.edges.flip(1)])  # both directions, as in the paper
+    train, held = _split(hierarchy.edges, holdout, g)
+    train = torch.cat([train, train.flip(1)])
+    held = torch.cat([held, held.flip(1)])
+    members = _EdgeSet(closure, n)
     init = (torch.rand(n, dim, generator=g, dtype=dtype) - 0.5) * 2e-3
     if geometry == "poincare":
         weight = ManifoldParameter(init, PoincareBall(c, check=False, dtype=dtype))
+    elif geometry == "lorentz":
+        tangent = torch.cat([torch.zeros(n, 1, dtype=dtype), init], dim=1)
+        weight = ManifoldParameter(lorentz.expmap0(tangent, c=c), Lorentz(c, check=False, dtype=dtype))
     else:
         weight = torch.nn.Parameter(init)
     optimiser = RiemannianAdam([weight], lr=lr)
-    edges = torch.cat([hierarchy.edges, hierarchy.edges.flip(1)])  # both directions, as in the paper
-    loss_value = float("nan")
-    for epoch in range(epochs):
+    settings = dict(dim=dim, geometry=geometry, batch_size=batch_size, negatives=negatives, lr=lr, burn_in=burn_in,
+                    c=c, seed=seed, dtype=str(dtype), holdout=holdout, epochs=epochs)
+    fingerprint = _fingerprint(hierarchy, {k: v for k, v in settings.items() if k != "epochs"})
+    start_epoch, loss_value = 0, float("nan")
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.is_file():
+        start_epoch, loss_value = _load_checkpoint(ckpt, weight, optimiser, g, fingerprint)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, initial=min(start_epoch, epochs), desc=f"{geometry} d={dim}", unit="epoch")
+    zero = torch.zeros(1, dtype=torch.bool)
+    for epoch in range(start_epoch, epochs):
         for group in optimiser.param_groups:
             group["lr"] = lr / 10 if epoch < burn_in else lr
-        perm = torch.randperm(len(edges), generator=g)
+        perm = torch.randperm(len(train), generator=g)
         total = 0.0
-        for start in range(0, len(edges), batch_size):
-            batch = edges[perm[start : start + batch_size]]
+        for s in range(0, len(train), batch_size):
+            batch = train[perm[s : s + batch_size]]
             u, v = batch[:, 0], batch[:, 1]
             neg = torch.randint(0, n, (len(batch), negatives), generator=g)
-            # resample negatives that are neighbours (or u itself) by masking them out of the softmax
-            invalid = adjacency[u[:, None], neg] | (neg == u[:, None])
+            # negatives that are neighbours of u in the closure (or u itself) leave the softmax
+            invalid = members.contains(u[:, None].expand_as(neg), neg) | (neg == u[:, None])
             cand = torch.cat([v[:, None], neg], dim=1)
-            d = distance(weight[u][:, None, :], weight[cand])
-            logits = (-d).masked_fill(torch.cat([torch.zeros_like(invalid[:, :1]), invalid], 1), float("-inf"))
+            eu = torch.nn.functional.embedding(u, weight, sparse=True)
+            ec = torch.nn.functional.embedding(cand, weight, sparse=True)
+            d = distance(eu[:, None, :], ec)
+            mask = torch.cat([zero.expand(len(batch), 1), invalid], dim=1)
+            logits = (-d).masked_fill(mask, float("-inf"))
             loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += loss.item() * len(batch)
-        loss_value = total / len(edges)
-    with torch.no_grad():
-        w = weight.detach()
-        dmat = distance(w[:, None, :], w[None, :, :])
-    mean_rank, mean_ap = reconstruction_metrics(dmat, adjacency)
-    return EmbeddingResult(geometry, dim, mean_rank, mean_ap, loss_value, w.clone())
+        loss_value = total / len(train)
+        if on_epoch is not None:
+            on_epoch(epoch, loss_value)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        if ckpt is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs):
+            _save_checkpoint(ckpt, weight, optimiser, g, epoch + 1, fingerprint, loss_value)
+    if bar is not None:
+        bar.close()
+    w = weight.detach().clone()
+    mean_rank = mean_ap = float("nan")
+    link_rank = link_ap = None
+    if evaluate:
+        mean_rank, mean_ap = rank_metrics(w, distance, closure)
+        if len(held):
+            link_rank, link_ap = rank_metrics(w, distance, held, excluded=train)
+    return EmbeddingResult(geometry, dim, mean_rank, mean_ap, loss_value, w, link_rank, link_ap, epochs,
+                           time.perf_counter() - t_start)
+
+
+def embed_hierarchy(hierarchy: Hierarchy, dim: int, geometry: str = "poincare", **kwargs) -> EmbeddingResult:
+    """`embed` (kept for the name the demo and benchmarks use)."""
+    return embed(hierarchy, dim, geometry, **kwargs)

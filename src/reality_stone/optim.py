@@ -9,6 +9,10 @@ RiemannianAdam (Bécigneul & Ganea 2019): Adam's first moment is a tangent vecto
 with the point; the second moment is the squared Riemannian norm of the gradient, one scalar
 per point (the manifold's last dim is one "component"). Steps have Riemannian length ≈ lr.
 
+Sparse (row) gradients — ``F.embedding(..., sparse=True)`` on a table of points — update
+only the rows they touch, their moments included ("lazy", as ``torch.optim.SparseAdam``):
+the cost of a step follows the batch, not the table.
+
 Weight decay is not offered: on a manifold it has no canonical meaning (decay towards
 which point?); add a penalty to the loss instead.
 """
@@ -91,9 +95,10 @@ class RiemannianSGD(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
-                    raise ValueError("RiemannianSGD does not support sparse gradients")
                 m = _manifold_of(p)
+                if p.grad.is_sparse:
+                    self._sparse_step(p, m, lr, mom)
+                    continue
                 g = m.egrad2rgrad(p.data, p.grad) if m is not None else p.grad
                 if mom > 0:
                     state = self.state[p]
@@ -110,6 +115,30 @@ class RiemannianSGD(Optimizer):
                     state["momentum_buffer"] = m.parallel_transport(p.data, new, buf)
                 p.copy_(new)
         return loss
+
+    def _sparse_step(self, p, m, lr: float, mom: float) -> None:
+        rows, grad = _rows(p.grad)
+        x = p.data[rows]
+        g = m.egrad2rgrad(x, grad) if m is not None else grad
+        direction = g
+        if mom > 0:
+            state = self.state[p]
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = torch.zeros_like(p.data)
+            buf = state["momentum_buffer"][rows].mul_(mom).add_(g)
+            direction = buf
+        new = m.expmap(x, -lr * direction) if m is not None else x - lr * direction
+        if mom > 0:
+            state["momentum_buffer"][rows] = m.parallel_transport(x, new, buf) if m is not None else buf
+        p.data[rows] = new
+
+
+def _rows(grad):
+    """(row indices, (k, ...) values) of a sparse gradient over the first dim, duplicates summed."""
+    grad = grad.coalesce()
+    if grad.sparse_dim() != 1:
+        raise ValueError(f"sparse gradients must be sparse over the rows only, got sparse_dim={grad.sparse_dim()}")
+    return grad.indices()[0], grad.values()
 
 
 class RiemannianAdam(Optimizer):
@@ -133,8 +162,6 @@ class RiemannianAdam(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
-                    raise ValueError("RiemannianAdam does not support sparse gradients")
                 m = _manifold_of(p)
                 state = self.state[p]
                 if not state:
@@ -144,6 +171,9 @@ class RiemannianAdam(Optimizer):
                     state["exp_avg_sq"] = torch.zeros(sq_shape, dtype=p.dtype, device=p.device)
                 state["step"] += 1
                 t = state["step"]
+                if p.grad.is_sparse:
+                    self._sparse_step(p, m, state, lr, b1, b2, eps, t)
+                    continue
                 if m is None:
                     g = p.grad
                     sq = g * g
@@ -161,3 +191,24 @@ class RiemannianAdam(Optimizer):
                 state["exp_avg"] = m.parallel_transport(p.data, new, state["exp_avg"])
                 p.copy_(new)
         return loss
+
+    @staticmethod
+    def _sparse_step(p, m, state, lr: float, b1: float, b2: float, eps: float, t: int) -> None:
+        rows, grad = _rows(p.grad)
+        x = p.data[rows]
+        if m is None:
+            g, sq = grad, grad * grad
+        else:
+            g = m.egrad2rgrad(x, grad)
+            sq = m.inner(x, g, g, keepdim=True)
+        exp_avg = state["exp_avg"][rows].mul_(b1).add_(g, alpha=1 - b1)
+        exp_avg_sq = state["exp_avg_sq"][rows].mul_(b2).add_(sq, alpha=1 - b2)
+        direction = exp_avg / (1 - b1**t) / (exp_avg_sq / (1 - b2**t)).sqrt_().add_(eps)
+        if m is None:
+            new = x - lr * direction
+        else:
+            new = m.expmap(x, -lr * direction)
+            exp_avg = m.parallel_transport(x, new, exp_avg)
+        state["exp_avg"][rows] = exp_avg
+        state["exp_avg_sq"][rows] = exp_avg_sq
+        p.data[rows] = new
