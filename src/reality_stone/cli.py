@@ -53,6 +53,120 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+@app.command("embed")
+def embed_cmd(
+    source: str = typer.Argument(..., help="an edge file (child<TAB or comma>parent per line) or wordnet:ROOT "
+                                           "(a noun lemma or synset: wordnet:mammal.n.01, wordnet:entity)"),
+    dim: int = typer.Option(10, help="embedding dimension (>= 2)"),
+    geometry: str = typer.Option("poincare", help="poincare, lorentz or euclidean"),
+    epochs: int = typer.Option(100, min=1),
+    batch_size: int = typer.Option(128, min=1),
+    negatives: int = typer.Option(50, min=1),
+    lr: float = typer.Option(0.05),
+    burn_in: int = typer.Option(20, min=0, help="epochs at lr/10 first"),
+    curvature: float = typer.Option(1.0, "--c", help="curvature magnitude c > 0"),
+    seed: int = typer.Option(0),
+    holdout: float = typer.Option(0.0, help="share of closure edges held out for link prediction"),
+    instances: bool = typer.Option(False, "--instances", help="WordNet: follow instance hypernyms too "
+                                   "(wordnet:entity --instances = all 82,115 nouns)"),
+    out: Path = typer.Option(None, "--out", help="write the embedding (safetensors: table + node names)"),
+    checkpoint: Path = typer.Option(None, "--checkpoint", help="checkpoint file: written every 10 epochs, resumed "
+                                    "when it exists"),
+    plot: Path = typer.Option(None, "--plot", help="2-d only: draw the embedding to this PNG"),
+    as_json: bool = typer.Option(False, "--json"),
+    threads: int = THREADS,
+) -> None:
+    """Embed a hierarchy (its transitive closure) and report reconstruction (and link prediction)."""
+    import torch
+
+    from reality_stone.hierarchy import GEOMETRIES, embed
+
+    _threads(threads)
+    if geometry not in GEOMETRIES:
+        _fail(f"--geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}")
+    if dim < 2:
+        _fail(f"--dim must be at least 2, got {dim}")
+    if not curvature > 0:
+        _fail(f"--c must be positive, got {curvature}")
+    if plot is not None and dim != 2:
+        _fail("--plot draws 2-d embeddings only (use --dim 2)")
+    try:
+        hierarchy, label = _hierarchy(source, instances)
+        t0 = time.perf_counter()
+        r = embed(hierarchy, dim, geometry, epochs=epochs, batch_size=batch_size, negatives=negatives, lr=lr,
+                  burn_in=burn_in, c=curvature, seed=seed, holdout=holdout, checkpoint=checkpoint,
+                  progress=not as_json)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    row = dict(hierarchy=label, nodes=hierarchy.num_nodes, closure_edges=len(hierarchy.edges), geometry=geometry,
+               dim=dim, epochs=epochs, mean_rank=r.mean_rank, map=r.map, link_mean_rank=r.link_mean_rank,
+               link_map=r.link_map, loss=r.final_loss, seconds=time.perf_counter() - t0, threads=torch.get_num_threads())
+    if out is not None:
+        _write_embedding(out, r.embedding, hierarchy, row)
+        row["out"] = str(out)
+    if plot is not None:
+        _plot_embedding(plot, r.embedding, hierarchy, geometry, curvature, row)
+        row["plot"] = str(plot)
+    if as_json:
+        print(json.dumps(row, indent=2))
+        return
+    _print_rows([row], f"{label}: {row['nodes']} nodes, {row['closure_edges']} closure edges",
+                [("geometry", "geometry", "{}"), ("dim", "dim", "{}"), ("epochs", "epochs", "{}"),
+                 ("mean rank ↓", "mean_rank", "{:.2f}"), ("MAP ↑", "map", "{:.3f}"),
+                 ("link mean rank ↓", "link_mean_rank", "{:.2f}"), ("link MAP ↑", "link_map", "{:.3f}"),
+                 ("loss", "loss", "{:.4f}"), ("seconds", "seconds", "{:.1f}")])
+
+
+def _hierarchy(source: str, instances: bool):
+    """(Hierarchy, label) of an edge file or ``wordnet:ROOT``."""
+    if source.startswith("wordnet:"):
+        from reality_stone.data.wordnet import wordnet_closure
+
+        root = source.split(":", 1)[1]
+        if not root:
+            raise ValueError("wordnet: needs a root, e.g. wordnet:mammal.n.01")
+        return wordnet_closure(root, instances=instances), f"WordNet {root}"
+    from reality_stone.data.edges import read_edge_file
+
+    return read_edge_file(source), source
+
+
+def _write_embedding(path: Path, emb, hierarchy, row: dict) -> None:
+    from safetensors.torch import save_file
+
+    from reality_stone.models.format import atomic_path
+
+    meta = {"names": json.dumps(list(hierarchy.names)), "result": json.dumps({k: v for k, v in row.items()})}
+    with atomic_path(Path(path)) as tmp:
+        save_file({"embedding": emb.contiguous()}, str(tmp), metadata=meta)
+
+
+def _plot_embedding(path: Path, emb, hierarchy, geometry: str, c: float, row: dict) -> None:
+    import matplotlib
+    import torch
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reality_stone.geometry import conversions
+
+    pts = emb.double()
+    if geometry == "lorentz":  # draw the hyperboloid through its Poincaré disk
+        pts = conversions.lorentz_to_poincare(pts, c=c, check=False)
+    fig, ax = plt.subplots(figsize=(7, 7))
+    if geometry != "euclidean":
+        ax.add_patch(plt.Circle((0, 0), 1 / c**0.5, fill=False, color="0.6"))
+    e = hierarchy.edges
+    parent_count = torch.bincount(e[:, 1], minlength=hierarchy.num_nodes)
+    ax.scatter(pts[:, 0], pts[:, 1], s=4, alpha=0.6)
+    for i in torch.argsort(parent_count, descending=True)[:15].tolist():  # the most general nodes
+        ax.annotate(hierarchy.names[i].split(".")[0], (float(pts[i, 0]), float(pts[i, 1])), fontsize=7)
+    ax.set_aspect("equal")
+    ax.set_title(f"{row['hierarchy']}: {geometry} d=2, MAP {row['map']:.3f}")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 @app.command("hyperbolic-demo")
 def hyperbolic_demo(
     dims: str = typer.Option("2,5", help="comma-separated embedding dimensions"),

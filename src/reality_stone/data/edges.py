@@ -35,7 +35,8 @@ def read_edge_file(path: str | Path) -> Hierarchy:
             continue
         fields = [f.strip() for f in row]
         if len(fields) < 2 or not fields[0] or not fields[1]:
-            raise ValueError(f"{path}:{lineno}: expected 'child{delimiter!r}parent', got {delimiter.join(row)!r}")
+            sep = "TAB" if delimiter == "\t" else "comma"
+            raise ValueError(f"{path}:{lineno}: expected two fields (child {sep} parent), got {delimiter.join(row)!r}")
         if lineno == 1 and {fields[0].lower(), fields[1].lower()} in _HEADERS:
             continue
         child, parent = fields[0], fields[1]
@@ -72,7 +73,7 @@ def closure_of_parents(parents: dict[str, list[str]], *, source: str = "hierarch
                 state[node] = 2
             elif state.get(nxt) == 1:
                 cycle = [n for n, _ in stack][[n for n, _ in stack].index(nxt):] + [nxt]
-                raise ValueError(f"{source}: cycle {' → '.join(cycle[::-1])}: a hierarchy must be acyclic")
+                raise ValueError(f"{source}: cycle {' → '.join(cycle)} (child → parent): a hierarchy must be acyclic")
             elif state.get(nxt) != 2:
                 state[nxt] = 1
                 stack.append((nxt, iter(parents[nxt])))
