@@ -56,8 +56,14 @@ def test_chunked_metrics_equal_the_dense_ones():
     emb = torch.randn(h.num_nodes, 3, generator=g, dtype=torch.float64) * 0.15  # inside the ball
     dist = _distance_fn("poincare", 1.0)
     dense = reconstruction_metrics(dist(emb[:, None], emb[None]), h.adjacency())
-    chunked = rank_metrics(emb, dist, torch.cat([h.edges, h.edges.flip(1)]), chunk=7)
+    chunked = rank_metrics(emb, "poincare", torch.cat([h.edges, h.edges.flip(1)]), chunk=7)
     assert dense == pytest.approx(chunked, rel=1e-12)
+    for geometry, pts in (("euclidean", emb), ("lorentz", lorentz.expmap0(torch.cat([torch.zeros(len(emb), 1,
+                                                                                 dtype=emb.dtype), emb * 3], 1), c=1.0))):
+        dist = _distance_fn(geometry, 1.0)
+        dense = reconstruction_metrics(dist(pts[:, None], pts[None]), h.adjacency())
+        assert dense == pytest.approx(rank_metrics(pts, geometry, torch.cat([h.edges, h.edges.flip(1)]), chunk=9),
+                                      rel=1e-12)
 
 
 @pytest.mark.parametrize("geometry", ["poincare", "lorentz", "euclidean"])
