@@ -73,6 +73,7 @@ def embed_cmd(
     checkpoint: Path = typer.Option(None, "--checkpoint", help="checkpoint file: written every 10 epochs, resumed "
                                     "when it exists"),
     plot: Path = typer.Option(None, "--plot", help="2-d only: draw the embedding to this PNG"),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="stop training after the first epoch past this"),
     as_json: bool = typer.Option(False, "--json"),
     threads: int = THREADS,
 ) -> None:
@@ -95,11 +96,11 @@ def embed_cmd(
         t0 = time.perf_counter()
         r = embed(hierarchy, dim, geometry, epochs=epochs, batch_size=batch_size, negatives=negatives, lr=lr,
                   burn_in=burn_in, c=curvature, seed=seed, holdout=holdout, checkpoint=checkpoint,
-                  progress=not as_json)
+                  max_seconds=None if max_minutes is None else 60 * max_minutes, progress=not as_json)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     row = dict(hierarchy=label, nodes=hierarchy.num_nodes, closure_edges=len(hierarchy.edges), geometry=geometry,
-               dim=dim, epochs=epochs, mean_rank=r.mean_rank, map=r.map, link_mean_rank=r.link_mean_rank,
+               dim=dim, epochs=r.epochs, mean_rank=r.mean_rank, map=r.map, link_mean_rank=r.link_mean_rank,
                link_map=r.link_map, loss=r.final_loss, seconds=time.perf_counter() - t0, threads=torch.get_num_threads())
     if out is not None:
         _write_embedding(out, r.embedding, hierarchy, row)
