@@ -150,6 +150,9 @@ def rank_metrics(embedding: Tensor, geometry: str, positives: Tensor, excluded: 
     n = embedding.shape[0]
     score = _order_scores(geometry, c)
     E = embedding.detach().double()
+    if not bool(torch.isfinite(E).all()):  # NaN scores would rank as garbage, not fail
+        raise ValueError(f"the embedding holds {int((~torch.isfinite(E)).any(-1).sum())} non-finite rows "
+                         "(training diverged: lower lr)")
     pos_ptr, pos_cols = _csr(positives, n)
     ex_ptr, ex_cols = _csr(excluded, n) if excluded is not None and len(excluded) else (None, None)
     ranks, aps = [], []
@@ -269,6 +272,24 @@ def _load_checkpoint(path: Path, weight: Tensor, opt: RiemannianAdam, g: torch.G
     return int(meta["epoch"]), float(meta["loss"])
 
 
+# Far from the origin the hyperboloid's float64 arithmetic loses digits as eps·x₀² (⟨x, y⟩_L and
+# the transport of Adam's moment cancel terms of size x₀²): at √c·d ≈ 24 (x₀ ~ 1e10) training
+# rows turned to NaN. The trainer keeps rows within √c·d ≤ 15 (x₀ ≈ 1.6e6, eps·x₀² ≈ 3e-4), the
+# role the boundary margin plays in the ball.
+LORENTZ_MAX_RADIUS = 15.0
+
+
+@torch.no_grad()
+def _bound_radius(weight: Tensor, c: float) -> None:
+    xs = weight.data[:, 1:]
+    limit = math.sinh(LORENTZ_MAX_RADIUS) / math.sqrt(c)  # ‖x_s‖ at √c·d = R
+    n = xs.norm(dim=-1, keepdim=True)
+    over = n > limit
+    if bool(over.any()):
+        xs.mul_(torch.where(over, limit / n, torch.ones_like(n)))
+        weight.data[:, :1] = (1 / c + (xs * xs).sum(-1, keepdim=True)).sqrt()
+
+
 def embed(
     hierarchy: Hierarchy,
     dim: int,
@@ -364,6 +385,8 @@ def embed(
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
+            if geometry == "lorentz":
+                _bound_radius(weight, c)
             total += loss.item() * len(batch)
         loss_value = total / len(train)
         if on_epoch is not None:

@@ -117,9 +117,23 @@ def _dist(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
     return 2 / sc * torch.asinh(sc * (m * q.sqrt()).clamp_min(MIN_NORM) / 2)
 
 
+def _tangent_norm_at(x: Tensor, u: Tensor, c: Tensor) -> Tensor:
+    """‖u‖_L for u tangent at x, without cancellation: with x̂ = x_s/‖x_s‖ and a = x̂·u_s,
+    ‖u‖²_L = ‖u_s − a x̂‖² + a²/(c x₀²) (u₀ = x_s·u_s/x₀ on T_x). The direct ‖u_s‖² − u₀²
+    subtracts two numbers of size (x₀·‖u‖)²: at x₀ ~ 1e10 (√c·d ≈ 24) it returned noise in the
+    thousands for a step of length 0.05, and cosh of it overflowed."""
+    xs, us = x[..., 1:], u[..., 1:]
+    xh = xs / safe_norm(xs)
+    a = (xh * us).sum(-1, keepdim=True)
+    perp = us - a * xh
+    x0 = x[..., :1]
+    n2 = sq_norm(perp) + a * a / (c * x0 * x0)
+    return n2.clamp_min(MIN_NORM * MIN_NORM).sqrt()
+
+
 def _expmap(x: Tensor, u: Tensor, c: Tensor) -> Tensor:
     sc = c.sqrt()
-    n = _tangent_norm(u)
+    n = _tangent_norm_at(x, u, c)
     return _project(torch.cosh(sc * n) * x + torch.sinh(sc * n) * u / (sc * n), c)
 
 
@@ -148,7 +162,13 @@ def _logmap0(y: Tensor, c: Tensor) -> Tensor:
 
 
 def _parallel_transport(x: Tensor, y: Tensor, v: Tensor, c: Tensor) -> Tensor:
-    return v + c * _inner(y, v) / (1 - c * _inner(x, y)) * (x + y)
+    # 1 − c⟨x, y⟩_L = 2 + c‖x − y‖²_L / 2, computed from the difference: ⟨x, y⟩_L itself cancels
+    # terms of size x₀y₀, so far from the origin (x₀ ~ 1e8) the denominator lost every digit and
+    # an embedding's optimiser step turned rows into NaN
+    diff = x - y
+    m = diff.detach().abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(diff.dtype).tiny)
+    den = 2 + c * m * m * _inner(diff / m, diff / m).clamp_min(0) / 2
+    return v + c * _inner(y, v) / den * (x + y)
 
 
 def _egrad2rgrad(x: Tensor, grad: Tensor, c: Tensor) -> Tensor:
