@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from reality_stone.data.wordnet import wordnet_closure
-from reality_stone.hierarchy import embed
+from reality_stone.hierarchy import embed, rank_metrics
 from reality_stone.threads import set_threads
 
 RESULTS = Path(__file__).parent / "results"
@@ -48,8 +48,6 @@ def main() -> None:
         r = embed(h, dim, "poincare", epochs=10_000, batch_size=args.batch_size, lr=args.lr, burn_in=args.burn_in,
                   seed=0, max_seconds=args.minutes * 60, progress=True, evaluate=False)
         train_s = time.perf_counter() - t1
-        from reality_stone.hierarchy import rank_metrics
-
         t2 = time.perf_counter()
         mean_rank, mean_ap = rank_metrics(r.embedding, "poincare", torch.cat([h.edges, h.edges.flip(1)]))
         eval_s = time.perf_counter() - t2

@@ -287,7 +287,7 @@ def _bound_radius(weight: Tensor, c: float) -> None:
     over = n > limit
     if bool(over.any()):
         xs.mul_(torch.where(over, limit / n, torch.ones_like(n)))
-        weight.data[:, :1] = (1 / c + (xs * xs).sum(-1, keepdim=True)).sqrt()
+        weight.data.copy_(lorentz.project(weight.data, c=c))  # x₀ back onto the hyperboloid
 
 
 def embed(

@@ -13,22 +13,16 @@ F64 = torch.float64
 def test_conversions_keep_points_and_distances():
     g = torch.Generator().manual_seed(0)
     for c in (0.5, 1.0, 2.5):
-        x = poincare.random_point(64, 5, c=c, std=0.7, dtype=F64, generator=g)
-        y = poincare.random_point(64, 5, c=c, std=0.7, dtype=F64, generator=g)
-        gb = to_geoopt(PoincareBall(c))
-        # same convention (a wrong c ↔ k mapping is off by O(1)); geoopt loses up to ~4e-4 relative
-        # near the rim (measured: 8.3227952 vs ours 8.32279315215467 = the 50-digit value)
-        torch.testing.assert_close(gb.dist(x, y), poincare.dist(x, y, c=c), rtol=1e-3, atol=1e-6)
-        back = from_geoopt(gb)
-        assert isinstance(back, PoincareBall) and float(back.c) == pytest.approx(c)
-        a = lorentz.random_point(64, 6, c=c, std=0.7, dtype=F64, generator=g)
-        b = lorentz.random_point(64, 6, c=c, std=0.7, dtype=F64, generator=g)
-        gl = to_geoopt(Lorentz(c))
-        # geoopt's arcosh(−k⟨a,b⟩) form loses up to ~4e-4 relative here (ours agrees with a 50-digit
-        # reference to 1e-14, tests/geometry): this checks the convention, not the digits
-        torch.testing.assert_close(gl.dist(a, b), lorentz.dist(a, b, c=c), rtol=1e-3, atol=1e-6)
-        back = from_geoopt(gl)
-        assert isinstance(back, Lorentz) and float(back.c) == pytest.approx(c)
+        for cls, fns, dim in ((PoincareBall, poincare, 5), (Lorentz, lorentz, 6)):
+            x = fns.random_point(64, dim, c=c, std=0.7, dtype=F64, generator=g)
+            y = fns.random_point(64, dim, c=c, std=0.7, dtype=F64, generator=g)
+            theirs = to_geoopt(cls(c))
+            # same convention (a wrong c ↔ k mapping is off by O(1)), not the digits: geoopt loses up
+            # to ~4e-4 relative near the rim (measured: 8.3227952 vs ours 8.32279315215467 = the
+            # 50-digit value; ours agree with a 50-digit reference to 1e-14, tests/geometry)
+            torch.testing.assert_close(theirs.dist(x, y), fns.dist(x, y, c=c), rtol=1e-3, atol=1e-6)
+            back = from_geoopt(theirs)
+            assert isinstance(back, cls) and float(back.c) == pytest.approx(c)
     assert to_geoopt(PoincareBall(1.3, learn_c=True)).k.requires_grad
     with pytest.raises(ValueError, match="no Klein model"):
         to_geoopt(Klein(1.0))

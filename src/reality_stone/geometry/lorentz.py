@@ -107,13 +107,18 @@ def _proj_tangent(x: Tensor, u: Tensor, c: Tensor) -> Tensor:
     return u + c * _inner(x, u) * x
 
 
+def _scaled_sq_diff(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(m, q) with ‖x − y‖²_L = m²·q: the difference scaled by its largest entry first, so far
+    points (√c·d > 45 in float32) do not square past the float range."""
+    diff = x - y
+    m = diff.detach().abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(diff.dtype).tiny)
+    return m, _inner(diff / m, diff / m)
+
+
 def _dist(x: Tensor, y: Tensor, c: Tensor) -> Tensor:
     sc = c.sqrt()
-    diff = x - y
-    # ‖x − y‖_L from the difference scaled by its largest entry: far points (√c·d > 45 in
-    # float32) square past the float range, the scaled form does not
-    m = diff.detach().abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(diff.dtype).tiny)
-    q = _inner(diff / m, diff / m).clamp_min(MIN_NORM * MIN_NORM)
+    m, q = _scaled_sq_diff(x, y)
+    q = q.clamp_min(MIN_NORM * MIN_NORM)
     return 2 / sc * torch.asinh(sc * (m * q.sqrt()).clamp_min(MIN_NORM) / 2)
 
 
@@ -165,9 +170,8 @@ def _parallel_transport(x: Tensor, y: Tensor, v: Tensor, c: Tensor) -> Tensor:
     # 1 − c⟨x, y⟩_L = 2 + c‖x − y‖²_L / 2, computed from the difference: ⟨x, y⟩_L itself cancels
     # terms of size x₀y₀, so far from the origin (x₀ ~ 1e8) the denominator lost every digit and
     # an embedding's optimiser step turned rows into NaN
-    diff = x - y
-    m = diff.detach().abs().amax(dim=-1, keepdim=True).clamp_min(torch.finfo(diff.dtype).tiny)
-    den = 2 + c * m * m * _inner(diff / m, diff / m).clamp_min(0) / 2
+    m, q = _scaled_sq_diff(x, y)
+    den = 2 + c * m * m * q.clamp_min(0) / 2
     return v + c * _inner(y, v) / den * (x + y)
 
 
