@@ -1,4 +1,5 @@
-"""Copy every benchmarks/results/*.md table into README.md and docs/*.md between its markers.
+"""Copy every benchmarks/results/*.md table into README.md and docs/*.md between its markers, and
+regenerate the codec pages (docs/codecs/, `codec_pages.py`).
 
     python benchmarks/update_readme.py
 
@@ -16,6 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
+    import codec_pages
+
+    codec_pages.main()
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
     texts = {p: p.read_text() for p in pages}
     for md in sorted((ROOT / "benchmarks" / "results").glob("*.md")):

@@ -6,7 +6,8 @@ import torch
 
 from reality_stone.calibration import ActivationStats
 from reality_stone.codecs import codec_config, decode_bytes, relative_error
-from reality_stone.codecs.gptq import GPTQEncoded, _group_params, _quant, prepare_hessian
+from reality_stone.codecs.group_affine import GroupAffineEncoded
+from reality_stone.codecs.gptq import _group_params, _quant, prepare_hessian
 
 
 def brute_force(W, H, bits, group, damp=0.01, order=None, static=None):
@@ -73,9 +74,9 @@ def test_gptq_lowers_output_error_vs_rtn_and_keeps_rtn_bytes():
 def test_fused_kernel_path_and_round_trip():
     W, H = problem(seed=3, out_f=24, in_f=128)
     enc = codec_config("gptq", bits=4, group=64).encode(W.float(), ActivationStats(H, 200))
-    assert isinstance(enc, GPTQEncoded) and enc.kernel_layout() is not None  # runs the int-kernel path
+    assert isinstance(enc, GroupAffineEncoded) and enc.kernel_layout() is not None  # runs the int-kernel path
     back = decode_bytes(enc.to_bytes())
-    assert isinstance(back, GPTQEncoded) and back.config == enc.config
+    assert isinstance(back, GroupAffineEncoded) and back.config == enc.config
     assert torch.equal(back.decode(), enc.decode())
     x = torch.randn(5, 128)
     ref = x.double() @ enc.decode(torch.float64).T

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from reality_stone.codecs.base import CodecConfig, Encoded, check_weight, register
+from reality_stone.codecs.base import Capabilities, CodecConfig, Encoded, check_weight, register
 from reality_stone.calibration import hessian_of
 from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 
@@ -74,7 +74,7 @@ def packed64_basis(seed_bits: int, block: int, coeffs: int) -> Tensor:
     r = (j + 0.5)/2^rest · 0.9 and angle theta = 2π·j/2^rest. Row p of U_s is the cell row
     p of the P × C field of that Packed64 seed.
     """
-    from reality_stone.codecs.packed64 import decode_block, pack_seed
+    from reality_stone.kernels.packed64_seed import decode_block, pack_seed
 
     s = torch.arange(2**seed_bits)
     rest_bits = max(0, seed_bits - 7)
@@ -88,7 +88,95 @@ def packed64_basis(seed_bits: int, block: int, coeffs: int) -> Tensor:
     return U.to(torch.float32)
 
 
-@register("seedbasis")
+class SeedBasisEncoded(Encoded):
+    """Per row ``e_top`` (out,), per block ``seeds`` (out, nb), ``e_off`` (out, nb), ``codes`` (out, nb, P)."""
+
+    def __init__(self, config: SeedBasisConfig, shape, e_top: Tensor, seeds: Tensor, e_off: Tensor, codes: Tensor):
+        self.config, self.shape = config, (int(shape[0]), int(shape[1]))
+        self.e_top, self.seeds, self.e_off, self.codes = e_top, seeds, e_off, codes
+
+    def block_scales(self) -> Tensor:
+        return torch.exp2(self.block_exponents().to(torch.float32))
+
+    def block_exponents(self) -> Tensor:
+        """(out, nb) absolute block exponents: block scale = 2^exponent."""
+        return self.e_top[:, None] - (2**self.config.exp_bits - 1) + self.e_off
+
+    def kernel_layout(self):
+        """The fused kernel's layout (`reality_stone.kernels.seedbasis`), built once; None if unsupported."""
+        if not hasattr(self, "_layout"):
+            from reality_stone.kernels.seedbasis import fusable, seedbasis_layout
+
+            cfg, exps = self.config, self.block_exponents()
+            self._layout = (seedbasis_layout(cfg.table(), self.seeds, exps, self.codes)
+                            if fusable(cfg.block, cfg.coeffs, cfg.coeff_bits, exps) else None)
+        return self._layout
+
+    def matmul(self, x: Tensor) -> Tensor:
+        """``x @ Wᵀ`` by the fused seed-basis kernel (block 8, P ≤ 8, Q ≤ 4), else decode → matmul."""
+        if x.shape[-1] != self.shape[1]:
+            raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
+        lay = self.kernel_layout()
+        if lay is None:
+            return super().matmul(x)
+        from reality_stone.kernels.seedbasis_ops import seedbasis_matmul
+
+        return seedbasis_matmul(x, lay)
+
+    def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        out_f, in_f = self.shape
+        U = self.config.table()
+        blocks = torch.einsum("rbp,rbpc->rbc", self.codes.to(torch.float32), U[self.seeds])
+        return (blocks * self.block_scales()[..., None]).reshape(out_f, -1)[:, :in_f].to(dtype)
+
+    @staticmethod
+    def _sizes(config, shape) -> list[int]:
+        """Bytes of e_top, seeds, exponent offsets and codes."""
+        out_f, in_f = shape
+        n = out_f * -(-in_f // config.block)
+        return [out_f, packed_nbytes(n, config.seed_bits), packed_nbytes(n, config.exp_bits) if config.exp_bits else 0,
+                packed_nbytes(n * config.coeffs, config.coeff_bits)]
+
+    def payload_nbytes(self) -> int:
+        return sum(self._sizes(self.config, self.shape))
+
+    def payload(self) -> bytes:
+        cfg = self.config
+        qoff = 2 ** (cfg.coeff_bits - 1)
+        return (self.e_top.numpy().astype(np.int8).tobytes()
+                + pack_bits(self.seeds, cfg.seed_bits)
+                + (pack_bits(self.e_off, cfg.exp_bits) if cfg.exp_bits else b"")
+                + pack_bits(self.codes + qoff, cfg.coeff_bits))
+
+    @classmethod
+    def from_payload(cls, config: SeedBasisConfig, shape, payload: bytes) -> "SeedBasisEncoded":
+        out_f, in_f = shape
+        nb = -(-in_f // config.block)
+        n = out_f * nb
+        sizes = cls._sizes(config, shape)
+        if len(payload) != sum(sizes):
+            raise ValueError(f"seedbasis payload has {len(payload)} bytes, expected {sum(sizes)} (truncated or corrupt)")
+        o = 0
+        e_top = torch.from_numpy(np.frombuffer(payload[:out_f], dtype=np.int8).astype(np.int64))
+        o += sizes[0]
+        seeds = unpack_bits(payload[o : o + sizes[1]], config.seed_bits, n).reshape(out_f, nb)
+        o += sizes[1]
+        e_off = (unpack_bits(payload[o : o + sizes[2]], config.exp_bits, n) if config.exp_bits
+                 else torch.zeros(n, dtype=torch.int64)).reshape(out_f, nb)
+        o += sizes[2]
+        codes = unpack_bits(payload[o:], config.coeff_bits, n * config.coeffs) - 2 ** (config.coeff_bits - 1)
+        enc = cls(config, shape, e_top, seeds, e_off, codes.reshape(out_f, nb, config.coeffs))
+        # |ŵ| ≤ 2^exponent · P · 2^(Q−1) · max|U|: a stored exponent that overflows float32 would
+        # decode to Inf (and the kernel would compute with it), so it is corrupt data
+        if n:
+            top = int(enc.block_exponents().max())
+            bound = math.log2(config.coeffs * 2 ** (config.coeff_bits - 1) * float(config.table().abs().max()))
+            if top + bound >= 128:
+                raise ValueError(f"corrupt seedbasis payload: block exponent {top} overflows float32")
+        return enc
+
+
+@register("seedbasis", SeedBasisEncoded)
 @dataclass(frozen=True)
 class SeedBasisConfig(CodecConfig):
     calibration: ClassVar[str] = "optional"
@@ -96,6 +184,9 @@ class SeedBasisConfig(CodecConfig):
                                   "with calibration; presets 4.25 / 3.5 / 2.5")
     PRESETS: ClassVar[dict[str, dict]] = {}  # filled below the class
     DAMP: ClassVar[float] = 0.01  # Hessian damping (fraction of its mean diagonal), as GPTQ's default
+    use_when: ClassVar[str] = ("the best quality per bit at 2.5–4.25 bits on real LLMs, with calibration text "
+                              "(sequential, output-error-aware); presets 4.25 / 3.5 / 2.5.")
+    error_bound: ClassVar[float] = 0.18  # default (4.25-bit) config (measured ≤ 0.134)
 
     block: int = 8
     seed_bits: int = 8
@@ -126,6 +217,14 @@ class SeedBasisConfig(CodecConfig):
         if self.chunk < 0:
             raise ValueError("chunk must be >= 0 (0 = auto)")
 
+    @property
+    def capabilities(self) -> Capabilities:
+        from reality_stone.kernels.seedbasis import fusable
+
+        # the kernel's exponent range is checked per weight (a decoded exponent outside it takes
+        # decode → matmul); every exponent a finite float32 weight produces is inside it
+        return Capabilities(calibration=self.calibration,
+                            fused_matmul=fusable(self.block, self.coeffs, self.coeff_bits, torch.zeros(0)))
 
     @property
     def block_bits(self) -> int:
@@ -293,88 +392,6 @@ class SeedBasisConfig(CodecConfig):
             codes.append(q)
         st = lambda xs: torch.stack(xs, 1).reshape(-1, *xs[0].shape[1:])  # noqa: E731  (row-major blocks)
         return st(seeds), st(exps), st(codes)
-
-    @classmethod
-    def _decode_payload(cls, config, shape, payload):
-        return SeedBasisEncoded.from_payload(config, shape, payload)
-
-
-class SeedBasisEncoded(Encoded):
-    """Per row ``e_top`` (out,), per block ``seeds`` (out, nb), ``e_off`` (out, nb), ``codes`` (out, nb, P)."""
-
-    def __init__(self, config: SeedBasisConfig, shape, e_top: Tensor, seeds: Tensor, e_off: Tensor, codes: Tensor):
-        self.config, self.shape = config, (int(shape[0]), int(shape[1]))
-        self.e_top, self.seeds, self.e_off, self.codes = e_top, seeds, e_off, codes
-
-    def block_scales(self) -> Tensor:
-        return torch.exp2(self.block_exponents().to(torch.float32))
-
-    def block_exponents(self) -> Tensor:
-        """(out, nb) absolute block exponents: block scale = 2^exponent."""
-        return self.e_top[:, None] - (2**self.config.exp_bits - 1) + self.e_off
-
-    def kernel_layout(self):
-        """The fused kernel's layout (`reality_stone.kernels.seedbasis`), built once; None if unsupported."""
-        if not hasattr(self, "_layout"):
-            from reality_stone.kernels.seedbasis import fusable, seedbasis_layout
-
-            cfg, exps = self.config, self.block_exponents()
-            self._layout = (seedbasis_layout(cfg.table(), self.seeds, exps, self.codes)
-                            if fusable(cfg.block, cfg.coeffs, cfg.coeff_bits, exps) else None)
-        return self._layout
-
-    def matmul(self, x: Tensor) -> Tensor:
-        """``x @ Wᵀ`` by the fused seed-basis kernel (block 8, P ≤ 8, Q ≤ 4), else decode → matmul."""
-        if x.shape[-1] != self.shape[1]:
-            raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
-        lay = self.kernel_layout()
-        if lay is None:
-            return super().matmul(x)
-        from reality_stone.kernels.seedbasis_ops import seedbasis_matmul
-
-        return seedbasis_matmul(x, lay)
-
-    def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        out_f, in_f = self.shape
-        U = self.config.table()
-        blocks = torch.einsum("rbp,rbpc->rbc", self.codes.to(torch.float32), U[self.seeds])
-        return (blocks * self.block_scales()[..., None]).reshape(out_f, -1)[:, :in_f].to(dtype)
-
-    def payload(self) -> bytes:
-        cfg = self.config
-        qoff = 2 ** (cfg.coeff_bits - 1)
-        return (self.e_top.numpy().astype(np.int8).tobytes()
-                + pack_bits(self.seeds, cfg.seed_bits)
-                + (pack_bits(self.e_off, cfg.exp_bits) if cfg.exp_bits else b"")
-                + pack_bits(self.codes + qoff, cfg.coeff_bits))
-
-    @classmethod
-    def from_payload(cls, config: SeedBasisConfig, shape, payload: bytes) -> "SeedBasisEncoded":
-        out_f, in_f = shape
-        nb = -(-in_f // config.block)
-        n = out_f * nb
-        sizes = [out_f, packed_nbytes(n, config.seed_bits), packed_nbytes(n, config.exp_bits) if config.exp_bits else 0,
-                 packed_nbytes(n * config.coeffs, config.coeff_bits)]
-        if len(payload) != sum(sizes):
-            raise ValueError(f"seedbasis payload has {len(payload)} bytes, expected {sum(sizes)} (truncated or corrupt)")
-        o = 0
-        e_top = torch.from_numpy(np.frombuffer(payload[:out_f], dtype=np.int8).astype(np.int64))
-        o += sizes[0]
-        seeds = unpack_bits(payload[o : o + sizes[1]], config.seed_bits, n).reshape(out_f, nb)
-        o += sizes[1]
-        e_off = (unpack_bits(payload[o : o + sizes[2]], config.exp_bits, n) if config.exp_bits
-                 else torch.zeros(n, dtype=torch.int64)).reshape(out_f, nb)
-        o += sizes[2]
-        codes = unpack_bits(payload[o:], config.coeff_bits, n * config.coeffs) - 2 ** (config.coeff_bits - 1)
-        enc = cls(config, shape, e_top, seeds, e_off, codes.reshape(out_f, nb, config.coeffs))
-        # |ŵ| ≤ 2^exponent · P · 2^(Q−1) · max|U|: a stored exponent that overflows float32 would
-        # decode to Inf (and the kernel would compute with it), so it is corrupt data
-        if n:
-            top = int(enc.block_exponents().max())
-            bound = math.log2(config.coeffs * 2 ** (config.coeff_bits - 1) * float(config.table().abs().max()))
-            if top + bound >= 128:
-                raise ValueError(f"corrupt seedbasis payload: block exponent {top} overflows float32")
-        return enc
 
 
 # Presets at the issue's three budgets (nominal bits per weight; + 8/in for the row exponent).

@@ -2,7 +2,7 @@
 
 `lowbit_linear` (fp32 activations, exact to fp32 rounding):
 
-* batch ≤ 256, float32, group a multiple of 64, kernel built: `int_lowbit_cpu.cpp`
+* batch ≤ 256 (`linear_op.MAX_FUSED_BATCH`), float32, group a multiple of 64, kernel built: `int_lowbit_cpu.cpp`
   (AVX-512 when the CPU has it, else AVX2);
 * otherwise: the tiled torch path (`kernels.tiled`: dequantise 256 rows at a time, multiply;
   never the whole dense weight);
@@ -15,8 +15,9 @@ AVX-512 VNNI; otherwise the same arithmetic in torch (quantise x, tiled product 
 dequantised int8 activations, exact Σx for the offsets). Its backward is the
 straight-through estimator: the gradient of the unquantised product.
 
-Both are ``torch.library.custom_op`` (so ``torch.compile`` traces them) with a registered
-backward: the input gradient uses the same tiled dequantisation.
+Both are ``torch.library.custom_op`` (so ``torch.compile`` traces them), registered with their
+fake, backward (the input gradient by the same tiled dequantisation) and dispatch by
+`reality_stone.kernels.linear_op`.
 """
 
 from __future__ import annotations
@@ -26,18 +27,15 @@ from torch import Tensor
 
 from reality_stone.kernels.extension import load_extension
 from reality_stone.kernels.int_lowbit import CHUNK, affine_offset, dequantize_rows, quantize_activations
-from reality_stone.kernels.tiled import tiled_linear, tiled_linear_transposed
+from reality_stone.kernels.linear_op import MAX_FUSED_BATCH, linear_kernel
+from reality_stone.kernels.tiled import tiled_linear
 
 __all__ = ["LOWBIT_MAX_BATCH", "lowbit_linear", "lowbit_linear_a8", "lowbit_matmul"]
 
-# Up to this many rows of x the fp32-activation kernel runs (in slices of 8 over L2-sized blocks
-# of weight rows); beyond, dequantised tiles + BLAS are as fast (4096², 2 threads: kernel 25 ms
-# vs dense 30 ms at 128 rows, 101 vs 88 ms at 512). The int8 kernel has no such limit (5.7 ms
-# at 128 rows, 23 ms at 512).
-LOWBIT_MAX_BATCH = 256
+LOWBIT_MAX_BATCH = MAX_FUSED_BATCH["lowbit_linear"]
 
 
-def _decoder(packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int, bits: int):
+def _decoder(packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int, bits: int, in_features=None):
     return lambda r0, r1, dtype: dequantize_rows(packed[r0:r1], scale[r0:r1], offset[r0:r1], zero_point, group, bits,
                                                  dtype)
 
@@ -49,17 +47,6 @@ def _fused(x2: Tensor, group: int, max_batch: int | None = None):
     if max_batch is not None and x2.shape[0] > max_batch:
         return None
     return load_extension()
-
-
-def lowbit_matmul(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int, bits: int,
-                  *, int8_activations: bool = False) -> Tensor:
-    """What the codecs call: `lowbit_linear` / `lowbit_linear_a8`, minus the custom op's Python
-    dispatch (tens of µs per call — more than the kernel itself on SmolLM2-sized layers) when
-    neither autograd nor ``torch.compile`` needs the op. Same kernels, same numbers."""
-    args = (x, packed, scale, offset, zero_point, group, bits)
-    if (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
-        return lowbit_linear_a8(*args) if int8_activations else lowbit_linear(*args)
-    return _forward_a8(*args) if int8_activations else _forward(*args)
 
 
 def _forward(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
@@ -80,7 +67,7 @@ def _forward_a8(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_p
         raise ValueError(f"int8 activation quantisation takes float32 inputs, got {x.dtype}")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    ext = _fused(x2, group)
+    ext = _fused(x2, group, MAX_FUSED_BATCH["lowbit_linear_a8"])
     if ext is not None and ext.has_avx512_vnni():
         y = ext.lowbit_gemv_a8(x2, packed, scale, offset, zero_point, group, bits)
     else:
@@ -102,7 +89,7 @@ def _check(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int,
     if packed.dtype != torch.uint8 or packed.dim() != 2 or (packed.shape[1] * 8) % bits:
         raise ValueError(f"lowbit_linear: packed must be uint8 (rows, K·bits/8), got {packed.dtype} {tuple(packed.shape)}")
     rows, K = packed.shape[0], packed.shape[1] * 8 // bits
-    if not (isinstance(group, int) and group >= 1 and K % group == 0):
+    if not (isinstance(group, (int, torch.SymInt)) and group >= 1 and K % group == 0):  # SymInt: torch.compile
         raise ValueError(f"lowbit_linear: group {group} does not divide the layout's {K} inputs")
     for name, t in (("scale", scale), ("offset", offset)):
         if t.dtype != torch.float16 or tuple(t.shape) != (rows, K // group):
@@ -128,26 +115,18 @@ def lowbit_linear_a8(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, z
     return _forward_a8(x, packed.contiguous(), scale.contiguous(), offset.contiguous(), zero_point, group, bits)
 
 
-def _fake(x, packed, scale, offset, zero_point, group, bits):
-    _check(x, packed, scale, offset, group, bits)
-    return x.new_empty(*x.shape[:-1], packed.shape[0])
+def _rows(packed, *_):
+    return packed.shape[0]
 
 
-def _setup(ctx, inputs, output):
-    _, packed, scale, offset, zero_point, group, bits = inputs
-    ctx.save_for_backward(packed, scale, offset)
-    ctx.zero_point, ctx.group, ctx.bits = zero_point, group, bits
+_KERNELS = {op: linear_kernel(op, forward=fwd, check=lambda x, p, s, o, zp, g, b: _check(x, p, s, o, g, b),
+                              rows=_rows, decoder=_decoder)
+            for op, fwd in ((lowbit_linear, _forward), (lowbit_linear_a8, _forward_a8))}
 
 
-def _backward(ctx, grad):
-    packed, scale, offset = ctx.saved_tensors
-    g2 = grad.reshape(-1, grad.shape[-1])
-    K = packed.shape[1] * 8 // ctx.bits
-    decode = _decoder(packed, scale, offset, ctx.zero_point, ctx.group, ctx.bits)
-    gx = tiled_linear_transposed(g2, packed.shape[0], K, decode)
-    return gx.reshape(*grad.shape[:-1], K), None, None, None, None, None, None
-
-
-for _op in (lowbit_linear, lowbit_linear_a8):
-    _op.register_fake(_fake)
-    _op.register_autograd(_backward, setup_context=_setup)
+def lowbit_matmul(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int, bits: int,
+                  *, int8_activations: bool = False) -> Tensor:
+    """What the codecs call: `lowbit_linear` / `lowbit_linear_a8` (through `LinearKernel`, which
+    skips the custom op's dispatch when neither autograd nor ``torch.compile`` needs it)."""
+    return _KERNELS[lowbit_linear_a8 if int8_activations else lowbit_linear](x, packed, scale, offset, zero_point,
+                                                                            group, bits)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from reality_stone.kernels.packed64_seed import grid_coords, radial, unpack_seed
+
 __all__ = ["HASH_KIND", "Packed64Layout", "decode_rows", "packed64_layout", "packed64_linear_reference"]
 
 HASH_KIND = 8
@@ -51,11 +53,10 @@ class Packed64Layout:
 
 def _polar_grid(size: int) -> tuple[Tensor, Tensor]:
     """(ρ, θ) of the cells of a size × size field, float64 (the codec's coordinates)."""
-    from reality_stone.codecs.packed64 import _grid_coords
 
     ii = torch.arange(size, dtype=torch.float64)[:, None]
     jj = torch.arange(size, dtype=torch.float64)[None, :]
-    x, y = _grid_coords(ii, jj, size, size)
+    x, y = grid_coords(ii, jj, size, size)
     return torch.sqrt(x * x + y * y) / math.sqrt(2), torch.atan2(y, x)
 
 
@@ -82,7 +83,6 @@ def packed64_layout(seeds: Tensor, scales: Tensor, leaves: list[tuple[int, int, 
                     shape: tuple[int, int], formula: str) -> Packed64Layout:
     """From the codec's fields: int64 seeds (n,), scales (n,), leaf positions (row0, col0, size)
     in quadtree order, the top-level block side, the real shape and the generator formula."""
-    from reality_stone.codecs.packed64 import unpack_seed
 
     f = unpack_seed(seeds)
     sc = scales.double()
@@ -123,7 +123,6 @@ def packed64_layout(seeds: Tensor, scales: Tensor, leaves: list[tuple[int, int, 
 
 def _leaf_blocks(lay: Packed64Layout, sel: Tensor, size: int) -> Tensor:
     """(len(sel), size, size) float64 values of the leaves ``sel`` (all of side ``size``)."""
-    from reality_stone.codecs.packed64 import _radial
 
     u, a, b = (lay.params[sel, c][:, None, None] for c in range(3))
     kind = lay.leaves[sel, 3].to(torch.int64)[:, None, None]
@@ -131,7 +130,7 @@ def _leaf_blocks(lay: Packed64Layout, sel: Tensor, size: int) -> Tensor:
         return a * _hash_grid(size)
     rho, theta = _polar_grid(size)
     k = lay.leaves[sel, 4].to(torch.float64)[:, None, None]
-    return _radial(kind // 2, kind % 2, u * rho) * (a * torch.sin(k * theta) + b * torch.cos(k * theta))
+    return radial(kind // 2, kind % 2, u * rho) * (a * torch.sin(k * theta) + b * torch.cos(k * theta))
 
 
 def decode_rows(lay: Packed64Layout, r0: int, r1: int, dtype=torch.float32) -> Tensor:

@@ -11,10 +11,9 @@ from typing import Callable
 
 from torch import Tensor
 
-__all__ = ["FUSED_MAX_BATCH", "TILE_ROWS", "tiled_linear", "tiled_linear_transposed"]
+__all__ = ["TILE_ROWS", "tiled_linear", "tiled_linear_transposed"]
 
 TILE_ROWS = 256
-FUSED_MAX_BATCH = 8  # the C++ kernels serve decode-sized batches (kernels.h: kMaxBatch)
 
 
 def tiled_linear(x2: Tensor, rows: int, decode: Callable[[int, int, object], Tensor]) -> Tensor:

@@ -2,6 +2,7 @@
 
 from reality_stone.nn.butterfly import ButterflyLinear, butterfly_multiply
 from reality_stone.nn.compressed import CompressedLinear, decoded_weights, set_activations
+from reality_stone.nn.trainable_rbe import TrainableRBE
 from reality_stone.nn.spline import GeodesicSplineLinear, HeightFieldLinear, SplineLinear, catmull_rom_matrix
 from reality_stone.nn.hyperbolic import (
     FromPoincare,
@@ -24,6 +25,7 @@ __all__ = [
     "MobiusLinear",
     "SplineLinear",
     "ToPoincare",
+    "TrainableRBE",
     "butterfly_multiply",
     "catmull_rom_matrix",
     "decoded_weights",

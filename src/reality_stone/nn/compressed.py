@@ -94,7 +94,7 @@ class CompressedLinear(nn.Module):
 
 
 def _supports_int8(encoded: Encoded) -> bool:
-    return hasattr(encoded, "matmul_int8_activations") and encoded.config.bits <= 4
+    return encoded.config.capabilities.int8_activations
 
 
 def set_activations(model: nn.Module, activations: str) -> int:

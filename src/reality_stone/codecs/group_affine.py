@@ -1,0 +1,174 @@
+"""One encoded type for the group-affine integer codecs: rtn, hqq and gptq.
+
+Each row of the (out, in) weight is split into groups of ``group`` consecutive inputs (the
+input dim is zero-padded to a multiple; padding is cropped on decode). A group stores
+``bits``-bit codes q and fp16 parameters; the three codecs differ only in how the encoder
+picks them and in the config's ``affine_form``:
+
+* ``"offset"`` (rtn asymmetric, gptq): w ≈ q·scale + offset (scale and offset stored);
+* ``"zero"`` (hqq): w ≈ (q − zero)·scale (scale and zero point stored);
+* ``"symmetric"`` (rtn symmetric): w ≈ (q − 2^(bits−1))·scale (only the scale stored).
+
+Payload: the codes bit-packed (`bitpack`) for the real inputs only (a partial last group costs
+no padding), then scale (out, n_groups) fp16, then offset/zero (out, n_groups) fp16 if stored:
+``bits + 16·(1 or 2)/group`` bits per weight plus the header.
+
+Codes of ≤ 4 bits are held only in the compute layout of `reality_stone.kernels.int_lowbit`
+(built once when the object is made, from the codes the encoder or the payload gives), so a
+loaded model holds the stored bits, and ``matmul`` runs the fused kernels
+(`reality_stone.kernels.int_lowbit_ops`) without building W. Wider codes take decode → matmul.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from reality_stone.codecs.base import CodecConfig, Encoded
+from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+from reality_stone.kernels.int_lowbit import CHUNK, layout_bits, pack_lowbit_layout, unpack_lowbit_layout
+
+__all__ = ["AFFINE_FORMS", "GroupAffineEncoded", "MAX_GROUP_OVER_ROW", "check_group"]
+
+AFFINE_FORMS = ("offset", "zero", "symmetric")
+
+# A group longer than the row pads every row to the group (codes, scales and the kernel layout):
+# allowed up to this many inputs (so a small layer can share a model-wide group), never beyond —
+# a stored group of 2^22 on a 64-input layer would make a few-KB blob allocate gigabytes.
+MAX_GROUP_OVER_ROW = 1024
+
+
+def check_group(group: int, in_features: int) -> None:
+    """A group may exceed the row length only up to `MAX_GROUP_OVER_ROW` inputs (ValueError)."""
+    if group > max(in_features, MAX_GROUP_OVER_ROW):
+        raise ValueError(f"group {group} is longer than the {in_features} inputs of the layer "
+                         f"(at most max(inputs, {MAX_GROUP_OVER_ROW}))")
+
+
+def _read_f16(data: bytes, n: int) -> Tensor:
+    return torch.from_numpy(np.frombuffer(data, dtype="<f2", count=n).astype(np.float16))
+
+
+class GroupAffineEncoded(Encoded):
+    """Codes (out, padded_in) uint8, ``scale`` (out, n_groups) fp16, ``offset`` (out, n_groups)
+    fp16 — the additive offset (form "offset") or the zero point (form "zero") — or None
+    (form "symmetric"). The config supplies ``bits``, ``group`` and ``affine_form``."""
+
+    def __init__(self, config: CodecConfig, shape, codes: Tensor, scale: Tensor, offset: Tensor | None):
+        self.config, self.shape = config, (int(shape[0]), int(shape[1]))
+        if (offset is None) != (config.affine_form == "symmetric"):
+            raise ValueError(f"form {config.affine_form!r} {'stores no' if offset is None else 'stores an'} offset")
+        self.scale, self.offset = scale, offset
+        self._codes, self._padded_in, self._layout = codes, codes.shape[1], None
+        if config.bits <= 4:  # keep the codes only inside the compute layout (bits, not a byte, per code)
+            self.kernel_layout()
+            self._codes = None
+
+    @property
+    def codes(self) -> Tensor:
+        """(out, padded_in) uint8 codes (read back from the compute layout where that holds them)."""
+        if self._codes is not None:
+            return self._codes
+        packed, bits = self._layout[0], self._layout[5]
+        return unpack_lowbit_layout(packed, bits)[:, : self._padded_in].to(torch.uint8)
+
+    def _zero_point(self) -> tuple[Tensor, bool]:
+        """(offset or zero point fp16 (out, n_groups), whether it is a zero point)."""
+        form = self.config.affine_form
+        if form == "symmetric":
+            return torch.full_like(self.scale, 2 ** (self.config.bits - 1)), True
+        return self.offset, form == "zero"
+
+    def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        out_f, in_f = self.shape
+        q = self.codes.reshape(out_f, -1, self.config.group).float()
+        s = self.scale.float()[..., None]
+        z, zero_point = self._zero_point()
+        w = (q - z.float()[..., None]) * s if zero_point else q * s + z.float()[..., None]
+        return w.reshape(out_f, -1)[:, :in_f].to(dtype)
+
+    def kernel_layout(self):
+        """(packed uint8, scale fp16, offset/zero fp16, zero_point, group, layout bits); None for > 4-bit codes.
+
+        The input dim is padded to a multiple of lcm(group, 64) with zero-scale groups.
+        """
+        if self.config.bits > 4:
+            return None
+        if self._layout is None:
+            codes = self._codes
+            offset, zero_point = self._zero_point()
+            g = self.config.group
+            step = math.lcm(g, CHUNK)
+            K = -(-codes.shape[1] // step) * step
+            extra = (K - codes.shape[1]) // g
+            codes = torch.nn.functional.pad(codes, (0, K - codes.shape[1]))
+            # the stored fp16 tensors themselves unless padding is needed (no second copy)
+            scale, offset = (torch.nn.functional.pad(t.half(), (0, extra)) if extra else t.half().contiguous()
+                             for t in (self.scale, offset))
+            bits = layout_bits(self.config.bits)
+            self._layout = (pack_lowbit_layout(codes, bits), scale, offset, zero_point, g, bits)
+        return self._layout
+
+    def _matmul(self, x: Tensor, int8_activations: bool) -> Tensor:
+        from reality_stone.kernels.int_lowbit_ops import lowbit_matmul
+
+        if x.shape[-1] != self.shape[1]:
+            raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
+        packed, scale, offset, zero_point, group, bits = self.kernel_layout()
+        K = packed.shape[1] * 8 // bits
+        if K != x.shape[-1]:
+            x = torch.nn.functional.pad(x, (0, K - x.shape[-1]))
+        return lowbit_matmul(x, packed, scale, offset, zero_point, group, bits, int8_activations=int8_activations)
+
+    def matmul(self, x: Tensor) -> Tensor:
+        if self.config.bits > 4:
+            return super().matmul(x)
+        return self._matmul(x, False)
+
+    def matmul_int8_activations(self, x: Tensor) -> Tensor:
+        """``x @ W.T`` with x quantised to int8 per group on the fly (AVX-512 VNNI kernel; see
+        `reality_stone.kernels.int_lowbit_ops.lowbit_linear_a8`). ≤ 4-bit codes, float32 x."""
+        if self.config.bits > 4:
+            raise ValueError(f"int8 activations need codes of at most 4 bits, this weight has {self.config.bits}")
+        return self._matmul(x, True)
+
+    # -- bytes ---------------------------------------------------------------------------
+    @staticmethod
+    def _sizes(config, shape) -> tuple[int, int, int]:
+        """(code bytes, bytes per side tensor, side tensors stored)."""
+        out_f, in_f = shape
+        n_groups = -(-in_f // config.group)
+        return packed_nbytes(out_f * in_f, config.bits), 2 * out_f * n_groups, int(config.affine_form != "symmetric")
+
+    def payload_nbytes(self) -> int:
+        codes, side, n_side = self._sizes(self.config, self.shape)
+        return codes + side * (1 + n_side)
+
+    def payload(self) -> bytes:
+        # only the real inputs' codes are stored; the padding of the last group is implicit
+        parts = [pack_bits(self.codes[:, : self.shape[1]], self.config.bits), self.scale.numpy().astype("<f2").tobytes()]
+        if self.offset is not None:
+            parts.append(self.offset.numpy().astype("<f2").tobytes())
+        return b"".join(parts)
+
+    @classmethod
+    def from_payload(cls, config, shape, payload: bytes) -> "GroupAffineEncoded":
+        out_f, in_f = shape
+        check_group(config.group, in_f)
+        n_code_bytes, side, n_side = cls._sizes(config, shape)
+        expected = n_code_bytes + side * (1 + n_side)
+        if len(payload) != expected:
+            raise ValueError(f"{config.codec_name} payload has {len(payload)} bytes, expected {expected} "
+                             "(truncated or corrupt)")
+        n_groups = side // (2 * out_f)
+        codes = torch.nn.functional.pad(unpack_bits(payload[:n_code_bytes], config.bits, out_f * in_f)
+                                        .reshape(out_f, in_f), (0, n_groups * config.group - in_f)).to(torch.uint8)
+        scale = _read_f16(payload[n_code_bytes:], out_f * n_groups).reshape(out_f, n_groups)
+        offset = (_read_f16(payload[n_code_bytes + side :], out_f * n_groups).reshape(out_f, n_groups)
+                  if n_side else None)
+        if not bool(torch.isfinite(scale.float()).all()) or (offset is not None and not bool(torch.isfinite(offset.float()).all())):
+            raise ValueError(f"corrupt {config.codec_name} payload: non-finite scale or offset")
+        return cls(config, shape, codes, scale, offset)
