@@ -1,7 +1,9 @@
 """The compiled CPU kernels: one C++ extension (AVX2 + FMA), built on first use and cached.
 
-Sources: `int_lowbit_cpu.cpp` (group-quantised ≤4-bit), `seedbasis_cpu.cpp` (seed-basis
-blocks), `seedbasis_search_cpu.cpp` (the seed-basis encoder's search), `packed64_cpu.cpp` (Packed64 leaves) and `bindings.cpp`. Built with ``torch.utils.cpp_extension.load`` into the user
+Sources: every ``*.cpp`` of this folder — `int_lowbit_cpu.cpp` (group-quantised ≤4-bit),
+`seedbasis_cpu.cpp` (seed-basis blocks), `seedbasis_search_cpu.cpp` (the seed-basis encoder's
+search), `packed64_cpu.cpp` (Packed64 leaves), each registering its own bindings, and
+`bindings.cpp` (the module). Built with ``torch.utils.cpp_extension.load`` into the user
 cache dir (one build per torch version; rebuilt when a source changes). No compiler, no
 AVX2, or ``REALITY_STONE_NO_EXT=1`` → ``None`` and one warning; callers then use their
 plain-torch paths.
@@ -17,7 +19,7 @@ import torch
 
 __all__ = ["extension_status", "load_extension"]
 
-SOURCES = ["int_lowbit_cpu.cpp", "seedbasis_cpu.cpp", "seedbasis_search_cpu.cpp", "packed64_cpu.cpp", "bindings.cpp"]
+SOURCES = sorted(p.name for p in Path(__file__).parent.glob("*.cpp"))
 _EXT = None
 _EXT_ERROR: str | None = None
 _WARNED = False
@@ -28,7 +30,7 @@ def load_extension(*, quiet: bool = False):
 
     Without it, the first non-``quiet`` call warns once: the fused matmuls say so; the encoders
     (``quiet``: their fallback is only slower, never different) do not use up that warning."""
-    global _EXT, _EXT_ERROR, _WARNED
+    global _EXT, _EXT_ERROR
     if _EXT is not None or _EXT_ERROR is not None:
         if _EXT is None and not quiet and not _WARNED:
             _warn()

@@ -464,3 +464,11 @@ torch::Tensor lowbit_gemv_a8(torch::Tensor x, torch::Tensor codes, torch::Tensor
   });
   return y;
 }
+
+static reality_stone::RegisterBindings bind_lowbit([](pybind11::module_& m) {
+  m.def("lowbit_gemv", &lowbit_gemv, "fused 2/3/4-bit group-quantised GEMV/small-batch GEMM, fp32 activations");
+  m.def("lowbit_gemv_a8", &lowbit_gemv_a8, "the same with int8 activations (AVX-512 VNNI)");
+  m.def("quantize_activations_int8", &quantize_activations_int8, "per-group int8 activation quantiser");
+  m.def("has_avx512", []() { return kHasAvx512; }, "whether the low-bit fp32 path runs on AVX-512");
+  m.def("has_avx512_vnni", []() { return kHasAvx512Vnni; }, "whether the int8-activation path is available");
+});

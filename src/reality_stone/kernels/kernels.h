@@ -1,4 +1,4 @@
-// Shared declarations and helpers of the reality_stone CPU kernels (AVX2 + FMA).
+// Shared helpers of the reality_stone CPU kernels (AVX2 + FMA) and the bindings registry.
 #pragma once
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -16,23 +16,16 @@ inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(sums);
 }
 
-constexpr int kMaxBatch = 8;  // the fused paths serve decode-sized batches; larger ones go tiled
+// Batch rows a fused kernel holds in registers per pass; larger batches loop over slices of this
+// size. Which batches reach a fused kernel at all is Python's choice (linear_op.MAX_FUSED_BATCH).
+constexpr int kMaxBatch = 8;
+
+// Each kernel source registers its own Python bindings beside its definitions (bindings.cpp runs
+// them all), so adding a kernel is its .cpp, its ops module and its conformance case.
+using BindFn = void (*)(pybind11::module_&);
+std::vector<BindFn>& binding_registry();
+struct RegisterBindings {
+  explicit RegisterBindings(BindFn f) { binding_registry().push_back(f); }
+};
 
 }  // namespace reality_stone
-
-extern const bool kHasAvx512;      // the low-bit fp32 path runs on AVX-512 (int_lowbit_cpu.cpp)
-extern const bool kHasAvx512Vnni;  // the int8-activation path is available
-
-torch::Tensor lowbit_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
-                          bool zero_point, int64_t group, int64_t bits);
-torch::Tensor lowbit_gemv_a8(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
-                             bool zero_point, int64_t group, int64_t bits);
-std::vector<torch::Tensor> quantize_activations_int8(torch::Tensor x, int64_t group);
-torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tensor seeds, torch::Tensor exps,
-                             torch::Tensor codes);
-torch::Tensor packed64_gemv(torch::Tensor x, torch::Tensor leaves, torch::Tensor params, torch::Tensor row_start,
-                            torch::Tensor tables, int64_t block);
-torch::Tensor packed64_rows(torch::Tensor leaves, torch::Tensor params, torch::Tensor row_start,
-                            torch::Tensor tables, int64_t block, int64_t r0, int64_t r1, int64_t cols_pad);
-std::vector<torch::Tensor> seedbasis_search(torch::Tensor w, torch::Tensor U, torch::Tensor M, torch::Tensor G,
-                                            torch::Tensor e_lo, torch::Tensor e_hi, int64_t coeff_bits);

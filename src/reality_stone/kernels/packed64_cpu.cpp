@@ -389,3 +389,8 @@ torch::Tensor packed64_rows(torch::Tensor leaves, torch::Tensor params, torch::T
   });
   return out;
 }
+
+static reality_stone::RegisterBindings bind_packed64([](pybind11::module_& m) {
+  m.def("packed64_gemv", &packed64_gemv, "fused Packed64 GEMV/small-batch GEMM (leaves generated row by row)");
+  m.def("packed64_rows", &packed64_rows, "rows [r0, r1) of a Packed64 weight, generated (tiled path, backward)");
+});

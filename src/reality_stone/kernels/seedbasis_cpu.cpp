@@ -171,3 +171,7 @@ torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tens
               kExpMin, ", ", kExpMax, "]");
   return acc.sum({0, 3});
 }
+
+static reality_stone::RegisterBindings bind_seedbasis([](pybind11::module_& m) {
+  m.def("seedbasis_gemv", &seedbasis_gemv, "fused seed-basis GEMV/small-batch GEMM (expanded z rows + FMA)");
+});

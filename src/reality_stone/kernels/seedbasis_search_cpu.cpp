@@ -168,3 +168,7 @@ std::vector<torch::Tensor> seedbasis_search(torch::Tensor w, torch::Tensor U, to
   }
   return {seed, e, q, err};
 }
+
+static reality_stone::RegisterBindings bind_seedbasis_search([](pybind11::module_& m) {
+  m.def("seedbasis_search", &seedbasis_search, "seed-basis encoder: best quantised seed per block (all seeds)");
+});
