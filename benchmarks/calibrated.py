@@ -27,11 +27,11 @@ from pathlib import Path
 import reality_stone as rs
 from reality_stone.codecs import codec_config
 from reality_stone.data.text import evaluation_text
-from reality_stone.models.evaluate import score_text
-from reality_stone.models.loaders import load_model
+from reality_stone.evaluation.metrics import score_text
+from reality_stone.evaluation.loaders import load_model
 from reality_stone.nn.compressed import decoded_weights
+from harness import RESULTS, write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 TEXTS = ("shakespeare", "news")
 BASELINES = {"4.25": dict(bits=4, group=128), "3.5": dict(bits=3, group=64), "2.5": dict(bits=2, group=64)}
 
@@ -73,8 +73,7 @@ def _order(rows: list[dict]) -> list[dict]:
 
 def write(rows: list[dict]) -> None:
     rows = _order(rows)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "calibrated.json").write_text(json.dumps(dict(rows=rows), indent=2) + "\n")
+    write_json("calibrated", dict(rows=rows))
     lines = []
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
@@ -93,7 +92,7 @@ def write(rows: list[dict]) -> None:
                          f"{n['ppl']:.2f} ({n['ppl_ratio']:.2f}×) | {h['kl']:.3f} | {n['kl']:.3f} | {h['top1']:.3f} | "
                          f"{n['top1']:.3f} | {r['compress_seconds']:.0f} | {r['file_mb']:.1f} |")
         lines.append("")
-    (RESULTS / "calibrated.md").write_text("\n".join(lines))
+    write_markdown("calibrated", "\n".join(lines))
 
 
 def main() -> None:

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
@@ -40,8 +38,8 @@ from reality_stone.codecs import codec_config
 from reality_stone.codecs.packed64 import Packed64Encoded, pack_seed
 from reality_stone.codecs.seedbasis import SeedBasisEncoded, preset
 from reality_stone.kernels.extension import extension_status
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 SHAPES = [(1024, 1024), (4096, 4096), (11008, 4096), (576, 576), (1536, 576), (576, 1536)]  # (out, in)
 BATCHES = (1, 8, 64)
 REPEAT = 15
@@ -172,11 +170,9 @@ def main() -> None:
             print(f"{out_f}×{in_f} b={batch:2d} " + "  ".join(f"{k}: {v * 1e3:.3f}" for k, v in t.items()), flush=True)
         del paths
     e2e = end_to_end()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fused_matmul.json").write_text(json.dumps(dict(read_bandwidth_gbs=bw / 1e9, kernel=extension_status(),
-                                                               round_bytes=ROUND_BYTES, rows=rows, end_to_end=e2e),
-                                                          indent=2) + "\n")
-    (RESULTS / "fused_matmul.md").write_text(markdown(rows, bw, e2e))
+    write_json("fused_matmul", dict(read_bandwidth_gbs=bw / 1e9, kernel=extension_status(),
+                                                               round_bytes=ROUND_BYTES, rows=rows, end_to_end=e2e))
+    write_markdown("fused_matmul", markdown(rows, bw, e2e))
 
 
 def markdown(rows: list[dict], bw: float, e2e: dict) -> str:
@@ -221,8 +217,8 @@ def markdown(rows: list[dict], bw: float, e2e: dict) -> str:
 
 def end_to_end() -> dict:
     import reality_stone as rs
-    from reality_stone.models.evaluate import tokens_per_second
-    from reality_stone.models.loaders import load_smollm2
+    from reality_stone.evaluation.metrics import tokens_per_second
+    from reality_stone.evaluation.loaders import load_smollm2
     from reality_stone.nn import set_activations
 
     loaded = load_smollm2()

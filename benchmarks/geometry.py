@@ -10,18 +10,16 @@ validation: finiteness and ball membership, one extra pass over the inputs).
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import geoopt
 import torch
 
 from reality_stone.geometry import poincare as P
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 
 
 def time_interleaved(fns: list, repeat: int = 25, warmup: int = 3) -> list[float]:
@@ -64,14 +62,13 @@ def main() -> None:
               f"checked {t_chk*1e3:7.2f} ms ({t_geo/t_chk:.2f}x)")
     meta = dict(shape=[n, d], dtype="float32", threads=torch.get_num_threads(), torch=torch.__version__,
                 geoopt=geoopt.__version__, machine=platform.machine(), processor=platform.processor())
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "geometry.json").write_text(json.dumps(dict(meta=meta, results=rows), indent=2) + "\n")
+    write_json("geometry", dict(meta=meta, results=rows))
     lines = ["| op | geoopt (ms) | ours (ms) | speed-up | ours, check=True (ms) | speed-up |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['op']} | {r['geoopt_ms']:.2f} | {r['ours_ms']:.2f} | {r['speedup']:.2f}× | "
                      f"{r['ours_checked_ms']:.2f} | {r['speedup_checked']:.2f}× |")
-    (RESULTS / "geometry.md").write_text("\n".join(lines) + "\n")
+    write_markdown("geometry", lines)
 
 
 if __name__ == "__main__":

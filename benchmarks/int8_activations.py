@@ -12,20 +12,18 @@ the same arithmetic in torch). The speed side is in fused_matmul.md.
 from __future__ import annotations
 
 import copy
-import json
 import time
-from pathlib import Path
 
 import torch
 
 import reality_stone as rs
 from reality_stone.codecs import codec_config
 from reality_stone.data.text import evaluation_text
-from reality_stone.models.evaluate import perplexity
-from reality_stone.models.loaders import load_smollm2
+from reality_stone.evaluation.metrics import perplexity
+from reality_stone.evaluation.loaders import load_smollm2
 from reality_stone.nn import decoded_weights, set_activations
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 TOKENS = 8192
 TEXTS = ("shakespeare", "news")
 CODECS = {"RTN int4 g128": codec_config("rtn", bits=4, group=128), "HQQ int4 g64": codec_config("hqq", bits=4, group=64),
@@ -54,14 +52,13 @@ def main() -> None:
                          seconds=time.perf_counter() - t0))
         print(rows[-1], flush=True)
         del model
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "int8_activations.json").write_text(json.dumps(dict(tokens=TOKENS, rows=rows), indent=2) + "\n")
+    write_json("int8_activations", dict(tokens=TOKENS, rows=rows))
     lines = [f"SmolLM2-135M perplexity, first {TOKENS} tokens, context 512 (`python benchmarks/int8_activations.py`).", "",
              "| weights | bits/weight | activations | Hamlet ppl | news ppl |", "|---|---:|---|---:|---:|"]
     for r in rows:
         bpw = f"{r['bits_per_weight']:.3f}" if "bits_per_weight" in r else "32"
         lines.append(f"| {r['label']} | {bpw} | {r['activations']} | {r['shakespeare']:.2f} | {r['news']:.2f} |")
-    (RESULTS / "int8_activations.md").write_text("\n".join(lines) + "\n")
+    write_markdown("int8_activations", lines)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,7 @@ regression on the same points (Ganea et al. 2018's experiment), 5 split seeds, t
 
 from __future__ import annotations
 
-import json
 import statistics
-from pathlib import Path
 
 import torch
 from sklearn.datasets import load_digits, load_wine
@@ -32,8 +30,8 @@ from reality_stone.data.wordnet import wordnet_closure
 from reality_stone.geometry import PoincareBall
 from reality_stone.hierarchy import embed_hierarchy
 from reality_stone.nn import ButterflyLinear, HyperbolicMLR, HyperButterfly, MobiusLinear, ToPoincare
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 SEEDS = [0, 1, 2, 3, 4]
 EPOCHS = 60
 
@@ -150,16 +148,14 @@ def main() -> None:
     torch.set_num_threads(1)  # models this small gain nothing from threads
     tab = tabular()
     wn = wordnet()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "layers_accuracy.json").write_text(json.dumps(dict(tabular=tab, wordnet=wn, epochs=EPOCHS, seeds=SEEDS),
-                                                             indent=2) + "\n")
+    write_json("layers_accuracy", dict(tabular=tab, wordnet=wn, epochs=EPOCHS, seeds=SEEDS))
     lines = ["| dataset | model | test accuracy (mean ± std, 5 seeds) | parameters |", "|---|---|---:|---:|"]
     lines += [f"| {r['dataset']} | {r['model']} | {r['mean']:.4f} ± {r['std']:.4f} | {r['params']} |" for r in tab]
     lines += ["", "WordNet mammals, 2-D Poincaré embedding; subtree membership, test F1 (5 seeds):", "",
               "| subtree | nodes | hyperbolic MLR | Euclidean logistic regression |", "|---|---:|---:|---:|"]
     lines += [f"| {r['subtree']} | {r['size']} | {r['hyperbolic MLR F1']:.3f} ± {r['hyperbolic MLR F1 std']:.3f} | "
               f"{r['Euclidean logistic regression F1']:.3f} ± {r['Euclidean logistic regression F1 std']:.3f} |" for r in wn]
-    (RESULTS / "layers_accuracy.md").write_text("\n".join(lines) + "\n")
+    write_markdown("layers_accuracy", lines)
 
 
 if __name__ == "__main__":

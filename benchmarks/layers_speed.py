@@ -10,19 +10,17 @@ log2(N)·N·4 (every 2×2 block: 4 multiply-adds).
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from reality_stone.geometry import poincare
 from reality_stone.nn import ButterflyLinear, HyperButterfly
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 SIZES = [256, 512, 1024, 2048, 4096, 8192]
 BATCHES = [1, 64]
 
@@ -68,9 +66,8 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
     cross = {B: next((r["n"] for r in rows if r["batch"] == B and r["butterfly_speedup"] > 1), None) for B in BATCHES}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "layers_speed.json").write_text(json.dumps(dict(rows=rows, crossover_n=cross,
-                                                               threads=torch.get_num_threads()), indent=2) + "\n")
+    write_json("layers_speed", dict(rows=rows, crossover_n=cross,
+                                                               threads=torch.get_num_threads()))
     lines = ["| N | batch | nn.Linear ms | ButterflyLinear ms | speedup | HyperButterfly ms | speedup | FLOP ratio | params dense / butterfly |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -79,7 +76,7 @@ def main() -> None:
                      f"{r['params_dense'] / r['params_butterfly']:.0f}× |")
     lines += ["", "Crossover (smallest N where ButterflyLinear is faster than nn.Linear): "
               + ", ".join(f"batch {B}: {'N = ' + str(n) if n else 'none up to 8192'}" for B, n in cross.items()) + "."]
-    (RESULTS / "layers_speed.md").write_text("\n".join(lines) + "\n")
+    write_markdown("layers_speed", lines)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,13 @@ bytes) against the best round-to-nearest int8…int2 configuration at the same b
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 from matrices import real
 from reality_stone.codecs import relative_error, sqnr_db
 from reality_stone.codecs.lowrank import LowRankConfig
 from reality_stone.codecs.rtn import RTNConfig
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 BUDGETS = (8.0, 4.25, 2.5)  # bits per weight
 SPARSE = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08)
 RTN_CHOICES = [(8, 128), (8, 32), (4, 128), (4, 64), (4, 32), (3, 128), (3, 64), (2, 128), (2, 64)]
@@ -61,8 +59,7 @@ def main() -> None:
             rows.append(row)
             print(name, bpw, [(r["sparse"], r["rank"], round(r["rel_error"], 3)) for r in row["lowrank"]],
                   row.get("rtn", {}).get("rel_error"), flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lowrank_sparse.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_json("lowrank_sparse", rows)
     lines = ["Relative Frobenius error at equal bytes (every byte counted). SVD alone, the best SVD + sparse split "
              "(sparse fraction and rank in brackets), best RTN at the same bytes (`python benchmarks/lowrank_sparse.py`).",
              "", "| matrix | bits/weight | SVD alone (rank) | best SVD + sparse (fraction, rank) | best RTN |",
@@ -74,7 +71,7 @@ def main() -> None:
         cell_best = f"{best['rel_error']:.3f} ({100 * best['sparse']:g} %, r={best['rank']})" if best else "—"
         rtn = f"{r['rtn']['rel_error']:.3f} ({r['rtn']['config']})" if "rtn" in r else "—"
         lines.append(f"| {r['matrix']} | {r['budget_bpw']:g} | {cell_plain} | {cell_best} | {rtn} |")
-    (RESULTS / "lowrank_sparse.md").write_text("\n".join(lines) + "\n")
+    write_markdown("lowrank_sparse", lines)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ import torch
 import reality_stone as rs
 from reality_stone.codecs import codec_config
 from reality_stone.codecs.seedbasis import preset
-from reality_stone.models.experiment import Spec, evaluate_specs
-from reality_stone.models.loaders import load_minilm, load_smollm2
+from reality_stone.evaluation.experiment import Spec, evaluate_specs
+from reality_stone.evaluation.loaders import load_minilm, load_smollm2
+from harness import RESULTS, write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 TOKENS = 2048
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     lm = load_smollm2()
     rows = []
     from reality_stone.data.text import evaluation_text
-    from reality_stone.models.evaluate import model_nbytes, perplexity
+    from reality_stone.evaluation.metrics import model_nbytes, perplexity
 
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs():
@@ -113,8 +113,7 @@ def main() -> None:
     enc_rows = old["minilm"] if prefixes else evaluate_specs(load_minilm(), enc_specs)
     for r in enc_rows:
         print({k: v for k, v in r.items() if k != "config"}, flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "model_eval.json").write_text(json.dumps(dict(tokens=TOKENS, smollm2=rows, minilm=enc_rows), indent=2) + "\n")
+    write_json("model_eval", dict(tokens=TOKENS, smollm2=rows, minilm=enc_rows))
     dense = rows[0]
     lines = [f"SmolLM2-135M-Instruct, held-out perplexity on the first {TOKENS} tokens (context 512, stride 256); "
              "tokens/s and peak RSS from a fresh process that loads the file and decodes 32 tokens at batch 1.", "",
@@ -132,7 +131,7 @@ def main() -> None:
     for r in enc_rows:
         lines.append(f"| {r['label']} | {r['bits_per_weight']:.3f} | {r['cosine_mean']:.4f} | {r['cosine_min']:.4f} | "
                      f"{r['spearman']:.4f} |")
-    (RESULTS / "model_eval.md").write_text("\n".join(lines) + "\n")
+    write_markdown("model_eval", lines)
     plot(rows)
 
 

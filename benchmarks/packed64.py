@@ -10,17 +10,15 @@
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import torch
 
 from matrices import real, synthetic
 from reality_stone.codecs import relative_error, sqnr_db
 from reality_stone.codecs.packed64 import Packed64Config, decode_block, pack_seed
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 BLOCKS = (8, 16, 32, 64, 128)
 
 
@@ -71,8 +69,7 @@ def rate_distortion() -> list[dict]:
 def main() -> None:
     tp = throughput()
     rd = rate_distortion()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "packed64.json").write_text(json.dumps(dict(throughput=tp, rate_distortion=rd), indent=2) + "\n")
+    write_json("packed64", dict(throughput=tp, rate_distortion=rd))
     lines = [
         f"Decode: {tp['elements_per_s']['decode_block float32'] / 1e6:.0f} M elements/s vs reading dense fp32 "
         f"{tp['elements_per_s']['read dense float32 (sum)'] / 1e6:.0f} M elements/s "
@@ -84,7 +81,7 @@ def main() -> None:
     for r in rd:
         lines.append(f"| {r['matrix']} | {r['shape'][0]}×{r['shape'][1]} | {r['block']} | {r['ratio_fp32']:.1f} | "
                      f"{r['bits_per_weight']:.3f} | {r['rel_error']:.3f} | {r['sqnr_db']:.2f} |")
-    (RESULTS / "packed64.md").write_text("\n".join(lines) + "\n")
+    write_markdown("packed64", lines)
 
 
 if __name__ == "__main__":

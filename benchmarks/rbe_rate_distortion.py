@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -23,8 +22,8 @@ from reality_stone.codecs import relative_error, sqnr_db
 from reality_stone.codecs.lowrank import LowRankConfig
 from reality_stone.codecs.rbe import RBEConfig
 from reality_stone.codecs.rtn import RTNConfig
+from harness import RESULTS, write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 RATIOS = (4, 8, 16, 32, 150)
 RTN_CHOICES = [(8, 128), (8, 32), (4, 128), (4, 64), (3, 128), (3, 64), (2, 128), (2, 64)]
 
@@ -115,8 +114,7 @@ def main() -> None:
         print(f"domain {r['domain']} n={r['n']} K={r['k']}: RMSE {r['rmse']:.3g} ratio {r['ratio_fp32']:.0f}:1 "
               f"(seed counting {r['seed_word_ratio']:.0f}:1)")
     rw = real_weights()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "rbe_rate_distortion.json").write_text(json.dumps(dict(seed004=syn, real=rw), indent=2) + "\n")
+    write_json("rbe_rate_distortion", dict(seed004=syn, real=rw))
     plot(rw, RESULTS / "rbe_rate_distortion.png")
     seed_ref = {(1024, 50): 1.9e-4, (1024, 100): 8.8e-5}
     lines = ["Seed 004's synthetic field, block 128, poly-cos8 + DCT, fp16 values (1024² rows are the seed's claim):", "",
@@ -135,7 +133,7 @@ def main() -> None:
         lines.append(f"| {r['matrix']} | {r['target_ratio']}:1 ({r['target_bpw']:.2f}) | "
                      f"{r['rbe poly-cos8+dct B64']['rel_error']:.3f} | {r['rbe dct B16']['rel_error']:.3f} | "
                      f"{r['rbe haar B64']['rel_error']:.3f} | {svd} | {rtn} |")
-    (RESULTS / "rbe_rate_distortion.md").write_text("\n".join(lines) + "\n")
+    write_markdown("rbe_rate_distortion", lines)
 
 
 if __name__ == "__main__":

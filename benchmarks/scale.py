@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-RESULTS = Path(__file__).parent / "results"
+from harness import RESULTS, write_json, write_markdown
+
 HIDDEN, INTER = 4096, 11008
 LAYER_SHAPES = {"self_attn.q_proj.weight": (HIDDEN, HIDDEN), "self_attn.k_proj.weight": (HIDDEN, HIDDEN),
                 "self_attn.v_proj.weight": (HIDDEN, HIDDEN), "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
@@ -71,7 +72,7 @@ def make_checkpoint(folder: Path, gigabytes: float, shard_bytes: float = 2e9) ->
 CHILD = """
 import json, sys
 from reality_stone.codecs import codec_config
-from reality_stone.models.evaluate import peak_rss_bytes
+from reality_stone.evaluation.metrics import peak_rss_bytes
 from reality_stone.models.streaming import compress_checkpoint
 src, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 s = compress_checkpoint(src, out, codec_config("rtn", bits=4, group=128), workers=workers)
@@ -127,8 +128,7 @@ def write(rows: list[dict]) -> None:
                seedbasis_3_5_aware_process_hours=(70e3 * sb / 3600) if sb else None,
                note="extrapolated from measured throughput on this 2-core machine (one process, 2 threads); "
                     "with Ray, divide by the workers times the measured parallel efficiency")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps(dict(rows=rows, estimate_70b=est, codec="rtn int4 g128"), indent=2) + "\n")
+    write_json("scale", dict(rows=rows, estimate_70b=est, codec="rtn int4 g128"))
     lines = ["| checkpoint GB | shards | peak RSS GB | seconds | GB/s | output GB | Ray 2 workers: seconds (speedup) |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -141,7 +141,7 @@ def write(rows: list[dict]) -> None:
                  f"take ≈ {est['seedbasis_3_5_aware_process_hours']:.0f} h (calibration included, "
                  f"benchmarks/calibrated.py), i.e. a cluster job."
                  if sb else ".")]
-    (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
+    write_markdown("scale", lines)
 
 
 if __name__ == "__main__":

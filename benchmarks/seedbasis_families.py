@@ -8,14 +8,12 @@ relative weight error on the real matrices of `matrices.real()`.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 from matrices import real
 from reality_stone.codecs import relative_error
 from reality_stone.codecs.seedbasis import preset
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -29,11 +27,10 @@ def main() -> None:
                 row["bits_per_weight"] = enc.bits_per_weight()
             rows.append(row)
             print(row, flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "seedbasis_families.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_json("seedbasis_families", rows)
     lines = ["| matrix | preset (bpw) | LFSR basis rel. error | Packed64 basis rel. error |", "|---|---|---:|---:|"]
     lines += [f"| {r['matrix']} | {r['budget']} | {r['lfsr']:.4f} | {r['packed64']:.4f} |" for r in rows]
-    (RESULTS / "seedbasis_families.md").write_text("\n".join(lines) + "\n")
+    write_markdown("seedbasis_families", lines)
 
 
 if __name__ == "__main__":

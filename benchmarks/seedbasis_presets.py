@@ -10,18 +10,16 @@ Evaluation text is not touched, so choosing presets here does not tune to the he
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import torch
 
 from reality_stone.calibration import calibration_ids, collect_stats, output_error
 from reality_stone.codecs import relative_error
 from reality_stone.codecs.seedbasis import SeedBasisConfig
-from reality_stone.models.loaders import load_smollm2
+from reality_stone.evaluation.loaders import load_smollm2
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 LAYERS = ["model.layers.10.self_attn.q_proj", "model.layers.10.mlp.gate_proj", "model.layers.10.mlp.down_proj"]
 # (block C, seed bits S, coefficients P, coefficient bits Q, exponent bits E): (S + E + P·Q)/C = budget
 CANDIDATES = {
@@ -53,12 +51,11 @@ def main() -> None:
                        seconds_per_mweight=secs / n * 1e6)
             rows.append(row)
             print(row, flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "seedbasis_presets.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_json("seedbasis_presets", rows)
     lines = ["| budget | C, S, P, Q, E | output rel. err | weight rel. err | s / M weights |", "|---|---|---:|---:|---:|"]
     lines += [f"| {r['budget']} | {', '.join(str(v) for v in r['config'].values())} | {r['output_error']:.4f} | "
               f"{r['rel_error']:.4f} | {r['seconds_per_mweight']:.2f} |" for r in rows]
-    (RESULTS / "seedbasis_presets.md").write_text("\n".join(lines) + "\n")
+    write_markdown("seedbasis_presets", lines)
 
 
 if __name__ == "__main__":

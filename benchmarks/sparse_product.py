@@ -9,16 +9,14 @@ float32, batch 1 / 8 / 64, 2 threads, warm (the same matrix every call), median 
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from reality_stone.kernels.sparse import csr_matrix
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 N = 4096
 DENSITIES = (0.01, 0.02, 0.05)
 BATCHES = (1, 8, 64)
@@ -57,8 +55,7 @@ def main() -> None:
                       dense=median_ms(lambda: x @ dense.T))
             rows.append(dict(density=density, batch=batch, ms=ms))
             print(density, batch, {k: round(v, 3) for k, v in ms.items()}, flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sparse_product.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_json("sparse_product", rows)
     lines = [f"{N}×{N} sparse matrix times x (float32, 2 threads, warm; ms per call, "
              "`python benchmarks/sparse_product.py`).", "",
              "| density | batch | CSR | COO `sparse.mm` | dense matmul | COO / CSR |", "|---:|---:|---:|---:|---:|---:|"]
@@ -66,7 +63,7 @@ def main() -> None:
         m = r["ms"]
         lines.append(f"| {100 * r['density']:g} % | {r['batch']} | {m['csr']:.3f} | {m['coo']:.3f} | {m['dense']:.3f} "
                      f"| {m['coo'] / m['csr']:.0f}× |")
-    (RESULTS / "sparse_product.md").write_text("\n".join(lines) + "\n")
+    write_markdown("sparse_product", lines)
 
 
 if __name__ == "__main__":

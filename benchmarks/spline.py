@@ -15,7 +15,6 @@ held out), context 16 characters, H = 256, 1500 steps; loss in bits per characte
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import sys
@@ -31,8 +30,8 @@ from layers_accuracy import train_eval  # noqa: E402
 
 from reality_stone.data.text import calibration_text, evaluation_text  # noqa: E402
 from reality_stone.nn import ButterflyLinear, GeodesicSplineLinear, HeightFieldLinear, SplineLinear  # noqa: E402
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 SEEDS = [0, 1, 2]
 
 
@@ -132,8 +131,7 @@ def char_lm() -> list[dict]:
 def main() -> None:
     torch.set_num_threads(1)
     rows = tabular() + char_lm()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "spline.json").write_text(json.dumps(dict(rows=rows, seeds=SEEDS), indent=2) + "\n")
+    write_json("spline", dict(rows=rows, seeds=SEEDS))
     dense = {r["task"]: r["hidden_params"] for r in rows if r["model"] == "dense"}
     lines = ["| task | hidden layer | metric | mean ± std (3 seeds) | hidden-layer params (saving vs dense) | post-hoc fit rel. err |",
              "|---|---|---|---:|---:|---:|"]
@@ -142,7 +140,7 @@ def main() -> None:
         fit = f"{r['fit_rel_error']:.3f}" if "fit_rel_error" in r else ""
         lines.append(f"| {r['task']} | {r['model']} | {r['metric']} | {r['mean']:.4f} ± {r['std']:.4f} | "
                      f"{r['hidden_params']} ({saving:.1%}) | {fit} |")
-    (RESULTS / "spline.md").write_text("\n".join(lines) + "\n")
+    write_markdown("spline", lines)
 
 
 if __name__ == "__main__":

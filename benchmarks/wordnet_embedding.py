@@ -9,17 +9,15 @@ Needs the Debian packages wordnet-base + wordnet-sense-index.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from reality_stone.data.wordnet import wordnet_closure
 from reality_stone.hierarchy import embed_hierarchy
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 DIMS = (2, 5, 10)
 SEEDS = (0, 1, 2)
 EPOCHS = 100
@@ -46,8 +44,7 @@ def main() -> None:
                   f"MAP {row['map']:.3f} ± {row['map_std']:.3f}  ({row['seconds_per_run']:.0f} s/run)", flush=True)
     meta = dict(hierarchy="WordNet 3.0 mammal.n.01 closure", nodes=h.num_nodes, edges=len(h.edges),
                 epochs=EPOCHS, batch=BATCH, negatives=50, torch=torch.__version__, threads=torch.get_num_threads())
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "wordnet_embedding.json").write_text(json.dumps(dict(meta=meta, results=rows), indent=2) + "\n")
+    write_json("wordnet_embedding", dict(meta=meta, results=rows))
     lines = ["| dim | Poincaré mean rank ↓ | Euclidean mean rank ↓ | Poincaré MAP ↑ | Euclidean MAP ↑ |",
              "|---:|---:|---:|---:|---:|"]
     by = {(r["geometry"], r["dim"]): r for r in rows}
@@ -55,7 +52,7 @@ def main() -> None:
         p, e = by["poincare", dim], by["euclidean", dim]
         lines.append(f"| {dim} | {p['mean_rank']:.2f} ± {p['mean_rank_std']:.2f} | {e['mean_rank']:.2f} ± "
                      f"{e['mean_rank_std']:.2f} | {p['map']:.3f} ± {p['map_std']:.3f} | {e['map']:.3f} ± {e['map_std']:.3f} |")
-    (RESULTS / "wordnet_embedding.md").write_text("\n".join(lines) + "\n")
+    write_markdown("wordnet_embedding", lines)
 
 
 if __name__ == "__main__":

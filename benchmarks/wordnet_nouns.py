@@ -14,17 +14,15 @@ evaluated — minutes on its own, not counted in the budget. Threads: the librar
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 
 from reality_stone.data.wordnet import wordnet_closure
 from reality_stone.hierarchy import embed, rank_metrics
 from reality_stone.threads import set_threads
+from harness import write_json, write_markdown
 
-RESULTS = Path(__file__).parent / "results"
 PAPER_MAP = {5: 0.823, 10: 0.851}  # Nickel & Kiela (2017), Table 1, WordNet nouns reconstruction
 
 
@@ -59,8 +57,7 @@ def main() -> None:
     meta = dict(hierarchy="WordNet 3.0 noun closure (entity.n.01, instance hypernyms included)", nodes=h.num_nodes,
                 edges=len(h.edges), minutes_per_dim=args.minutes, batch_size=args.batch_size, lr=args.lr,
                 burn_in=args.burn_in, negatives=50, threads=threads, torch=torch.__version__)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "wordnet_nouns.json").write_text(json.dumps(dict(meta=meta, results=rows), indent=2) + "\n")
+    write_json("wordnet_nouns", dict(meta=meta, results=rows))
     lines = [f"WordNet nouns, {h.num_nodes} nodes / {len(h.edges)} closure edges, Poincaré, "
              f"{args.minutes:g} min of training per dimension, {threads} threads, batch {args.batch_size}:", "",
              "| dim | epochs | train (min) | mean rank ↓ | MAP ↑ | paper MAP (N&K 2017) | eval (s) |",
@@ -68,7 +65,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['dim']} | {r['epochs']} | {r['train_seconds'] / 60:.1f} | {r['mean_rank']:.2f} | "
                      f"{r['map']:.3f} | {r['paper_map'] if r['paper_map'] is not None else '—'} | {r['eval_seconds']:.0f} |")
-    (RESULTS / "wordnet_nouns.md").write_text("\n".join(lines) + "\n")
+    write_markdown("wordnet_nouns", lines)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ from reality_stone.calibration import (ActivationStats, calibration_ids, collect
                                        sequential_stats)
 from reality_stone.codecs import codec_config
 from reality_stone.models import compressible_layers
-from reality_stone.models.evaluate import score_text
-from reality_stone.models.loaders import tiny_bert, tiny_llama
+from reality_stone.evaluation.metrics import score_text
+from reality_stone.evaluation.loaders import tiny_bert, tiny_llama
 from reality_stone.nn import CompressedLinear
 
 
@@ -89,7 +89,7 @@ def test_encoder_models_calibrate_too():
 
 
 def test_calibration_inputs_and_bad_input():
-    from reality_stone.models.loaders import load_tokenizer
+    from reality_stone.evaluation.loaders import load_tokenizer
 
     tok = load_tokenizer("smollm2")
     t = calibration_ids("shakespeare", tok, tokens=1000, seq_len=200)
@@ -121,7 +121,7 @@ def test_calibration_inputs_and_bad_input():
 def test_news_calibration_is_disjoint_from_news_evaluation():
     from reality_stone.calibration import _bundled_text
     from reality_stone.data.text import evaluation_text
-    from reality_stone.models.loaders import load_tokenizer
+    from reality_stone.evaluation.loaders import load_tokenizer
 
     tok = load_tokenizer("smollm2")
     scored = tok.decode(tok(evaluation_text("news")).input_ids[:8192])
@@ -143,7 +143,7 @@ def test_save_pretrained_on_a_compressed_model_refuses(tmp_path):
 
 def test_score_text_kl_and_top1_against_the_base():
     from reality_stone.data.text import evaluation_text
-    from reality_stone.models.loaders import load_tokenizer
+    from reality_stone.evaluation.loaders import load_tokenizer
 
     tok = load_tokenizer("smollm2")
     base = tiny_llama()

@@ -108,7 +108,7 @@ def test_calibration_bad_input_is_clear(tmp_path):
 
 
 def test_hf_model_folder_calibrated_with_own_text(tmp_path):
-    from reality_stone.models.loaders import load_tokenizer, tiny_llama
+    from reality_stone.evaluation.loaders import load_tokenizer, tiny_llama
 
     tok = load_tokenizer("smollm2")
     model = tiny_llama()

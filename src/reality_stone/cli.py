@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from reality_stone.models.selection import DEFAULT_SKIP
+
 app = typer.Typer(
     help="Reality Stone: exact hyperbolic layers and geometric weight compression for PyTorch.",
     no_args_is_help=True,
@@ -289,7 +291,9 @@ def compress_cmd(
     opt: list[str] = typer.Option([], "--opt", help="codec option key=value, repeatable (e.g. --opt bits=4)"),
     preset: str = typer.Option(None, "--preset", help="codec preset, e.g. seedbasis 4.25 / 3.5 / 2.5"),
     output: Path = typer.Option(..., "-o", "--output", help="output .safetensors file"),
-    skip: list[str] = typer.Option([], "--skip", help="glob of layer names to keep dense, repeatable"),
+    skip: list[str] = typer.Option(list(DEFAULT_SKIP), "--skip", help="glob of layer names to keep dense, "
+                                   "repeatable; replaces the default (the LM head): --skip lm_head --skip 'x*' keeps "
+                                   "both, --skip '' compresses every linear layer"),
     calibration: str = typer.Option(None, "--calibration", help="calibration text for data-aware codecs "
                                     "(gptq, seedbasis): a text file, or the bundled 'shakespeare' / 'news'"),
     calibration_tokens: int = typer.Option(8192, "--calibration-tokens", min=1, help="calibration tokens to use"),
@@ -313,7 +317,7 @@ def compress_cmd(
     """
     from reality_stone.models import compress, save
     from reality_stone.models.compress import check_calibration
-    from reality_stone.models.loaders import is_model_folder, load_model
+    from reality_stone.evaluation.loaders import is_model_folder, load_model
 
     n_threads = _threads(threads)
     config = _codec(codec, opt, preset)
@@ -337,7 +341,7 @@ def compress_cmd(
     if calib is not None and not isinstance(calib, str) and loaded.tokenizer is None:
         _fail(f"{model} has no tokenizer to read the calibration text with")
     try:
-        report = compress(loaded.model, config, skip=tuple(skip), progress=not as_json, calibration=calib,
+        report = compress(loaded.model, config, skip=tuple(p for p in skip if p), progress=not as_json, calibration=calib,
                           tokenizer=loaded.tokenizer, tokens=calibration_tokens, seq_len=seq_len, sequential=sequential)
     except ValueError as exc:
         _fail(str(exc))
@@ -375,15 +379,10 @@ def _calibration_arg(calibration: str | None):
 
 def _compress_checkpoint(src: Path, config, output: Path, skip, workers, ray_address, resume, as_json) -> None:
     """Stream a safetensors checkpoint tensor by tensor (`reality_stone.models.streaming`)."""
-    import fnmatch
-
-    from reality_stone.models.streaming import compress_checkpoint, default_selector
-
-    def select(name, shape):
-        return default_selector(name, shape) and not any(fnmatch.fnmatch(name[: -len(".weight")], p) for p in skip)
+    from reality_stone.models.streaming import compress_checkpoint
 
     try:
-        summary = compress_checkpoint(src, output, config, select=select, workers=workers, ray_address=ray_address,
+        summary = compress_checkpoint(src, output, config, skip=tuple(p for p in skip if p), workers=workers, ray_address=ray_address,
                                       resume=resume, progress=not as_json)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
@@ -400,7 +399,7 @@ def _open_model(source: str, activations: str = "fp32"):
     """(model, tokenizer, kind, description) of a compressed file or of any model `load_model` takes."""
     from reality_stone.models import load, read_metadata
     from reality_stone.models.format import load_tokenizer_from_file
-    from reality_stone.models.loaders import BUNDLED, load_model, load_tokenizer
+    from reality_stone.evaluation.loaders import BUNDLED, load_model, load_tokenizer
 
     path = Path(source)
     try:
@@ -451,7 +450,7 @@ def eval_cmd(
     --kl-divergence); top-1 is the fraction of positions where both pick the same next token.
     """
     from reality_stone.data.text import EVAL_TEXTS, evaluation_text
-    from reality_stone.models.evaluate import model_nbytes, peak_rss_bytes, score_text, tokens_per_second
+    from reality_stone.evaluation.metrics import model_nbytes, peak_rss_bytes, score_text, tokens_per_second
 
     n_threads = _threads(threads)
     model, tok, kind, origin = _open_model(path, activations)
@@ -500,8 +499,8 @@ def eval_cmd(
             if base_model is not None:
                 result["base_tokens_per_s"] = tokens_per_second(base_model, tok)
     else:
-        from reality_stone.models.evaluate import embedding_fidelity, lee_sentences
-        from reality_stone.models.loaders import load_model
+        from reality_stone.evaluation.metrics import embedding_fidelity, lee_sentences
+        from reality_stone.evaluation.loaders import load_model
 
         if base_model is None:  # the dense original is the reference an encoder is compared with
             try:
@@ -650,9 +649,9 @@ def demo(
 ) -> None:
     """Compress SmolLM2-135M at ~4 and ~3.5 bits per weight and one extreme ratio; evaluate; print the table."""
 
-    from reality_stone.models.demo import demo_specs
-    from reality_stone.models.experiment import evaluate_specs
-    from reality_stone.models.loaders import load_smollm2
+    from reality_stone.evaluation.demo import demo_specs
+    from reality_stone.evaluation.experiment import evaluate_specs
+    from reality_stone.evaluation.loaders import load_smollm2
 
     _threads(threads)
     loaded = load_smollm2()

@@ -42,8 +42,8 @@ def test_qwen_coder_loads_compresses_and_scores():
     import reality_stone as rs
     from reality_stone.codecs import codec_config
     from reality_stone.data.text import evaluation_text
-    from reality_stone.models.evaluate import score_text
-    from reality_stone.models.loaders import load_qwen_coder
+    from reality_stone.evaluation.metrics import score_text
+    from reality_stone.evaluation.loaders import load_qwen_coder
 
     lm = load_qwen_coder()
     assert type(lm.model).__name__ == "Qwen2ForCausalLM"

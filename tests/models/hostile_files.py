@@ -74,7 +74,7 @@ def plain_model() -> nn.Module:
 
 
 def llama_model() -> nn.Module:
-    from reality_stone.models.loaders import tiny_llama
+    from reality_stone.evaluation.loaders import tiny_llama
 
     model = tiny_llama()
     rs.compress(model, codec_config("rtn", bits=4, group=32),
@@ -293,7 +293,7 @@ def _load(path: Path, mode: str):
     if mode == "plain":
         return rs.load(path, model=plain_template())
     if mode == "llama-template":
-        from reality_stone.models.loaders import tiny_llama
+        from reality_stone.evaluation.loaders import tiny_llama
 
         return rs.load(path, model=tiny_llama(seed=3))
     return rs.load(path)

@@ -7,8 +7,8 @@ import reality_stone as rs
 from reality_stone.codecs import codec_config
 from reality_stone.data.text import CALIBRATION_FILES, calibration_text, evaluation_text, shakespeare_texts, work_key
 from reality_stone.models import compressible_layers
-from reality_stone.models.evaluate import embedding_fidelity, lee_sentences, perplexity
-from reality_stone.models.loaders import tiny_bert, tiny_llama
+from reality_stone.evaluation.metrics import embedding_fidelity, lee_sentences, perplexity
+from reality_stone.evaluation.loaders import tiny_bert, tiny_llama
 from reality_stone.nn import CompressedLinear
 
 
@@ -45,7 +45,7 @@ def test_compressed_model_stays_close_and_trainable_bias():
 def test_perplexity_on_real_text_with_a_tiny_model():
     from transformers import AutoTokenizer  # noqa: F401  (tokenizer of the real model)
 
-    from reality_stone.models.loaders import load_tokenizer
+    from reality_stone.evaluation.loaders import load_tokenizer
 
     tok = load_tokenizer("smollm2")
     model = tiny_llama()
@@ -57,7 +57,7 @@ def test_perplexity_on_real_text_with_a_tiny_model():
 
 
 def test_embedding_fidelity_identity_and_degraded():
-    from reality_stone.models.loaders import load_tokenizer
+    from reality_stone.evaluation.loaders import load_tokenizer
 
     tok = load_tokenizer("minilm")
     model = tiny_bert()
@@ -91,4 +91,6 @@ def test_compressible_layers_reports_tied_head():
     chosen, skipped = compressible_layers(tiny_llama())
     assert len(chosen) == 14 and skipped == ["lm_head"]
     chosen, skipped = compressible_layers(tiny_llama(), skip_tied=False)
-    assert len(chosen) == 15
+    assert len(chosen) == 14 and skipped == ["lm_head"]  # the default skip keeps the head dense anyway
+    chosen, skipped = compressible_layers(tiny_llama(), skip=(), skip_tied=False)
+    assert len(chosen) == 15 and skipped == []

@@ -11,7 +11,7 @@ from torch import nn
 import reality_stone as rs
 from reality_stone.codecs import codec_config
 from reality_stone.models import read_metadata
-from reality_stone.models.loaders import tiny_bert, tiny_llama
+from reality_stone.evaluation.loaders import tiny_bert, tiny_llama
 from reality_stone.nn import CompressedLinear
 
 

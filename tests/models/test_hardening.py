@@ -23,7 +23,7 @@ from reality_stone.cli import app
 from reality_stone.codecs import codec_config
 from reality_stone.codecs.base import decode_bytes
 from reality_stone.models.format import ENCODED_SUFFIX, remove_stale_temps, tensor_checksum
-from reality_stone.models.loaders import tiny_llama
+from reality_stone.evaluation.loaders import tiny_llama
 from reality_stone.nn import CompressedLinear
 
 

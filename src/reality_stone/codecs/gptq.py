@@ -30,15 +30,15 @@ import torch
 from torch import Tensor
 
 from reality_stone.calibration import hessian_of
-from reality_stone.codecs.base import Capabilities, CodecConfig, check_weight, register
-from reality_stone.codecs.group_affine import GroupAffineEncoded, check_group
+from reality_stone.codecs.base import check_weight, register
+from reality_stone.codecs.group_affine import GroupAffineConfig, GroupAffineEncoded, check_group
 
 __all__ = ["GPTQConfig", "gptq_quantize", "prepare_hessian"]
 
 
 @register("gptq", GroupAffineEncoded)
 @dataclass(frozen=True)
-class GPTQConfig(CodecConfig):
+class GPTQConfig(GroupAffineConfig):
     calibration: ClassVar[str] = "required"
     description: ClassVar[str] = ("GPTQ: integers with error feedback under the calibration Hessian; "
                                   "rtn's payload, fused 2/3/4-bit kernels")
@@ -54,10 +54,7 @@ class GPTQConfig(CodecConfig):
     blocksize: int = 128
 
     def __post_init__(self):
-        if not (isinstance(self.bits, int) and not isinstance(self.bits, bool) and 2 <= self.bits <= 8):
-            raise ValueError(f"bits must be an integer in [2, 8], got {self.bits!r}")
-        if not (isinstance(self.group, int) and not isinstance(self.group, bool) and self.group >= 1):
-            raise ValueError(f"group must be a positive integer, got {self.group!r}")
+        self._check_bits_and_group()
         if not (isinstance(self.damp, (int, float)) and not isinstance(self.damp, bool) and 0 < self.damp < 1):
             raise ValueError(f"damp must be a number in (0, 1), got {self.damp!r}")
         if not isinstance(self.act_order, bool):
@@ -66,14 +63,6 @@ class GPTQConfig(CodecConfig):
             raise ValueError(f"blocksize must be a positive integer, got {self.blocksize!r}")
         if not self.act_order and self.blocksize % self.group and self.group % self.blocksize:
             raise ValueError(f"blocksize ({self.blocksize}) and group ({self.group}) must divide one another")
-
-    @property
-    def capabilities(self) -> Capabilities:
-        fused = self.bits <= 4
-        return Capabilities(calibration=self.calibration, fused_matmul=fused, int8_activations=fused)
-
-    def nominal_bits_per_weight(self) -> float:
-        return self.bits + 32 / self.group
 
     def encode(self, weight: Tensor, stats=None) -> GroupAffineEncoded:
         check_weight(weight)

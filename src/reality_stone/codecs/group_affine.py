@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from reality_stone.codecs.base import CodecConfig, Encoded
+from reality_stone.codecs.base import Capabilities, CodecConfig, Encoded
 from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
 from reality_stone.kernels.int_lowbit import CHUNK, layout_bits, pack_lowbit_layout, unpack_lowbit_layout
 
-__all__ = ["AFFINE_FORMS", "GroupAffineEncoded", "MAX_GROUP_OVER_ROW", "check_group"]
+__all__ = ["AFFINE_FORMS", "GroupAffineConfig", "GroupAffineEncoded", "MAX_GROUP_OVER_ROW", "check_group"]
 
 AFFINE_FORMS = ("offset", "zero", "symmetric")
 
@@ -46,6 +46,32 @@ def check_group(group: int, in_features: int) -> None:
     if group > max(in_features, MAX_GROUP_OVER_ROW):
         raise ValueError(f"group {group} is longer than the {in_features} inputs of the layer "
                          f"(at most max(inputs, {MAX_GROUP_OVER_ROW}))")
+
+
+class GroupAffineConfig(CodecConfig):
+    """What the configs of rtn, hqq and gptq share: their dataclass fields ``bits`` and ``group``,
+    an ``affine_form``, the bit-width range ``MIN_BITS``…8, and what follows from them."""
+
+    MIN_BITS = 2
+    affine_form = "offset"
+
+    def _check_bits_and_group(self) -> None:
+        for name in ("bits", "group"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        if not self.MIN_BITS <= self.bits <= 8:
+            raise ValueError(f"bits must be an integer in [{self.MIN_BITS}, 8], got {self.bits!r}")
+        if self.group < 1:
+            raise ValueError(f"group must be a positive integer, got {self.group!r}")
+
+    @property
+    def capabilities(self) -> Capabilities:
+        fused = self.bits <= 4  # the int kernels' layouts hold 2/3/4-bit codes (1-bit rides on 2)
+        return Capabilities(calibration=self.calibration, fused_matmul=fused, int8_activations=fused)
+
+    def nominal_bits_per_weight(self) -> float:
+        return self.bits + 16 * (1 + (self.affine_form != "symmetric")) / self.group
 
 
 def _read_f16(data: bytes, n: int) -> Tensor:

@@ -16,15 +16,15 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from reality_stone.codecs.base import Capabilities, CodecConfig, check_weight, register
-from reality_stone.codecs.group_affine import GroupAffineEncoded, check_group
+from reality_stone.codecs.base import check_weight, register
+from reality_stone.codecs.group_affine import GroupAffineConfig, GroupAffineEncoded, check_group
 
 __all__ = ["HQQConfig"]
 
 
 @register("hqq", GroupAffineEncoded)
 @dataclass(frozen=True)
-class HQQConfig(CodecConfig):
+class HQQConfig(GroupAffineConfig):
     description: ClassVar[str] = "HQQ half-quadratic scale/zero optimiser, data-free; fused 2/3/4-bit kernels"
     use_when: ClassVar[str] = ("data-free 2–4 bit weights when rtn's error is too high and there is no calibration "
                               "text: same payload and kernels as rtn, better scale/zero.")
@@ -34,19 +34,10 @@ class HQQConfig(CodecConfig):
     bits: int = 4
     group: int = 64
 
+    MIN_BITS: ClassVar[int] = 1
+
     def __post_init__(self):
-        if not (isinstance(self.bits, int) and 1 <= self.bits <= 8):
-            raise ValueError(f"bits must be an integer in [1, 8], got {self.bits!r}")
-        if not (isinstance(self.group, int) and self.group >= 1):
-            raise ValueError(f"group must be a positive integer, got {self.group!r}")
-
-    @property
-    def capabilities(self) -> Capabilities:
-        fused = self.bits <= 4
-        return Capabilities(calibration=self.calibration, fused_matmul=fused, int8_activations=fused)
-
-    def nominal_bits_per_weight(self) -> float:
-        return self.bits + 32 / self.group
+        self._check_bits_and_group()
 
     def encode(self, weight: Tensor, stats=None) -> GroupAffineEncoded:
         check_weight(weight)

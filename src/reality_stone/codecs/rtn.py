@@ -21,14 +21,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from reality_stone.codecs.base import Capabilities, CodecConfig, check_weight, register
-from reality_stone.codecs.group_affine import GroupAffineEncoded, check_group
+from reality_stone.codecs.base import check_weight, register
+from reality_stone.codecs.group_affine import GroupAffineConfig, GroupAffineEncoded, check_group
 
 __all__ = ["RTNConfig"]
 
 @register("rtn", GroupAffineEncoded)
 @dataclass(frozen=True)
-class RTNConfig(CodecConfig):
+class RTNConfig(GroupAffineConfig):
     description: ClassVar[str] = "group-wise round-to-nearest integers (the baseline); fused 2/3/4-bit kernels"
     use_when: ClassVar[str] = ("the baseline every result is compared with, and the fastest 2/3/4-bit kernels when no "
                               "calibration text is at hand; at 4 bits with group ≤ 64 it is often good enough.")
@@ -38,24 +38,13 @@ class RTNConfig(CodecConfig):
     symmetric: bool = False
 
     def __post_init__(self):
-        if not (isinstance(self.bits, int) and 2 <= self.bits <= 8):
-            raise ValueError(f"bits must be an integer in [2, 8], got {self.bits!r}")
-        if not (isinstance(self.group, int) and self.group >= 1):
-            raise ValueError(f"group must be a positive integer, got {self.group!r}")
+        self._check_bits_and_group()
         if not isinstance(self.symmetric, bool):
             raise ValueError(f"symmetric must be a bool, got {self.symmetric!r}")
 
     @property
     def affine_form(self) -> str:
         return "symmetric" if self.symmetric else "offset"
-
-    @property
-    def capabilities(self) -> Capabilities:
-        fused = self.bits <= 4
-        return Capabilities(calibration=self.calibration, fused_matmul=fused, int8_activations=fused)
-
-    def nominal_bits_per_weight(self) -> float:
-        return self.bits + 16 * (1 if self.symmetric else 2) / self.group
 
     def encode(self, weight: Tensor, stats=None) -> GroupAffineEncoded:
         check_weight(weight)

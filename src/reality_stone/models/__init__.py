@@ -1,4 +1,6 @@
-"""Whole-model compression, the compressed-model file format, loaders and evaluation."""
+"""The library core: whole-model compression (one layer-selection policy), the compressed-model file
+format, and streamed compression of checkpoints larger than memory. The evaluation harness is
+`reality_stone.evaluation`."""
 
 from reality_stone.models.compress import CompressionReport, LayerReport, compress, compressible_layers
 from reality_stone.models.format import load, read_metadata, save

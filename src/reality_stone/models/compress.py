@@ -1,12 +1,10 @@
 """Whole-model compression: replace ``nn.Linear`` layers in place with `CompressedLinear`.
 
 torchao-style: ``compress(model, config)`` mutates the model and returns a per-layer report.
-Which layers: every ``nn.Linear`` (Llama q/k/v/o/gate/up/down and BERT query/key/value/dense
-are ``nn.Linear`` in transformers) whose qualified name matches ``include`` and no
-``skip`` pattern (fnmatch globs); ``per_layer`` maps patterns to other configs (first match
-wins). Embeddings and norms are never touched. A Linear whose weight is *shared* with
-another module (tied ``lm_head`` ↔ embeddings) is skipped by default: compressing it would
-untie it and store the matrix twice.
+Which layers: `reality_stone.models.selection` (every ``nn.Linear`` matching ``include`` and no
+``skip`` glob, not tied to another module; the LM head kept dense by default — the same policy
+`compress_checkpoint` and the CLI use); ``per_layer`` maps patterns to other configs (first
+match wins).
 
 Data-aware codecs (``gptq``, ``seedbasis``) take ``calibration=`` — texts, a file, token ids
 or a bundled corpus name — and get each layer's `ActivationStats` from
@@ -25,6 +23,7 @@ from torch import nn
 
 from reality_stone.codecs import relative_error, sqnr_db
 from reality_stone.codecs.base import CodecConfig
+from reality_stone.models.selection import DEFAULT_SKIP, select_layers
 from reality_stone.nn.compressed import CompressedLinear
 
 __all__ = ["CompressionReport", "LayerReport", "check_calibration", "compress", "compressible_layers",
@@ -79,27 +78,10 @@ class CompressionReport:
         return sum(r.output_error * r.shape[0] * r.shape[1] for r in rows) / n if n else None
 
 
-def _shared_weights(model: nn.Module) -> set[int]:
-    seen: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        seen[id(p)] = seen.get(id(p), 0) + 1
-    return {k for k, v in seen.items() if v > 1}
-
-
-def compressible_layers(model: nn.Module, include: str = "*", skip: tuple[str, ...] = (), skip_tied: bool = True):
+def compressible_layers(model: nn.Module, include: str = "*", skip: tuple[str, ...] = DEFAULT_SKIP,
+                        skip_tied: bool = True):
     """(name, module) of the Linear layers `compress` would touch, and the names it skips."""
-    shared = _shared_weights(model) if skip_tied else set()
-    chosen, skipped = [], []
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.Linear):
-            continue
-        if not fnmatch.fnmatchcase(name, include) or any(fnmatch.fnmatchcase(name, p) for p in skip):
-            skipped.append(name)
-        elif id(mod.weight) in shared:
-            skipped.append(name)
-        else:
-            chosen.append((name, mod))
-    return chosen, skipped
+    return select_layers(model, include, skip, skip_tied)
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -144,7 +126,7 @@ def compress(
     config: CodecConfig,
     *,
     include: str = "*",
-    skip: tuple[str, ...] = (),
+    skip: tuple[str, ...] = DEFAULT_SKIP,
     per_layer: dict[str, CodecConfig] | None = None,
     skip_tied: bool = True,
     progress: bool = False,

@@ -37,10 +37,11 @@ from typing import Callable
 import torch
 
 from reality_stone.codecs.base import CodecConfig
+from reality_stone.models.selection import DEFAULT_SKIP, checkpoint_selector
 from reality_stone.models.format import (DTYPE_NAMES, ENCODED_SUFFIX, TORCH_DTYPES, atomic_path, file_metadata,
                                          tensor_checksum, write_safetensors)
 
-__all__ = ["TensorSource", "checkpoint_tensors", "compress_checkpoint", "default_selector"]
+__all__ = ["TensorSource", "checkpoint_tensors", "compress_checkpoint"]
 
 MANIFEST_VERSION = 2  # 2: records carry the file checksum over dtype, shape and bytes
 
@@ -53,13 +54,6 @@ class TensorSource:
     shape: tuple[int, ...]
     offset: int  # absolute byte offset of the data in the shard
     nbytes: int
-
-
-def default_selector(name: str, shape: tuple[int, ...]) -> bool:
-    """Compress 2-D ``*.weight`` tensors except embeddings, the LM head and norms (as `compress`)."""
-    low = name.lower()
-    return (len(shape) == 2 and name.endswith(".weight") and min(shape) >= 8
-            and not any(k in low for k in ("embed", "lm_head", "norm")))
 
 
 def _shards(src: Path) -> list[Path]:
@@ -244,18 +238,23 @@ def _ray_tasks(todo, cfg_of, workers: int, ray_address: str | None):
 
 
 def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *,
-                        select: Callable[[str, tuple], bool] = default_selector, workers: int = 1,
+                        include: str = "*", skip: tuple[str, ...] = DEFAULT_SKIP,
+                        select: Callable[[str, tuple], bool] | None = None, workers: int = 1,
                         ray_address: str | None = None, resume: bool = True, streaming: bool = True,
                         source: str | None = None, progress: bool = False,
                         on_tensor: Callable[[dict], None] | None = None) -> dict:
     """Compress checkpoint ``src`` (a .safetensors file or a folder of shards) into ``out``.
 
+    Which tensors: `reality_stone.models.selection.checkpoint_selector` (the layers `rs.compress`
+    would pick on the same model: ``include``/``skip`` globs on module names, ties, the LM head
+    kept dense by default), or ``select(name, shape)`` instead.
     Returns a summary: tensors, compressed layers, bytes in and out, seconds, workers used.
     ``on_tensor(record)`` is called after each finished tensor (progress hooks, tests).
     """
     t_start = time.perf_counter()
     src, out = Path(src), Path(out)
     tensors = checkpoint_tensors(src)
+    select = select or checkpoint_selector(src, include, tuple(skip))
     cfg_dict = {"codec": config.codec_name, "config": config.to_dict()}
     selected = {t.name for t in tensors if t.dtype in ("F32", "F16", "BF16", "F64") and select(t.name, t.shape)}
     cfg_of = lambda t: config if t.name in selected else None  # noqa: E731

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reality_stone.codecs import codec_config
-from reality_stone.models.experiment import Spec
+from reality_stone.evaluation.experiment import Spec
 
 __all__ = ["demo_specs"]
 

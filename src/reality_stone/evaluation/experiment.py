@@ -12,7 +12,7 @@ from torch import nn
 
 from reality_stone.codecs.base import CodecConfig
 from reality_stone.models.compress import compress
-from reality_stone.models.evaluate import embedding_fidelity, lee_sentences, model_nbytes, perplexity, tokens_per_second
+from reality_stone.evaluation.metrics import embedding_fidelity, lee_sentences, model_nbytes, perplexity, tokens_per_second
 from reality_stone.nn.compressed import decoded_weights
 
 __all__ = ["Spec", "evaluate_specs"]
