@@ -64,6 +64,8 @@ def test_version_and_codecs_json():
     assert rows["gptq"]["calibration"] == "required" and rows["rtn"]["calibration"] == "unused"
     assert rows["seedbasis"]["calibration"] == "optional" and rows["seedbasis"]["presets"] == ["2.5", "3.5", "4.25"]
     assert rows["seedbasis"]["bits_per_weight"]["preset 3.5"] == 3.5 and rows["rtn"]["bits_per_weight"]["default"] == 4.25
+    assert rows["rtn"]["capabilities"]["int8_activations"] and not rows["lowrank"]["capabilities"]["int8_activations"]
+    assert rows["rbe"]["capabilities"]["trainable"] and 0 < rows["rtn"]["error_bound"] < 1
 
 
 @pytest.mark.slow

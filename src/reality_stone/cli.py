@@ -609,7 +609,8 @@ def codecs_cmd(
     as_json: bool = typer.Option(False, "--json"),
     threads: int = THREADS,
 ) -> None:
-    """List the registered codecs: what each does, its bits per weight, whether it calibrates, its options."""
+    """List the registered codecs: what each does, its bits per weight, whether it calibrates, what it can do
+    (fused matmul, int8 activations, trainable: declared by the codec), its options."""
     import dataclasses
 
     from reality_stone.codecs import codec_class, codec_config, registered_codecs
@@ -622,19 +623,25 @@ def codecs_cmd(
         presets = getattr(cls, "PRESETS", None) or {}
         bpw = {"default": default.nominal_bits_per_weight()}
         bpw |= {f"preset {k}": codec_config(name, preset=k).nominal_bits_per_weight() for k in presets}
+        caps = default.capabilities
         rows.append(dict(codec=name, description=cls.description, calibration=cls.calibration,
                          bits_per_weight={k: v for k, v in bpw.items() if v is not None}, presets=sorted(presets),
+                         capabilities=dataclasses.asdict(caps), error_bound=cls.error_bound,
                          options={f.name: f.default for f in dataclasses.fields(cls)}))
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return
     table = Table(title="registered codecs (bits/weight: nominal, before headers and padding; "
                         "calibration: unused / optional / required)")
-    for col in ("codec", "description", "bits/weight", "calibration", "options (defaults)"):
+    for col in ("codec", "description", "bits/weight", "calibration", "runs as", "options (defaults)"):
         table.add_column(col, overflow="fold")
     for r in rows:
         bpw = ", ".join(f"{v:.2f}" + ("" if k == "default" else f" ({k})") for k, v in r["bits_per_weight"].items())
-        table.add_row(r["codec"], r["description"], bpw or "depends on the weight", r["calibration"],
+        caps = r["capabilities"]
+        runs = ", ".join([("fused kernel" if caps["fused_matmul"] else "decode + matmul")]
+                         + (["int8 activations"] if caps["int8_activations"] else [])
+                         + (["trainable"] if caps["trainable"] else []))
+        table.add_row(r["codec"], r["description"], bpw or "depends on the weight", r["calibration"], runs,
                       ", ".join(f"{k}={v!r}" for k, v in r["options"].items()))
     console.print(table)
 

@@ -76,13 +76,9 @@ def _check_hparams(lr: float, **named: float) -> None:
             raise ValueError(f"{name} must be in [0, 1), got {v}")
 
 
-class RiemannianSGD(Optimizer):
-    """SGD with optional momentum; geodesic steps for `ManifoldParameter`s."""
-
-    def __init__(self, params, lr: float, momentum: float = 0.0):
-        _check_hparams(lr, momentum=momentum)
-        super().__init__(params, dict(lr=lr, momentum=momentum))
-        _check_manifolds(self.param_groups)
+class _RiemannianOptimizer(Optimizer):
+    """The step loop both optimisers share: closure, parameters with gradients, their manifold
+    (None: Euclidean). Subclasses implement ``_update(p, m, group)``."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -91,30 +87,43 @@ class RiemannianSGD(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, mom = group["lr"], group["momentum"]
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                m = _manifold_of(p)
-                if p.grad.is_sparse:
-                    self._sparse_step(p, m, lr, mom)
-                    continue
-                g = m.egrad2rgrad(p.data, p.grad) if m is not None else p.grad
-                if mom > 0:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    buf = g.clone() if buf is None else buf.mul_(mom).add_(g)
-                    direction = buf
-                else:
-                    direction = g
-                if m is None:
-                    p.add_(direction, alpha=-lr)
-                    continue
-                new = m.expmap(p.data, -lr * direction)
-                if mom > 0:
-                    state["momentum_buffer"] = m.parallel_transport(p.data, new, buf)
-                p.copy_(new)
+                if p.grad is not None:
+                    self._update(p, _manifold_of(p), group)
         return loss
+
+    def _update(self, p, m, group) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class RiemannianSGD(_RiemannianOptimizer):
+    """SGD with optional momentum; geodesic steps for `ManifoldParameter`s."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.0):
+        _check_hparams(lr, momentum=momentum)
+        super().__init__(params, dict(lr=lr, momentum=momentum))
+        _check_manifolds(self.param_groups)
+
+    def _update(self, p, m, group) -> None:
+        lr, mom = group["lr"], group["momentum"]
+        if p.grad.is_sparse:
+            self._sparse_step(p, m, lr, mom)
+            return
+        g = m.egrad2rgrad(p.data, p.grad) if m is not None else p.grad
+        if mom > 0:
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            buf = g.clone() if buf is None else buf.mul_(mom).add_(g)
+            direction = buf
+        else:
+            direction = g
+        if m is None:
+            p.add_(direction, alpha=-lr)
+            return
+        new = m.expmap(p.data, -lr * direction)
+        if mom > 0:
+            state["momentum_buffer"] = m.parallel_transport(p.data, new, buf)
+        p.copy_(new)
 
     def _sparse_step(self, p, m, lr: float, mom: float) -> None:
         rows, grad = _rows(p.grad)
@@ -141,7 +150,7 @@ def _rows(grad):
     return grad.indices()[0], grad.values()
 
 
-class RiemannianAdam(Optimizer):
+class RiemannianAdam(_RiemannianOptimizer):
     """Adam with geodesic steps and transported moments for `ManifoldParameter`s."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
@@ -151,46 +160,35 @@ class RiemannianAdam(Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
         _check_manifolds(self.param_groups)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                m = _manifold_of(p)
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p)
-                    sq_shape = p.shape[:-1] + (1,) if m is not None else p.shape
-                    state["exp_avg_sq"] = torch.zeros(sq_shape, dtype=p.dtype, device=p.device)
-                state["step"] += 1
-                t = state["step"]
-                if p.grad.is_sparse:
-                    self._sparse_step(p, m, state, lr, b1, b2, eps, t)
-                    continue
-                if m is None:
-                    g = p.grad
-                    sq = g * g
-                else:
-                    g = m.egrad2rgrad(p.data, p.grad)
-                    sq = m.inner(p.data, g, g, keepdim=True)
-                state["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
-                state["exp_avg_sq"].mul_(b2).add_(sq, alpha=1 - b2)
-                denom = (state["exp_avg_sq"] / (1 - b2**t)).sqrt_().add_(eps)
-                direction = state["exp_avg"] / (1 - b1**t) / denom
-                if m is None:
-                    p.add_(direction, alpha=-lr)
-                    continue
-                new = m.expmap(p.data, -lr * direction)
-                state["exp_avg"] = m.parallel_transport(p.data, new, state["exp_avg"])
-                p.copy_(new)
-        return loss
+    def _update(self, p, m, group) -> None:
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            sq_shape = p.shape[:-1] + (1,) if m is not None else p.shape
+            state["exp_avg_sq"] = torch.zeros(sq_shape, dtype=p.dtype, device=p.device)
+        state["step"] += 1
+        t = state["step"]
+        if p.grad.is_sparse:
+            self._sparse_step(p, m, state, lr, b1, b2, eps, t)
+            return
+        if m is None:
+            g = p.grad
+            sq = g * g
+        else:
+            g = m.egrad2rgrad(p.data, p.grad)
+            sq = m.inner(p.data, g, g, keepdim=True)
+        state["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+        state["exp_avg_sq"].mul_(b2).add_(sq, alpha=1 - b2)
+        denom = (state["exp_avg_sq"] / (1 - b2**t)).sqrt_().add_(eps)
+        direction = state["exp_avg"] / (1 - b1**t) / denom
+        if m is None:
+            p.add_(direction, alpha=-lr)
+            return
+        new = m.expmap(p.data, -lr * direction)
+        state["exp_avg"] = m.parallel_transport(p.data, new, state["exp_avg"])
+        p.copy_(new)
 
     @staticmethod
     def _sparse_step(p, m, state, lr: float, b1: float, b2: float, eps: float, t: int) -> None:

@@ -7,23 +7,13 @@ adding one is one file (plus its test module).
 import importlib
 import pkgutil
 
-from reality_stone.codecs.base import (Capabilities, CodecConfig, Encoded, codec_class, codec_config, decode_bytes,
-                                       encoded_class, register, registered_codecs)
-from reality_stone.codecs.metrics import relative_error, sqnr_db
+from reality_stone.codecs import base
+from reality_stone.codecs.base import (CALIBRATION_MODES, Capabilities, CodecConfig, Encoded,  # noqa: F401
+                                       check_weight, codec_class, codec_config, decode_bytes, encoded_class, register,
+                                       registered_codecs)
+from reality_stone.codecs.metrics import reference_weight, relative_error, sqnr_db
 
 for _mod in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_mod.name}")
 
-__all__ = [
-    "Capabilities",
-    "CodecConfig",
-    "Encoded",
-    "codec_class",
-    "codec_config",
-    "decode_bytes",
-    "encoded_class",
-    "register",
-    "registered_codecs",
-    "relative_error",
-    "sqnr_db",
-]
+__all__ = [*base.__all__, "reference_weight", "relative_error", "sqnr_db"]
