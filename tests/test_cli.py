@@ -159,6 +159,9 @@ def test_demo_quick_end_to_end():
     aware = rows["seedbasis 3.5 data-aware"]
     assert 3.4 < aware["bits_per_weight"] < 3.6
     assert aware["ppl_shakespeare"] < rows["HQQ 3-bit g64"]["ppl_shakespeare"]  # the data-aware codec pays off
+    for row in rows.values():  # scored from the saved file, in a fresh process
+        assert row["file_bytes"] > 0 and row["peak_rss_bytes"] > 0 and row["tokens_scored"] > 0
+    assert four["file_bytes"] < 0.4 * dense["file_bytes"]
 
 
 def test_compress_a_checkpoint_folder_streams_it(tmp_path):
