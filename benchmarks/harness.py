@@ -1,10 +1,12 @@
-"""What every benchmark script shares: where results go, how they are written, how time is taken.
+"""What every benchmark script shares: where results go and how they are written.
 
-    from harness import RESULTS, best_of, environment, write_json, write_markdown
+    from harness import RESULTS, environment, write_json, write_markdown
 
 Results are ``benchmarks/results/<name>.json`` (the numbers, with the machine they came from) and
 ``<name>.md`` (the table `update_readme.py` copies into the README and docs), each written to a
-temporary file and renamed, so an interrupted run never leaves half a table.
+temporary file and renamed, so an interrupted run never leaves half a table. (Timing stays in
+each script: their methods differ on purpose — interleaved pairs against a peer, medians of
+fresh processes — and each states it in its table.)
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-__all__ = ["RESULTS", "best_of", "environment", "write_json", "write_markdown"]
+__all__ = ["RESULTS", "environment", "write_json", "write_markdown"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,15 +51,3 @@ def write_markdown(name: str, lines: list[str] | str) -> Path:
     """``results/<name>.md`` from its lines (or one string)."""
     text = lines if isinstance(lines, str) else "\n".join(lines) + "\n"
     return _write(RESULTS / f"{name}.md", text)
-
-
-def best_of(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
-    """Minimum wall time of ``fn()`` over ``repeat`` runs after ``warmup`` (seconds)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)

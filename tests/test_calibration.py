@@ -88,6 +88,7 @@ def test_encoder_models_calibrate_too():
     assert report.output_error < 0.2
 
 
+@pytest.mark.slow  # multi-second integration test: `make test` runs it, `make test-fast` does not
 def test_calibration_inputs_and_bad_input():
     from reality_stone.evaluation.loaders import load_tokenizer
 
@@ -118,6 +119,7 @@ def test_calibration_inputs_and_bad_input():
     assert not any(isinstance(m, CompressedLinear) for m in model.modules())  # nothing replaced by refused calls
 
 
+@pytest.mark.slow  # multi-second integration test: `make test` runs it, `make test-fast` does not
 def test_news_calibration_is_disjoint_from_news_evaluation():
     from reality_stone.calibration import _bundled_text
     from reality_stone.data.text import evaluation_text
@@ -141,6 +143,7 @@ def test_save_pretrained_on_a_compressed_model_refuses(tmp_path):
         loaded.save_pretrained(tmp_path / "hf")
 
 
+@pytest.mark.slow  # multi-second integration test: `make test` runs it, `make test-fast` does not
 def test_score_text_kl_and_top1_against_the_base():
     from reality_stone.data.text import evaluation_text
     from reality_stone.evaluation.loaders import load_tokenizer

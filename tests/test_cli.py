@@ -91,6 +91,7 @@ def test_calibrated_compress_eval_generate_smollm2(tmp_path):
     assert 1 <= gen["new_tokens"] <= 8 and isinstance(gen["text"], str) and gen["text"].strip()
 
 
+@pytest.mark.slow  # multi-second integration test: `make test` runs it, `make test-fast` does not
 def test_calibration_bad_input_is_clear(tmp_path):
     out = tmp_path / "x.safetensors"
     cases = [
@@ -109,6 +110,7 @@ def test_calibration_bad_input_is_clear(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow  # multi-second integration test: `make test` runs it, `make test-fast` does not
 def test_hf_model_folder_calibrated_with_own_text(tmp_path):
     from reality_stone.evaluation.loaders import load_tokenizer, tiny_llama
 

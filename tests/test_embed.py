@@ -79,6 +79,7 @@ def test_embed_learns_the_tree_and_is_deterministic(tree, geometry):
         assert bool((r.embedding.norm(dim=-1) < 1).all())
 
 
+@pytest.mark.slow  # multi-second integration test: `make test` runs it, `make test-fast` does not
 @pytest.mark.parametrize("geometry", ["poincare", "lorentz", "euclidean"])
 def test_sparse_row_path_trains_and_is_deterministic(geometry):
     """batch × (negatives + 2) < N: the table is read sparsely and only touched rows move."""

@@ -43,6 +43,7 @@ def test_reconstruction_metrics_on_known_layout():
 
 
 @needs_wordnet
+@pytest.mark.slow  # multi-second integration test: `make test` runs it, `make test-fast` does not
 def test_poincare_beats_euclidean_on_a_wordnet_subtree():
     h = wordnet_closure("canine", sense=2)  # 224 nodes, the canids
     hyp = embed_hierarchy(h, 2, "poincare", epochs=60, batch_size=32, seed=0)

@@ -237,6 +237,7 @@ def test_version_1_files_still_load(plain_file, tmp_path):
     assert torch.equal(rs.load(old, model=_template())(x), rs.load(plain_file, model=_template())(x))
 
 
+@pytest.mark.slow  # multi-second integration test: `make test` runs it, `make test-fast` does not
 def test_save_is_deterministic_across_processes(tmp_path):
     script = ("import sys, torch, reality_stone as rs; sys.path.insert(0, sys.argv[2]);"
               "from test_hardening import _plain; rs.save(_plain('seedbasis', preset='3.5'), sys.argv[1])")
@@ -249,6 +250,7 @@ def test_save_is_deterministic_across_processes(tmp_path):
     assert len(digests) == 1
 
 
+@pytest.mark.slow  # multi-second integration test: `make test` runs it, `make test-fast` does not
 def test_killed_writer_leaves_no_temp_after_the_next_save(tmp_path):
     target = tmp_path / "big.safetensors"
     marker = tmp_path / "started"

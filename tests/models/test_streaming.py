@@ -79,6 +79,7 @@ def test_resume_after_an_exception_gives_the_identical_file(sharded, reference, 
     assert _sha(out) == _sha(reference)
 
 
+@pytest.mark.slow  # multi-second integration test: `make test` runs it, `make test-fast` does not
 def test_resume_after_kill_9_gives_the_identical_file(sharded, reference, tmp_path):
     out = tmp_path / "k.safetensors"
     script = textwrap.dedent(f"""
@@ -120,6 +121,7 @@ def test_a_tampered_part_is_recomputed(sharded, reference, tmp_path):
     assert _sha(out) == _sha(reference)
 
 
+@pytest.mark.slow  # multi-second integration test: `make test` runs it, `make test-fast` does not
 def test_ray_two_workers_give_the_identical_file(sharded, reference, tmp_path):
     if os.environ.get("CI"):
         import ray  # noqa: F401  (CI installs the distributed extra: the Ray path must run there)

@@ -22,7 +22,7 @@ and config header — by arithmetic on the shape and config (``payload_nbytes``)
 nothing to ask; the suite checks it equals ``len(to_bytes())``.
 
 Adding a codec is one module in this package (imported automatically) plus its test module;
-docs/codecs.md walks through a complete 40-line example that the test suite runs.
+docs/codecs/adding-a-codec.md walks through a complete 40-line example that the test suite runs.
 """
 
 from __future__ import annotations
