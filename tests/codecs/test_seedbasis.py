@@ -109,3 +109,18 @@ def test_bad_configs():
 def test_presets_by_name_everywhere():
     assert codec_config("seedbasis", preset="3.5") == preset("3.5")
     assert codec_config("seedbasis", preset="2.5", chunk=64) == preset("2.5", chunk=64)
+
+
+@pytest.mark.parametrize("budget", ["4.25", "3.5", "2.5"])
+def test_encoded_fields_are_held_compactly(budget):
+    """A loaded seed-basis model holds its fields in the narrowest dtypes (int64 fields were 6 bytes
+    per weight at 3.5 bpw), and they round-trip the stored bytes exactly."""
+    from reality_stone.codecs import decode_bytes
+
+    W = torch.randn(64, 256, generator=torch.Generator().manual_seed(0)) * 0.05
+    enc = preset(budget).encode(W)
+    held = sum(t.numel() * t.element_size() for t in (enc.e_top, enc.seeds, enc.e_off, enc.codes))
+    assert held <= (2 + 1 + preset(budget).coeffs) / 8 * W.numel() + 2 * 64  # ≤ 1.1 bytes per weight
+    back = decode_bytes(enc.to_bytes())
+    assert back.seeds.dtype == torch.int16 and back.codes.dtype == torch.int8
+    assert back.to_bytes() == enc.to_bytes() and torch.equal(back.decode(), enc.decode())

@@ -89,18 +89,26 @@ def packed64_basis(seed_bits: int, block: int, coeffs: int) -> Tensor:
 
 
 class SeedBasisEncoded(Encoded):
-    """Per row ``e_top`` (out,), per block ``seeds`` (out, nb), ``e_off`` (out, nb), ``codes`` (out, nb, P)."""
+    """Per row ``e_top`` (out,) int16, per block ``seeds`` (out, nb) int16 (int32 for 16-bit seeds),
+    ``e_off`` (out, nb) int8, ``codes`` (out, nb, P) int8.
+
+    Held in the narrowest dtype that holds the stored values: int64 fields (8 bytes per seed and
+    per code) made a loaded SmolLM2 seed-basis model hold ~0.6 GB of fields beside its kernel
+    layout. Arithmetic on them upcasts first."""
 
     def __init__(self, config: SeedBasisConfig, shape, e_top: Tensor, seeds: Tensor, e_off: Tensor, codes: Tensor):
         self.config, self.shape = config, (int(shape[0]), int(shape[1]))
-        self.e_top, self.seeds, self.e_off, self.codes = e_top, seeds, e_off, codes
+        self.e_top = e_top.to(torch.int16)
+        self.seeds = seeds.to(torch.int16 if config.seed_bits <= 15 else torch.int32)
+        self.e_off = e_off.to(torch.int8)
+        self.codes = codes.to(torch.int8)
 
     def block_scales(self) -> Tensor:
         return torch.exp2(self.block_exponents().to(torch.float32))
 
     def block_exponents(self) -> Tensor:
         """(out, nb) absolute block exponents: block scale = 2^exponent."""
-        return self.e_top[:, None] - (2**self.config.exp_bits - 1) + self.e_off
+        return self.e_top.to(torch.int32)[:, None] - (2**self.config.exp_bits - 1) + self.e_off.to(torch.int32)
 
     def kernel_layout(self):
         """The fused kernel's layout (`reality_stone.kernels.seedbasis`), built once; None if unsupported."""
@@ -108,7 +116,7 @@ class SeedBasisEncoded(Encoded):
             from reality_stone.kernels.seedbasis import fusable, seedbasis_layout
 
             cfg, exps = self.config, self.block_exponents()
-            self._layout = (seedbasis_layout(cfg.table(), self.seeds, exps, self.codes)
+            self._layout = (seedbasis_layout(cfg.table(), self.seeds.long(), exps, self.codes.long())
                             if fusable(cfg.block, cfg.coeffs, cfg.coeff_bits, exps) else None)
         return self._layout
 
@@ -126,7 +134,7 @@ class SeedBasisEncoded(Encoded):
     def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
         out_f, in_f = self.shape
         U = self.config.table()
-        blocks = torch.einsum("rbp,rbpc->rbc", self.codes.to(torch.float32), U[self.seeds])
+        blocks = torch.einsum("rbp,rbpc->rbc", self.codes.to(torch.float32), U[self.seeds.long()])
         return (blocks * self.block_scales()[..., None]).reshape(out_f, -1)[:, :in_f].to(dtype)
 
     @staticmethod
@@ -146,7 +154,7 @@ class SeedBasisEncoded(Encoded):
         return (self.e_top.numpy().astype(np.int8).tobytes()
                 + pack_bits(self.seeds, cfg.seed_bits)
                 + (pack_bits(self.e_off, cfg.exp_bits) if cfg.exp_bits else b"")
-                + pack_bits(self.codes + qoff, cfg.coeff_bits))
+                + pack_bits(self.codes.to(torch.int16) + qoff, cfg.coeff_bits))
 
     @classmethod
     def from_payload(cls, config: SeedBasisConfig, shape, payload: bytes) -> "SeedBasisEncoded":
