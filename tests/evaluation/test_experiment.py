@@ -1,0 +1,18 @@
+"""The one quality path: each configuration is saved and its file scored in a fresh process."""
+
+import pytest
+
+from reality_stone.codecs import codec_config
+from reality_stone.evaluation.experiment import Spec, evaluate_specs
+from reality_stone.evaluation.loaders import load_minilm
+
+
+@pytest.mark.slow  # two fresh processes that each load MiniLM twice
+def test_encoder_rows_come_from_the_saved_file():
+    rows = evaluate_specs(load_minilm(), [Spec("fp16", dense_dtype="fp16"),
+                                          Spec("RTN int4 g128", codec_config("rtn", bits=4, group=128))])
+    fp16, int4 = rows
+    assert fp16["bits_per_weight"] == 16.0 and fp16["cosine_mean"] > 0.9999  # rounding to fp16 changes nothing
+    assert 4.2 < int4["bits_per_weight"] < 4.3 and 0.85 < int4["cosine_mean"] < 0.99 and int4["spearman"] > 0.9
+    assert int4["file_bytes"] < 0.7 * fp16["file_bytes"]  # the compressed layers are in the file as stored
+    assert all(r["peak_rss_bytes"] > 0 for r in rows)  # measured in the scoring process
