@@ -16,7 +16,7 @@ import torch
 
 from layouts import packed64_weight, seedbasis_weight
 from reality_stone.codecs import codec_config
-from reality_stone.kernels.linear_op import KERNELS
+from reality_stone.kernels.linear_op import KERNELS, MAX_FUSED_BATCH
 
 import reality_stone.kernels.int_lowbit_ops  # noqa: F401  (registers the kernels)
 import reality_stone.kernels.packed64_ops  # noqa: F401
@@ -66,8 +66,8 @@ def test_every_registered_kernel_is_covered():
     assert {c[1] for c in CASES} == set(KERNELS)
 
 
-def _batches(kernel):
-    limit = kernel.max_batch or 64
+def _batches(name):
+    limit = MAX_FUSED_BATCH[name] or 64
     return [1, 5, limit + 3]  # fused, fused with a ragged batch, tiled (or the int8 kernel's any-batch path)
 
 
@@ -78,7 +78,7 @@ def _own_weights(kernel, args, in_f, dtype):
 def test_forward_within_twice_the_references_own_error(case):
     kernel, name, args, in_f = case
     W32, W64 = _own_weights(kernel, args, in_f, torch.float32), _own_weights(kernel, args, in_f, torch.float64)
-    for batch in _batches(kernel):
+    for batch in _batches(name):
         x = torch.randn(batch, in_f, generator=torch.Generator().manual_seed(batch))
         y = kernel(x, *args)
         assert y.shape == (batch, kernel.rows(*args)) and y.dtype == torch.float32

@@ -10,7 +10,10 @@ from layouts import packed64_weight as _encoded
 from reality_stone.codecs.packed64 import Packed64Config
 from reality_stone.kernels.extension import load_extension
 from reality_stone.kernels.packed64 import decode_rows
-from reality_stone.kernels.packed64_ops import PACKED64_MAX_BATCH, packed64_matmul
+from reality_stone.kernels.linear_op import MAX_FUSED_BATCH
+from reality_stone.kernels.packed64_ops import packed64_matmul
+
+PACKED64_MAX_BATCH = MAX_FUSED_BATCH["packed64_linear"]
 from reality_stone.nn import CompressedLinear
 
 

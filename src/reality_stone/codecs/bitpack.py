@@ -1,4 +1,5 @@
-"""Exact bit packing of unsigned integer codes into little-endian bit streams."""
+"""Exact bit packing of unsigned integer codes into little-endian bit streams, and the fp16
+side tensors (scales, offsets, values) codecs store beside them."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["pack_bits", "packed_nbytes", "unpack_bits"]
+__all__ = ["f16_bytes", "pack_bits", "packed_nbytes", "read_f16", "unpack_bits"]
 
 
 def packed_nbytes(count: int, bits: int) -> int:
@@ -59,3 +60,16 @@ def unpack_bits(data: bytes, bits: int, count: int) -> Tensor:
         return torch.from_numpy(v.reshape(-1)[:count].copy())
     bitarr = np.unpackbits(raw, bitorder="little")[: count * bits].reshape(count, bits).astype(np.int64)
     return torch.from_numpy((bitarr << np.arange(bits, dtype=np.int64)).sum(axis=1))
+
+
+def f16_bytes(t: Tensor) -> bytes:
+    """``t`` as little-endian fp16 bytes."""
+    return t.to(torch.float16).numpy().astype("<f2").tobytes()
+
+
+def read_f16(data: bytes, count: int, what: str = "payload") -> Tensor:
+    """The first ``count`` little-endian fp16 values of ``data`` (a writable copy); too few bytes
+    -> ValueError naming ``what``."""
+    if len(data) < 2 * count:
+        raise ValueError(f"truncated {what}: {len(data)} bytes for {count} fp16 values")
+    return torch.from_numpy(np.frombuffer(data, dtype="<f2", count=count).astype(np.float16))

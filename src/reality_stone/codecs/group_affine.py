@@ -23,17 +23,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from reality_stone.codecs.base import Capabilities, CodecConfig, Encoded
-from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+from reality_stone.codecs.bitpack import f16_bytes, pack_bits, packed_nbytes, read_f16, unpack_bits
 from reality_stone.kernels.int_lowbit import CHUNK, layout_bits, pack_lowbit_layout, unpack_lowbit_layout
 
-__all__ = ["AFFINE_FORMS", "GroupAffineConfig", "GroupAffineEncoded", "MAX_GROUP_OVER_ROW", "check_group"]
-
-AFFINE_FORMS = ("offset", "zero", "symmetric")
+__all__ = ["GroupAffineConfig", "GroupAffineEncoded", "MAX_GROUP_OVER_ROW", "check_group"]
 
 # A group longer than the row pads every row to the group (codes, scales and the kernel layout):
 # allowed up to this many inputs (so a small layer can share a model-wide group), never beyond —
@@ -72,10 +69,6 @@ class GroupAffineConfig(CodecConfig):
 
     def nominal_bits_per_weight(self) -> float:
         return self.bits + 16 * (1 + (self.affine_form != "symmetric")) / self.group
-
-
-def _read_f16(data: bytes, n: int) -> Tensor:
-    return torch.from_numpy(np.frombuffer(data, dtype="<f2", count=n).astype(np.float16))
 
 
 class GroupAffineEncoded(Encoded):
@@ -175,9 +168,9 @@ class GroupAffineEncoded(Encoded):
 
     def payload(self) -> bytes:
         # only the real inputs' codes are stored; the padding of the last group is implicit
-        parts = [pack_bits(self.codes[:, : self.shape[1]], self.config.bits), self.scale.numpy().astype("<f2").tobytes()]
+        parts = [pack_bits(self.codes[:, : self.shape[1]], self.config.bits), f16_bytes(self.scale)]
         if self.offset is not None:
-            parts.append(self.offset.numpy().astype("<f2").tobytes())
+            parts.append(f16_bytes(self.offset))
         return b"".join(parts)
 
     @classmethod
@@ -192,8 +185,8 @@ class GroupAffineEncoded(Encoded):
         n_groups = side // (2 * out_f)
         codes = torch.nn.functional.pad(unpack_bits(payload[:n_code_bytes], config.bits, out_f * in_f)
                                         .reshape(out_f, in_f), (0, n_groups * config.group - in_f)).to(torch.uint8)
-        scale = _read_f16(payload[n_code_bytes:], out_f * n_groups).reshape(out_f, n_groups)
-        offset = (_read_f16(payload[n_code_bytes + side :], out_f * n_groups).reshape(out_f, n_groups)
+        scale = read_f16(payload[n_code_bytes:], out_f * n_groups).reshape(out_f, n_groups)
+        offset = (read_f16(payload[n_code_bytes + side :], out_f * n_groups).reshape(out_f, n_groups)
                   if n_side else None)
         if not bool(torch.isfinite(scale.float()).all()) or (offset is not None and not bool(torch.isfinite(offset.float()).all())):
             raise ValueError(f"corrupt {config.codec_name} payload: non-finite scale or offset")

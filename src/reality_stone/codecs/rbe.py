@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from reality_stone.codecs.base import Capabilities, CodecConfig, Encoded, check_weight, register
-from reality_stone.codecs.bitpack import pack_bits, packed_nbytes, unpack_bits
+from reality_stone.codecs.bitpack import f16_bytes, pack_bits, packed_nbytes, read_f16, unpack_bits
 
 __all__ = ["RBEConfig", "RBEEncoded", "transform_matrix", "poly_cos8_basis"]
 
@@ -86,16 +86,6 @@ def _poly_cos8_np(size: int) -> np.ndarray:
 def poly_cos8_basis(size: int) -> Tensor:
     """(size, size, 8) seed-004 blueprint basis on x (columns), y (rows) ∈ [-1, 1]."""
     return torch.from_numpy(_poly_cos8_np(size).copy())
-
-
-def _f16(t: Tensor) -> bytes:
-    return t.to(torch.float16).numpy().astype("<f2").tobytes()
-
-
-def _read_f16(data: bytes, count: int) -> Tensor:
-    if len(data) < 2 * count:
-        raise ValueError("truncated rbe payload")
-    return torch.from_numpy(np.frombuffer(data, dtype="<f2", count=count).astype(np.float16).copy())
 
 
 class RBEEncoded(Encoded):
@@ -210,18 +200,18 @@ class RBEEncoded(Encoded):
         n = len(self.positions)
         parts = []
         if cfg.basis == "poly-cos8":
-            parts.append(_f16(self.blueprint.reshape(-1)))
+            parts.append(f16_bytes(self.blueprint.reshape(-1)))
         elif cfg.basis == "packed64":
             seeds, scales = self.blueprint
-            parts.append(seeds.numpy().astype("<i8").tobytes() + _f16(scales))
+            parts.append(seeds.numpy().astype("<i8").tobytes() + f16_bytes(scales))
         parts.append(pack_bits(self.counts, cfg.count_bits))
         all_idx = torch.cat(self.indices) if n else torch.zeros(0, dtype=torch.int64)
         parts.append(pack_bits(all_idx, cfg.index_bits))
         if cfg.value_dtype == "int8":
-            parts.append(_f16(self.int8_scales))
+            parts.append(f16_bytes(self.int8_scales))
             parts.append(torch.cat(self.q_values).numpy().tobytes() if n else b"")
         elif cfg.value_dtype == "fp16":
-            parts.append(_f16(torch.cat(self.q_values)) if n else b"")
+            parts.append(f16_bytes(torch.cat(self.q_values)) if n else b"")
         elif cfg.value_dtype == "fp32":
             parts.append(torch.cat(self.q_values).numpy().astype("<f4").tobytes() if n else b"")
         else:
@@ -241,13 +231,13 @@ class RBEEncoded(Encoded):
         o = 0
         blueprint = None
         if config.basis == "poly-cos8":
-            blueprint = _read_f16(payload[o:], 8 * n).reshape(n, 8)
+            blueprint = read_f16(payload[o:], 8 * n, "rbe payload").reshape(n, 8)
             o += 16 * n
         elif config.basis == "packed64":
             if len(payload) < o + 10 * n:
                 raise ValueError("truncated rbe payload")
             seeds = torch.from_numpy(np.frombuffer(payload[o : o + 8 * n], dtype="<i8").copy())
-            scales = _read_f16(payload[o + 8 * n :], n)
+            scales = read_f16(payload[o + 8 * n :], n, "rbe payload")
             blueprint = (seeds, scales)
             o += 10 * n
         nb = packed_nbytes(n, config.count_bits)
@@ -266,7 +256,7 @@ class RBEEncoded(Encoded):
             raise ValueError("corrupt rbe payload: a block lists the same coefficient twice")
         int8_scales = None
         if config.value_dtype == "int8":
-            int8_scales = _read_f16(payload[o:], n)
+            int8_scales = read_f16(payload[o:], n, "rbe payload")
             o += 2 * n
         expected = o + total * config.value_bytes
         if len(payload) != expected:
@@ -275,7 +265,7 @@ class RBEEncoded(Encoded):
         if config.value_dtype == "int8":
             q = torch.from_numpy(np.frombuffer(raw, dtype=np.int8).copy())
         elif config.value_dtype == "fp16":
-            q = _read_f16(raw, total)
+            q = read_f16(raw, total, "rbe payload")
         elif config.value_dtype == "fp32":
             q = torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32).copy())
         else:

@@ -30,10 +30,7 @@ from reality_stone.kernels.int_lowbit import CHUNK, affine_offset, dequantize_ro
 from reality_stone.kernels.linear_op import MAX_FUSED_BATCH, linear_kernel
 from reality_stone.kernels.tiled import tiled_linear
 
-__all__ = ["LOWBIT_MAX_BATCH", "lowbit_linear", "lowbit_linear_a8", "lowbit_matmul"]
-
-LOWBIT_MAX_BATCH = MAX_FUSED_BATCH["lowbit_linear"]
-
+__all__ = ["lowbit_linear", "lowbit_linear_a8", "lowbit_matmul"]
 
 def _decoder(packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int, bits: int, in_features=None):
     return lambda r0, r1, dtype: dequantize_rows(packed[r0:r1], scale[r0:r1], offset[r0:r1], zero_point, group, bits,
@@ -53,7 +50,7 @@ def _forward(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_poin
              bits: int) -> Tensor:
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    ext = _fused(x2, group, LOWBIT_MAX_BATCH)
+    ext = _fused(x2, group, MAX_FUSED_BATCH["lowbit_linear"])
     if ext is not None:
         y = ext.lowbit_gemv(x2.contiguous(), packed, scale, offset, zero_point, group, bits)
     else:

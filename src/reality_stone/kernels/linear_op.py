@@ -48,7 +48,6 @@ class LinearKernel:
     forward: Callable[..., Tensor]
     rows: Callable[..., int]
     decoder: Callable[..., Callable]
-    max_batch: int | None
 
     def __call__(self, x: Tensor, *layout) -> Tensor:
         if (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
@@ -84,7 +83,7 @@ def linear_kernel(op, *, forward: Callable[..., Tensor], check: Callable[..., No
 
     op.register_fake(fake)
     op.register_autograd(backward, setup_context=setup_context)
-    KERNELS[name] = LinearKernel(op, forward, rows, decoder, MAX_FUSED_BATCH[name])
+    KERNELS[name] = LinearKernel(op, forward, rows, decoder)
     return KERNELS[name]
 
 

@@ -21,10 +21,7 @@ from reality_stone.kernels.packed64 import Packed64Layout, decode_rows
 from reality_stone.kernels.linear_op import MAX_FUSED_BATCH, linear_kernel
 from reality_stone.kernels.tiled import tiled_linear
 
-__all__ = ["PACKED64_MAX_BATCH", "packed64_linear", "packed64_matmul"]
-
-PACKED64_MAX_BATCH = MAX_FUSED_BATCH["packed64_linear"]
-
+__all__ = ["packed64_linear", "packed64_matmul"]
 
 def _layout(leaves, params, row_start, tables, block, rows, cols) -> Packed64Layout:
     return Packed64Layout(leaves, params, row_start, tables, block, (rows, cols))
@@ -50,7 +47,7 @@ def _layout_decoder(lay: Packed64Layout):
 def _forward_layout(x: Tensor, lay: Packed64Layout) -> Tensor:
     lead, (rows, cols) = x.shape[:-1], lay.shape
     x2 = x.reshape(-1, cols)
-    ext = load_extension() if x2.dtype == torch.float32 and 0 < x2.shape[0] <= PACKED64_MAX_BATCH else None
+    ext = load_extension() if x2.dtype == torch.float32 and 0 < x2.shape[0] <= MAX_FUSED_BATCH["packed64_linear"] else None
     if ext is not None:
         xp = torch.nn.functional.pad(x2, (0, lay.padded_shape[1] - cols)).contiguous()
         y = ext.packed64_gemv(xp, lay.leaves, lay.params, lay.row_start, lay.tables, lay.block)[:, :rows]

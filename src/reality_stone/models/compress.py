@@ -78,10 +78,7 @@ class CompressionReport:
         return sum(r.output_error * r.shape[0] * r.shape[1] for r in rows) / n if n else None
 
 
-def compressible_layers(model: nn.Module, include: str = "*", skip: tuple[str, ...] = DEFAULT_SKIP,
-                        skip_tied: bool = True):
-    """(name, module) of the Linear layers `compress` would touch, and the names it skips."""
-    return select_layers(model, include, skip, skip_tied)
+compressible_layers = select_layers  # (name, module) of the layers `compress` touches, and the skipped names
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
