@@ -30,7 +30,7 @@ def _lowbit(cfg, rows=70, cols=256):
 
 def _seedbasis(budget, rows=37, cols=51):
     lay = seedbasis_weight(rows, cols, budget).kernel_layout()
-    return (lay.pattern, lay.seeds, lay.exps, lay.codes, lay.coeffs, lay.rows), cols
+    return (lay.pattern, lay.records, lay.row_exp, lay.seed_bits, lay.exp_bits, lay.coeff_bits, lay.rows), cols
 
 
 def _packed64(rows, cols, block, min_block, formula):

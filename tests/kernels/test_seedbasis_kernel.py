@@ -19,8 +19,24 @@ def test_layout_decodes_to_the_codec_weight(budget):
     torch.testing.assert_close(decode_rows(lay, 8, 21, 51), enc.decode()[8:21], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("rows,cols", [(37, 51), (300, 96), (64, 1000)])
-@pytest.mark.parametrize("batch", [1, 5, 32])
+@pytest.mark.parametrize("budget", ["4.25", "3.5", "2.5"])
+@pytest.mark.parametrize("rows,cols", [(40, 4096), (4096, 64), (8, 8)])
+def test_layout_holds_the_stored_bits(budget, rows, cols):
+    """The compute layout is the codec's bits (≤ 1.1× its payload; the previous one padded codes
+    to 4 or 8 slots and seeds to 16 bits: 1.4–2×). The pattern table is generated from the
+    config and shared by every weight of it."""
+    enc = _encoded(rows, cols, budget)
+    lay = enc.kernel_layout()
+    own = lay.nbytes - lay.pattern.numel()
+    assert own <= 1.1 * enc.payload_nbytes() + 16 + 7, (own, enc.payload_nbytes())
+    assert enc.kernel_layout().pattern is _encoded(8, 8, budget, seed=1).kernel_layout().pattern
+    # the records alone: exactly S + E + P·Q bits per block (rows padded to 8)
+    nb = -(-cols // 8)
+    assert lay.records.numel() == -(-rows // 8) * nb * lay.record_bytes + 16
+
+
+@pytest.mark.parametrize("rows,cols", [(37, 51), (300, 96), (64, 1000), (24, 300)])
+@pytest.mark.parametrize("batch", [1, 2, 5, 9, 17, 32, 64, 100])
 @pytest.mark.parametrize("budget", ["4.25", "3.5", "2.5"])
 def test_fused_matches_reference_within_its_own_error(rows, cols, batch, budget):
     enc = _encoded(rows, cols, budget)

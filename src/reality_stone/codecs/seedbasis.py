@@ -67,6 +67,13 @@ def lfsr_basis(seed_bits: int, block: int, coeffs: int) -> Tensor:
 
 
 @lru_cache(maxsize=16)
+def _pattern_ids(seed_bits: int, block: int, coeffs: int) -> Tensor:
+    from reality_stone.kernels.seedbasis import pattern_ids
+
+    return pattern_ids(lfsr_basis(seed_bits, block, coeffs))
+
+
+@lru_cache(maxsize=16)
 def packed64_basis(seed_bits: int, block: int, coeffs: int) -> Tensor:
     """(2^S, P, C) bases from the Packed64 generator, each row scaled to norm √C.
 
@@ -110,14 +117,21 @@ class SeedBasisEncoded(Encoded):
         """(out, nb) absolute block exponents: block scale = 2^exponent."""
         return self.e_top.to(torch.int32)[:, None] - (2**self.config.exp_bits - 1) + self.e_off.to(torch.int32)
 
+    def row_exponents(self) -> Tensor:
+        """(out,) the rows' base exponents t = e_top − (2^E − 1): block scale = 2^(t + e_off)."""
+        return self.e_top.to(torch.int32) - (2**self.config.exp_bits - 1)
+
     def kernel_layout(self):
         """The fused kernel's layout (`reality_stone.kernels.seedbasis`), built once; None if unsupported."""
         if not hasattr(self, "_layout"):
-            from reality_stone.kernels.seedbasis import fusable, seedbasis_layout
+            from reality_stone.kernels.seedbasis import EXP_MAX, EXP_MIN, fusable, seedbasis_layout
 
-            cfg, exps = self.config, self.block_exponents()
-            self._layout = (seedbasis_layout(cfg.table(), self.seeds.long(), exps, self.codes.long())
-                            if fusable(cfg.block, cfg.coeffs, cfg.coeff_bits, exps) else None)
+            cfg, t = self.config, self.row_exponents()
+            ok = fusable(cfg.block, cfg.coeffs, cfg.coeff_bits, cfg.exp_bits, cfg.seed_bits, cfg.basis) and (
+                t.numel() == 0 or (EXP_MIN <= int(t.min()) and int(t.max()) <= EXP_MAX))
+            self._layout = (seedbasis_layout(cfg.pattern_ids(), t, self.seeds, self.e_off, self.codes,
+                                             seed_bits=cfg.seed_bits, exp_bits=cfg.exp_bits,
+                                             coeff_bits=cfg.coeff_bits) if ok else None)
         return self._layout
 
     def matmul(self, x: Tensor) -> Tensor:
@@ -232,7 +246,8 @@ class SeedBasisConfig(CodecConfig):
         # the kernel's exponent range is checked per weight (a decoded exponent outside it takes
         # decode → matmul); every exponent a finite float32 weight produces is inside it
         return Capabilities(calibration=self.calibration,
-                            fused_matmul=fusable(self.block, self.coeffs, self.coeff_bits, torch.zeros(0)))
+                            fused_matmul=fusable(self.block, self.coeffs, self.coeff_bits, self.exp_bits,
+                                                 self.seed_bits, self.basis))
 
     @property
     def block_bits(self) -> int:
@@ -252,6 +267,10 @@ class SeedBasisConfig(CodecConfig):
     def table(self) -> Tensor:
         fn = lfsr_basis if self.basis == "lfsr" else packed64_basis
         return fn(self.seed_bits, self.block, self.coeffs)
+
+    def pattern_ids(self) -> Tensor:
+        """(2^S, P) uint8 sign-pattern ids of the ±1 table, for the kernel (one per config)."""
+        return _pattern_ids(self.seed_bits, self.block, self.coeffs)
 
     # ----------------------------------------------------------------------------- search
     def _search(self, w: Tensor, U: Tensor, G: Tensor, M: Tensor, e_lo: Tensor | None, e_hi: Tensor | None):

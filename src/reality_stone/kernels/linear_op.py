@@ -33,8 +33,10 @@ __all__ = ["KERNELS", "MAX_FUSED_BATCH", "LinearKernel", "linear_kernel"]
 #   weight rows, so the codes come from memory once per call: 25 ms vs dense 30 ms at 128 rows,
 #   101 vs 88 ms at 512. The int8-activation kernel has no limit (5.7 ms at 128, 23 ms at 512).
 # * packed64: every leaf is generated once per call and used for the whole batch.
-# * seedbasis: each block's basis rows are expanded per batch row; past 8 rows the tiled decode wins.
-MAX_FUSED_BATCH = {"lowbit_linear": 256, "lowbit_linear_a8": None, "packed64_linear": 64, "seedbasis_linear": 8}
+# * seedbasis: batch ≥ 2 multiplies 8 batch rows per table lookup; its cost grows linearly with the
+#   batch but stays far below the tiled decode (whose seed-basis decode is ~0.8 s per 4096² tile
+#   sweep): no limit.
+MAX_FUSED_BATCH = {"lowbit_linear": 256, "lowbit_linear_a8": None, "packed64_linear": 64, "seedbasis_linear": None}
 
 
 @dataclass(frozen=True)

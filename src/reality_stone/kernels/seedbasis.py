@@ -1,12 +1,18 @@
 """Seed-basis blocks: the compute layout and the plain-torch reference (the oracle).
 
 The fused kernel (`seedbasis_cpu.cpp`) never builds W: every basis row U_{s,p} ∈ {±1}^8 is
-one of 256 sign patterns, so per call the 256 signed sums of each 8-input block of x
-(`block_sign_sums`, a (B, nb, 256) table: 1 KB per block) turn a block's contribution into
-P table lookups. Layout (`seedbasis_layout`, built once per weight): seeds uint16, absolute
-block exponents int8 and 4-bit codes (each row's P codes together), all column-block-major
-so a thread streams them.
-Supported: block 8, ≤ 8 coefficients of ≤ 4 bits, exponents in [-126, 120] (``fusable``).
+one of 256 sign patterns, so per call the 256 signed sums of each 8-input block of x turn a
+block's contribution into P table lookups. The integer code q·2^e (e: the block's exponent
+offset) is exact in float32, so each row's scale 2^t is applied once, at the end.
+
+Layout (`seedbasis_layout`, built once per weight): the stored bits and nothing else — one
+record of S + E + P·Q bytes per 8 output rows × one column block (8 rows × (S + E + P·Q) bits),
+in the order the kernel walks them (tiles of 16 column blocks; in a tile, row group after row
+group), so every thread reads its records as one sequential stream; then 16 zero bytes (the kernel reads 16-byte windows); per row one float32
+exponent t (int8). For the 3.5-bit preset that is 28 bytes per 64 weights — 3.5 bits per weight
+plus 8 per row, exactly the stored bits (the previous layout read 5 bits per weight).
+Supported (`fusable`): block 8, ±1 bases (the LFSR generator), ≤ 8 coefficients of ≤ 4 bits,
+≤ 4 exponent bits, row exponents t in [−126, 100].
 """
 
 from __future__ import annotations
@@ -18,9 +24,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SeedBasisLayout", "block_sign_sums", "decode_rows", "seedbasis_layout", "seedbasis_linear_reference"]
+__all__ = ["SeedBasisLayout", "decode_rows", "fusable", "pattern_ids", "seedbasis_layout",
+           "seedbasis_linear_reference", "unpack_records"]
 
 BLOCK = 8
+PAD_BYTES = 16
+TILE = 16  # column blocks per tile of the record order (seedbasis_cpu.cpp kTile)
+# row exponents the kernel takes: 2^t a normal float32, and a block (≤ 8 codes of magnitude ≤ 8,
+# shifted by ≤ 15) times it finite
+EXP_MIN, EXP_MAX = -126, 100
 
 
 @lru_cache(maxsize=1)
@@ -30,78 +42,123 @@ def sign_patterns() -> Tensor:
     return (2 * ((k[None, :] >> torch.arange(BLOCK)[:, None]) & 1) - 1).to(torch.float32)
 
 
-def block_sign_sums(x2: Tensor, n_blocks: int) -> Tensor:
-    """x2 (B, K ≤ 8·n_blocks) -> (B, n_blocks, 256): v[b, j, k] = Σ_c sign_k(c) x[b, 8j + c]."""
-    pad = n_blocks * BLOCK - x2.shape[1]
-    xb = torch.nn.functional.pad(x2, (0, pad)).reshape(x2.shape[0], n_blocks, BLOCK)
-    return (xb @ sign_patterns().to(x2.dtype)).contiguous()
+def pattern_ids(table: Tensor) -> Tensor:
+    """(2^S, P, 8) ±1 bases -> (2^S, P) uint8 pattern ids (bit c set where entry c is +1)."""
+    return ((table > 0).to(torch.int64) << torch.arange(BLOCK)).sum(-1).to(torch.uint8).contiguous()
 
 
 @dataclass(frozen=True)
 class SeedBasisLayout:
-    """pattern int32 (2^S, PL); seeds int16 (nb, Np) holding uint16; exps int8 (nb, Np);
-    codes uint8 (nb, Np, PL/2): code + 8 in 4 bits, row-major, coefficient p of a row in byte
-    p // 2 (low nibble first), padding coefficients and rows code 0. PL = 4 if P ≤ 4 else 8
-    (a row's z values fill 128 or 256 bits); ``coeffs`` = P; ``rows`` real output rows (Np =
-    rows padded to 8)."""
+    """pattern uint8 (2^S, P); records uint8 (G·nb·R + 16,), R = S + E + P·Q bytes, G = Np/8
+    row groups, nb column blocks; row_exp int8 (Np,): row r's scale is 2^row_exp[r]; the three field
+    widths; ``rows`` real output rows (Np = rows padded to 8). See `seedbasis_cpu.cpp` for the
+    record's bit order."""
 
     pattern: Tensor
-    seeds: Tensor
-    exps: Tensor
-    codes: Tensor
-    coeffs: int
+    records: Tensor
+    row_exp: Tensor
+    seed_bits: int
+    exp_bits: int
+    coeff_bits: int
     rows: int
 
+    @property
+    def record_bytes(self) -> int:
+        return self.seed_bits + self.exp_bits + self.pattern.shape[1] * self.coeff_bits
 
-# block exponents the kernel takes: 2^e a normal float32, and 8 codes of magnitude ≤ 8 times it finite
-EXP_MIN, EXP_MAX = -126, 120
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.pattern, self.records, self.row_exp))
 
 
-def fusable(block: int, coeffs: int, coeff_bits: int, exps: Tensor) -> bool:
-    return (block == BLOCK and coeffs <= 8 and coeff_bits <= 4
-            and (exps.numel() == 0 or bool((exps >= EXP_MIN).all() and (exps <= EXP_MAX).all())))
+def fusable(block: int, coeffs: int, coeff_bits: int, exp_bits: int, seed_bits: int, basis: str = "lfsr") -> bool:
+    """Whether a config's weights can take the kernel (row exponents are checked per weight)."""
+    return (block == BLOCK and basis == "lfsr" and coeffs <= 8 and coeff_bits <= 4 and exp_bits <= 4
+            and seed_bits <= 16)
 
 
-def seedbasis_layout(table: Tensor, seeds: Tensor, exps: Tensor, codes: Tensor) -> SeedBasisLayout:
-    """From the codec's fields: table (2^S, P, 8) ±1, seeds (out, nb) in [0, 2^S), absolute exps
-    (out, nb), signed codes (out, nb, P) in [-8, 8)."""
+def _bits(values: np.ndarray, width: int) -> np.ndarray:
+    """(..., n) non-negative ints -> (..., n·width) bits, LSB first."""
+    b = (values[..., None] >> np.arange(width, dtype=values.dtype)) & 1
+    return b.reshape(*values.shape[:-1], -1).astype(np.uint8)
+
+
+def seedbasis_layout(pattern: Tensor, row_exp: Tensor, seeds: Tensor, e_off: Tensor, codes: Tensor, *,
+                     seed_bits: int, exp_bits: int, coeff_bits: int) -> SeedBasisLayout:
+    """From the codec's fields: pattern ids (2^S, P) uint8, row exponents t (out,), seeds (out, nb)
+    in [0, 2^S), exponent offsets (out, nb) in [0, 2^E), signed codes (out, nb, P) in
+    [−2^(Q−1), 2^(Q−1))."""
     out_f, nb = seeds.shape
     P = codes.shape[-1]
-    PL = 4 if P <= 4 else 8
-    if seeds.numel() and not (0 <= int(seeds.min()) and int(seeds.max()) < table.shape[0]):
-        raise ValueError(f"seeds must be in [0, {table.shape[0]})")  # the kernel indexes z by them
+    S, E, Q = seed_bits, exp_bits, coeff_bits
+    if pattern.shape != (2**S, P) or pattern.dtype != torch.uint8:
+        raise ValueError(f"pattern must be uint8 (2^S={2**S}, P={P}), got {pattern.dtype} {tuple(pattern.shape)}")
+    for name, t, hi in (("seeds", seeds, 2**S), ("e_off", e_off, 2**E), ("codes", codes + 2 ** (Q - 1), 2**Q)):
+        if t.numel() and not (0 <= int(t.min()) and int(t.max()) < hi):
+            raise ValueError(f"{name} out of range for the layout's field width")
+    if row_exp.numel() and not (EXP_MIN <= int(row_exp.min()) and int(row_exp.max()) <= EXP_MAX):
+        raise ValueError(f"row exponents must be in [{EXP_MIN}, {EXP_MAX}]")
     Np = -(-out_f // 8) * 8
-    bits = ((table > 0).to(torch.int64) << torch.arange(BLOCK)).sum(-1)  # (2^S, P) pattern ids
     pad = Np - out_f
-    s = torch.nn.functional.pad(seeds, (0, 0, 0, pad)).T
-    e = torch.nn.functional.pad(exps, (0, 0, 0, pad)).T
-    c = torch.nn.functional.pad(codes + 8, (0, PL - P, 0, 0, 0, pad), value=8)  # padding: code 0
-    c = c.permute(1, 0, 2).reshape(nb, Np, PL // 2, 2)
-    return SeedBasisLayout(
-        pattern=torch.nn.functional.pad(bits, (0, PL - P)).to(torch.int32).contiguous(),
-        seeds=torch.from_numpy(s.numpy().astype(np.uint16).view(np.int16)).contiguous(),
-        exps=e.to(torch.int8).contiguous(),
-        codes=(c[..., 0] | (c[..., 1] << 4)).to(torch.uint8).contiguous(), coeffs=P, rows=out_f)
+    R = S + E + P * Q
+    G = Np // 8
+    grid = np.zeros((G, nb, R), dtype=np.uint8)  # record (g, j)
+    dtype = np.int64
+    s = np.pad(seeds.numpy().astype(dtype), ((0, pad), (0, 0)))
+    e = np.pad(e_off.numpy().astype(dtype), ((0, pad), (0, 0)))
+    c = np.pad(codes.numpy().astype(dtype) + 2 ** (Q - 1), ((0, pad), (0, 0), (0, 0)), constant_values=2 ** (Q - 1))
+    step = max(1, 2**20 // max(1, nb * R * 8))  # row groups per chunk: bit temporaries ≲ 8 MB
+    for g0 in range(0, G, step):
+        g1 = min(G, g0 + step)
+        rows = slice(8 * g0, 8 * g1)
+        # (g, 8, nb, ·) -> (g, nb, 8·width): the 8 rows' fields of one column block, row after row
+        sg = s[rows].reshape(g1 - g0, 8, nb).transpose(0, 2, 1)
+        eg = e[rows].reshape(g1 - g0, 8, nb).transpose(0, 2, 1)
+        cg = c[rows].reshape(g1 - g0, 8, nb, P).transpose(0, 2, 1, 3).reshape(g1 - g0, nb, 8 * P)
+        parts = [_bits(sg, S)] + ([_bits(eg, E)] if E else []) + [_bits(cg, Q)]
+        grid[g0:g1] = np.packbits(np.concatenate(parts, axis=-1), axis=-1, bitorder="little")
+    # tile-major: column tile t (TILE blocks), then row group, then block — the kernels' walk
+    records = np.concatenate([grid[:, t : t + TILE].reshape(-1) for t in range(0, nb, TILE)]
+                             + [np.zeros(PAD_BYTES, dtype=np.uint8)])
+    row_e = torch.zeros(Np, dtype=torch.int8)
+    row_e[:out_f] = row_exp.to(torch.int8)
+    return SeedBasisLayout(pattern=pattern.contiguous(), records=torch.from_numpy(records), row_exp=row_e,
+                           seed_bits=S, exp_bits=E, coeff_bits=Q, rows=out_f)
 
 
-def _codes(lay: SeedBasisLayout, r0: int, r1: int) -> Tensor:
-    """Signed codes (r1 − r0, nb, PL) of rows [r0, r1), padding coefficients included."""
-    c = lay.codes[:, r0:r1].to(torch.int64)  # (nb, rows, PL/2)
-    q = torch.stack([c & 15, c >> 4], dim=-1).reshape(c.shape[0], r1 - r0, -1) - 8
-    return q.permute(1, 0, 2)
+def unpack_records(lay: SeedBasisLayout, g0: int, g1: int, nb: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Seeds (8(g1−g0), nb), exponent offsets (same) and signed codes (·, nb, P) of row groups [g0, g1)."""
+    S, E, Q, P, R = lay.seed_bits, lay.exp_bits, lay.coeff_bits, lay.pattern.shape[1], lay.record_bytes
+    G = lay.row_exp.shape[0] // 8
+    recs = lay.records.numpy()
+    raw = np.empty((g1 - g0, nb, R), dtype=np.uint8)
+    for t in range(0, nb, TILE):  # tile-major order (see seedbasis_layout)
+        jt = min(TILE, nb - t)
+        raw[:, t : t + jt] = recs[(t * G + g0 * jt) * R : (t * G + g1 * jt) * R].reshape(g1 - g0, jt, R)
+    bits = np.unpackbits(raw, axis=-1, bitorder="little").astype(np.int64)
+
+    def field(lo: int, n: int, width: int) -> np.ndarray:
+        b = bits[..., lo : lo + n * width].reshape(g1 - g0, nb, n, width)
+        return (b << np.arange(width)).sum(-1)
+
+    s = field(0, 8, S)
+    e = field(8 * S, 8, E) if E else np.zeros_like(s)
+    c = field(8 * (S + E), 8 * P, Q).reshape(g1 - g0, nb, 8, P) - 2 ** (Q - 1)
+    rows = lambda a: torch.from_numpy(np.ascontiguousarray(a.swapaxes(1, 2))).reshape(8 * (g1 - g0), nb, *a.shape[3:])
+    return rows(s), rows(e), rows(c)
 
 
 def decode_rows(lay: SeedBasisLayout, r0: int, r1: int, in_features: int, dtype=torch.float32) -> Tensor:
-    """Dense rows [r0, r1) of W from the layout (for the tiled path and backward).
-
-    All PL coefficient slots are summed, as the kernel does: in a layout built by
-    `seedbasis_layout` the padding slots hold code 0, and for any other layout the two paths
-    still agree (``coeffs`` is not trusted to say which slots are padding)."""
-    basis = sign_patterns().T.to(dtype)[lay.pattern.to(torch.int64)]  # (2^S, PL, 8)
-    seeds = lay.seeds[:, r0:r1].T.to(torch.int64) & 0xFFFF  # uint16 stored as int16
-    q = _codes(lay, r0, r1).to(dtype)
-    blocks = torch.einsum("rjp,rjpc->rjc", q, basis[seeds]) * torch.exp2(lay.exps[:, r0:r1].T.to(dtype))[..., None]
-    return blocks.reshape(r1 - r0, -1)[:, :in_features]
+    """Dense rows [r0, r1) of W from the layout (for the tiled path, backward and the tests): the
+    kernel's arithmetic — integer block sums, then the row scale — which is exact."""
+    nb = -(-in_features // BLOCK)
+    g0, g1 = r0 // 8, -(-r1 // 8)
+    seeds, e_off, q = unpack_records(lay, g0, g1, nb)
+    basis = sign_patterns().T.to(dtype)[lay.pattern.to(torch.int64)]  # (2^S, P, 8)
+    qe = (q << e_off[..., None]).to(dtype)
+    blocks = torch.einsum("rjp,rjpc->rjc", qe, basis[seeds])
+    w = blocks.reshape(8 * (g1 - g0), -1)[:, :in_features] * torch.exp2(lay.row_exp[8 * g0 : 8 * g1, None].to(dtype))
+    return w[r0 - 8 * g0 : r1 - 8 * g0]
 
 
 def seedbasis_linear_reference(x: Tensor, lay: SeedBasisLayout, in_features: int) -> Tensor:

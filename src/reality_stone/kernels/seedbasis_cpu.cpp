@@ -1,177 +1,444 @@
-// Fused seed-basis matmul for CPU: y = x Wᵀ with W stored as seed-basis blocks (C = 8).
+// Fused seed-basis matmul for CPU: y = x Wᵀ with W stored as seed-basis blocks (C = 8 inputs).
 //
-// Block (row r, column block j) decodes to 2^e[r,j] · Σ_p q[r,j,p] · U_{s[r,j], p}, each basis
-// row U_{s,p} ∈ {±1}^8 being one of 256 sign patterns. So with
-//     v[b, j, k] = Σ_c sign_k(c) · x[b, 8j + c]          (all 256 patterns, computed per call)
-// the block's contribution is 2^e · Σ_p q_p · v[b, j, pattern[s, p]] — table lookups per
-// block, never W. Column block outer, rows inner: per block a thread first expands
-// z[s, p] = v[j, pattern[s, p]] for every seed (2^S × PL floats, L1/L2-resident), then a row's
-// P products are one contiguous z[s] row (PL = 4 or 8 floats, zero codes in the padding)
-// times the row's codes — plain loads, no gathers (the previous kernel gathered every
-// coefficient and ran at 0.75–1.05× dense on 4096² here, this one 1.6–2×). The PL lanes accumulate
-// per row across blocks in `acc` and are summed once at the end. Threads where a block has
-// too few rows to repay the expansion gather z[s] straight from v through the pattern row.
+// Block (row r, column block j) decodes to 2^(t_r + e[r,j]) · Σ_p q[r,j,p] · U_{s[r,j], p}: t_r is
+// the row's exponent, e the block's offset (E bits), and each basis row U_{s,p} ∈ {±1}^8 one of 256
+// sign patterns. With the per-call table of every pattern's signed sum of each 8-input block of x
+//     v[b, j, k] = Σ_c sign_k(c) · x[b, 8j + c]
+// the block contributes 2^t_r · Σ_p (q_p << e) · v[b, j, pattern[s, p]] — P table lookups, never W,
+// and the row's scale 2^t_r once per row at the end (the integer code q << e is exact in fp32).
 //
-// Compute layout (seedbasis.py, built once): pattern int32 [2^S, PL]; seeds uint16 [nb, Np];
-// exps int8 [nb, Np] (absolute block exponents, in [-126, 120]); codes uint8 [nb, Np, PL/2]
-// (code + 8, 4 bits, row-major: coefficient p of a row in byte p/2, low nibble first).
-// Np = rows padded to a multiple of 8.
+// Compute layout (seedbasis.py: `seedbasis_layout`) — the stored bits and nothing else: one record
+// of S + E + P·Q bytes per 8 output rows × one column block, records row-group-major
+// (group g, block j at (g·nb + j)·R), 16 zero bytes after the last. In a record, all little-endian
+// bit streams: the 8 rows' seeds (S bits each), their exponent offsets (E bits), then their codes
+// row-major (row r, coefficient p at bits (r·P + p)·Q, stored as q + 2^(Q-1)).
+//
+// Two loops:
+//  * batch 1 — lanes are coefficients: one vector holds the P codes of 8/PL rows (PL = 4 or 8), and
+//    z[s] = (v[pattern[s, p]])_p is either expanded for every seed per column block (an L1/L2
+//    table, when there are more rows than seeds to repay it) or gathered per row. Threads split the
+//    column blocks (private accumulators, summed at the end).
+//  * batch ≥ 2 — lanes are 8 batch rows: v is laid out [batch group][j][pattern][8], and a block's
+//    P codes multiply whole rows of it. Threads split the output rows; columns go in tiles whose v
+//    stays in L2.
 #include "kernels.h"
 
-#include <atomic>
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
-
-using reality_stone::kMaxBatch;
 
 namespace {
 constexpr int kPatterns = 256;
-constexpr int kExpMin = -126, kExpMax = 120;  // 2^e normal; 8 codes of |q| <= 8 times it finite
+constexpr int kLanes = 8;
+constexpr int64_t kTile = 16;  // column blocks per tile of the record order
 
-// acc[r·PL + l] += lanes of 2^e · q ⊙ z[s] for the 8 rows of group o of block j (one batch row:
-// z_b / v_b; the codes and scales are shared by the batch and computed once).
-template <int PL>
-struct Group {
-  __m256 qs[PL];  // 2^e · q, one vector per 8 / PL rows
-  uint16_t seed[8];
+// Record (row group g, column block j): tile-major — tile t = j / 16, then row group, then block
+// (a tile of Jt ≤ 16 blocks holds G·Jt records), so each loop below streams its records in order.
+inline const uint8_t* record_at(const uint8_t* rec, int64_t g, int64_t j, int64_t G, int64_t nb, int R) {
+  const int64_t t0 = j / kTile * kTile, jt = std::min<int64_t>(kTile, nb - t0);
+  return rec + (t0 * G + g * jt + (j - t0)) * R;
+}
+
+// 8 `w`-bit fields (w ≤ 16) of a little-endian bit stream, one per 32-bit lane. Lanes 0-3 read
+// the 16 bytes from byte `lo` of the stream, lanes 4-7 those from byte `hi` (pshufb indexes within
+// a 128-bit half); each lane picks the 3 bytes holding its field (`bit`: its offset from its
+// half's window), shifts and masks. Lanes with bit < 0 are 0.
+struct Field {
+  __m256i ctl, shift, mask;
+  int lo = 0, hi = 0;
+  Field() = default;
+  Field(const int (&bit)[8], int w, int lo_byte, int hi_byte) : lo(lo_byte), hi(hi_byte) {
+    alignas(32) int8_t c[32];
+    alignas(32) int32_t s[8];
+    for (int l = 0; l < 8; ++l) {
+      s[l] = bit[l] < 0 ? 0 : bit[l] & 7;
+      for (int k = 0; k < 4; ++k) {
+        const int b = bit[l] < 0 ? 16 : (bit[l] >> 3) + k;
+        c[4 * l + k] = static_cast<int8_t>(b < 16 ? b : -128);  // -128: pshufb writes 0
+      }
+    }
+    ctl = _mm256_load_si256(reinterpret_cast<const __m256i*>(c));
+    shift = _mm256_load_si256(reinterpret_cast<const __m256i*>(s));
+    mask = _mm256_set1_epi32((1 << w) - 1);
+  }
+  // the 8 fields of stream bits [first + l·step·w, +w), l = 0..7 (each half's window at its first field)
+  static Field strided(int first, int step, int w) {
+    int bit[8];
+    const int lo = first >> 3, hi = (first + 4 * step * w) >> 3;
+    for (int l = 0; l < 8; ++l) bit[l] = first + l * step * w - 8 * (l < 4 ? lo : hi);
+    return Field(bit, w, lo, hi);
+  }
+  __m256i operator()(const uint8_t* f) const {
+    const __m256i b = _mm256_inserti128_si256(
+        _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(f + lo))),
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(f + hi)), 1);
+    return _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(b, ctl), shift), mask);
+  }
 };
 
-// Returns nonzero when a seed of the group is >= n_seeds or an exponent is outside
-// [kExpMin, kExpMax]: the op is public, so the fields are checked here, where they are already
-// in registers (a separate pass over them cost 10-15 % of the gemv in memory traffic). Bad
-// values are clamped before use — nothing is read out of bounds — and the call then fails.
-template <int PL>
-inline int prepare_group(const uint16_t* sj, const int8_t* ej, const uint8_t* cj, int64_t o, __m128i seed_max,
-                         Group<PL>& g) {
-  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-  const __m256i nib = _mm256_set1_epi32(0x0F), eight = _mm256_set1_epi32(8), bias = _mm256_set1_epi32(127);
-  const __m128i s = _mm_loadu_si128(reinterpret_cast<const __m128i*>(sj + 8 * o));
-  const __m128i s_ok = _mm_min_epu16(s, seed_max);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(g.seed), s_ok);
-  const __m256i e_raw = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(ej + 8 * o)));
-  const __m256i e = _mm256_max_epi32(_mm256_min_epi32(e_raw, _mm256_set1_epi32(kExpMax)), _mm256_set1_epi32(kExpMin));
-  const int bad = (_mm_movemask_epi8(_mm_cmpeq_epi16(s, s_ok)) != 0xFFFF) |
-                  (_mm256_movemask_epi8(_mm256_cmpeq_epi32(e, e_raw)) != -1);
-  // 2^e built from its IEEE-754 bits (valid for normal exponents: hence the clamp above)
-  const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, bias), 23));
-  const uint8_t* c = cj + 8 * o * (PL / 2);
-  for (int v = 0; v < PL; ++v) {  // 8 rows = PL vectors of 8 / PL rows
-    uint32_t word;  // 8 / PL rows × PL nibbles
-    std::memcpy(&word, c + 4 * v, 4);
-    const __m256i q = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), shifts), nib);
-    const __m256i lane_row = PL == 4 ? _mm256_setr_epi32(2 * v, 2 * v, 2 * v, 2 * v, 2 * v + 1, 2 * v + 1, 2 * v + 1,
-                                                         2 * v + 1)
-                                     : _mm256_set1_epi32(v);
-    g.qs[v] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, eight)),
-                            _mm256_permutevar8x32_ps(scale, lane_row));
-  }
-  return bad;
-}
+struct Format {
+  int S, E, P, Q, R;  // bits of seed / exponent offset / code, coefficients, record bytes
+};
 
-// the z rows of the vector's RV rows: from the expanded table, or gathered from v
-template <int PL>
-inline __m256 z_rows(const Group<PL>& g, int v, const float* zb, const float* vb, const int32_t* pat, bool expanded) {
-  if constexpr (PL == 8) {
-    const int64_t s = g.seed[v];
-    if (expanded) return _mm256_loadu_ps(zb + 8 * s);
-    return _mm256_i32gather_ps(vb, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pat + 8 * s)), 4);
-  } else {
-    const int64_t s0 = g.seed[2 * v], s1 = g.seed[2 * v + 1];
-    if (expanded) return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(zb + 4 * s0)), _mm_loadu_ps(zb + 4 * s1), 1);
-    const __m128 z0 = _mm_i32gather_ps(vb, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * s0)), 4);
-    const __m128 z1 = _mm_i32gather_ps(vb, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * s1)), 4);
-    return _mm256_insertf128_ps(_mm256_castps128_ps256(z0), z1, 1);
-  }
-}
+// ------------------------------------------------------------------ batch ≥ 2: lanes = batch rows
 
-// columns [j0, j1) × 8-row groups [o0, o1) of all batch rows into acc [B, Np · PL]
-template <int PL>
-void seedbasis_blocks(const float* vp, const int32_t* pat, int64_t n_seeds, const uint16_t* sp, const int8_t* ep,
-                      const uint8_t* cp, int64_t B, int64_t nb, int64_t Np, int64_t j0, int64_t j1, int64_t o0,
-                      int64_t o1, float* acc, std::atomic<int>& bad_input) {
-  // expanding z costs 2^S·PL scalar copies per block and batch row; it saves one PL-lane gather
-  // (~PL cycles) per row
-  const bool expand = (o1 - o0) * 8 > n_seeds;
-  const __m128i seed_max = _mm_set1_epi16(static_cast<int16_t>(static_cast<uint16_t>(n_seeds - 1)));
-  int bad = 0;
-  std::vector<float> z(expand ? B * n_seeds * PL : 0);
-  Group<PL> g;
-  for (int64_t j = j0; j < j1; ++j) {
-    if (expand) {
-      for (int64_t b = 0; b < B; ++b) {
-        const float* vb = vp + (b * nb + j) * kPatterns;
-        float* zb = z.data() + b * n_seeds * PL;
-        for (int64_t k = 0; k < n_seeds * PL; ++k) zb[k] = vb[pat[k]];
+// One record, ready for the batch loop: for code (row r, coefficient p) at index p·8 + r, its
+// integer code q << e as a float with the sign of its pattern folded in, and the offset (floats) of
+// its pattern's half-table row in the tile's v.
+struct Record {
+  alignas(32) float q[8 * 8];
+  alignas(32) int32_t off[8 * 8];
+};
+
+struct RecordReader {
+  Field seed, exp, code[8];
+  int P, pat_words;
+  __m256i half;
+  explicit RecordReader(const Format& f) : P(f.P) {
+    seed = Field::strided(0, 1, f.S);
+    exp = Field::strided(8 * f.S, 1, f.E ? f.E : 1);
+    // coefficient p of the 8 rows: stream bits 8(S + E) + (r·P + p)·Q
+    for (int p = 0; p < P; ++p) code[p] = Field::strided(8 * (f.S + f.E) + p * f.Q, P, f.Q);
+    half = _mm256_set1_epi32(1 << (f.Q - 1));
+    pat_words = (P + 3) / 4;
+  }
+  // pat32: the pattern table as int32 words, [2^S][pat_words] (4 ids per word, padded with 0)
+  void read(const uint8_t* rec, const Format& f, const int32_t* pat32, int32_t tile_row, int32_t stride,
+            Record& o) const {
+    const __m256i s = seed(rec);
+    const __m256i e = f.E ? exp(rec) : _mm256_setzero_si256();
+    const __m256i idx = _mm256_mullo_epi32(s, _mm256_set1_epi32(pat_words));
+    const __m256i lowbyte = _mm256_set1_epi32(0xFF), top = _mm256_set1_epi32(0x80);
+    __m256i ids = _mm256_setzero_si256();
+    for (int p = 0; p < P; ++p) {
+      if (p % 4 == 0) ids = _mm256_i32gather_epi32(pat32 + p / 4, idx, 4);
+      const __m256i id = _mm256_and_si256(_mm256_srli_epi32(ids, 8 * (p % 4)), lowbyte);
+      const __m256i neg = _mm256_and_si256(id, top);                       // 0x80 where bit 7 is set
+      const __m256i flip = _mm256_cmpeq_epi32(neg, top);                   // all ones where negated
+      const __m256i id_half = _mm256_xor_si256(id, _mm256_and_si256(flip, lowbyte));  // 255 − id where negated
+      _mm256_store_si256(reinterpret_cast<__m256i*>(o.off + 8 * p),
+                         _mm256_mullo_epi32(_mm256_add_epi32(id_half, _mm256_set1_epi32(tile_row)),
+                                            _mm256_set1_epi32(stride)));
+      const __m256i q = _mm256_sllv_epi32(_mm256_sub_epi32(code[p](rec), half), e);
+      const __m256 qf = _mm256_cvtepi32_ps(q);
+      _mm256_store_ps(o.q + 8 * p, _mm256_xor_ps(qf, _mm256_castsi256_ps(_mm256_slli_epi32(neg, 24))));
+    }
+  }
+};
+
+// Patterns k and 255 − k have opposite signs everywhere, so v[255 − k] = −v[k]: the batch path
+// keeps the 128 patterns with bit 7 clear (half the table, so a column block's v for 64 batch
+// rows, 32 KB, stays in L1) and folds the sign into the code.
+constexpr int kHalf = 128;
+
+// v_tile: [J][128][n_bg][8] fp32 for column blocks [j0, j0 + J); acc: [Np][n_bg][8]. Row groups
+// [g0, g1). Register block: RB rows × BB batch groups (RB·BB = 8 independent accumulators, so the
+// P dependent FMAs a block adds to each overlap); a group's records are read once into `buf`.
+template <int P, int RB, int BB>
+void batch_rows(const float* vt, const int32_t* pat32, const uint8_t* rec, const Format& f, const RecordReader& rd,
+                int64_t nb, int64_t G, int64_t n_bg, int64_t g0, int64_t g1, int64_t j0, int64_t j1, float* acc,
+                Record* buf) {
+  const int64_t stride = n_bg * kLanes;  // floats per pattern
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int64_t j = j0; j < j1; ++j)
+      rd.read(record_at(rec, g, j, G, nb, f.R), f, pat32, static_cast<int32_t>((j - j0) * kHalf), static_cast<int32_t>(stride),
+              buf[j - j0]);
+    for (int r0 = 0; r0 < 8; r0 += RB) {
+      for (int64_t bg0 = 0; bg0 < n_bg; bg0 += BB) {
+        __m256 a[RB][BB];
+        float* ar = acc + ((g * 8 + r0) * n_bg + bg0) * kLanes;
+#pragma GCC unroll 8
+        for (int rr = 0; rr < RB; ++rr)
+#pragma GCC unroll 8
+          for (int bb = 0; bb < BB; ++bb) a[rr][bb] = _mm256_setzero_ps();  // a tile's partial sum (see below)
+        const float* vg = vt + bg0 * kLanes;
+        for (int64_t j = j0; j < j1; ++j) {
+          const Record& r8 = buf[j - j0];
+#pragma GCC unroll 8
+          for (int rr = 0; rr < RB; ++rr) {
+#pragma GCC unroll 8
+            for (int p = 0; p < P; ++p) {
+              const __m256 q = _mm256_broadcast_ss(r8.q + 8 * p + r0 + rr);
+              const float* vp = vg + r8.off[8 * p + r0 + rr];
+#pragma GCC unroll 8
+              for (int bb = 0; bb < BB; ++bb) a[rr][bb] = _mm256_fmadd_ps(q, _mm256_load_ps(vp + bb * kLanes), a[rr][bb]);
+            }
+          }
+        }
+#pragma GCC unroll 8
+        for (int rr = 0; rr < RB; ++rr)
+#pragma GCC unroll 8
+          for (int bb = 0; bb < BB; ++bb) {
+            // summed per tile, then across tiles: a row's error grows with √(tile) + √(tiles), not
+            // √(all of its P·nb products) as one running sum would (that was 3× the reference's)
+            float* o = ar + (rr * n_bg + bb) * kLanes;
+            _mm256_store_ps(o, _mm256_add_ps(_mm256_load_ps(o), a[rr][bb]));
+          }
       }
     }
-    const uint16_t* sj = sp + j * Np;
-    const int8_t* ej = ep + j * Np;
-    const uint8_t* cj = cp + j * Np * (PL / 2);
-    for (int64_t o = o0; o < o1; ++o) {
-      bad |= prepare_group<PL>(sj, ej, cj, o, seed_max, g);
-      for (int64_t b = 0; b < B; ++b) {
-        const float* zb = expand ? z.data() + b * n_seeds * PL : nullptr;
-        const float* vb = vp + (b * nb + j) * kPatterns;
-        float* ab = acc + b * Np * PL + 8 * o * PL;
+  }
+}
+
+// out[k][lane] (k < 128, stride floats apart) = Σ_c sign_k(c) x[8·bg + lane, 8j + c], as
+// lo[k & 15] + hi[k >> 4]: sums of 4 signed inputs each, so every entry carries the rounding of
+// 8 adds at most, as a dot product does
+void sign_sums_lanes(const float* x, int64_t B, int64_t K, int64_t bg, int64_t j, int64_t stride, float* out) {
+  alignas(32) float xc[8][8] = {};  // [c][lane]
+  for (int l = 0; l < kLanes; ++l) {
+    const int64_t b = bg * kLanes + l;
+    if (b >= B) continue;
+    for (int c = 0; c < 8; ++c) {
+      const int64_t i = 8 * j + c;
+      xc[c][l] = i < K ? x[b * K + i] : 0.f;
+    }
+  }
+  __m256 lo[16], hi[8];
+  for (int k = 0; k < 16; ++k) {
+    __m256 sl = _mm256_setzero_ps(), sh = _mm256_setzero_ps();
+    for (int c = 0; c < 4; ++c) {
+      const __m256 a = _mm256_load_ps(xc[c]), b = _mm256_load_ps(xc[c + 4]);
+      sl = (k >> c) & 1 ? _mm256_add_ps(sl, a) : _mm256_sub_ps(sl, a);
+      sh = (k >> c) & 1 ? _mm256_add_ps(sh, b) : _mm256_sub_ps(sh, b);
+    }
+    lo[k] = sl;
+    if (k < 8) hi[k] = sh;
+  }
+  for (int k = 0; k < kHalf; ++k) _mm256_store_ps(out + k * stride, _mm256_add_ps(lo[k & 15], hi[k >> 4]));
+}
+
+// A grow-only 64-byte-aligned scratch buffer per thread: per-call allocations of the v tiles
+// were fresh pages each time (page faults and zeroing cost up to a third of a call).
+float* scratch(int64_t n) {
+  thread_local std::unique_ptr<float, void (*)(void*)> buf(nullptr, std::free);
+  thread_local int64_t size = 0;
+  if (n > size) {
+    buf.reset(static_cast<float*>(std::aligned_alloc(64, ((n * 4 + 63) / 64) * 64)));
+    TORCH_CHECK(buf, "out of memory for the seed-basis kernel's scratch");
+    size = n;
+  }
+  return buf.get();
+}
+
+// ------------------------------------------------------------------ batch 1: lanes = coefficients
+
+// one batch row's v for one column block, 257 entries: entry 256 is 0 (the padding coefficients'
+// pattern, so an Inf in x never meets a zero code)
+void sign_sums_row(const float* x, int64_t K, int64_t j, float* out) {
+  float xc[8];
+  for (int c = 0; c < 8; ++c) xc[c] = 8 * j + c < K ? x[8 * j + c] : 0.f;
+  float lo[16], hi[16];
+  for (int k = 0; k < 16; ++k) {
+    float sl = 0.f, sh = 0.f;
+    for (int c = 0; c < 4; ++c) {
+      sl += (k >> c) & 1 ? xc[c] : -xc[c];
+      sh += (k >> c) & 1 ? xc[c + 4] : -xc[c + 4];
+    }
+    lo[k] = sl;
+    hi[k] = sh;
+  }
+  for (int k = 0; k < kPatterns; ++k) out[k] = lo[k & 15] + hi[k >> 4];
+  out[kPatterns] = 0.f;
+}
+
+// The codes of 8 rows as PL vectors of 8 / PL rows × PL coefficients (lanes p ≥ P are 0).
+template <int PL>
+struct CoeffReader {
+  Field seed, exp, code[PL];
+  int code_byte[PL];
+  __m256i half, valid[PL], lane_row[PL];
+  explicit CoeffReader(const Format& f) {
+    seed = Field::strided(0, 1, f.S);
+    exp = Field::strided(8 * f.S, 1, f.E ? f.E : 1);
+    constexpr int RV = 8 / PL;  // rows per vector
+    for (int v = 0; v < PL; ++v) {
+      const int base = 8 * (f.S + f.E);  // the codes' first bit
+      code_byte[v] = (base + RV * v * f.P * f.Q) >> 3;
+      int bit[8];
+      alignas(32) int32_t ok[8], rows[8];
+      for (int l = 0; l < 8; ++l) {
+        const int r = RV * v + l / PL, p = l % PL;
+        ok[l] = p < f.P ? -1 : 0;
+        bit[l] = p < f.P ? base + (r * f.P + p) * f.Q - 8 * code_byte[v] : -1;
+        rows[l] = r;
+      }
+      code[v] = Field(bit, f.Q, code_byte[v], code_byte[v]);
+      valid[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(ok));
+      lane_row[v] = _mm256_load_si256(reinterpret_cast<const __m256i*>(rows));
+    }
+    half = _mm256_set1_epi32(1 << (f.Q - 1));
+  }
+};
+
+// z rows of the 8 / PL rows of vector v: from the expanded table z[s·PL + p], or gathered from v
+// through the pattern table (int32 [2^S, PL], padding → 256)
+template <int PL>
+inline __m256 z_rows(const uint32_t* seed, int v, const float* z, const float* vj, const int32_t* pat, bool expanded) {
+  if constexpr (PL == 8) {
+    const int64_t s = seed[v];
+    if (expanded) return _mm256_loadu_ps(z + 8 * s);
+    return _mm256_i32gather_ps(vj, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pat + 8 * s)), 4);
+  } else {
+    const int64_t s0 = seed[2 * v], s1 = seed[2 * v + 1];
+    if (expanded)
+      return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(z + 4 * s0)), _mm_loadu_ps(z + 4 * s1), 1);
+    const __m128 a = _mm_i32gather_ps(vj, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * s0)), 4);
+    const __m128 b = _mm_i32gather_ps(vj, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * s1)), 4);
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(a), b, 1);
+  }
+}
+
+// column blocks [j0, j1) of all G row groups into acc [Np · PL] (one batch row)
+template <int PL>
+void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, const uint8_t* rec, const Format& f,
+                const CoeffReader<PL>& rd, int64_t nb, int64_t G, int64_t j0, int64_t j1, float* acc) {
+  // expanding z costs n_seeds·PL copies per column block and saves a PL-lane gather per row
+  const bool expand = 8 * G > n_seeds;
+  const int64_t tile = kTile;  // the record order's tiles (z: 256 KB at S = 10, P ≤ 4)
+  std::vector<float> vbuf(tile * (kPatterns + 1)), z(expand ? tile * n_seeds * PL : 0);
+  alignas(32) uint32_t seed[8];
+  for (int64_t t0 = j0; t0 < j1; t0 += tile) {
+    const int64_t t1 = std::min(j1, t0 + tile);
+    for (int64_t j = t0; j < t1; ++j) {
+      float* vj = vbuf.data() + (j - t0) * (kPatterns + 1);
+      sign_sums_row(x, K, j, vj);
+      if (expand) {
+        float* zj = z.data() + (j - t0) * n_seeds * PL;
+        for (int64_t k = 0; k < n_seeds * PL; ++k) zj[k] = vj[pat[k]];
+      }
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      __m256 a[PL];
+      for (int v = 0; v < PL; ++v) a[v] = _mm256_setzero_ps();
+      for (int64_t j = t0; j < t1; ++j) {
+        const uint8_t* r = record_at(rec, g, j, G, nb, f.R);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(seed), rd.seed(r));
+        const __m256i e = f.E ? rd.exp(r) : _mm256_setzero_si256();
+        const float* vj = vbuf.data() + (j - t0) * (kPatterns + 1);
+        const float* zj = expand ? z.data() + (j - t0) * n_seeds * PL : nullptr;
         for (int v = 0; v < PL; ++v) {
-          float* a = ab + 8 * v;
-          _mm256_storeu_ps(a, _mm256_fmadd_ps(g.qs[v], z_rows<PL>(g, v, zb, vb, pat, expand), _mm256_loadu_ps(a)));
+          const __m256i q = _mm256_and_si256(_mm256_sub_epi32(rd.code[v](r), rd.half), rd.valid[v]);
+          const __m256 qe = _mm256_cvtepi32_ps(_mm256_sllv_epi32(q, _mm256_permutevar8x32_epi32(e, rd.lane_row[v])));
+          a[v] = _mm256_fmadd_ps(qe, z_rows<PL>(seed, v, zj, vj, pat, expand), a[v]);
         }
       }
+      float* ag = acc + g * 8 * PL;
+      for (int v = 0; v < PL; ++v) _mm256_storeu_ps(ag + 8 * v, _mm256_add_ps(_mm256_loadu_ps(ag + 8 * v), a[v]));
     }
   }
-  if (bad) bad_input.store(1, std::memory_order_relaxed);
+}
+
+template <int P, int RB, int BB>
+void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const uint8_t* rec, const Format& f,
+               int64_t nb, int64_t n_bg, int64_t G, float* acc) {
+  const RecordReader rd(f);
+  // column tiles whose v (4 KB per column block and batch group) fits L1: 8 blocks at batch 8, 1 at 64
+  const int64_t tile = std::clamp<int64_t>(8 / n_bg, 1, 64);
+  const int64_t stride = n_bg * kLanes;
+  // threads split the row groups; each builds the v tiles it needs (a few µs per tile, and no
+  // [nb, 128, n_bg, 8] table of up to tens of MB per call)
+  at::parallel_for(0, G, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<Record> buf(tile);
+    float* vt = scratch(tile * kHalf * stride);
+    for (int64_t j0 = 0; j0 < nb; j0 += tile) {
+      const int64_t j1 = std::min(nb, j0 + tile);
+      for (int64_t j = j0; j < j1; ++j)
+        for (int64_t bg = 0; bg < n_bg; ++bg)
+          sign_sums_lanes(x, B, K, bg, j, stride, vt + (j - j0) * kHalf * stride + bg * kLanes);
+      batch_rows<P, RB, BB>(vt, pat32, rec, f, rd, nb, G, n_bg, g0, g1, j0, j1, acc, buf.data());
+    }
+  });
+}
+
+template <int P>
+void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const uint8_t* rec, const Format& f,
+               int64_t nb, int64_t n_bg, int64_t G, float* acc) {
+  // n_bg is 1, 2, 4 or a multiple of 8 (padded by the caller)
+  if (n_bg == 1) run_batch<P, 8, 1>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
+  else if (n_bg == 2) run_batch<P, 4, 2>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
+  else if (n_bg == 4) run_batch<P, 2, 4>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
+  else run_batch<P, 1, 8>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
 }
 }  // namespace
 
-// v: [B, nb, 256] fp32, pattern: [2^S, PL] int32 (PL = 4 or 8). Returns y: [B, Np].
-torch::Tensor seedbasis_gemv(torch::Tensor v, torch::Tensor pattern, torch::Tensor seeds, torch::Tensor exps,
-                             torch::Tensor codes) {
-  TORCH_CHECK(v.dim() == 3 && v.scalar_type() == torch::kFloat && v.is_contiguous() && v.size(2) == kPatterns,
-              "v must be contiguous fp32 [B, nb, 256]");
-  TORCH_CHECK(pattern.scalar_type() == torch::kInt && pattern.is_contiguous() && pattern.dim() == 2 &&
-                  (pattern.size(1) == 4 || pattern.size(1) == 8),
-              "pattern must be contiguous int32 [2^S, 4 or 8]");
-  TORCH_CHECK(seeds.scalar_type() == torch::kShort && seeds.is_contiguous() && seeds.dim() == 2, "seeds: int16 [nb, Np]");
-  TORCH_CHECK(exps.scalar_type() == torch::kChar && exps.is_contiguous() && exps.sizes() == seeds.sizes(), "exps: int8 [nb, Np]");
-  const int64_t B = v.size(0), nb = v.size(1), Np = seeds.size(1), PL = pattern.size(1), n_seeds = pattern.size(0);
-  TORCH_CHECK(B >= 1 && B <= kMaxBatch, "batch must be in [1, 8] for the fused path");
-  TORCH_CHECK(seeds.size(0) == nb && Np % 8 == 0, "seeds must be [nb, Np] with Np a multiple of 8");
-  TORCH_CHECK(codes.scalar_type() == torch::kByte && codes.is_contiguous() && codes.dim() == 3 && codes.size(0) == nb &&
-                  codes.size(1) == Np && codes.size(2) == PL / 2,
-              "codes: uint8 [nb, Np, PL/2]");
-  const int32_t* pat = pattern.data_ptr<int32_t>();
-  for (int64_t k = 0; k < pattern.numel(); ++k) TORCH_CHECK(pat[k] >= 0 && pat[k] < kPatterns, "pattern id out of range");
-  TORCH_CHECK(n_seeds >= 1 && n_seeds <= 65536, "pattern must have 1 to 65536 rows (one per seed)");
-  // seeds (< n_seeds) and exponents are range-checked inside the loop (prepare_group)
-  const uint16_t* sp = reinterpret_cast<const uint16_t*>(seeds.data_ptr<int16_t>());
-  std::atomic<int> bad_input{0};
-  // Batch 1: threads split the column blocks, so each expands z only for its own blocks, and
-  // accumulate into private copies (added at the end). Larger batches: threads split the rows
-  // (every thread expands every block, but its share of acc stays in L1/L2).
-  const bool split_columns = B == 1;
-  const int64_t n_parts = split_columns ? at::get_num_threads() : 1;
-  auto acc = torch::zeros({n_parts, B, Np, PL}, v.options());
-  const float* vp = v.data_ptr<float>();
-  const int8_t* ep = exps.data_ptr<int8_t>();
-  const uint8_t* cp = codes.data_ptr<uint8_t>();
-  float* ap = acc.data_ptr<float>();
-  auto run = [&](int64_t j0, int64_t j1, int64_t o0, int64_t o1, float* a) {
-    if (PL == 4) seedbasis_blocks<4>(vp, pat, n_seeds, sp, ep, cp, B, nb, Np, j0, j1, o0, o1, a, bad_input);
-    else seedbasis_blocks<8>(vp, pat, n_seeds, sp, ep, cp, B, nb, Np, j0, j1, o0, o1, a, bad_input);
-  };
-  if (split_columns) {
-    at::parallel_for(0, nb, 1, [&](int64_t j0, int64_t j1) {
-      run(j0, j1, 0, Np / 8, ap + at::get_thread_num() * B * Np * PL);
+// x [B, K] fp32; pattern uint8 [2^S, P] (pattern ids of each seed's basis rows); records uint8
+// [G·nb·R + 16]; row_exp int8 [Np = 8G] (row scale 2^row_exp). Returns y [B, Np].
+torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tensor records, torch::Tensor row_exp,
+                             int64_t seed_bits, int64_t exp_bits, int64_t coeff_bits) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous fp32 [B, K]");
+  TORCH_CHECK(seed_bits >= 1 && seed_bits <= 16 && exp_bits >= 0 && exp_bits <= 4 && coeff_bits >= 1 && coeff_bits <= 4,
+              "field widths out of range");
+  TORCH_CHECK(pattern.scalar_type() == torch::kByte && pattern.is_contiguous() && pattern.dim() == 2 &&
+                  pattern.size(0) == (int64_t{1} << seed_bits) && pattern.size(1) >= 1 && pattern.size(1) <= 8,
+              "pattern must be contiguous uint8 [2^S, P ≤ 8]");
+  TORCH_CHECK(row_exp.scalar_type() == torch::kChar && row_exp.is_contiguous() && row_exp.dim() == 1 &&
+                  row_exp.size(0) % 8 == 0,
+              "row_exp must be contiguous int8 [Np], Np a multiple of 8");
+  // 2^t a normal float, and a block (≤ 8 codes of magnitude ≤ 8·2^15) times it finite
+  TORCH_CHECK(row_exp.numel() == 0 || (row_exp.min().item<int8_t>() >= -126 && row_exp.max().item<int8_t>() <= 100),
+              "row exponents must be in [-126, 100]");
+  const torch::Tensor row_scale = torch::exp2(row_exp.to(torch::kFloat));  // exact powers of two
+  const Format f{static_cast<int>(seed_bits), static_cast<int>(exp_bits), static_cast<int>(pattern.size(1)),
+                 static_cast<int>(coeff_bits),
+                 static_cast<int>(seed_bits + exp_bits + pattern.size(1) * coeff_bits)};
+  const int64_t B = x.size(0), K = x.size(1), nb = (K + 7) / 8, Np = row_exp.size(0), G = Np / 8;
+  TORCH_CHECK(B >= 1 && K >= 1, "x must have at least one row and one feature");
+  TORCH_CHECK(records.scalar_type() == torch::kByte && records.is_contiguous() && records.dim() == 1 &&
+                  records.numel() == G * nb * f.R + 16,
+              "records must be contiguous uint8 of G·nb·R + 16 = ", G * nb * f.R + 16, " bytes");
+  const float* xp = x.data_ptr<float>();
+  const uint8_t* rec = records.data_ptr<uint8_t>();
+  const int64_t n_seeds = pattern.size(0), P = f.P;
+  torch::Tensor y = torch::empty({B, Np}, x.options());
+  if (B == 1) {
+    const int PL = P <= 4 ? 4 : 8;
+    std::vector<int32_t> pat32(n_seeds * PL, kPatterns);  // padding coefficients → the zero entry
+    const uint8_t* p8 = pattern.data_ptr<uint8_t>();
+    for (int64_t s = 0; s < n_seeds; ++s)
+      for (int64_t p = 0; p < P; ++p) pat32[s * PL + p] = p8[s * P + p];
+    const int64_t n_tiles = (nb + kTile - 1) / kTile, n_parts = std::min<int64_t>(at::get_num_threads(), n_tiles);
+    auto acc = torch::zeros({n_parts, Np, PL}, x.options());
+    float* ap = acc.data_ptr<float>();
+    at::parallel_for(0, n_parts, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        // whole tiles per thread: each reads one contiguous run of records
+        const int64_t j0 = n_tiles * t / n_parts * kTile, j1 = std::min(nb, n_tiles * (t + 1) / n_parts * kTile);
+        float* a = ap + t * Np * PL;
+        if (PL == 4) single_row<4>(xp, K, pat32.data(), n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
+        else single_row<8>(xp, K, pat32.data(), n_seeds, rec, f, CoeffReader<8>(f), nb, G, j0, j1, a);
+      }
     });
-  } else {
-    at::parallel_for(0, Np / 8, 16, [&](int64_t o0, int64_t o1) { run(0, nb, o0, o1, ap); });
+    y.copy_((acc.sum({0, 2}) * row_scale).unsqueeze(0));
+    return y;
   }
-  TORCH_CHECK(!bad_input.load(), "a seed is >= ", n_seeds, " (the pattern table's rows) or a block exponent is outside [",
-              kExpMin, ", ", kExpMax, "]");
-  return acc.sum({0, 3});
+  // batch groups of 8 rows, padded (zero rows) to 1, 2, 4 or a multiple of 8: the register blocks
+  int64_t n_bg = (B + kLanes - 1) / kLanes;
+  n_bg = n_bg <= 2 ? n_bg : n_bg <= 4 ? 4 : (n_bg + 7) / 8 * 8;
+  auto acc = torch::zeros({Np, n_bg, kLanes}, x.options());
+  float* ap = acc.data_ptr<float>();
+  // the pattern table as int32 words (4 ids each) for the readers' gathers
+  const int64_t words = (P + 3) / 4;
+  std::vector<int32_t> pat32(n_seeds * words, 0);
+  const uint8_t* p8 = pattern.data_ptr<uint8_t>();
+  for (int64_t s = 0; s < n_seeds; ++s)
+    for (int64_t p = 0; p < P; ++p) pat32[s * words + p / 4] |= static_cast<int32_t>(p8[s * P + p]) << (8 * (p % 4));
+  switch (P) {
+    case 1: run_batch<1>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
+    case 2: run_batch<2>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
+    case 3: run_batch<3>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
+    case 4: run_batch<4>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
+    case 5: run_batch<5>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
+    case 6: run_batch<6>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
+    case 7: run_batch<7>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
+    default: run_batch<8>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
+  }
+  // acc [Np][n_bg · 8] → y [B, Np], each row times its scale
+  y.copy_((acc.reshape({Np, n_bg * kLanes}) * row_scale.unsqueeze(1)).narrow(1, 0, B).t());
+  return y;
 }
 
 static reality_stone::RegisterBindings bind_seedbasis([](pybind11::module_& m) {
-  m.def("seedbasis_gemv", &seedbasis_gemv, "fused seed-basis GEMV/small-batch GEMM (expanded z rows + FMA)");
+  m.def("seedbasis_gemm", &seedbasis_gemm, "fused seed-basis matmul from the packed records (batch 1: expanded z; "
+                                           "batch ≥ 2: 8 batch rows per vector)");
 });

@@ -1,6 +1,6 @@
 """Dispatch for seed-basis matmuls: fused C++ kernel, tiled torch path, autograd, custom op.
 
-* batch ≤ 8 (`linear_op.MAX_FUSED_BATCH`), float32, kernel built (`reality_stone.kernels.extension`):
+* float32, batch ≤ `linear_op.MAX_FUSED_BATCH`, kernel built (`reality_stone.kernels.extension`):
   `seedbasis_cpu.cpp`;
 * otherwise: the tiled torch path (`kernels.tiled`: decode 256 rows at a time from the
   layout and multiply; never the whole dense weight).
@@ -16,78 +16,78 @@ import torch
 from torch import Tensor
 
 from reality_stone.kernels.extension import load_extension
-from reality_stone.kernels.seedbasis import EXP_MAX, EXP_MIN, SeedBasisLayout, block_sign_sums, decode_rows
+from reality_stone.kernels.seedbasis import EXP_MAX, EXP_MIN, PAD_BYTES, SeedBasisLayout, decode_rows
 from reality_stone.kernels.linear_op import MAX_FUSED_BATCH, linear_kernel
 from reality_stone.kernels.tiled import tiled_linear
 
 __all__ = ["seedbasis_linear", "seedbasis_matmul"]
 
-def _layout(pattern, seeds, exps, codes, coeffs, rows) -> SeedBasisLayout:
-    return SeedBasisLayout(pattern, seeds, exps, codes, coeffs, rows)
+
+def _layout(pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows) -> SeedBasisLayout:
+    return SeedBasisLayout(pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows)
 
 
-def _decoder(pattern, seeds, exps, codes, coeffs, rows, in_features: int):
-    lay = _layout(pattern, seeds, exps, codes, coeffs, rows)
+def _decoder(pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows, in_features: int):
+    lay = _layout(pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows)
     return lambda r0, r1, dtype: decode_rows(lay, r0, r1, in_features, dtype)
 
 
-def _check(x: Tensor, pattern: Tensor, seeds: Tensor, exps: Tensor, codes: Tensor, coeffs: int, rows: int) -> None:
-    """Shapes and dtypes of the public op's inputs (ValueError). Value ranges (seeds < 2^S,
-    exponents in [-126, 120]) are checked where they are used: by the C++ kernel, or below for the
-    tiled path."""
+def _check(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tensor, seed_bits: int, exp_bits: int,
+           coeff_bits: int, rows: int) -> None:
+    """Shapes, dtypes and sizes of the public op's inputs (ValueError). Every value of a well-sized
+    layout is in range by construction (S-bit seeds index a 2^S-row pattern table)."""
+    name = "seedbasis_linear"
     if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-        raise ValueError(f"seedbasis_linear: x must be a floating-point tensor, got {x.dtype}")
-    if pattern.dtype != torch.int32 or pattern.dim() != 2 or pattern.shape[1] not in (4, 8) or pattern.shape[0] < 1:
-        raise ValueError(f"seedbasis_linear: pattern must be int32 (2^S, 4 or 8), got {pattern.dtype} {tuple(pattern.shape)}")
-    PL = pattern.shape[1]
-    if seeds.dtype != torch.int16 or seeds.dim() != 2 or seeds.shape[1] % 8:
-        raise ValueError(f"seedbasis_linear: seeds must be int16 (nb, Np) with Np a multiple of 8, got "
-                         f"{seeds.dtype} {tuple(seeds.shape)}")
-    nb, Np = seeds.shape
-    if exps.dtype != torch.int8 or tuple(exps.shape) != (nb, Np):
-        raise ValueError(f"seedbasis_linear: exps must be int8 {(nb, Np)}, got {exps.dtype} {tuple(exps.shape)}")
-    if codes.dtype != torch.uint8 or tuple(codes.shape) != (nb, Np, PL // 2):
-        raise ValueError(f"seedbasis_linear: codes must be uint8 {(nb, Np, PL // 2)}, got {codes.dtype} {tuple(codes.shape)}")
-    if not (1 <= coeffs <= PL and 0 <= rows <= Np and Np - rows < 8):
-        raise ValueError(f"seedbasis_linear: coeffs={coeffs} / rows={rows} do not fit the layout (PL={PL}, Np={Np})")
-    if x.dim() == 0 or not (8 * (nb - 1) < x.shape[-1] <= 8 * nb):
-        raise ValueError(f"seedbasis_linear: x has {x.shape[-1] if x.dim() else 0} features, the layout's "
-                         f"{nb} blocks of 8 hold {8 * (nb - 1) + 1}…{8 * nb}")
+        raise ValueError(f"{name}: x must be a floating-point tensor, got {x.dtype}")
+    if not (1 <= seed_bits <= 16 and 0 <= exp_bits <= 4 and 1 <= coeff_bits <= 4):
+        raise ValueError(f"{name}: field widths S={seed_bits}, E={exp_bits}, Q={coeff_bits} outside "
+                         f"S ∈ [1, 16], E ∈ [0, 4], Q ∈ [1, 4]")
+    if pattern.dtype != torch.uint8 or pattern.dim() != 2 or pattern.shape[0] != 2**seed_bits \
+            or not 1 <= pattern.shape[1] <= 8:
+        raise ValueError(f"{name}: pattern must be uint8 (2^S = {2**seed_bits}, P ≤ 8), got "
+                         f"{pattern.dtype} {tuple(pattern.shape)}")
+    if row_exp.dtype != torch.int8 or row_exp.dim() != 1 or row_exp.shape[0] % 8:
+        raise ValueError(f"{name}: row_exp must be int8 (Np,), Np a multiple of 8, got "
+                         f"{row_exp.dtype} {tuple(row_exp.shape)}")
+    Np = row_exp.shape[0]
+    if not (0 <= rows <= Np and Np - rows < 8):
+        raise ValueError(f"{name}: rows={rows} does not fit row_exp's {Np} (rows padded to 8)")
+    if x.dim() == 0 or x.shape[-1] < 1:
+        raise ValueError(f"{name}: x needs a feature dimension")
+    nb = -(-x.shape[-1] // 8)
+    R = seed_bits + exp_bits + pattern.shape[1] * coeff_bits
+    want = Np // 8 * nb * R + PAD_BYTES
+    if records.dtype != torch.uint8 or records.dim() != 1 or records.shape[0] != want:
+        raise ValueError(f"{name}: records must be uint8 ({want},) for {Np} rows × {x.shape[-1]} features "
+                         f"(records of {R} bytes + {PAD_BYTES}), got {records.dtype} {tuple(records.shape)}")
 
 
-def _check_values(pattern: Tensor, seeds: Tensor, exps: Tensor) -> None:
-    if seeds.numel() and int(seeds.to(torch.int32).bitwise_and(0xFFFF).max()) >= pattern.shape[0]:
-        raise ValueError(f"seedbasis_linear: a seed is out of range (the pattern table holds {pattern.shape[0]})")
-    if exps.numel() and not (int(exps.min()) >= EXP_MIN and int(exps.max()) <= EXP_MAX):
-        raise ValueError(f"seedbasis_linear: a block exponent is out of range [{EXP_MIN}, {EXP_MAX}]")
-    if pattern.numel() and not (int(pattern.min()) >= 0 and int(pattern.max()) < 256):
-        raise ValueError("seedbasis_linear: a pattern id is out of [0, 256)")
-
-
-def _forward(x: Tensor, pattern: Tensor, seeds: Tensor, exps: Tensor, codes: Tensor, coeffs: int, rows: int) -> Tensor:
+def _forward(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tensor, seed_bits: int, exp_bits: int,
+             coeff_bits: int, rows: int) -> Tensor:
     lead, in_f = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, in_f)
-    fused = x2.dtype == torch.float32 and 0 < x2.shape[0] <= MAX_FUSED_BATCH["seedbasis_linear"]
+    limit = MAX_FUSED_BATCH["seedbasis_linear"]
+    fused = x2.dtype == torch.float32 and x2.shape[0] > 0 and (limit is None or x2.shape[0] <= limit)
     ext = load_extension() if fused else None
     if ext is not None:
-        v = block_sign_sums(x2, seeds.shape[0])
         try:
-            y = ext.seedbasis_gemv(v, pattern, seeds, exps, codes)[:, :rows]
-        except RuntimeError as exc:  # the kernel's range checks
+            y = ext.seedbasis_gemm(x2.contiguous(), pattern, records, row_exp, seed_bits, exp_bits, coeff_bits)[:, :rows]
+        except RuntimeError as exc:  # the kernel's value check (row exponents)
             raise ValueError(f"seedbasis_linear: {str(exc).splitlines()[0]}") from None
     else:
-        _check_values(pattern, seeds, exps)
-        y = tiled_linear(x2, rows, _decoder(pattern, seeds, exps, codes, coeffs, rows, in_f))
+        if row_exp.numel() and not (EXP_MIN <= int(row_exp.min()) and int(row_exp.max()) <= EXP_MAX):
+            raise ValueError(f"seedbasis_linear: row exponents must be in [{EXP_MIN}, {EXP_MAX}]")
+        y = tiled_linear(x2, rows, _decoder(pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows, in_f))
     return y.reshape(*lead, rows)
 
 
 @torch.library.custom_op("reality_stone::seedbasis_linear", mutates_args=())
-def seedbasis_linear(x: Tensor, pattern: Tensor, seeds: Tensor, exps: Tensor, codes: Tensor, coeffs: int,
-                     rows: int) -> Tensor:
+def seedbasis_linear(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tensor, seed_bits: int, exp_bits: int,
+                     coeff_bits: int, rows: int) -> Tensor:
     """x (..., in) @ Wᵀ for W in the seed-basis compute layout (`seedbasis_layout`). Malformed
-    inputs (shapes, dtypes, seeds ≥ 2^S, exponents outside [−126, 120]) raise ValueError."""
-    _check(x, pattern, seeds, exps, codes, coeffs, rows)
-    return _forward(x, *(t.contiguous() for t in (pattern, seeds, exps, codes)), coeffs, rows)
+    inputs (shapes, dtypes, sizes, field widths, row exponents outside [−126, 100]) raise ValueError."""
+    _check(x, pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows)
+    return _forward(x, *(t.contiguous() for t in (pattern, records, row_exp)), seed_bits, exp_bits, coeff_bits, rows)
 
 
 _KERNEL = linear_kernel(seedbasis_linear, forward=_forward, check=_check, rows=lambda *lay: lay[-1], decoder=_decoder)
@@ -96,4 +96,4 @@ _KERNEL = linear_kernel(seedbasis_linear, forward=_forward, check=_check, rows=l
 def seedbasis_matmul(x: Tensor, lay: SeedBasisLayout) -> Tensor:
     """``x @ Wᵀ`` for a layout the codec built (`LinearKernel`: the custom op only where autograd
     or ``torch.compile`` needs it)."""
-    return _KERNEL(x, lay.pattern, lay.seeds, lay.exps, lay.codes, lay.coeffs, lay.rows)
+    return _KERNEL(x, lay.pattern, lay.records, lay.row_exp, lay.seed_bits, lay.exp_bits, lay.coeff_bits, lay.rows)
