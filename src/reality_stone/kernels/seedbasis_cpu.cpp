@@ -64,9 +64,11 @@ struct Field {
     mask = _mm256_set1_epi32((1 << w) - 1);
   }
   // the 8 fields of stream bits [first + l·step·w, +w), l = 0..7 (each half's window at its first field)
+  // (one window for all 8 when their bytes fit in 16 from the first: one broadcast load)
   static Field strided(int first, int step, int w) {
     int bit[8];
-    const int lo = first >> 3, hi = (first + 4 * step * w) >> 3;
+    const int lo = first >> 3, last_byte = (first + 7 * step * w + w - 1) >> 3;
+    const int hi = last_byte - lo < 16 ? lo : (first + 4 * step * w) >> 3;
     for (int l = 0; l < 8; ++l) bit[l] = first + l * step * w - 8 * (l < 4 ? lo : hi);
     return Field(bit, w, lo, hi);
   }
@@ -74,6 +76,11 @@ struct Field {
     const __m256i b = _mm256_inserti128_si256(
         _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(f + lo))),
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(f + hi)), 1);
+    return _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(b, ctl), shift), mask);
+  }
+  // the same when lo == hi (one window: a broadcast load)
+  __m256i one(const uint8_t* f) const {
+    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(f + lo)));
     return _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(b, ctl), shift), mask);
   }
 };
@@ -105,22 +112,24 @@ struct RecordReader {
     pat_words = (P + 3) / 4;
   }
   // pat32: the pattern table as int32 words, [2^S][pat_words] (4 ids per word, padded with 0)
-  void read(const uint8_t* rec, const Format& f, const int32_t* pat32, int32_t tile_row, int32_t stride,
+  // pat32: [2^S][pat_words] int32, 4 folded pattern ids per word; offsets in floats: (tile_row +
+  // half id) << log2_stride
+  void read(const uint8_t* rec, const Format& f, const int32_t* pat32, int32_t tile_row, int log2_stride,
             Record& o) const {
-    const __m256i s = seed(rec);
-    const __m256i e = f.E ? exp(rec) : _mm256_setzero_si256();
+    const __m256i s = seed.one(rec);  // 8 fields of ≤ 16 bits: one window
+    const __m256i e = f.E ? exp.one(rec) : _mm256_setzero_si256();
     const __m256i idx = _mm256_mullo_epi32(s, _mm256_set1_epi32(pat_words));
-    const __m256i lowbyte = _mm256_set1_epi32(0xFF), top = _mm256_set1_epi32(0x80);
+    const __m256i half_id = _mm256_set1_epi32(0x7F), top = _mm256_set1_epi32(0x80);
+    const __m128i shift = _mm_cvtsi32_si128(log2_stride);
     __m256i ids = _mm256_setzero_si256();
     for (int p = 0; p < P; ++p) {
       if (p % 4 == 0) ids = _mm256_i32gather_epi32(pat32 + p / 4, idx, 4);
-      const __m256i id = _mm256_and_si256(_mm256_srli_epi32(ids, 8 * (p % 4)), lowbyte);
-      const __m256i neg = _mm256_and_si256(id, top);                       // 0x80 where bit 7 is set
-      const __m256i flip = _mm256_cmpeq_epi32(neg, top);                   // all ones where negated
-      const __m256i id_half = _mm256_xor_si256(id, _mm256_and_si256(flip, lowbyte));  // 255 − id where negated
+      // folded ids (run_batch): bit 7 = negate, bits 0-6 = the half-table pattern
+      const __m256i id = _mm256_srli_epi32(ids, 8 * (p % 4));
+      const __m256i neg = _mm256_and_si256(id, top);
       _mm256_store_si256(reinterpret_cast<__m256i*>(o.off + 8 * p),
-                         _mm256_mullo_epi32(_mm256_add_epi32(id_half, _mm256_set1_epi32(tile_row)),
-                                            _mm256_set1_epi32(stride)));
+                         _mm256_sll_epi32(_mm256_add_epi32(_mm256_and_si256(id, half_id), _mm256_set1_epi32(tile_row)),
+                                          shift));
       const __m256i q = _mm256_sllv_epi32(_mm256_sub_epi32(code[p](rec), half), e);
       const __m256 qf = _mm256_cvtepi32_ps(q);
       _mm256_store_ps(o.q + 8 * p, _mm256_xor_ps(qf, _mm256_castsi256_ps(_mm256_slli_epi32(neg, 24))));
@@ -140,10 +149,10 @@ template <int P, int RB, int BB>
 void batch_rows(const float* vt, const int32_t* pat32, const uint8_t* rec, const Format& f, const RecordReader& rd,
                 int64_t nb, int64_t G, int64_t n_bg, int64_t g0, int64_t g1, int64_t j0, int64_t j1, float* acc,
                 Record* buf) {
-  const int64_t stride = n_bg * kLanes;  // floats per pattern
+  const int log2_stride = __builtin_ctzll(n_bg * kLanes);  // floats per pattern (n_bg a power of two)
   for (int64_t g = g0; g < g1; ++g) {
     for (int64_t j = j0; j < j1; ++j)
-      rd.read(record_at(rec, g, j, G, nb, f.R), f, pat32, static_cast<int32_t>((j - j0) * kHalf), static_cast<int32_t>(stride),
+      rd.read(record_at(rec, g, j, G, nb, f.R), f, pat32, static_cast<int32_t>((j - j0) * kHalf), log2_stride,
               buf[j - j0]);
     for (int r0 = 0; r0 < 8; r0 += RB) {
       for (int64_t bg0 = 0; bg0 < n_bg; bg0 += BB) {
@@ -273,15 +282,15 @@ struct CoeffReader {
 
 // z rows of the 8 / PL rows of vector v: from the expanded table z[s·PL + p], or gathered from v
 // through the pattern table (int32 [2^S, PL], padding → 256)
-template <int PL>
-inline __m256 z_rows(const uint32_t* seed, int v, const float* z, const float* vj, const int32_t* pat, bool expanded) {
+template <int PL, bool expanded>
+inline __m256 z_rows(const uint32_t* seed, int v, const float* z, const float* vj, const int32_t* pat) {
   if constexpr (PL == 8) {
     const int64_t s = seed[v];
-    if (expanded) return _mm256_loadu_ps(z + 8 * s);
+    if constexpr (expanded) return _mm256_loadu_ps(z + 8 * s);
     return _mm256_i32gather_ps(vj, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pat + 8 * s)), 4);
   } else {
     const int64_t s0 = seed[2 * v], s1 = seed[2 * v + 1];
-    if (expanded)
+    if constexpr (expanded)
       return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(z + 4 * s0)), _mm_loadu_ps(z + 4 * s1), 1);
     const __m128 a = _mm_i32gather_ps(vj, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * s0)), 4);
     const __m128 b = _mm_i32gather_ps(vj, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * s1)), 4);
@@ -290,11 +299,9 @@ inline __m256 z_rows(const uint32_t* seed, int v, const float* z, const float* v
 }
 
 // column blocks [j0, j1) of all G row groups into acc [Np · PL] (one batch row)
-template <int PL>
+template <int PL, bool expand>
 void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, const uint8_t* rec, const Format& f,
                 const CoeffReader<PL>& rd, int64_t nb, int64_t G, int64_t j0, int64_t j1, float* acc) {
-  // expanding z costs n_seeds·PL copies per column block and saves a PL-lane gather per row
-  const bool expand = 8 * G > n_seeds;
   const int64_t tile = kTile;  // the record order's tiles (z: 256 KB at S = 10, P ≤ 4)
   std::vector<float> vbuf(tile * (kPatterns + 1)), z(expand ? tile * n_seeds * PL : 0);
   alignas(32) uint32_t seed[8];
@@ -303,7 +310,7 @@ void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, 
     for (int64_t j = t0; j < t1; ++j) {
       float* vj = vbuf.data() + (j - t0) * (kPatterns + 1);
       sign_sums_row(x, K, j, vj);
-      if (expand) {
+      if constexpr (expand) {
         float* zj = z.data() + (j - t0) * n_seeds * PL;
         for (int64_t k = 0; k < n_seeds * PL; ++k) zj[k] = vj[pat[k]];
       }
@@ -313,18 +320,122 @@ void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, 
       for (int v = 0; v < PL; ++v) a[v] = _mm256_setzero_ps();
       for (int64_t j = t0; j < t1; ++j) {
         const uint8_t* r = record_at(rec, g, j, G, nb, f.R);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(seed), rd.seed(r));
-        const __m256i e = f.E ? rd.exp(r) : _mm256_setzero_si256();
+        _mm256_store_si256(reinterpret_cast<__m256i*>(seed), rd.seed.one(r));
+        const __m256i e = f.E ? rd.exp.one(r) : _mm256_setzero_si256();
         const float* vj = vbuf.data() + (j - t0) * (kPatterns + 1);
         const float* zj = expand ? z.data() + (j - t0) * n_seeds * PL : nullptr;
         for (int v = 0; v < PL; ++v) {
-          const __m256i q = _mm256_and_si256(_mm256_sub_epi32(rd.code[v](r), rd.half), rd.valid[v]);
+          const __m256i q = _mm256_and_si256(_mm256_sub_epi32(rd.code[v].one(r), rd.half), rd.valid[v]);
           const __m256 qe = _mm256_cvtepi32_ps(_mm256_sllv_epi32(q, _mm256_permutevar8x32_epi32(e, rd.lane_row[v])));
-          a[v] = _mm256_fmadd_ps(qe, z_rows<PL>(seed, v, zj, vj, pat, expand), a[v]);
+          a[v] = _mm256_fmadd_ps(qe, z_rows<PL, expand>(seed, v, zj, vj, pat), a[v]);
         }
       }
       float* ag = acc + g * 8 * PL;
       for (int v = 0; v < PL; ++v) _mm256_storeu_ps(ag + 8 * v, _mm256_add_ps(_mm256_loadu_ps(ag + 8 * v), a[v]));
+    }
+  }
+}
+
+// ---------------------------------------------------------- batch 1, AVX-512: 4 rows × 4 codes
+// The same loop for P ≤ 4 with 16-lane vectors: one code window, shuffle, shift, mask, sub, shift
+// by e, convert and FMA serve 4 rows instead of 2 (the AVX2 loop spends most of its µops there).
+#define RS_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+
+// REALITY_STONE_NO_AVX512=1 forces the AVX2 loop (so tests cover both on AVX-512 machines)
+const bool kSeedbasisAvx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                              std::getenv("REALITY_STONE_NO_AVX512") == nullptr;
+
+struct Codes512 {
+  __m512i ctl[2], shift[2], rows[2], mask, half;
+  int window[2];
+  __mmask16 valid;
+};
+
+RS_AVX512 Codes512 codes512(const Format& f) {
+  Codes512 c;
+  const int base = 8 * (f.S + f.E);
+  c.valid = 0;
+  for (int h = 0; h < 2; ++h) {  // rows 4h … 4h + 3
+    c.window[h] = (base + 4 * h * f.P * f.Q) >> 3;
+    alignas(64) int8_t ctl[64];
+    alignas(64) int32_t sh[16], rows[16];
+    for (int l = 0; l < 16; ++l) {
+      const int r = 4 * h + l / 4, p = l % 4;
+      const int bit = p < f.P ? base + (r * f.P + p) * f.Q - 8 * c.window[h] : -1;
+      sh[l] = bit < 0 ? 0 : bit & 7;
+      rows[l] = r;
+      for (int k = 0; k < 4; ++k) {
+        const int b = bit < 0 ? 16 : (bit >> 3) + k;
+        ctl[4 * l + k] = static_cast<int8_t>(b < 16 ? b : -128);
+      }
+      if (h == 0 && p < f.P) c.valid |= static_cast<__mmask16>(1u << l);
+    }
+    c.ctl[h] = _mm512_load_si512(ctl);
+    c.shift[h] = _mm512_load_si512(sh);
+    c.rows[h] = _mm512_load_si512(rows);
+  }
+  c.mask = _mm512_set1_epi32((1 << f.Q) - 1);
+  c.half = _mm512_set1_epi32(1 << (f.Q - 1));
+  return c;
+}
+
+template <bool expand>
+RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, const uint8_t* rec,
+                                 const Format& f, const CoeffReader<4>& rd, int64_t nb, int64_t G, int64_t j0,
+                                 int64_t j1, float* acc) {
+  const Codes512 c = codes512(f);
+  const int64_t tile = kTile;
+  std::vector<float> vbuf(tile * (kPatterns + 1)), z(expand ? tile * n_seeds * 4 : 0);
+  alignas(32) uint32_t seed[8];
+  for (int64_t t0 = j0; t0 < j1; t0 += tile) {
+    const int64_t t1 = std::min(j1, t0 + tile);
+    for (int64_t j = t0; j < t1; ++j) {
+      float* vj = vbuf.data() + (j - t0) * (kPatterns + 1);
+      sign_sums_row(x, K, j, vj);
+      if constexpr (expand) {  // 16 entries per gather (n_seeds · 4 is a multiple of 16 from S = 2)
+        float* zj = z.data() + (j - t0) * n_seeds * 4;
+        int64_t k = 0;
+        for (; k + 16 <= n_seeds * 4; k += 16)
+          _mm512_storeu_ps(zj + k, _mm512_i32gather_ps(_mm512_loadu_si512(pat + k), vj, 4));
+        for (; k < n_seeds * 4; ++k) zj[k] = vj[pat[k]];
+      }
+    }
+    for (int64_t g = 0; g < G; ++g) {
+      __m512 a[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+      for (int64_t j = t0; j < t1; ++j) {
+        const uint8_t* r = record_at(rec, g, j, G, nb, f.R);
+        _mm_prefetch(reinterpret_cast<const char*>(r) + 1024, _MM_HINT_T0);  // the stream, ~1 µs ahead
+        _mm256_store_si256(reinterpret_cast<__m256i*>(seed), rd.seed.one(r));
+        const __m512i e = _mm512_castsi256_si512(f.E ? rd.exp.one(r) : _mm256_setzero_si256());
+        const float* vj = vbuf.data() + (j - t0) * (kPatterns + 1);
+        const float* zj = expand ? z.data() + (j - t0) * n_seeds * 4 : nullptr;
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+          const __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + c.window[h])));
+          __m512i q = _mm512_and_si512(_mm512_srlv_epi32(_mm512_shuffle_epi8(b, c.ctl[h]), c.shift[h]), c.mask);
+          q = _mm512_maskz_sub_epi32(c.valid, q, c.half);
+          const __m512 qe = _mm512_cvtepi32_ps(_mm512_sllv_epi32(q, _mm512_permutexvar_epi32(c.rows[h], e)));
+          const uint32_t* sh = seed + 4 * h;
+          __m512 zv;
+          if constexpr (expand) {
+            zv = _mm512_castps128_ps512(_mm_loadu_ps(zj + 4 * sh[0]));
+            zv = _mm512_insertf32x4(zv, _mm_loadu_ps(zj + 4 * sh[1]), 1);
+            zv = _mm512_insertf32x4(zv, _mm_loadu_ps(zj + 4 * sh[2]), 2);
+            zv = _mm512_insertf32x4(zv, _mm_loadu_ps(zj + 4 * sh[3]), 3);
+          } else {
+            __m512i idx = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * sh[0])));
+            idx = _mm512_inserti32x4(idx, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * sh[1])), 1);
+            idx = _mm512_inserti32x4(idx, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * sh[2])), 2);
+            idx = _mm512_inserti32x4(idx, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * sh[3])), 3);
+            zv = _mm512_i32gather_ps(idx, vj, 4);
+          }
+          a[h] = _mm512_fmadd_ps(qe, zv, a[h]);
+        }
+      }
+      float* ag = acc + g * 8 * 4;
+      _mm512_storeu_ps(ag, _mm512_add_ps(_mm512_loadu_ps(ag), a[0]));
+      _mm512_storeu_ps(ag + 16, _mm512_add_ps(_mm512_loadu_ps(ag + 16), a[1]));
     }
   }
 }
@@ -354,7 +465,7 @@ void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const
 template <int P>
 void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const uint8_t* rec, const Format& f,
                int64_t nb, int64_t n_bg, int64_t G, float* acc) {
-  // n_bg is 1, 2, 4 or a multiple of 8 (padded by the caller)
+  // n_bg is a power of two (padded by the caller)
   if (n_bg == 1) run_batch<P, 8, 1>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
   else if (n_bg == 2) run_batch<P, 4, 2>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
   else if (n_bg == 4) run_batch<P, 2, 4>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
@@ -405,24 +516,37 @@ torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tens
         // whole tiles per thread: each reads one contiguous run of records
         const int64_t j0 = n_tiles * t / n_parts * kTile, j1 = std::min(nb, n_tiles * (t + 1) / n_parts * kTile);
         float* a = ap + t * Np * PL;
-        if (PL == 4) single_row<4>(xp, K, pat32.data(), n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
-        else single_row<8>(xp, K, pat32.data(), n_seeds, rec, f, CoeffReader<8>(f), nb, G, j0, j1, a);
+        // expanding z costs n_seeds·PL copies per column block and saves a PL-lane gather per row
+        const bool expand = 8 * G > n_seeds;
+        const int32_t* pt = pat32.data();
+        if (PL == 4 && kSeedbasisAvx512) {
+          if (expand) single_row_avx512<true>(xp, K, pt, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
+          else single_row_avx512<false>(xp, K, pt, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
+        } else if (PL == 4 && expand) single_row<4, true>(xp, K, pt, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
+        else if (PL == 4) single_row<4, false>(xp, K, pt, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
+        else if (expand) single_row<8, true>(xp, K, pt, n_seeds, rec, f, CoeffReader<8>(f), nb, G, j0, j1, a);
+        else single_row<8, false>(xp, K, pt, n_seeds, rec, f, CoeffReader<8>(f), nb, G, j0, j1, a);
       }
     });
     y.copy_((acc.sum({0, 2}) * row_scale).unsqueeze(0));
     return y;
   }
-  // batch groups of 8 rows, padded (zero rows) to 1, 2, 4 or a multiple of 8: the register blocks
-  int64_t n_bg = (B + kLanes - 1) / kLanes;
-  n_bg = n_bg <= 2 ? n_bg : n_bg <= 4 ? 4 : (n_bg + 7) / 8 * 8;
+  // batch groups of 8 rows, padded (zero rows) to a power of two: the register blocks (8 · 1, 4 · 2,
+  // 2 · 4, 1 · 8 groups) tile it, and a pattern's offset is a shift
+  int64_t n_bg = 1;
+  while (n_bg * kLanes < B) n_bg *= 2;
   auto acc = torch::zeros({Np, n_bg, kLanes}, x.options());
   float* ap = acc.data_ptr<float>();
-  // the pattern table as int32 words (4 ids each) for the readers' gathers
+  // the pattern table as int32 words (4 ids each) for the readers' gathers, each id folded onto the
+  // half table: k ≥ 128 → 0x80 | (255 − k)
   const int64_t words = (P + 3) / 4;
   std::vector<int32_t> pat32(n_seeds * words, 0);
   const uint8_t* p8 = pattern.data_ptr<uint8_t>();
   for (int64_t s = 0; s < n_seeds; ++s)
-    for (int64_t p = 0; p < P; ++p) pat32[s * words + p / 4] |= static_cast<int32_t>(p8[s * P + p]) << (8 * (p % 4));
+    for (int64_t p = 0; p < P; ++p) {
+      const int32_t k = p8[s * P + p], folded = k < kHalf ? k : 0x80 | (255 - k);
+      pat32[s * words + p / 4] |= folded << (8 * (p % 4));
+    }
   switch (P) {
     case 1: run_batch<1>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
     case 2: run_batch<2>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
