@@ -99,16 +99,32 @@ class SeedBasisEncoded(Encoded):
     """Per row ``e_top`` (out,) int16, per block ``seeds`` (out, nb) int16 (int32 for 16-bit seeds),
     ``e_off`` (out, nb) int8, ``codes`` (out, nb, P) int8.
 
-    Held in the narrowest dtype that holds the stored values: int64 fields (8 bytes per seed and
-    per code) made a loaded SmolLM2 seed-basis model hold ~0.6 GB of fields beside its kernel
-    layout. Arithmetic on them upcasts first."""
+    Once the fused kernel's layout is built (`kernel_layout`, on the first matmul), it is the
+    only copy: it holds exactly the stored bits, and the fields above are unpacked from it on
+    demand (saving, decoding), so a loaded model keeps ~0.44 bytes per weight at 3.5 bits, not
+    the layout plus 0.875 bytes of fields (int64 fields, before, were 6)."""
 
     def __init__(self, config: SeedBasisConfig, shape, e_top: Tensor, seeds: Tensor, e_off: Tensor, codes: Tensor):
         self.config, self.shape = config, (int(shape[0]), int(shape[1]))
-        self.e_top = e_top.to(torch.int16)
-        self.seeds = seeds.to(torch.int16 if config.seed_bits <= 15 else torch.int32)
-        self.e_off = e_off.to(torch.int8)
-        self.codes = codes.to(torch.int8)
+        self._fields: tuple[Tensor, Tensor, Tensor, Tensor] | None = (
+            e_top.to(torch.int16), seeds.to(torch.int16 if config.seed_bits <= 15 else torch.int32),
+            e_off.to(torch.int8), codes.to(torch.int8))
+
+    def fields(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(e_top, seeds, e_off, codes): held, or unpacked from the kernel layout (exact)."""
+        if self._fields is not None:
+            return self._fields
+        from reality_stone.kernels.seedbasis import unpack_all
+
+        cfg, lay = self.config, self._layout
+        seeds, e_off, codes = unpack_all(lay, self.shape[1])
+        e_top = (lay.row_exp[: self.shape[0]].to(torch.int16) + (2**cfg.exp_bits - 1))
+        return (e_top, seeds.to(torch.int16 if cfg.seed_bits <= 15 else torch.int32), e_off, codes)
+
+    e_top = property(lambda self: self.fields()[0])
+    seeds = property(lambda self: self.fields()[1])
+    e_off = property(lambda self: self.fields()[2])
+    codes = property(lambda self: self.fields()[3])
 
     def block_scales(self) -> Tensor:
         return torch.exp2(self.block_exponents().to(torch.float32))
@@ -132,6 +148,8 @@ class SeedBasisEncoded(Encoded):
             self._layout = (seedbasis_layout(cfg.pattern_ids(), t, self.seeds, self.e_off, self.codes,
                                              seed_bits=cfg.seed_bits, exp_bits=cfg.exp_bits,
                                              coeff_bits=cfg.coeff_bits) if ok else None)
+            if self._layout is not None:
+                self._fields = None  # the layout holds the same bits (see the class docstring)
         return self._layout
 
     def matmul(self, x: Tensor) -> Tensor:
@@ -147,9 +165,11 @@ class SeedBasisEncoded(Encoded):
 
     def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
         out_f, in_f = self.shape
+        e_top, seeds, e_off, codes = self.fields()
         U = self.config.table()
-        blocks = torch.einsum("rbp,rbpc->rbc", self.codes.to(torch.float32), U[self.seeds.long()])
-        return (blocks * self.block_scales()[..., None]).reshape(out_f, -1)[:, :in_f].to(dtype)
+        blocks = torch.einsum("rbp,rbpc->rbc", codes.to(torch.float32), U[seeds.long()])
+        exps = e_top.to(torch.int32)[:, None] - (2**self.config.exp_bits - 1) + e_off.to(torch.int32)
+        return (blocks * torch.exp2(exps.to(torch.float32))[..., None]).reshape(out_f, -1)[:, :in_f].to(dtype)
 
     @staticmethod
     def _sizes(config, shape) -> list[int]:
@@ -165,10 +185,11 @@ class SeedBasisEncoded(Encoded):
     def payload(self) -> bytes:
         cfg = self.config
         qoff = 2 ** (cfg.coeff_bits - 1)
-        return (self.e_top.numpy().astype(np.int8).tobytes()
-                + pack_bits(self.seeds, cfg.seed_bits)
-                + (pack_bits(self.e_off, cfg.exp_bits) if cfg.exp_bits else b"")
-                + pack_bits(self.codes.to(torch.int16) + qoff, cfg.coeff_bits))
+        e_top, seeds, e_off, codes = self.fields()
+        return (e_top.numpy().astype(np.int8).tobytes()
+                + pack_bits(seeds, cfg.seed_bits)
+                + (pack_bits(e_off, cfg.exp_bits) if cfg.exp_bits else b"")
+                + pack_bits(codes.to(torch.int16) + qoff, cfg.coeff_bits))
 
     @classmethod
     def from_payload(cls, config: SeedBasisConfig, shape, payload: bytes) -> "SeedBasisEncoded":
@@ -195,6 +216,7 @@ class SeedBasisEncoded(Encoded):
             bound = math.log2(config.coeffs * 2 ** (config.coeff_bits - 1) * float(config.table().abs().max()))
             if top + bound >= 128:
                 raise ValueError(f"corrupt seedbasis payload: block exponent {top} overflows float32")
+        enc.kernel_layout()  # a loaded weight keeps only the layout (the stored bits), not the fields too
         return enc
 
 

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["SeedBasisLayout", "decode_rows", "fusable", "pattern_ids", "seedbasis_layout",
-           "seedbasis_linear_reference", "unpack_records"]
+           "seedbasis_linear_reference", "unpack_all", "unpack_records"]
 
 BLOCK = 8
 PAD_BYTES = 16
@@ -135,17 +135,29 @@ def unpack_records(lay: SeedBasisLayout, g0: int, g1: int, nb: int) -> tuple[Ten
     for t in range(0, nb, TILE):  # tile-major order (see seedbasis_layout)
         jt = min(TILE, nb - t)
         raw[:, t : t + jt] = recs[(t * G + g0 * jt) * R : (t * G + g1 * jt) * R].reshape(g1 - g0, jt, R)
-    bits = np.unpackbits(raw, axis=-1, bitorder="little").astype(np.int64)
+    bits = np.unpackbits(raw, axis=-1, bitorder="little")
 
     def field(lo: int, n: int, width: int) -> np.ndarray:
-        b = bits[..., lo : lo + n * width].reshape(g1 - g0, nb, n, width)
-        return (b << np.arange(width)).sum(-1)
+        b = bits[..., lo : lo + n * width].reshape(g1 - g0, nb, n, width).astype(np.int32)
+        return (b << np.arange(width, dtype=np.int32)).sum(-1, dtype=np.int32)
 
     s = field(0, 8, S)
     e = field(8 * S, 8, E) if E else np.zeros_like(s)
     c = field(8 * (S + E), 8 * P, Q).reshape(g1 - g0, nb, 8, P) - 2 ** (Q - 1)
     rows = lambda a: torch.from_numpy(np.ascontiguousarray(a.swapaxes(1, 2))).reshape(8 * (g1 - g0), nb, *a.shape[3:])
     return rows(s), rows(e), rows(c)
+
+
+def unpack_all(lay: SeedBasisLayout, in_features: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The codec's fields from the layout: seeds (rows, nb) int32, exponent offsets (rows, nb) int8,
+    codes (rows, nb, P) int8 — in chunks of row groups, so the temporaries stay a few MB."""
+    nb = -(-in_features // BLOCK)
+    G = lay.row_exp.shape[0] // 8
+    step = max(1, 2**18 // max(1, nb * lay.record_bytes))
+    parts = [unpack_records(lay, g0, min(G, g0 + step), nb) for g0 in range(0, G, step)]
+    cat = lambda i, dtype: torch.cat([p[i].to(dtype) for p in parts])[: lay.rows] if parts else torch.zeros(
+        (0, nb) + ((lay.pattern.shape[1],) if i == 2 else ()), dtype=dtype)
+    return cat(0, torch.int32), cat(1, torch.int8), cat(2, torch.int8)
 
 
 def decode_rows(lay: SeedBasisLayout, r0: int, r1: int, in_features: int, dtype=torch.float32) -> Tensor:
@@ -156,7 +168,7 @@ def decode_rows(lay: SeedBasisLayout, r0: int, r1: int, in_features: int, dtype=
     seeds, e_off, q = unpack_records(lay, g0, g1, nb)
     basis = sign_patterns().T.to(dtype)[lay.pattern.to(torch.int64)]  # (2^S, P, 8)
     qe = (q << e_off[..., None]).to(dtype)
-    blocks = torch.einsum("rjp,rjpc->rjc", qe, basis[seeds])
+    blocks = torch.einsum("rjp,rjpc->rjc", qe, basis[seeds.long()])
     w = blocks.reshape(8 * (g1 - g0), -1)[:, :in_features] * torch.exp2(lay.row_exp[8 * g0 : 8 * g1, None].to(dtype))
     return w[r0 - 8 * g0 : r1 - 8 * g0]
 
