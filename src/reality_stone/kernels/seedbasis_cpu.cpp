@@ -217,6 +217,13 @@ void sign_sums_lanes(const float* x, int64_t B, int64_t K, int64_t bg, int64_t j
   for (int k = 0; k < kHalf; ++k) _mm256_store_ps(out + k * stride, _mm256_add_ps(lo[k & 15], hi[k >> 4]));
 }
 
+// n zeroed floats, 32-byte aligned, owned by `store`
+float* scratch_zeroed(std::vector<float>& store, int64_t n) {
+  store.assign(n + 8, 0.f);
+  const auto addr = reinterpret_cast<uintptr_t>(store.data());
+  return store.data() + ((32 - addr % 32) % 32) / 4;
+}
+
 // A grow-only 64-byte-aligned scratch buffer per thread: per-call allocations of the v tiles
 // were fresh pages each time (page faults and zeroing cost up to a third of a call).
 float* scratch(int64_t n) {
@@ -486,10 +493,16 @@ torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tens
   TORCH_CHECK(row_exp.scalar_type() == torch::kChar && row_exp.is_contiguous() && row_exp.dim() == 1 &&
                   row_exp.size(0) % 8 == 0,
               "row_exp must be contiguous int8 [Np], Np a multiple of 8");
-  // 2^t a normal float, and a block (≤ 8 codes of magnitude ≤ 8·2^15) times it finite
-  TORCH_CHECK(row_exp.numel() == 0 || (row_exp.min().item<int8_t>() >= -126 && row_exp.max().item<int8_t>() <= 100),
-              "row exponents must be in [-126, 100]");
-  const torch::Tensor row_scale = torch::exp2(row_exp.to(torch::kFloat));  // exact powers of two
+  // 2^t a normal float, and a block (≤ 8 codes of magnitude ≤ 8·2^15) times it finite. Plain loops
+  // here and in the epilogues: small layers (SmolLM2's) take ~0.1 ms, and each torch op on the
+  // side costs µs.
+  const int8_t* ep = row_exp.data_ptr<int8_t>();
+  std::vector<float> scale(row_exp.numel());
+  for (int64_t r = 0; r < row_exp.numel(); ++r) {
+    TORCH_CHECK(ep[r] >= -126 && ep[r] <= 100, "row exponents must be in [-126, 100]");
+    const uint32_t bits = static_cast<uint32_t>(ep[r] + 127) << 23;  // 2^e, exactly
+    std::memcpy(&scale[r], &bits, 4);
+  }
   const Format f{static_cast<int>(seed_bits), static_cast<int>(exp_bits), static_cast<int>(pattern.size(1)),
                  static_cast<int>(coeff_bits),
                  static_cast<int>(seed_bits + exp_bits + pattern.size(1) * coeff_bits)};
@@ -509,8 +522,8 @@ torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tens
     for (int64_t s = 0; s < n_seeds; ++s)
       for (int64_t p = 0; p < P; ++p) pat32[s * PL + p] = p8[s * P + p];
     const int64_t n_tiles = (nb + kTile - 1) / kTile, n_parts = std::min<int64_t>(at::get_num_threads(), n_tiles);
-    auto acc = torch::zeros({n_parts, Np, PL}, x.options());
-    float* ap = acc.data_ptr<float>();
+    std::vector<float> acc(n_parts * Np * PL, 0.f);
+    float* ap = acc.data();
     at::parallel_for(0, n_parts, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         // whole tiles per thread: each reads one contiguous run of records
@@ -528,15 +541,21 @@ torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tens
         else single_row<8, false>(xp, K, pt, n_seeds, rec, f, CoeffReader<8>(f), nb, G, j0, j1, a);
       }
     });
-    y.copy_((acc.sum({0, 2}) * row_scale).unsqueeze(0));
+    float* yp = y.data_ptr<float>();
+    for (int64_t r = 0; r < Np; ++r) {
+      float sum = 0.f;
+      for (int64_t t = 0; t < n_parts; ++t)
+        for (int l = 0; l < PL; ++l) sum += ap[(t * Np + r) * PL + l];
+      yp[r] = sum * scale[r];
+    }
     return y;
   }
   // batch groups of 8 rows, padded (zero rows) to a power of two: the register blocks (8 · 1, 4 · 2,
   // 2 · 4, 1 · 8 groups) tile it, and a pattern's offset is a shift
   int64_t n_bg = 1;
   while (n_bg * kLanes < B) n_bg *= 2;
-  auto acc = torch::zeros({Np, n_bg, kLanes}, x.options());
-  float* ap = acc.data_ptr<float>();
+  std::vector<float> acc_v;  // [Np][n_bg][8], 32-byte aligned for the register blocks' loads
+  float* ap = scratch_zeroed(acc_v, Np * n_bg * kLanes);
   // the pattern table as int32 words (4 ids each) for the readers' gathers, each id folded onto the
   // half table: k ≥ 128 → 0x80 | (255 − k)
   const int64_t words = (P + 3) / 4;
@@ -558,7 +577,9 @@ torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tens
     default: run_batch<8>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
   }
   // acc [Np][n_bg · 8] → y [B, Np], each row times its scale
-  y.copy_((acc.reshape({Np, n_bg * kLanes}) * row_scale.unsqueeze(1)).narrow(1, 0, B).t());
+  float* yp = y.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t r = 0; r < Np; ++r) yp[b * Np + r] = ap[r * n_bg * kLanes + b] * scale[r];
   return y;
 }
 
