@@ -48,6 +48,7 @@ def specs() -> list[Spec]:
         Spec("RTN int3 g64", codec_config("rtn", bits=3, group=64)),
         Spec("HQQ 4-bit g64", codec_config("hqq", bits=4, group=64)),
         Spec("HQQ 3-bit g64", codec_config("hqq", bits=3, group=64)),
+        Spec("seedbasis 3.5 (data-free)", preset("3.5")),
         Spec("seedbasis 2.5 (data-free)", preset("2.5")),
         Spec("RBE poly-cos8+DCT K=100 ('78:1')", codec_config("rbe", block=128, k=100)),
         Spec("RBE poly-cos8+DCT K=50 ('151:1')", codec_config("rbe", block=128, k=50)),
