@@ -92,6 +92,11 @@ def test_packed64_basis_family_is_available():
     assert U.shape == (256, 3, 8) and torch.isfinite(U).all()
     enc = SeedBasisConfig(basis="packed64", coeffs=3, coeff_bits=3, exp_bits=3).encode(torch.randn(16, 64))
     assert torch.equal(decode_bytes(enc.to_bytes()).decode(), enc.decode())
+    # its bases are not ±1, so the sign-pattern kernel must not take it (it once did, computing
+    # with the signs of the basis entries only)
+    assert enc.kernel_layout() is None and not enc.config.capabilities.fused_matmul
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(enc.matmul(x), x @ enc.decode().T)
 
 
 def test_bad_configs():
