@@ -21,12 +21,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from reality_stone.calibration import output_error
 from reality_stone.codecs import relative_error, sqnr_db
 from reality_stone.codecs.base import CodecConfig
 from reality_stone.models.selection import DEFAULT_SKIP, select_layers
 from reality_stone.nn.compressed import CompressedLinear
 
-__all__ = ["CompressionReport", "LayerReport", "check_calibration", "compress", "compressible_layers",
+__all__ = ["CompressionReport", "LayerReport", "check_calibration", "compress", "compressible_layers", "encode_layer",
            "guard_save_pretrained"]
 
 
@@ -86,6 +87,23 @@ def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
+def encode_layer(name: str, weight: torch.Tensor, config: CodecConfig, stats=None):
+    """(Encoded, LayerReport) of one layer's weight (out, in); ``stats`` is passed on only to codecs
+    that use calibration. Encode errors name the layer ("weight contains NaN" alone does not say where)."""
+    t0 = time.perf_counter()
+    try:
+        enc = config.encode(weight, stats if config.calibration != "unused" else None)
+    except ValueError as exc:
+        raise ValueError(f"layer {name!r}: {exc}") from None
+    dt = time.perf_counter() - t0
+    D = enc.decode(torch.float32)
+    return enc, LayerReport(
+        name=name, shape=tuple(weight.shape), codec=config.codec_name, nbytes=enc.nbytes,
+        dense_bytes_fp32=weight.numel() * 4, ratio_fp32=enc.compression_ratio(), bits_per_weight=enc.bits_per_weight(),
+        rel_error=relative_error(weight, D), sqnr_db=sqnr_db(weight, D), seconds=dt,
+        output_error=output_error(weight, D, stats) if stats is not None else None)
+
+
 def check_calibration(configs: list[CodecConfig], calibrated: bool) -> None:
     """ValueError if a codec that requires calibration gets none, or calibration is given and no
     codec would use it (it would be silently ignored)."""
@@ -143,7 +161,7 @@ def compress(
     A codec with ``calibration == "required"`` (gptq) and no calibration → ValueError; calibration
     given while no selected codec uses it → ValueError (it would be silently ignored).
     """
-    from reality_stone.calibration import calibration_ids, collect_stats, output_error, sequential_stats
+    from reality_stone.calibration import calibration_ids, collect_stats, sequential_stats
 
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -162,20 +180,9 @@ def compress(
         bar = tqdm(total=len(chosen), desc="compressing", unit="layer")
 
     def encode(name: str, stats) -> None:
-        lin, cfg = layers[name], configs[name]
-        W = lin.weight.detach()
-        t0 = time.perf_counter()
-        try:
-            enc = cfg.encode(W, stats if cfg.calibration != "unused" else None)
-        except ValueError as exc:  # name the layer: "weight contains NaN" alone does not say where
-            raise ValueError(f"layer {name!r}: {exc}") from None
-        dt = time.perf_counter() - t0
-        D = enc.decode(torch.float32)
-        report.layers.append(LayerReport(
-            name=name, shape=tuple(W.shape), codec=cfg.codec_name, nbytes=enc.nbytes, dense_bytes_fp32=W.numel() * 4,
-            ratio_fp32=enc.compression_ratio(), bits_per_weight=enc.bits_per_weight(),
-            rel_error=relative_error(W, D), sqnr_db=sqnr_db(W, D), seconds=dt,
-            output_error=output_error(W, D, stats) if stats is not None else None))
+        lin = layers[name]
+        enc, row = encode_layer(name, lin.weight.detach(), configs[name], stats)
+        report.layers.append(row)
         _set_submodule(model, name, CompressedLinear(enc, lin.bias))
         if bar is not None:
             bar.update(1)

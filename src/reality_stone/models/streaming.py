@@ -177,6 +177,7 @@ class _PartStore:
     def __init__(self, folder: Path, key: dict, resume: bool):
         self.folder, self.key = folder, key
         self.done: dict[str, dict] = {}
+        self.state: dict = {}  # the caller's resume state beyond finished tensors (calibrated runs: blocks done)
         manifest = folder / "manifest.json"
         if resume and manifest.is_file():
             try:
@@ -184,13 +185,14 @@ class _PartStore:
             except ValueError:
                 m = {}
             if m.get("key") == key:
+                self.state = m.get("state", {})
                 for name, rec in m.get("done", {}).items():
                     part = folder / rec["part"]
                     if part.is_file() and hashlib.sha256(part.read_bytes()).hexdigest() == rec["sha256"]:
                         self.done[name] = rec
             else:
                 warnings.warn(f"{folder}: parts are from another source or config; starting over", stacklevel=3)
-        if not self.done and folder.exists():
+        if not self.done and not self.state and folder.exists():
             shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -199,8 +201,16 @@ class _PartStore:
         data = rec.pop("data")
         _atomic_write(self.folder / part, data)
         self.done[rec["source"]] = rec | {"part": part}
-        _atomic_write(self.folder / "manifest.json",
-                      json.dumps({"version": MANIFEST_VERSION, "key": self.key, "done": self.done}, indent=1).encode())
+        self._write_manifest()
+
+    def set_state(self, state: dict) -> None:
+        """Record resume state (after the files it names are written)."""
+        self.state = state
+        self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        body = {"version": MANIFEST_VERSION, "key": self.key, "done": self.done, "state": self.state}
+        _atomic_write(self.folder / "manifest.json", json.dumps(body, indent=1).encode())
 
 
 def _process_in_worker(src: TensorSource, config: CodecConfig | None) -> dict:
@@ -242,7 +252,9 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
                         select: Callable[[str, tuple], bool] | None = None, workers: int = 1,
                         ray_address: str | None = None, resume: bool = True, streaming: bool = True,
                         source: str | None = None, progress: bool = False,
-                        on_tensor: Callable[[dict], None] | None = None) -> dict:
+                        on_tensor: Callable[[dict], None] | None = None, calibration=None, tokenizer=None,
+                        tokens: int = 8192, seq_len: int = 512, max_memory: int | None = None,
+                        on_block: Callable[[int], None] | None = None) -> dict:
     """Compress checkpoint ``src`` (a .safetensors file or a folder of shards) into ``out``.
 
     Which tensors: `reality_stone.models.selection.checkpoint_selector` (the layers `rs.compress`
@@ -250,9 +262,28 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
     kept dense by default), or ``select(name, shape)`` instead.
     Returns a summary: tensors, compressed layers, bytes in and out, seconds, workers used.
     ``on_tensor(record)`` is called after each finished tensor (progress hooks, tests).
+
+    ``calibration`` (texts, a file, token ids, "shakespeare"/"news"; ``tokenizer``, ``tokens``,
+    ``seq_len`` as in `reality_stone.compress`): data-aware codecs on a model folder of a supported
+    decoder-only family, block by block with at most one block's weights resident
+    (`reality_stone.models.block_streaming`; ``max_memory`` bytes of hidden states in RAM,
+    ``on_block(k)`` after each durable block). The summary then carries the per-layer report.
     """
+    from reality_stone.models.compress import check_calibration
+
     t_start = time.perf_counter()
     src, out = Path(src), Path(out)
+    check_calibration([config], calibration is not None)
+    if calibration is not None:
+        from reality_stone.models.block_streaming import DEFAULT_MAX_MEMORY, compress_checkpoint_calibrated
+
+        if select is not None or not streaming:
+            raise ValueError("calibrated checkpoint compression selects layers by include/skip and always streams")
+        return compress_checkpoint_calibrated(
+            src, out, config, calibration=calibration, tokenizer=tokenizer, tokens=tokens, seq_len=seq_len,
+            include=include, skip=tuple(skip), max_memory=DEFAULT_MAX_MEMORY if max_memory is None else max_memory,
+            workers=workers, ray_address=ray_address, resume=resume, source=source, progress=progress,
+            on_block=on_block)
     tensors = checkpoint_tensors(src)
     select = select or checkpoint_selector(src, include, tuple(skip))
     cfg_dict = {"codec": config.codec_name, "config": config.to_dict()}

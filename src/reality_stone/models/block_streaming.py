@@ -1,0 +1,532 @@
+"""Calibrated compression of a checkpoint larger than memory, one decoder block at a time.
+
+``compress_checkpoint(src, out, config, calibration=…)`` (`reality_stone.models.streaming`)
+lands here for a Hugging Face model folder (config.json + safetensors shards) of a supported
+decoder-only family (`SUPPORTED_FAMILIES`). As GPTQModel and llm-compressor do:
+
+1. the architecture is built on the meta device (no weights) and checked against the shards'
+   headers (every tensor present, same shape, nothing extra);
+2. the calibration tokens run through the model up to its first decoder block — only the
+   embedding is loaded — and block 0's inputs are kept: hidden states (n, L, hidden) float32
+   plus the per-call keyword arguments (rotary cos/sin, mask), which depend on the length only;
+3. for each block k: its tensors are loaded (the only dense weights resident), a pass over the
+   hidden states collects each selected layer's `ActivationStats`, the layers are compressed
+   (``workers > 1``: as Ray tasks), the *compressed* block maps the hidden states to block k+1's
+   inputs (each weight decoded once, as `reality_stone.calibration.sequential_stats` does),
+   the block's parts are written, and the block is freed;
+4. layers after the blocks (an untied ``lm_head`` with ``skip=()``) get statistics from the final
+   norm of the last hidden states; the file is assembled from the parts as in the data-free path.
+
+Hidden states stay in memory while they fit ``max_memory`` bytes, else they live in a file and
+move one sequence at a time. After every block they are saved beside the parts (two files,
+alternating, so a kill mid-block leaves the previous ones whole): a resumed run continues at the
+first unfinished block and gives the same bytes. The manifest key covers the source tensors,
+the codec config, the selection and the calibration token ids.
+
+The result is byte-identical to the in-memory path — ``load_model(folder)``, `rs.compress` with
+the same calibration (sequential mode), `rs.save` with the folder's tokenizer — because every
+number goes through the same operations: the same block calls with the same arguments, the same
+accumulators, the same encoders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from reality_stone.codecs.base import CodecConfig
+from reality_stone.models.format import (ENCODED_SUFFIX, TOKENIZER_TENSOR, atomic_path, file_metadata, tensor_bytes,
+                                         tensor_checksum, write_safetensors)
+
+__all__ = ["SUPPORTED_FAMILIES", "DEFAULT_MAX_MEMORY", "compress_checkpoint_calibrated", "parse_size"]
+
+# model_type values (config.json) whose decoder blocks the walker drives: every block takes the
+# same (hidden, mask, rotary cos/sin) arguments. Families with per-layer attention types (Gemma 2/3's
+# sliding-window layers, Mistral with sliding_window set shorter than the calibration sequences)
+# would need per-block masks, Gemma a scaled embedding whose scale is not stored: refused rather
+# than calibrated wrongly.
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+DEFAULT_MAX_MEMORY = 2 << 30  # bytes of hidden states kept in RAM before they move to a file
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '512M', '4G', '1.5GiB', '1000000' (K/M/G/T are powers of 1024)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if mult > 1 else t)
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (e.g. 512M, 4G)") from None
+    if not value > 0:
+        raise ValueError(f"size must be positive, got {text!r}")
+    return int(value * mult)
+
+
+# ----------------------------------------------------------------------------- the architecture
+
+
+def _folder_config(src: Path) -> tuple[Path, dict]:
+    folder = src if src.is_dir() else src.parent
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{src}: calibrated streaming needs the model's config.json beside the shards "
+                         "(a Hugging Face model folder, as save_pretrained writes it)")
+    try:
+        cfg = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    family = cfg.get("model_type")
+    if family not in SUPPORTED_FAMILIES:
+        raise ValueError(f"{path}: model_type {family!r} is not a family the block walker knows; supported: "
+                         f"{', '.join(SUPPORTED_FAMILIES)} (data-free codecs stream any checkpoint)")
+    if family == "qwen2" and cfg.get("use_sliding_window") or family == "mistral" and cfg.get("sliding_window"):
+        pass  # checked against the calibration length once it is known (`_check_window`)
+    return folder, cfg
+
+
+def _meta_causal_lm(folder: Path) -> nn.Module:
+    """The folder's architecture (a ...ForCausalLM) on the meta device: structure, no memory."""
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(folder))
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{folder}/config.json: transformers cannot build this architecture ({str(exc)[:300]})") from None
+    model.tie_weights()
+    return model.eval()
+
+
+def _check_window(cfg: dict, seq_len: int, folder: Path) -> None:
+    window = cfg.get("sliding_window") if (cfg.get("model_type") == "mistral" or cfg.get("use_sliding_window")) else None
+    if isinstance(window, int) and window < seq_len:
+        raise ValueError(f"{folder}/config.json: sliding_window={window} is shorter than the calibration sequences "
+                         f"({seq_len}); the block walker passes one full causal mask: use --seq-len <= {window}")
+
+
+def _decoder(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, str]:
+    """(base model, its decoder blocks, their state-dict prefix) of a ...ForCausalLM."""
+    base = getattr(model, "model", None)
+    blocks = getattr(base, "layers", None)
+    if not isinstance(blocks, nn.ModuleList) or not hasattr(base, "embed_tokens") or not hasattr(base, "norm"):
+        raise ValueError(f"{type(model).__name__}: no model.layers / embed_tokens / norm to walk block by block")
+    return base, blocks, "model.layers."
+
+
+def _tied_aliases(model: nn.Module) -> dict[str, str]:
+    """{alias: stored name} of parameters shared between modules, as `reality_stone.save` records them
+    (the first name in state-dict order is stored). Meta tensors have no storage: identity decides."""
+    first: dict[int, str] = {}
+    aliases = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            aliases[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return aliases
+
+
+def _check_tensors(model: nn.Module, tensors: dict, aliases: dict[str, str], src: Path) -> None:
+    """config.json and the shards must describe the same model: names and shapes."""
+    expected = {n: tuple(t.shape) for n, t in model.state_dict().items() if n not in aliases}
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ValueError(f"{src}: config.json describes tensor {missing[0]!r} {list(expected[missing[0]])}, which no "
+                         f"shard holds ({len(missing)} missing): is a shard missing, or is config.json for another model?")
+    extra = sorted(set(tensors) - set(expected) - set(aliases))
+    if extra:
+        raise ValueError(f"{src}: tensor {extra[0]!r} is not part of the architecture config.json describes "
+                         f"({len(extra)} such tensors)")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(f"{src}: tensor {name!r} has shape {list(tensors[name].shape)}, config.json says "
+                             f"{list(shape)}")
+
+
+def _load_into(module: nn.Module, prefix: str, tensors: dict, read: Callable, dtype: torch.dtype) -> None:
+    """Materialise ``module`` (on meta) from the checkpoint tensors under ``prefix``."""
+    state = {n: read(tensors[prefix + n]).to(dtype) for n in module.state_dict()}
+    module.load_state_dict(state, assign=True, strict=True)
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:  # a non-persistent buffer the checkpoint cannot supply
+        raise ValueError(f"{prefix}{left[0]}: not in the checkpoint and not computable here; this family is not "
+                         "supported by the block walker")
+
+
+# ----------------------------------------------------------------------------- hidden states
+
+
+class _HiddenStates:
+    """Block inputs for the calibration set: (n, L, H) float32, in RAM or (over budget) in files.
+
+    ``read(i)`` / ``write(i, x)`` move one sequence. ``commit(k)`` makes the states written since
+    the last commit durable as the inputs of block k: file ``hidden-{k % 2}.bin`` in ``folder``
+    (in RAM mode the whole tensor is written there; in file mode it already is). Two files
+    alternate, so a run killed inside block k still finds block k's inputs whole.
+    """
+
+    def __init__(self, folder: Path, n: int, L: int, H: int, max_memory: int):
+        self.folder, self.shape = folder, (n, L, H)
+        self.row_bytes = L * H * 4
+        self.in_ram = n * self.row_bytes <= max_memory
+        self.ram = torch.empty(self.shape, dtype=torch.float32) if self.in_ram else None
+        self.block = 0  # block whose inputs `read` returns
+        self._fds: dict[int, int] = {}
+
+    def path(self, block: int) -> Path:
+        return self.folder / f"hidden-{block % 2}.bin"
+
+    def _fd(self, block: int) -> int:
+        k = block % 2
+        if k not in self._fds:
+            self._fds[k] = os.open(self.path(block), os.O_RDWR | os.O_CREAT, 0o644)
+        return self._fds[k]
+
+    def read(self, i: int) -> torch.Tensor:
+        if self.in_ram:
+            return self.ram[i : i + 1]
+        data = bytearray(os.pread(self._fd(self.block), self.row_bytes, i * self.row_bytes))
+        if len(data) != self.row_bytes:
+            raise ValueError(f"{self.path(self.block)}: truncated hidden states (sequence {i})")
+        return torch.frombuffer(data, dtype=torch.float32).reshape(1, *self.shape[1:])
+
+    def write(self, i: int, x: torch.Tensor) -> None:
+        """Sequence i's inputs to block ``self.block + 1`` (in RAM: in place — row i is read before it is written)."""
+        if self.in_ram:
+            self.ram[i] = x[0]
+        else:
+            fd = self._fd(self.block + 1)
+            if os.pwrite(fd, tensor_bytes(x.float().contiguous()), i * self.row_bytes) != self.row_bytes:
+                raise OSError(f"{self.path(self.block + 1)}: short write")
+
+    def commit(self, block: int) -> str:
+        """The states now held are block ``block``'s inputs: fsync them to disk; returns their sha256."""
+        path = self.path(block)
+        if self.in_ram:
+            with atomic_path(path, fsync=True) as tmp:
+                tmp.write_bytes(tensor_bytes(self.ram))
+        else:
+            os.fsync(self._fd(block))
+        self.block = block
+        return _file_sha(path)
+
+    def restore(self, block: int, sha: str) -> bool:
+        """Load block ``block``'s inputs saved by an earlier run; False if missing or damaged."""
+        path = self.path(block)
+        if not path.is_file() or path.stat().st_size != self.shape[0] * self.row_bytes or _file_sha(path) != sha:
+            return False
+        if self.in_ram:
+            self.ram.copy_(torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.float32).reshape(self.shape))
+        self.block = block
+        return True
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(16 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- block 0's inputs
+
+
+class _Captured(Exception):
+    pass
+
+
+def _block0_call(base: nn.Module, blocks: nn.ModuleList, **inputs) -> tuple[tuple, dict]:
+    """(args, kwargs) of the base model's call of block 0 on ``inputs``; the blocks are not run."""
+    got = []
+
+    def capture(_module, args, kwargs):
+        got.append((args, kwargs))
+        raise _Captured
+
+    handle = blocks[0].register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        base(**inputs, use_cache=False)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not got:
+        raise ValueError(f"{type(base).__name__} did not call its first decoder block")
+    return got[0]
+
+
+def _block_kwargs(base, blocks, L: int, H: int) -> tuple[dict, bool]:
+    """Keyword arguments of every block call for sequences of L tokens (they depend on L only: rotary
+    cos/sin, causal mask, positions) and whether the hidden states are passed by keyword."""
+    args, kwargs = _block0_call(base, blocks, inputs_embeds=torch.zeros(1, L, H))
+    if args:
+        if len(args) != 1:
+            raise ValueError("decoder block called with more than one positional argument: not supported")
+        return kwargs, False
+    return {k: v for k, v in kwargs.items() if k != "hidden_states"}, True
+
+
+# ----------------------------------------------------------------------------- the walk
+
+
+def _ray_encode(jobs, workers: int, ray_address: str | None):
+    """[(Encoded, LayerReport)] of ``jobs`` = [(name, weight, config, stats)] as Ray tasks."""
+    import ray
+
+    from reality_stone.models.compress import encode_layer
+
+    if not ray.is_initialized():
+        if ray_address:
+            ray.init(address=ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=max(256 << 20, 4 * sum(w.numel() * 4 for _, w, _, _ in jobs)))
+
+    def task(name, weight, config, stats):
+        torch.set_num_threads(1)  # parallelism comes from the workers (no N-fold oversubscription)
+        return encode_layer(name, weight, config, stats)
+
+    remote = ray.remote(task)
+    return ray.get([remote.remote(*job) for job in jobs])
+
+
+def compress_checkpoint_calibrated(
+    src: Path, out: Path, config: CodecConfig, *, calibration, tokenizer=None, tokens: int = 8192,
+    seq_len: int = 512, include: str = "*", skip: tuple[str, ...] = ("lm_head",),
+    per_layer: dict[str, CodecConfig] | None = None, max_memory: int = DEFAULT_MAX_MEMORY, workers: int = 1,
+    ray_address: str | None = None, resume: bool = True, source: str | None = None, progress: bool = False,
+    on_block: Callable[[int], None] | None = None,
+) -> dict:
+    """Block-by-block calibrated compression of a model folder (see the module docstring).
+
+    ``calibration`` / ``tokenizer`` / ``tokens`` / ``seq_len`` as in `reality_stone.compress`
+    (the folder's own tokenizer when ``tokenizer`` is None and the calibration is text; it is also
+    stored in the file). ``max_memory``: bytes of hidden states kept in RAM. ``on_block(k)`` runs
+    after block k is durable (tests, progress). Returns a summary with the per-layer report.
+    """
+    import fnmatch
+
+    from reality_stone.calibration import _Accumulator, _hooked, calibration_ids
+    from reality_stone.models.compress import CompressionReport, check_calibration, encode_layer
+    from reality_stone.models.selection import select_layers
+    from reality_stone.models.streaming import (MANIFEST_VERSION, _fingerprint, _PartStore, _process, _read,
+                                                checkpoint_tensors)
+    from reality_stone.nn.compressed import CompressedLinear, decoded_weights
+
+    t_start = time.perf_counter()
+    src, out = Path(src), Path(out)
+    if not isinstance(max_memory, int) or max_memory < 0:
+        raise ValueError(f"max_memory must be a non-negative number of bytes, got {max_memory!r}")
+    folder, cfg_json = _folder_config(src)
+    sources = checkpoint_tensors(src)  # headers: missing/truncated/corrupt shards fail here, naming the tensor
+    by_name = {t.name: t for t in sources}
+    model = _meta_causal_lm(folder)
+    aliases = _tied_aliases(model)
+    for alias in aliases:  # a checkpoint that stores a tied tensor twice: keep the first copy
+        by_name.pop(alias, None)
+    _check_tensors(model, by_name, aliases, src)
+    base, blocks, prefix = _decoder(model)
+
+    chosen, skipped = select_layers(model, include, tuple(skip))
+    if not chosen:
+        raise ValueError("no nn.Linear layer matched: nothing to compress (check include/skip patterns)")
+    configs = {name: next((c for pat, c in (per_layer or {}).items() if fnmatch.fnmatchcase(name, pat)), config)
+               for name, _ in chosen}
+    check_calibration(list(configs.values()), True)
+    if tokenizer is None and not isinstance(calibration, torch.Tensor) and not (
+            isinstance(calibration, (list, tuple)) and calibration and all(isinstance(t, int) for t in calibration)):
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError, TypeError):
+            raise ValueError(f"{folder}: no tokenizer to read the calibration text with (pass tokenizer=)") from None
+    ids = calibration_ids(calibration, tokenizer, tokens=tokens, seq_len=seq_len, vocab_size=model.config.vocab_size)
+    n, L = ids.shape
+    H = model.config.hidden_size
+    _check_window(cfg_json, L, folder)
+
+    selected = {f"{name}.weight": name for name in configs}
+    blocks_of: list[list[str]] = [[t for t in sorted(by_name) if t.startswith(f"{prefix}{k}.")] for k in range(len(blocks))]
+    in_blocks = {t for names in blocks_of for t in names}
+    last = max((k for k in range(len(blocks)) if any(t in selected for t in blocks_of[k])), default=-1)
+    rest_layers = [selected[t] for t in sorted(by_name) if t in selected and t not in in_blocks]
+    if rest_layers and not all(name == "lm_head" for name in rest_layers):
+        raise ValueError(f"layer {rest_layers[0]!r} lies outside the decoder blocks: only lm_head can be calibrated "
+                         "there; keep it dense with skip")
+    calib_sha = hashlib.sha256(tensor_bytes(ids)).hexdigest()
+    key = {"version": MANIFEST_VERSION, "mode": "calibrated-blocks", "source": _fingerprint(sources),
+           "codecs": {name: {"codec": c.codec_name, "config": c.to_dict()} for name, c in sorted(configs.items())},
+           "calibration": {"sha256": calib_sha, "shape": [n, L]}, "include": include, "skip": list(skip)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    store = _PartStore(out.with_name(out.name + ".parts"), key, resume)
+    hidden = _HiddenStates(store.folder, n, L, H, max_memory)
+    report = CompressionReport(skipped=skipped)
+    report.calibration = dict(mode="sequential", tokens=int(ids.numel()), sequences=n, seq_len=L,
+                              streamed_blocks=True, hidden_states="memory" if hidden.in_ram else "file")
+    report.layers = [_report_from_dict(r) for r in store.state.get("layers", [])]
+    start = int(store.state.get("blocks_done", 0))
+    need_hidden = start <= last or bool(rest_layers)  # the last block's outputs are kept only for lm_head
+    if start and need_hidden and not hidden.restore(start, store.state.get("hidden_sha256") or ""):
+        warnings.warn(f"{store.folder}: saved hidden states are missing or damaged; starting over", stacklevel=2)
+        start, report.layers = 0, []
+    resumed_blocks = start
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=last + 1, initial=min(start, last + 1), desc="compress (blocks)", unit="block")
+    try:
+        with torch.no_grad():
+            # tensors outside the blocks that stay dense (embeddings, final norm, a dense lm_head)
+            for t in sorted(by_name):
+                if t not in in_blocks and t not in selected and t not in store.done:
+                    store.add(_process(by_name[t], None))
+            with torch.device("cpu"):  # rotary cos/sin tables: non-persistent, computed from the config
+                base.rotary_emb = type(base.rotary_emb)(config=model.config)
+            if start == 0:  # block 0's inputs: embeddings of the calibration tokens (nothing else loaded)
+                _load_into(base.embed_tokens, "model.embed_tokens.", by_name, _read, torch.float32)
+                hidden.block = -1  # writes go to block 0's inputs
+                for i in range(n):
+                    args, kw = _block0_call(base, blocks, input_ids=ids[i : i + 1])
+                    hidden.write(i, args[0] if args else kw["hidden_states"])
+                base.embed_tokens.to_empty(device="meta")
+                store.set_state({"blocks_done": 0, "hidden_sha256": hidden.commit(0), "layers": []})
+            kwargs, by_keyword = _block_kwargs(base, blocks, L, H)
+
+            def call(block, x):
+                out = block(**kwargs, hidden_states=x) if by_keyword else block(x, **kwargs)
+                return out[0] if isinstance(out, tuple) else out
+
+            for k in range(start, last + 1):
+                block = blocks[k]
+                _load_into(block, f"{prefix}{k}.", by_name, _read, torch.float32)
+                names = [selected[t] for t in blocks_of[k] if t in selected]
+                layer_rows = []
+                if names:
+                    acc, handles = _hooked(model, names)
+                    try:
+                        for i in range(n):
+                            call(block, hidden.read(i))
+                    finally:
+                        for h in handles:
+                            h.remove()
+                    jobs = [(name, model.get_submodule(name).weight.detach(), configs[name], acc[name].stats(name))
+                            for name in names]
+                    if workers > 1 or ray_address:
+                        results = _ray_encode(jobs, workers, ray_address)
+                    else:
+                        results = [encode_layer(*job) for job in jobs]
+                    for (name, *_), (enc, row) in zip(jobs, results):
+                        lin = model.get_submodule(name)
+                        parent, _, child = name.rpartition(".")
+                        setattr(model.get_submodule(parent), child, CompressedLinear(enc, lin.bias))
+                        layer_rows.append(row)
+                        data = enc.to_bytes()
+                        out_name = name + ENCODED_SUFFIX
+                        rec = dict(out_name=out_name, dtype="U8", shape=[len(data)], source=f"{name}.weight",
+                                   compressed=dict(codec=enc.config.codec_name, shape=list(enc.shape),
+                                                   bits_per_weight=enc.bits_per_weight()),
+                                   nbytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                                   checksum=tensor_checksum("U8", [len(data)], data), seconds=row.seconds, data=data)
+                        store.add(rec)
+                for t in blocks_of[k]:  # the block's dense tensors (norms, biases) as stored
+                    if t not in selected:
+                        store.add(_process(by_name[t], None))
+                if k < last or rest_layers:  # the compressed block's outputs: block k+1's inputs
+                    with decoded_weights(block):
+                        for i in range(n):
+                            hidden.write(i, call(block, hidden.read(i)))
+                    sha = hidden.commit(k + 1)
+                else:
+                    sha = None
+                report.layers += layer_rows
+                store.set_state({"blocks_done": k + 1, "hidden_sha256": sha,
+                                 "layers": [asdict(r) for r in report.layers]})
+                blocks[k] = nn.Module()  # free the block (its dense and compressed weights)
+                if bar is not None:
+                    bar.update(1)
+                if on_block is not None:
+                    on_block(k)
+            for k in range(last + 1, len(blocks)):  # blocks without selected layers: copied
+                for t in blocks_of[k]:
+                    if t not in store.done:
+                        store.add(_process(by_name[t], None))
+            for name in rest_layers:  # lm_head: statistics of the final-norm outputs
+                if f"{name}.weight" in store.done:
+                    continue
+                _load_into(base.norm, "model.norm.", by_name, _read, torch.float32)
+                acc = _Accumulator()  # what the layer's pre-hook would see: the final norm's outputs
+                for i in range(n):
+                    acc(None, (base.norm(hidden.read(i)),))
+                W = _read(by_name[f"{name}.weight"]).float()
+                enc, row = encode_layer(name, W, configs[name], acc.stats(name))
+                data = enc.to_bytes()
+                store.add(dict(out_name=name + ENCODED_SUFFIX, dtype="U8", shape=[len(data)], source=f"{name}.weight",
+                               compressed=dict(codec=enc.config.codec_name, shape=list(enc.shape),
+                                               bits_per_weight=enc.bits_per_weight()),
+                               nbytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                               checksum=tensor_checksum("U8", [len(data)], data), seconds=row.seconds, data=data))
+                report.layers.append(row)
+                store.set_state(store.state | {"layers": [asdict(r) for r in report.layers]})
+    finally:
+        hidden.close()
+        if bar is not None:
+            bar.close()
+
+    # the file: parts + tokenizer, with the metadata `reality_stone.save` writes for the same model
+    records = sorted(store.done.values(), key=lambda r: r["out_name"])
+    extra = {}
+    if tokenizer is not None:
+        from reality_stone.models.format import _tokenizer_tensor
+
+        tok = _tokenizer_tensor(tokenizer)
+        extra[TOKENIZER_TENSOR] = tok
+    checksums = {r["out_name"]: r["checksum"] for r in records}
+    checksums |= {k: tensor_checksum("U8", list(t.shape), tensor_bytes(t)) for k, t in extra.items()}
+    compressed = {r["out_name"][: -len(ENCODED_SUFFIX)]: r["compressed"] for r in records if r["compressed"]}
+    meta = file_metadata(architecture={"class": type(model).__name__, "config": model.config.to_dict()},
+                         compressed=compressed, aliases=aliases, checksums=checksums, source=source)
+
+    def copy_part(fh, part):
+        with open(store.folder / part, "rb") as fp:
+            shutil.copyfileobj(fp, fh, 16 * 2**20)
+
+    entries = [(r["out_name"], r["dtype"], r["shape"], r["nbytes"], lambda fh, p=r["part"]: copy_part(fh, p))
+               for r in records]
+    entries += [(k, "U8", list(t.shape), t.numel(), lambda fh, t=t: fh.write(tensor_bytes(t))) for k, t in extra.items()]
+    entries.sort(key=lambda e: e[0])
+    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+        write_safetensors(fh, entries, meta)
+    shutil.rmtree(store.folder, ignore_errors=True)
+    in_bytes = sum(Path(s).stat().st_size for s in {t.shard for t in sources})
+    return dict(output=str(out), tensors=len(records), compressed_layers=len(compressed), input_bytes=in_bytes,
+                output_bytes=out.stat().st_size, seconds=time.perf_counter() - t_start,
+                workers=workers if (workers > 1 or ray_address) else 1, resumed_blocks=resumed_blocks,
+                blocks=len(blocks), report=report.to_dict())
+
+
+def _report_from_dict(d: dict):
+    from reality_stone.models.compress import LayerReport
+
+    return LayerReport(**(d | {"shape": tuple(d["shape"])}))
