@@ -64,6 +64,16 @@ def _shards(src: Path) -> list[Path]:
     shards = sorted(src.glob("*.safetensors"))
     if not shards:
         raise FileNotFoundError(f"{src}: no *.safetensors shards")
+    index = src / "model.safetensors.index.json"  # save_pretrained's map tensor -> shard
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            listed = {str(v): str(k) for k, v in weight_map.items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ValueError(f"{index}: corrupt shard index") from None
+        for shard, tensor in sorted(listed.items()):
+            if not (src / shard).is_file():
+                raise ValueError(f"{src}: shard {shard} is missing (the index puts tensor {tensor!r} in it)")
     return shards
 
 
