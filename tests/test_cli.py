@@ -145,7 +145,31 @@ def test_a_checkpoint_without_config_cannot_be_calibrated(tmp_path):
     save_file({"layer.weight": torch.randn(64, 64)}, str(ckpt))
     r = runner.invoke(app, ["compress", str(ckpt), "--codec", "gptq", "--calibration", "shakespeare",
                             "-o", str(tmp_path / "o.safetensors")])
-    assert r.exit_code == 2 and "cannot be calibrated" in " ".join(r.output.split())
+    assert r.exit_code == 2 and "calibration runs the model, which needs its config.json" in " ".join(r.output.split())
+
+
+@pytest.mark.slow  # two calibrated compressions of a tiny model with SmolLM2's vocabulary (~20 s)
+def test_a_model_folder_streamed_block_by_block_gives_the_in_memory_file(tmp_path):
+    from reality_stone.evaluation.loaders import load_tokenizer, tiny_llama
+
+    tok = load_tokenizer("smollm2")
+    model = tiny_llama()
+    model.resize_token_embeddings(len(tok))
+    folder = tmp_path / "my-model"
+    model.save_pretrained(folder, max_shard_size="5MB")
+    tok.save_pretrained(folder)
+    args = ["--codec", "gptq", "--opt", "bits=4", "--opt", "group=32", "--calibration", "news",
+            "--calibration-tokens", "512", "--seq-len", "128", "--json"]
+    whole, streamed = tmp_path / "whole.safetensors", tmp_path / "streamed.safetensors"
+    r = runner.invoke(app, ["compress", str(folder), *args, "-o", str(whole)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["compress", str(folder), *args, "--stream", "--max-memory", "0", "-o", str(streamed)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["blocks"] == 2 and summary["report"]["calibration"]["hidden_states"] == "file"
+    assert whole.read_bytes() == streamed.read_bytes()
+    r = runner.invoke(app, ["compress", str(folder), *args, "--stream", "--max-memory", "lots", "-o", str(streamed)])
+    assert r.exit_code == 2 and "--max-memory" in r.output
 
 
 @pytest.mark.slow

@@ -300,7 +300,10 @@ def compress_cmd(
     seq_len: int = typer.Option(512, "--seq-len", min=8, help="calibration sequence length (tokens)"),
     sequential: bool = typer.Option(True, "--sequential/--one-pass", help="calibrate block by block through the "
                                     "already-compressed blocks (default), or in one pass over the dense model"),
-    stream: bool = typer.Option(False, "--stream", help="stream a model folder tensor by tensor (data-free codecs)"),
+    stream: bool = typer.Option(False, "--stream", help="stream a model folder: tensor by tensor (data-free codecs) "
+                                "or, with --calibration, decoder block by decoder block (one block's weights in memory)"),
+    max_memory: str = typer.Option("2G", "--max-memory", help="calibrated streaming: hidden states kept in RAM up to "
+                                   "this size (e.g. 512M, 4G), beyond it in a file beside the output"),
     workers: int = typer.Option(1, min=1, help="streamed checkpoints: parallel Ray workers (needs the distributed extra)"),
     ray_address: str = typer.Option(None, "--ray-address", help="streamed checkpoints: Ray cluster address"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="streamed checkpoints: continue an interrupted "
@@ -316,6 +319,7 @@ def compress_cmd(
     `reality-stone eval out.safetensors` and `reality-stone generate out.safetensors "…"` need nothing else.
     """
     from reality_stone.models import compress, save
+    from reality_stone.models.block_streaming import parse_size
     from reality_stone.models.compress import check_calibration
     from reality_stone.evaluation.loaders import is_model_folder, load_model
 
@@ -328,11 +332,16 @@ def compress_cmd(
         _fail(str(exc))
     path = Path(model)
     if path.exists() and (stream or not (is_model_folder(path) or path.suffix == ".gguf")):
-        if calib is not None or config.calibration == "required":
-            _fail(f"{model}: a streamed checkpoint is compressed tensor by tensor, without running the model, so it "
-                  f"cannot be calibrated (codec {config.codec_name}); give a model folder with config.json (loaded "
-                  "whole) or a data-free codec")
-        _compress_checkpoint(path, config, output, skip, workers, ray_address, resume, as_json)
+        if (calib is not None or config.calibration == "required") and not is_model_folder(path):
+            _fail(f"{model}: calibration runs the model, which needs its config.json: give a Hugging Face model "
+                  f"folder (streamed block by block with --stream) or a data-free codec")
+        try:
+            budget = parse_size(max_memory)
+        except ValueError as exc:
+            raise typer.BadParameter(f"--max-memory: {exc}") from None
+        _compress_checkpoint(path, config, output, skip, workers, ray_address, resume, as_json,
+                             calibration=dict(calibration=calib, tokens=calibration_tokens, seq_len=seq_len,
+                                              max_memory=budget) if calib is not None else None)
         return
     try:
         loaded = load_model(model)
@@ -350,19 +359,27 @@ def compress_cmd(
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    _print_rows([r.__dict__ | {"shape_s": f"{r.shape[0]}×{r.shape[1]}"} for r in report.layers][:12] +
-                ([{"name": f"… {len(report.layers) - 12} more"}] if len(report.layers) > 12 else []),
-                f"{model}: {len(report.layers)} layers compressed with {config.codec_name}",
+    _print_report(report.to_dict(), f"{model}: {len(report.layers)} layers compressed with {config.codec_name}", output)
+
+
+def _print_report(report: dict, title: str, output: Path) -> None:
+    """The per-layer table (first 12 rows), the calibration line and the totals of a compression report."""
+    layers = report["layers"]
+    _print_rows([r | {"shape_s": f"{r['shape'][0]}×{r['shape'][1]}"} for r in layers][:12] +
+                ([{"name": f"… {len(layers) - 12} more"}] if len(layers) > 12 else []), title,
                 [("layer", "name", "{}"), ("shape", "shape_s", "{}"), ("bits/weight", "bits_per_weight", "{:.3f}"),
                  ("rel. error", "rel_error", "{:.4f}"), ("output rel. error", "output_error", "{:.4f}"),
                  ("SQNR dB", "sqnr_db", "{:.2f}"), ("seconds", "seconds", "{:.2f}")])
-    if report.calibration:
-        c = report.calibration
-        console.print(f"calibration: {c['mode']}, {c['tokens']} tokens ({c['sequences']} × {c['seq_len']}), "
-                      f"{c['seconds']:.1f} s including compression; mean output rel. error {report.output_error:.4f}")
-    console.print(f"total: {report.bits_per_weight:.3f} bits/weight over compressed layers, "
-                  f"{report.dense_bytes_fp32 / report.compressed_bytes:.2f}× smaller than fp32; "
-                  f"kept dense: {', '.join(report.skipped) or 'none'}; file {output} ({output.stat().st_size / 1e6:.1f} MB)")
+    if report["calibration"]:
+        c = report["calibration"]
+        how = f"{c['mode']}" + (", streamed block by block (hidden states in " + c["hidden_states"] + ")"
+                                if c.get("streamed_blocks") else "")
+        console.print(f"calibration: {how}, {c['tokens']} tokens ({c['sequences']} × {c['seq_len']}), "
+                      + (f"{c['seconds']:.1f} s including compression; " if "seconds" in c else "")
+                      + f"mean output rel. error {report['output_error']:.4f}")
+    console.print(f"total: {report['bits_per_weight']:.3f} bits/weight over compressed layers, "
+                  f"{report['dense_bytes_fp32'] / report['compressed_bytes']:.2f}× smaller than fp32; "
+                  f"kept dense: {', '.join(report['skipped']) or 'none'}; file {output} ({output.stat().st_size / 1e6:.1f} MB)")
 
 
 def _calibration_arg(calibration: str | None):
@@ -377,17 +394,29 @@ def _calibration_arg(calibration: str | None):
     return path
 
 
-def _compress_checkpoint(src: Path, config, output: Path, skip, workers, ray_address, resume, as_json) -> None:
-    """Stream a safetensors checkpoint tensor by tensor (`reality_stone.models.streaming`)."""
+def _compress_checkpoint(src: Path, config, output: Path, skip, workers, ray_address, resume, as_json,
+                         calibration: dict | None = None) -> None:
+    """Stream a checkpoint (`reality_stone.models.streaming`): tensor by tensor, or with
+    ``calibration`` (compress_checkpoint's keyword arguments) block by block."""
     from reality_stone.models.streaming import compress_checkpoint
 
     try:
-        summary = compress_checkpoint(src, output, config, skip=tuple(p for p in skip if p), workers=workers, ray_address=ray_address,
-                                      resume=resume, progress=not as_json)
+        summary = compress_checkpoint(src, output, config, skip=tuple(p for p in skip if p), workers=workers,
+                                      ray_address=ray_address, resume=resume, progress=not as_json, source=str(src),
+                                      **(calibration or {}))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
+    except OSError as exc:  # a full disk: the parts so far stay, --resume continues once there is space
+        _fail(f"{exc}; finished parts are kept in {output}.parts: run the same command again to resume")
     if as_json:
         print(json.dumps(summary, indent=2))
+        return
+    if "report" in summary:
+        _print_report(summary["report"], f"{src}: {summary['compressed_layers']} layers compressed with "
+                      f"{config.codec_name}, block by block ({summary['blocks']} blocks, "
+                      f"{summary['resumed_blocks']} resumed, {summary['workers']} worker(s))", output)
+        console.print(f"{summary['input_bytes'] / 1e6:.1f} MB -> {summary['output_bytes'] / 1e6:.1f} MB in "
+                      f"{summary['seconds']:.1f} s")
         return
     _print_rows([summary], f"{src}: streamed with {config.codec_name}",
                 [("tensors", "tensors", "{}"), ("compressed layers", "compressed_layers", "{}"),

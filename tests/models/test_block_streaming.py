@@ -228,8 +228,8 @@ def test_a_sliding_window_shorter_than_the_sequences_is_refused(llama, tmp_path)
 def test_parse_size():
     assert block_streaming.parse_size("512M") == 512 << 20
     assert block_streaming.parse_size("1.5GiB") == 3 << 29
-    assert block_streaming.parse_size("1000") == 1000
-    for bad in ("", "x", "-1G", "0"):
+    assert block_streaming.parse_size("1000") == 1000 and block_streaming.parse_size("0") == 0
+    for bad in ("", "x", "-1G", "1Q", "nan"):
         with pytest.raises(ValueError):
             block_streaming.parse_size(bad)
 

@@ -60,15 +60,15 @@ DEFAULT_MAX_MEMORY = 2 << 30  # bytes of hidden states kept in RAM before they m
 
 
 def parse_size(text: str) -> int:
-    """Bytes from '512M', '4G', '1.5GiB', '1000000' (K/M/G/T are powers of 1024)."""
+    """Bytes from '512M', '4G', '1.5GiB', '1000000', '0' (K/M/G/T are powers of 1024)."""
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
     mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
     try:
         value = float(t[:-1] if mult > 1 else t)
     except ValueError:
         raise ValueError(f"not a size: {text!r} (e.g. 512M, 4G)") from None
-    if not value > 0:
-        raise ValueError(f"size must be positive, got {text!r}")
+    if not value >= 0:
+        raise ValueError(f"size must be a non-negative number of bytes, got {text!r}")
     return int(value * mult)
 
 
@@ -421,7 +421,7 @@ def compress_checkpoint_calibrated(
             for k in range(start, last + 1):
                 block = blocks[k]
                 _load_into(block, f"{prefix}{k}.", by_name, _read, torch.float32)
-                names = [selected[t] for t in blocks_of[k] if t in selected]
+                names = [name for name in configs if name.startswith(f"{prefix}{k}.")]  # module order, as compress
                 layer_rows = []
                 if names:
                     acc, handles = _hooked(model, names)

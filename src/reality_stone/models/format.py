@@ -53,6 +53,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # v1: checksums over the bytes only
 ENCODED_SUFFIX = ".__encoded__"
 TOKENIZER_TENSOR = "__tokenizer__"
+_TOKENIZER_LOAD_KEYS = ("local_files_only", "is_local")  # transformers records these load-time flags
 _TOKENIZER_MAX_BYTES = 64 << 20  # a tokenizer.json is a few MB; refuse absurd ones before parsing
 
 
@@ -61,6 +62,11 @@ def _tokenizer_tensor(tokenizer) -> torch.Tensor:
     with tempfile.TemporaryDirectory() as d:
         tokenizer.save_pretrained(d)
         files = {p.name: p.read_text(encoding="utf-8") for p in sorted(Path(d).iterdir()) if p.is_file()}
+    if "tokenizer_config.json" in files:  # how it was loaded (offline or not) is no part of the tokenizer
+        cfg = json.loads(files["tokenizer_config.json"])
+        for key in _TOKENIZER_LOAD_KEYS:
+            cfg.pop(key, None)
+        files["tokenizer_config.json"] = json.dumps(cfg, indent=2, sort_keys=True)
     data = json.dumps(files, sort_keys=True).encode()
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
