@@ -37,6 +37,7 @@ import os
 import shutil
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -288,25 +289,55 @@ def _block_kwargs(base, blocks, L: int, H: int) -> tuple[dict, bool]:
 # ----------------------------------------------------------------------------- the walk
 
 
-def _ray_encode(jobs, workers: int, ray_address: str | None):
-    """[(Encoded, LayerReport)] of ``jobs`` = [(name, weight, config, stats)] as Ray tasks."""
+class _PhaseTimer:
+    """Wall seconds per phase (load, statistics, encode, forward, write, ...): ``with timed("load"):``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t0
+
+
+def _encoded_record(name: str, enc, seconds: float) -> dict:
+    """The part record (+ bytes) of layer ``name``'s encoding, as the data-free path writes it."""
+    data = enc.to_bytes()
+    return dict(out_name=name + ENCODED_SUFFIX, dtype="U8", shape=[len(data)], source=f"{name}.weight",
+                compressed=dict(codec=enc.config.codec_name, shape=list(enc.shape), bits_per_weight=enc.bits_per_weight()),
+                nbytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                checksum=tensor_checksum("U8", [len(data)], data), seconds=seconds, data=data)
+
+
+def _ray_encode(jobs, workers: int, ray_address: str | None, timed: _PhaseTimer):
+    """[(Encoded, LayerReport)] of ``jobs`` = [(name, weight, config, stats)] as Ray tasks (the
+    cluster is started by the first call and reused; ``timed`` gets "ray start" and "ray transfer")."""
     import ray
 
     from reality_stone.models.compress import encode_layer
 
     if not ray.is_initialized():
-        if ray_address:
-            ray.init(address=ray_address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
-                     object_store_memory=max(256 << 20, 4 * sum(w.numel() * 4 for _, w, _, _ in jobs)))
+        with timed("ray start"):
+            if ray_address:
+                ray.init(address=ray_address, log_to_driver=False)
+            else:
+                # object store: a block's weights and Hessians twice over (in flight and results)
+                need = 4 * sum(w.numel() * 4 + s.xtx.numel() * 8 for _, w, _, s in jobs)
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                         object_store_memory=max(256 << 20, need))
 
     def task(name, weight, config, stats):
         torch.set_num_threads(1)  # parallelism comes from the workers (no N-fold oversubscription)
         return encode_layer(name, weight, config, stats)
 
     remote = ray.remote(task)
-    return ray.get([remote.remote(*job) for job in jobs])
+    with timed("ray transfer"):  # to the object store; results come back inside "encode"
+        refs = [[ray.put(w), ray.put(st)] for _, w, _, st in jobs]
+    return ray.get([remote.remote(name, w, cfg, st) for (name, _, cfg, _), (w, st) in zip(jobs, refs)])
 
 
 def compress_checkpoint_calibrated(
@@ -333,6 +364,7 @@ def compress_checkpoint_calibrated(
     from reality_stone.nn.compressed import CompressedLinear, decoded_weights
 
     t_start = time.perf_counter()
+    timed = _PhaseTimer()
     src, out = Path(src), Path(out)
     if not isinstance(max_memory, int) or max_memory < 0:
         raise ValueError(f"max_memory must be a non-negative number of bytes, got {max_memory!r}")
@@ -405,13 +437,14 @@ def compress_checkpoint_calibrated(
             with torch.device("cpu"):  # rotary cos/sin tables: non-persistent, computed from the config
                 base.rotary_emb = type(base.rotary_emb)(config=model.config)
             if start == 0:  # block 0's inputs: embeddings of the calibration tokens (nothing else loaded)
-                _load_into(base.embed_tokens, "model.embed_tokens.", by_name, _read, torch.float32)
-                hidden.block = -1  # writes go to block 0's inputs
-                for i in range(n):
-                    args, kw = _block0_call(base, blocks, input_ids=ids[i : i + 1])
-                    hidden.write(i, args[0] if args else kw["hidden_states"])
-                base.embed_tokens.to_empty(device="meta")
-                store.set_state({"blocks_done": 0, "hidden_sha256": hidden.commit(0), "layers": []})
+                with timed("embed"):
+                    _load_into(base.embed_tokens, "model.embed_tokens.", by_name, _read, torch.float32)
+                    hidden.block = -1  # writes go to block 0's inputs
+                    for i in range(n):
+                        args, kw = _block0_call(base, blocks, input_ids=ids[i : i + 1])
+                        hidden.write(i, args[0] if args else kw["hidden_states"])
+                    base.embed_tokens.to_empty(device="meta")
+                    store.set_state({"blocks_done": 0, "hidden_sha256": hidden.commit(0), "layers": []})
             kwargs, by_keyword = _block_kwargs(base, blocks, L, H)
 
             def call(block, x):
@@ -420,44 +453,43 @@ def compress_checkpoint_calibrated(
 
             for k in range(start, last + 1):
                 block = blocks[k]
-                _load_into(block, f"{prefix}{k}.", by_name, _read, torch.float32)
+                with timed("load"):
+                    _load_into(block, f"{prefix}{k}.", by_name, _read, torch.float32)
                 names = [name for name in configs if name.startswith(f"{prefix}{k}.")]  # module order, as compress
                 layer_rows = []
                 if names:
                     acc, handles = _hooked(model, names)
                     try:
-                        for i in range(n):
-                            call(block, hidden.read(i))
+                        with timed("statistics"):
+                            for i in range(n):
+                                call(block, hidden.read(i))
                     finally:
                         for h in handles:
                             h.remove()
                     jobs = [(name, model.get_submodule(name).weight.detach(), configs[name], acc[name].stats(name))
                             for name in names]
-                    if workers > 1 or ray_address:
-                        results = _ray_encode(jobs, workers, ray_address)
-                    else:
-                        results = [encode_layer(*job) for job in jobs]
+                    with timed("encode"):
+                        if workers > 1 or ray_address:
+                            results = _ray_encode(jobs, workers, ray_address, timed)
+                        else:
+                            results = [encode_layer(*job) for job in jobs]
                     for (name, *_), (enc, row) in zip(jobs, results):
                         lin = model.get_submodule(name)
                         parent, _, child = name.rpartition(".")
                         setattr(model.get_submodule(parent), child, CompressedLinear(enc, lin.bias))
                         layer_rows.append(row)
-                        data = enc.to_bytes()
-                        out_name = name + ENCODED_SUFFIX
-                        rec = dict(out_name=out_name, dtype="U8", shape=[len(data)], source=f"{name}.weight",
-                                   compressed=dict(codec=enc.config.codec_name, shape=list(enc.shape),
-                                                   bits_per_weight=enc.bits_per_weight()),
-                                   nbytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                                   checksum=tensor_checksum("U8", [len(data)], data), seconds=row.seconds, data=data)
-                        store.add(rec)
-                for t in blocks_of[k]:  # the block's dense tensors (norms, biases) as stored
-                    if t not in selected:
-                        store.add(_process(by_name[t], None))
+                        with timed("write"):
+                            store.add(_encoded_record(name, enc, row.seconds))
+                with timed("write"):
+                    for t in blocks_of[k]:  # the block's dense tensors (norms, biases) as stored
+                        if t not in selected:
+                            store.add(_process(by_name[t], None))
                 if k < last or rest_layers:  # the compressed block's outputs: block k+1's inputs
-                    with decoded_weights(block):
+                    with timed("forward"), decoded_weights(block):
                         for i in range(n):
                             hidden.write(i, call(block, hidden.read(i)))
-                    sha = hidden.commit(k + 1)
+                    with timed("write"):
+                        sha = hidden.commit(k + 1)
                 else:
                     sha = None
                 report.layers += layer_rows
@@ -481,18 +513,17 @@ def compress_checkpoint_calibrated(
                     acc(None, (base.norm(hidden.read(i)),))
                 W = _read(by_name[f"{name}.weight"]).float()
                 enc, row = encode_layer(name, W, configs[name], acc.stats(name))
-                data = enc.to_bytes()
-                store.add(dict(out_name=name + ENCODED_SUFFIX, dtype="U8", shape=[len(data)], source=f"{name}.weight",
-                               compressed=dict(codec=enc.config.codec_name, shape=list(enc.shape),
-                                               bits_per_weight=enc.bits_per_weight()),
-                               nbytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                               checksum=tensor_checksum("U8", [len(data)], data), seconds=row.seconds, data=data))
+                store.add(_encoded_record(name, enc, row.seconds))
                 report.layers.append(row)
                 store.set_state(store.state | {"layers": [asdict(r) for r in report.layers]})
     finally:
         hidden.close()
         if bar is not None:
             bar.close()
+        if "ray start" in timed.seconds:  # this run started the local cluster: stop it
+            import ray
+
+            ray.shutdown()
 
     # the file: parts + tokenizer, with the metadata `reality_stone.save` writes for the same model
     records = sorted(store.done.values(), key=lambda r: r["out_name"])
@@ -523,7 +554,7 @@ def compress_checkpoint_calibrated(
     return dict(output=str(out), tensors=len(records), compressed_layers=len(compressed), input_bytes=in_bytes,
                 output_bytes=out.stat().st_size, seconds=time.perf_counter() - t_start,
                 workers=workers if (workers > 1 or ray_address) else 1, resumed_blocks=resumed_blocks,
-                blocks=len(blocks), report=report.to_dict())
+                blocks=len(blocks), phase_seconds=timed.seconds, report=report.to_dict())
 
 
 def _report_from_dict(d: dict):
