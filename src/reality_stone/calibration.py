@@ -160,17 +160,25 @@ class _Accumulator:
     def __init__(self):
         self.sum: Tensor | None = None
         self.count = 0
+        self._stats: ActivationStats | None = None
 
     def __call__(self, _module, inputs):
         x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
         xtx = (x.T @ x).double()  # float32 product (fast), float64 sum over sequences
-        self.sum = xtx if self.sum is None else self.sum + xtx
+        if self.sum is None:
+            self.sum = xtx
+        else:  # in place: an (in, in) float64 matrix is 254 MB at in = 5632
+            self.sum += xtx
         self.count += x.shape[0]
 
     def stats(self, name: str) -> ActivationStats:
-        if self.sum is None:
-            raise ValueError(f"layer {name!r} never ran on the calibration set (is it used by forward()?)")
-        return ActivationStats(self.sum / self.count, self.count)
+        """The mean (the sum is divided in place and handed over: no second copy)."""
+        if self._stats is None:
+            if self.sum is None:
+                raise ValueError(f"layer {name!r} never ran on the calibration set (is it used by forward()?)")
+            self._stats = ActivationStats(self.sum.div_(self.count), self.count)
+            self.sum = None
+        return self._stats
 
 
 def _hooked(model: nn.Module, layers: Sequence[str]):

@@ -78,7 +78,7 @@ def prepare_hessian(H: Tensor, damp: float = 0.01) -> tuple[Tensor, Tensor]:
     H = H.double().clone()
     dead = H.diagonal() <= 0
     H[dead, dead] = 1.0
-    H += damp * H.diagonal().mean() * torch.eye(len(H), dtype=torch.float64)
+    H.diagonal().add_(damp * H.diagonal().mean())  # in place: no second (in, in) matrix for the identity
     return H, dead
 
 
@@ -107,20 +107,31 @@ def gptq_quantize(weight: Tensor, hessian: Tensor, config: GPTQConfig) -> GroupA
     n = n_groups * group
     W = torch.zeros(out_f, n, dtype=torch.float64)
     W[:, :in_f] = weight.double()
-    Hp = torch.zeros(n, n, dtype=torch.float64)
-    Hp[:in_f, :in_f] = hessian.double()
+    # (in, in) float64 matrices dominate the memory (5632² ≈ 254 MB each): at most two live at once
+    if n == in_f:
+        Hp = hessian.double()
+    else:
+        Hp = torch.zeros(n, n, dtype=torch.float64)
+        Hp[:in_f, :in_f] = hessian.double()
     H, dead = prepare_hessian(Hp, config.damp)
+    diagonal = Hp.diagonal().clone()
+    del Hp
     W[:, dead] = 0
     scales = torch.zeros(out_f, n_groups, dtype=torch.float16)
     offsets = torch.zeros(out_f, n_groups, dtype=torch.float16)
     if config.act_order:
         for g in range(n_groups):  # static groups, fitted on the original weights
             scales[:, g], offsets[:, g] = _group_params(W[:, g * group : (g + 1) * group], bits)
-        perm = torch.argsort(Hp.diagonal(), descending=True, stable=True)
+        perm = torch.argsort(diagonal, descending=True, stable=True)
         W, H = W[:, perm], H[perm][:, perm]
     else:
         perm = None
-    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    L = torch.linalg.cholesky(H)
+    del H
+    Hinv = torch.cholesky_inverse(L)
+    del L
+    U = torch.linalg.cholesky(Hinv, upper=True)
+    del Hinv
     codes = torch.zeros(out_f, n, dtype=torch.uint8)
     for i1 in range(0, n, blocksize):
         i2 = min(i1 + blocksize, n)

@@ -46,8 +46,8 @@ import torch
 from torch import nn
 
 from reality_stone.codecs.base import CodecConfig
-from reality_stone.models.format import (ENCODED_SUFFIX, TOKENIZER_TENSOR, atomic_path, file_metadata, tensor_bytes,
-                                         tensor_checksum, write_safetensors)
+from reality_stone.models.format import (ENCODED_SUFFIX, TOKENIZER_TENSOR, _return_freed_memory, atomic_path,
+                                         file_metadata, tensor_bytes, tensor_checksum, write_safetensors)
 
 __all__ = ["SUPPORTED_FAMILIES", "DEFAULT_MAX_MEMORY", "compress_checkpoint_calibrated", "parse_size"]
 
@@ -456,7 +456,7 @@ def compress_checkpoint_calibrated(
                 with timed("load"):
                     _load_into(block, f"{prefix}{k}.", by_name, _read, torch.float32)
                 names = [name for name in configs if name.startswith(f"{prefix}{k}.")]  # module order, as compress
-                layer_rows = []
+                layer_rows, results = [], []
                 if names:
                     acc, handles = _hooked(model, names)
                     try:
@@ -466,14 +466,20 @@ def compress_checkpoint_calibrated(
                     finally:
                         for h in handles:
                             h.remove()
-                    jobs = [(name, model.get_submodule(name).weight.detach(), configs[name], acc[name].stats(name))
-                            for name in names]
+                    jobs = [(name, model.get_submodule(name).weight.detach(), configs[name], acc.pop(name).stats(name))
+                            for name in names]  # (the accumulators' sums go: one (in, in) copy per layer, not two)
                     with timed("encode"):
                         if workers > 1 or ray_address:
                             results = _ray_encode(jobs, workers, ray_address, timed)
-                        else:
-                            results = [encode_layer(*job) for job in jobs]
-                    for (name, *_), (enc, row) in zip(jobs, results):
+                        else:  # each layer's statistics are dropped once it is encoded
+                            results = []
+                            for j, job in enumerate(jobs):
+                                jobs[j] = None
+                                results.append(encode_layer(*job))
+                                del job
+                                _return_freed_memory()
+                    del jobs
+                    for name, (enc, row) in zip(names, results):
                         lin = model.get_submodule(name)
                         parent, _, child = name.rpartition(".")
                         setattr(model.get_submodule(parent), child, CompressedLinear(enc, lin.bias))
@@ -496,6 +502,8 @@ def compress_checkpoint_calibrated(
                 store.set_state({"blocks_done": k + 1, "hidden_sha256": sha,
                                  "layers": [asdict(r) for r in report.layers]})
                 blocks[k] = nn.Module()  # free the block (its dense and compressed weights)
+                del block, results, layer_rows
+                _return_freed_memory()  # glibc keeps freed MB-sized blocks in its heap: RSS would ratchet up
                 if bar is not None:
                     bar.update(1)
                 if on_block is not None:

@@ -39,7 +39,7 @@ import torch
 from reality_stone.codecs.base import CodecConfig
 from reality_stone.models.selection import DEFAULT_SKIP, checkpoint_selector
 from reality_stone.models.format import (DTYPE_NAMES, ENCODED_SUFFIX, TORCH_DTYPES, atomic_path, file_metadata,
-                                         tensor_checksum, write_safetensors)
+                                         tensor_bytes, tensor_checksum, write_safetensors)
 
 __all__ = ["TensorSource", "checkpoint_tensors", "compress_checkpoint"]
 
@@ -129,14 +129,15 @@ def checkpoint_tensors(src: str | Path) -> list[TensorSource]:
 def _read(src: TensorSource) -> torch.Tensor:
     """One tensor, read with plain file I/O (no mmap of the shard: the process holds this tensor
     only, and its RSS says so)."""
+    data = bytearray(src.nbytes)  # read straight into it: one copy of the tensor, not two
     try:
         with open(src.shard, "rb") as fh:
             fh.seek(src.offset)
-            data = bytearray(fh.read(src.nbytes))
+            got = fh.readinto(data)
     except OSError as exc:
         raise ValueError(f"{src.shard}: tensor {src.name!r} could not be read ({exc})") from None
-    if len(data) != src.nbytes:
-        raise ValueError(f"{src.shard}: tensor {src.name!r} is truncated ({len(data)} of {src.nbytes} bytes)")
+    if got != src.nbytes:
+        raise ValueError(f"{src.shard}: tensor {src.name!r} is truncated ({got} of {src.nbytes} bytes)")
     if src.nbytes == 0:
         return torch.empty(src.shape, dtype=TORCH_DTYPES[src.dtype])
     return torch.frombuffer(data, dtype=TORCH_DTYPES[src.dtype]).reshape(src.shape)
@@ -154,7 +155,7 @@ def _process(src: TensorSource, config: CodecConfig | None, tensor: torch.Tensor
         rec = dict(out_name=src.name[: -len(".weight")] + ENCODED_SUFFIX, dtype="U8", shape=[len(data)],
                    compressed=dict(codec=config.codec_name, shape=list(enc.shape), bits_per_weight=enc.bits_per_weight()))
     else:
-        data = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        data = tensor_bytes(t)  # a view of the tensor read: no copy
         rec = dict(out_name=src.name, dtype=DTYPE_NAMES[t.dtype], shape=list(t.shape), compressed=None)
     rec.update(source=src.name, nbytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
                checksum=tensor_checksum(rec["dtype"], rec["shape"], data), seconds=time.perf_counter() - t0)
@@ -227,7 +228,8 @@ def _process_in_worker(src: TensorSource, config: CodecConfig | None) -> dict:
     # one intra-op thread per Ray worker: parallelism comes from the workers, and torch's
     # default (all cores per process) oversubscribes the machine N-fold
     torch.set_num_threads(1)
-    return _process(src, config)
+    rec = _process(src, config)
+    return rec | {"data": bytes(rec["data"])}  # a memoryview does not pickle
 
 
 def _ray_tasks(todo, cfg_of, workers: int, ray_address: str | None):
