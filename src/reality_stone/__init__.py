@@ -9,9 +9,11 @@ The top-level API for whole models (torchao style)::
     rs.save(model, "model.rs.safetensors")
     model = rs.load("model.rs.safetensors")
 
-Checkpoints larger than memory (streamed tensor by tensor, resumable, optionally on Ray)::
+Checkpoints larger than memory (streamed tensor by tensor — or, calibrated, decoder block by
+decoder block — resumable, optionally on Ray)::
 
     rs.compress_checkpoint("llama-7b/", "llama-7b.rs.safetensors", config, workers=4)
+    rs.compress_checkpoint("llama-7b/", "llama-7b.gptq.safetensors", gptq_config, calibration="shakespeare")
 """
 
 from reality_stone import codecs
