@@ -6,6 +6,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -121,11 +126,18 @@ def test_a_full_disk_stops_the_run_and_a_resume_finishes_it(llama, tmp_path, mon
     assert _sha(out) == _sha(ref)
 
 
+def _interrupt_after_block_0(folder: Path, out: Path) -> None:
+    def stop(k):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        compress_checkpoint(folder, out, GPTQ, on_block=stop, **KW)
+
+
 def test_damaged_saved_hidden_states_start_over(llama, tmp_path):
     folder, ref = llama
     out = tmp_path / "h.safetensors"
-    with pytest.raises(KeyboardInterrupt):
-        compress_checkpoint(folder, out, GPTQ, on_block=lambda k: (_ for _ in ()).throw(KeyboardInterrupt), **KW)
+    _interrupt_after_block_0(folder, out)
     for f in (tmp_path / "h.safetensors.parts").glob("hidden-*.bin"):
         f.write_bytes(f.read_bytes()[:-4] + b"\0\0\0\0")
     with pytest.warns(UserWarning, match="hidden states"):
@@ -137,11 +149,38 @@ def test_damaged_saved_hidden_states_start_over(llama, tmp_path):
 def test_another_calibration_set_does_not_resume(llama, tmp_path):
     folder, _ = llama
     out = tmp_path / "c.safetensors"
-    with pytest.raises(KeyboardInterrupt):
-        compress_checkpoint(folder, out, GPTQ, on_block=lambda k: (_ for _ in ()).throw(KeyboardInterrupt), **KW)
+    _interrupt_after_block_0(folder, out)
     with pytest.warns(UserWarning, match="another source or config"):
         summary = compress_checkpoint(folder, out, GPTQ, **(KW | {"calibration": IDS.flip(0)}))
     assert summary["resumed_blocks"] == 0
+
+
+@pytest.mark.slow  # a subprocess killed mid-run (seconds)
+def test_resume_after_kill_9(llama, tmp_path):
+    folder, ref = llama
+    out = tmp_path / "k.safetensors"
+    script = textwrap.dedent(f"""
+        import time, torch
+        from reality_stone.codecs import codec_config
+        from reality_stone.models.streaming import compress_checkpoint
+        ids = torch.tensor({IDS.tolist()})
+        compress_checkpoint({str(folder)!r}, {str(out)!r}, codec_config("gptq", bits=3, group=32), calibration=ids,
+                            tokens={N * L}, seq_len={L}, source="tiny", max_memory=0,
+                            on_block=lambda k: time.sleep(30 if k == 1 else 0))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    manifest = tmp_path / "k.safetensors.parts" / "manifest.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.is_file() and json.loads(manifest.read_text()).get("state", {}).get("blocks_done", 0) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    summary = compress_checkpoint(folder, out, GPTQ, max_memory=0, **KW)
+    assert summary["resumed_blocks"] == 2
+    assert _sha(out) == _sha(ref)
 
 
 @pytest.mark.slow  # starts a local Ray cluster (seconds): `make test` runs it, `make test-fast` does not

@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 import warnings
 from contextlib import contextmanager
@@ -46,8 +45,8 @@ import torch
 from torch import nn
 
 from reality_stone.codecs.base import CodecConfig
-from reality_stone.models.format import (ENCODED_SUFFIX, TOKENIZER_TENSOR, _return_freed_memory, atomic_path,
-                                         file_metadata, tensor_bytes, tensor_checksum, write_safetensors)
+from reality_stone.models.format import (ENCODED_SUFFIX, TOKENIZER_TENSOR, _return_freed_memory, _tokenizer_tensor,
+                                         atomic_path, tensor_bytes, tensor_checksum)
 
 __all__ = ["SUPPORTED_FAMILIES", "DEFAULT_MAX_MEMORY", "compress_checkpoint_calibrated", "parse_size"]
 
@@ -383,6 +382,7 @@ def compress_checkpoint_calibrated(
         raise ValueError("no nn.Linear layer matched: nothing to compress (check include/skip patterns)")
     configs = {name: next((c for pat, c in (per_layer or {}).items() if fnmatch.fnmatchcase(name, pat)), config)
                for name, _ in chosen}
+    del chosen  # it holds the Linear modules: each would keep its block's loaded weights alive to the end
     check_calibration(list(configs.values()), True)
     if tokenizer is None and not isinstance(calibration, torch.Tensor) and not (
             isinstance(calibration, (list, tuple)) and calibration and all(isinstance(t, int) for t in calibration)):
@@ -534,32 +534,12 @@ def compress_checkpoint_calibrated(
             ray.shutdown()
 
     # the file: parts + tokenizer, with the metadata `reality_stone.save` writes for the same model
-    records = sorted(store.done.values(), key=lambda r: r["out_name"])
-    extra = {}
-    if tokenizer is not None:
-        from reality_stone.models.format import _tokenizer_tensor
-
-        tok = _tokenizer_tensor(tokenizer)
-        extra[TOKENIZER_TENSOR] = tok
-    checksums = {r["out_name"]: r["checksum"] for r in records}
-    checksums |= {k: tensor_checksum("U8", list(t.shape), tensor_bytes(t)) for k, t in extra.items()}
-    compressed = {r["out_name"][: -len(ENCODED_SUFFIX)]: r["compressed"] for r in records if r["compressed"]}
-    meta = file_metadata(architecture={"class": type(model).__name__, "config": model.config.to_dict()},
-                         compressed=compressed, aliases=aliases, checksums=checksums, source=source)
-
-    def copy_part(fh, part):
-        with open(store.folder / part, "rb") as fp:
-            shutil.copyfileobj(fp, fh, 16 * 2**20)
-
-    entries = [(r["out_name"], r["dtype"], r["shape"], r["nbytes"], lambda fh, p=r["part"]: copy_part(fh, p))
-               for r in records]
-    entries += [(k, "U8", list(t.shape), t.numel(), lambda fh, t=t: fh.write(tensor_bytes(t))) for k, t in extra.items()]
-    entries.sort(key=lambda e: e[0])
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        write_safetensors(fh, entries, meta)
-    shutil.rmtree(store.folder, ignore_errors=True)
+    extra = {TOKENIZER_TENSOR: _tokenizer_tensor(tokenizer)} if tokenizer is not None else {}
+    n_records, n_compressed = store.assemble(
+        out, architecture={"class": type(model).__name__, "config": model.config.to_dict()}, aliases=aliases,
+        source=source, extra=extra)
     in_bytes = sum(Path(s).stat().st_size for s in {t.shard for t in sources})
-    return dict(output=str(out), tensors=len(records), compressed_layers=len(compressed), input_bytes=in_bytes,
+    return dict(output=str(out), tensors=n_records, compressed_layers=n_compressed, input_bytes=in_bytes,
                 output_bytes=out.stat().st_size, seconds=time.perf_counter() - t_start,
                 workers=workers if (workers > 1 or ray_address) else 1, resumed_blocks=resumed_blocks,
                 blocks=len(blocks), phase_seconds=timed.seconds, report=report.to_dict())

@@ -219,6 +219,34 @@ class _PartStore:
         self.state = state
         self._write_manifest()
 
+    def assemble(self, out: Path, *, architecture, aliases: dict, source, extra: dict | None = None) -> tuple[int, int]:
+        """Write the final file from the finished parts plus ``extra`` {name: uint8 tensor} (the
+        tokenizer), in name order, atomically; then remove the part folder. Returns (parts, compressed)."""
+        records = sorted(self.done.values(), key=lambda r: r["out_name"])
+        names = [r["out_name"] for r in records]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.folder}: two tensors map to the same output name")
+        extra = extra or {}
+        compressed = {r["out_name"][: -len(ENCODED_SUFFIX)]: r["compressed"] for r in records if r["compressed"]}
+        checksums = {r["out_name"]: r["checksum"] for r in records}
+        checksums |= {k: tensor_checksum("U8", list(t.shape), tensor_bytes(t)) for k, t in extra.items()}
+        meta = file_metadata(architecture=architecture, compressed=compressed, aliases=aliases, checksums=checksums,
+                             source=source)
+
+        def copy_part(fh, part):
+            with open(self.folder / part, "rb") as fp:
+                shutil.copyfileobj(fp, fh, 16 * 2**20)
+
+        entries = [(r["out_name"], r["dtype"], r["shape"], r["nbytes"], lambda fh, p=r["part"]: copy_part(fh, p))
+                   for r in records]
+        entries += [(k, "U8", list(t.shape), t.numel(), lambda fh, t=t: fh.write(tensor_bytes(t)))
+                    for k, t in extra.items()]
+        entries.sort(key=lambda e: e[0])
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            write_safetensors(fh, entries, meta)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return len(records), len(compressed)
+
     def _write_manifest(self) -> None:
         body = {"version": MANIFEST_VERSION, "key": self.key, "done": self.done, "state": self.state}
         _atomic_write(self.folder / "manifest.json", json.dumps(body, indent=1).encode())
@@ -334,24 +362,8 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
     if bar is not None:
         bar.close()
 
-    records = sorted(store.done.values(), key=lambda r: r["out_name"])
-    names = [r["out_name"] for r in records]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{src}: two tensors map to the same output name")
-    compressed = {r["out_name"][: -len(ENCODED_SUFFIX)]: r["compressed"] for r in records if r["compressed"]}
-    meta = file_metadata(architecture=_architecture(src), compressed=compressed, aliases={},
-                         checksums={r["out_name"]: r["checksum"] for r in records}, source=source)
-
-    def copy_part(fh, part):
-        with open(store.folder / part, "rb") as fp:
-            shutil.copyfileobj(fp, fh, 16 * 2**20)
-
-    entries = [(r["out_name"], r["dtype"], r["shape"], r["nbytes"], lambda fh, p=r["part"]: copy_part(fh, p))
-               for r in records]
-    with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-        write_safetensors(fh, entries, meta)
-    shutil.rmtree(store.folder, ignore_errors=True)
+    n_records, n_compressed = store.assemble(out, architecture=_architecture(src), aliases={}, source=source)
     in_bytes = sum(Path(s).stat().st_size for s in {t.shard for t in tensors})
-    return dict(output=str(out), tensors=len(records), compressed_layers=len(compressed), input_bytes=in_bytes,
+    return dict(output=str(out), tensors=n_records, compressed_layers=n_compressed, input_bytes=in_bytes,
                 output_bytes=out.stat().st_size, seconds=time.perf_counter() - t_start,
                 workers=workers if use_ray else 1, resumed_tensors=len(tensors) - len(todo))
