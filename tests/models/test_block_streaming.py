@@ -146,6 +146,29 @@ def test_damaged_saved_hidden_states_start_over(llama, tmp_path):
     assert _sha(out) == _sha(ref)
 
 
+@pytest.mark.parametrize("damage", ["state", "part_name"])
+def test_a_damaged_manifest_is_redone_not_trusted(llama, tmp_path, damage):
+    folder, ref = llama
+    out = tmp_path / "m.safetensors"
+    _interrupt_after_block_0(folder, out)
+    path = tmp_path / "m.safetensors.parts" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    if damage == "state":
+        manifest["state"] = {"blocks_done": "one", "layers": [{"name": 1}]}
+    else:  # a record pointing outside the part folder is not read
+        rec = next(iter(manifest["done"].values()))
+        rec["part"] = "../" + rec["part"]
+    path.write_text(json.dumps(manifest))
+    if damage == "state":
+        with pytest.warns(UserWarning, match="resume state is damaged"):
+            summary = compress_checkpoint(folder, out, GPTQ, **KW)
+        assert summary["resumed_blocks"] == 0
+    else:
+        summary = compress_checkpoint(folder, out, GPTQ, **KW)
+        assert summary["resumed_blocks"] == 1
+    assert _sha(out) == _sha(ref)
+
+
 def test_another_calibration_set_does_not_resume(llama, tmp_path):
     folder, _ = llama
     out = tmp_path / "c.safetensors"

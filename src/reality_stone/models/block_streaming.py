@@ -415,8 +415,7 @@ def compress_checkpoint_calibrated(
     report = CompressionReport(skipped=skipped)
     report.calibration = dict(mode="sequential", tokens=int(ids.numel()), sequences=n, seq_len=L,
                               streamed_blocks=True, hidden_states="memory" if hidden.in_ram else "file")
-    report.layers = [_report_from_dict(r) for r in store.state.get("layers", [])]
-    start = int(store.state.get("blocks_done", 0))
+    start, report.layers = _resume_point(store.state, last + 1)
     need_hidden = start <= last or bool(rest_layers)  # the last block's outputs are kept only for lm_head
     if start and need_hidden and not hidden.restore(start, store.state.get("hidden_sha256") or ""):
         warnings.warn(f"{store.folder}: saved hidden states are missing or damaged; starting over", stacklevel=2)
@@ -545,7 +544,17 @@ def compress_checkpoint_calibrated(
                 blocks=len(blocks), phase_seconds=timed.seconds, report=report.to_dict())
 
 
-def _report_from_dict(d: dict):
+def _resume_point(state: dict, n_blocks: int) -> tuple[int, list]:
+    """(blocks done, their layer reports) from a manifest's state; (0, []) if it is not valid."""
     from reality_stone.models.compress import LayerReport
 
-    return LayerReport(**(d | {"shape": tuple(d["shape"])}))
+    done = state.get("blocks_done", 0)
+    try:
+        rows = [LayerReport(**(d | {"shape": tuple(d["shape"])})) for d in state.get("layers", [])]
+    except (TypeError, KeyError, ValueError):
+        rows = None
+    if not (isinstance(done, int) and 0 <= done <= n_blocks) or rows is None:
+        if state:
+            warnings.warn("the part folder's resume state is damaged; starting over", stacklevel=3)
+        return 0, []
+    return done, rows

@@ -172,15 +172,17 @@ def compress(
                for name, _ in chosen}
     check_calibration(list(configs.values()), calibration is not None)
     report = CompressionReport(skipped=skipped)
-    layers = dict(chosen)
+    layers = dict(chosen)  # popped as each is replaced: a replaced Linear's dense weight is freed at once
+    names = list(layers)
+    del chosen
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(chosen), desc="compressing", unit="layer")
+        bar = tqdm(total=len(names), desc="compressing", unit="layer")
 
     def encode(name: str, stats) -> None:
-        lin = layers[name]
+        lin = layers.pop(name)
         enc, row = encode_layer(name, lin.weight.detach(), configs[name], stats)
         report.layers.append(row)
         _set_submodule(model, name, CompressedLinear(enc, lin.bias))
@@ -189,13 +191,12 @@ def compress(
 
     try:
         if calibration is None:
-            for name, _ in chosen:
+            for name in names:
                 encode(name, None)
         else:
             t0 = time.perf_counter()
             ids = calibration_ids(calibration, tokenizer, tokens=tokens, seq_len=seq_len,
                                   vocab_size=_model_vocab_size(model))
-            names = [name for name, _ in chosen]
             report.calibration = dict(mode="sequential" if sequential else "one-pass", tokens=int(ids.numel()),
                                       sequences=int(ids.shape[0]), seq_len=int(ids.shape[1]))
             # every selected layer gets statistics (cheap; the report's output error uses them too)

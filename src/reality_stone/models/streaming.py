@@ -195,11 +195,14 @@ class _PartStore:
                 m = json.loads(manifest.read_text())
             except ValueError:
                 m = {}
+            m = m if isinstance(m, dict) else {}
             if m.get("key") == key:
-                self.state = m.get("state", {})
-                for name, rec in m.get("done", {}).items():
-                    part = folder / rec["part"]
-                    if part.is_file() and hashlib.sha256(part.read_bytes()).hexdigest() == rec["sha256"]:
+                self.state = m.get("state") if isinstance(m.get("state"), dict) else {}
+                done = m.get("done") if isinstance(m.get("done"), dict) else {}
+                for name, rec in done.items():  # a damaged record, or a part name that is not a plain file name: redone
+                    part = rec.get("part") if isinstance(rec, dict) else None
+                    if (isinstance(part, str) and Path(part).name == part and (folder / part).is_file()
+                            and hashlib.sha256((folder / part).read_bytes()).hexdigest() == rec.get("sha256")):
                         self.done[name] = rec
             else:
                 warnings.warn(f"{folder}: parts are from another source or config; starting over", stacklevel=3)
