@@ -78,6 +78,29 @@ def test_streamed_equals_in_memory(family, hidden_in, tmp_path):
     assert model(IDS[:1]).logits.isfinite().all()
 
 
+def test_a_bf16_checkpoint_keeps_its_dense_dtype_and_gets_the_same_encodings(tmp_path):
+    """The in-memory loader casts to float32; the walker computes in float32 too (same codes) but
+    copies dense tensors as stored (half the bytes): same encodings, bf16 dense tensors."""
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    cfg = FAMILIES["llama"](vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    folder = tmp_path / "bf16"
+    transformers.AutoModelForCausalLM.from_config(cfg).to(torch.bfloat16).save_pretrained(folder)
+    ref = _in_memory(folder, tmp_path / "ref.safetensors")
+    out = tmp_path / "s.safetensors"
+    compress_checkpoint(folder, out, GPTQ, **KW)
+    with safe_open(str(ref), "pt") as a, safe_open(str(out), "pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        for name in a.keys():
+            x, y = a.get_tensor(name), b.get_tensor(name)
+            if name.endswith(".__encoded__"):
+                assert torch.equal(x, y), name
+            else:
+                assert y.dtype == torch.bfloat16 and torch.equal(x, y.float()), name
+
+
 def test_untied_lm_head_calibrated_from_the_final_norm(tmp_path):
     folder = _tiny_folder(tmp_path, "qwen2", tied=False)
     ref = _in_memory(folder, tmp_path / "ref.safetensors", skip=())
