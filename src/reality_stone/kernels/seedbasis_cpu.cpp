@@ -305,6 +305,27 @@ inline __m256 z_rows(const uint32_t* seed, int v, const float* z, const float* v
   }
 }
 
+// One tile's prologue, shared by both batch-1 loops: each column block's sign sums (vbuf, one
+// row of kPatterns + 1 per block) and, when z != nullptr, their products per seed and coefficient
+// slot (z, `z_stride` per block) filled by `expand(vj, zj)` — a plain copy, or AVX-512 gathers.
+template <typename Expand>
+void tile_prologue(const float* x, int64_t K, int64_t t0, int64_t t1, int64_t z_stride, float* vbuf, float* z,
+                   const Expand& expand) {
+  for (int64_t j = t0; j < t1; ++j) {
+    float* vj = vbuf + (j - t0) * (kPatterns + 1);
+    sign_sums_row(x, K, j, vj);
+    if (z != nullptr) expand(vj, z + (j - t0) * z_stride);
+  }
+}
+
+struct ExpandByCopy {
+  const int32_t* pat;
+  int64_t n;  // n_seeds · PL
+  void operator()(const float* vj, float* zj) const {
+    for (int64_t k = 0; k < n; ++k) zj[k] = vj[pat[k]];
+  }
+};
+
 // column blocks [j0, j1) of all G row groups into acc [Np · PL] (one batch row)
 template <int PL, bool expand>
 void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, const uint8_t* rec, const Format& f,
@@ -314,14 +335,8 @@ void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, 
   alignas(32) uint32_t seed[8];
   for (int64_t t0 = j0; t0 < j1; t0 += tile) {
     const int64_t t1 = std::min(j1, t0 + tile);
-    for (int64_t j = t0; j < t1; ++j) {
-      float* vj = vbuf.data() + (j - t0) * (kPatterns + 1);
-      sign_sums_row(x, K, j, vj);
-      if constexpr (expand) {
-        float* zj = z.data() + (j - t0) * n_seeds * PL;
-        for (int64_t k = 0; k < n_seeds * PL; ++k) zj[k] = vj[pat[k]];
-      }
-    }
+    tile_prologue(x, K, t0, t1, n_seeds * PL, vbuf.data(), expand ? z.data() : nullptr,
+                  ExpandByCopy{pat, n_seeds * PL});
     for (int64_t g = 0; g < G; ++g) {
       __m256 a[PL];
       for (int v = 0; v < PL; ++v) a[v] = _mm256_setzero_ps();
@@ -387,6 +402,16 @@ RS_AVX512 Codes512 codes512(const Format& f) {
   return c;
 }
 
+struct ExpandByGather512 {
+  const int32_t* pat;
+  int64_t n;  // n_seeds · 4: a multiple of 16 from S = 2, so 16 entries per gather
+  RS_AVX512 void operator()(const float* vj, float* zj) const {
+    int64_t k = 0;
+    for (; k + 16 <= n; k += 16) _mm512_storeu_ps(zj + k, _mm512_i32gather_ps(_mm512_loadu_si512(pat + k), vj, 4));
+    for (; k < n; ++k) zj[k] = vj[pat[k]];
+  }
+};
+
 template <bool expand>
 RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, const uint8_t* rec,
                                  const Format& f, const CoeffReader<4>& rd, int64_t nb, int64_t G, int64_t j0,
@@ -397,17 +422,8 @@ RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, 
   alignas(32) uint32_t seed[8];
   for (int64_t t0 = j0; t0 < j1; t0 += tile) {
     const int64_t t1 = std::min(j1, t0 + tile);
-    for (int64_t j = t0; j < t1; ++j) {
-      float* vj = vbuf.data() + (j - t0) * (kPatterns + 1);
-      sign_sums_row(x, K, j, vj);
-      if constexpr (expand) {  // 16 entries per gather (n_seeds · 4 is a multiple of 16 from S = 2)
-        float* zj = z.data() + (j - t0) * n_seeds * 4;
-        int64_t k = 0;
-        for (; k + 16 <= n_seeds * 4; k += 16)
-          _mm512_storeu_ps(zj + k, _mm512_i32gather_ps(_mm512_loadu_si512(pat + k), vj, 4));
-        for (; k < n_seeds * 4; ++k) zj[k] = vj[pat[k]];
-      }
-    }
+    tile_prologue(x, K, t0, t1, n_seeds * 4, vbuf.data(), expand ? z.data() : nullptr,
+                  ExpandByGather512{pat, n_seeds * 4});
     for (int64_t g = 0; g < G; ++g) {
       __m512 a[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
       for (int64_t j = t0; j < t1; ++j) {
