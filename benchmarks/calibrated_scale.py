@@ -17,6 +17,7 @@ budget — the per-block cost model in docs/streaming.md extrapolates instead.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -26,10 +27,9 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from harness import RESULTS, environment, write_json, write_markdown
-from scale import student_t
+from harness import environment, write_json, write_markdown
+from scale import layer_tensors, student_t, write_shards
 
 HIDDEN, INTER, HEADS, KV_HEADS, VOCAB = 2048, 5632, 32, 4, 32000
 HEAD_DIM = HIDDEN // HEADS
@@ -53,23 +53,10 @@ def make_folder(folder: Path, gigabytes: float, shard_bytes: float = 2e9) -> int
                 tie_word_embeddings=True, architectures=["LlamaForCausalLM"]).save_pretrained(folder)
     torch.manual_seed(0)
     templates = {s: student_t(s) for s in {s for s in BLOCK_SHAPES.values() if len(s) == 2}}
-    shard = {"model.embed_tokens.weight": (0.02 * torch.randn(VOCAB, HIDDEN)).half(),
-             "model.norm.weight": torch.ones(HIDDEN).half()}
-    size, idx = EMBED_BYTES, 0
-    for k in range(n_blocks):
-        for name, shape in BLOCK_SHAPES.items():
-            if len(shape) == 1:
-                t = (1 + 0.1 * torch.randn(shape)).half()
-            else:
-                scale = torch.exp(0.3 * torch.randn(shape[0], 1)) * 0.02
-                t = (torch.roll(templates[shape], shifts=k * 7, dims=0) * scale).half()
-            shard[f"model.layers.{k}.{name}"] = t
-            size += t.numel() * 2
-            if size >= shard_bytes:
-                save_file(shard, str(folder / f"model-{idx:05d}.safetensors"))
-                shard, size, idx = {}, 0, idx + 1
-    if shard:
-        save_file(shard, str(folder / f"model-{idx:05d}.safetensors"))
+    head = [("model.embed_tokens.weight", (0.02 * torch.randn(VOCAB, HIDDEN)).half()),
+            ("model.norm.weight", torch.ones(HIDDEN).half())]
+    blocks = (kv for k in range(n_blocks) for kv in layer_tensors(BLOCK_SHAPES, k, templates))
+    write_shards(folder, itertools.chain(head, blocks), shard_bytes)  # generated as written: one shard in memory
     return n_blocks
 
 
@@ -116,16 +103,9 @@ def run(mode: str, src: Path, out: Path, workers: int = 1, calibration: str = "r
 
 def qwen_folder(work: Path) -> Path:
     """Qwen2.5-Coder-0.5B (GGUF, dequantised to fp32 by transformers) as a save_pretrained folder."""
-    from reality_stone.evaluation.loaders import load_qwen_coder
+    from reality_stone.evaluation.loaders import load_qwen_coder, save_model_folder
 
-    lm = load_qwen_coder()
-    lm.model.hf_quantizer = None  # now a plain float32 model: let save_pretrained write it
-    if hasattr(lm.model.config, "quantization_config"):
-        del lm.model.config.quantization_config
-    folder = work / "qwen"
-    lm.model.save_pretrained(folder, max_shard_size="1GB")
-    lm.tokenizer.save_pretrained(folder)
-    return folder
+    return save_model_folder(load_qwen_coder(), work / "qwen", max_shard_size="1GB")
 
 
 def main() -> None:

@@ -45,27 +45,39 @@ def student_t(shape, nu: float = 5.0) -> torch.Tensor:
     return z / torch.sqrt(torch.distributions.Gamma(nu / 2, 0.5).sample(shape) / nu)
 
 
+def layer_tensors(shapes: dict, layer: int, templates: dict):
+    """(name, fp16 tensor) of decoder layer ``layer``: norms near 1, weights = the shape's template
+    rolled by the layer index, times log-normal row scales."""
+    for name, shape in shapes.items():
+        if len(shape) == 1:
+            t = (1 + 0.1 * torch.randn(shape)).half()
+        else:
+            scale = torch.exp(0.3 * torch.randn(shape[0], 1)) * 0.02
+            t = (torch.roll(templates[shape], shifts=layer * 7, dims=0) * scale).half()
+        yield f"model.layers.{layer}.{name}", t
+
+
+def write_shards(folder: Path, tensors, shard_bytes: float) -> None:
+    """Save (name, tensor) pairs as model-NNNNN.safetensors shards of about ``shard_bytes`` each."""
+    shard, size, idx = {}, 0, 0
+    for name, t in tensors:
+        shard[name] = t
+        size += t.numel() * t.element_size()
+        if size >= shard_bytes:
+            save_file(shard, str(folder / f"model-{idx:05d}.safetensors"))
+            shard, size, idx = {}, 0, idx + 1
+    if shard:
+        save_file(shard, str(folder / f"model-{idx:05d}.safetensors"))
+
+
 def make_checkpoint(folder: Path, gigabytes: float, shard_bytes: float = 2e9) -> int:
     """Layers of Student-t templates (one per shape, drawn once: sampling 8·10⁹ Gamma variates
     would dominate the run), each layer with its own log-normal row scales and row rotation."""
     torch.manual_seed(0)
     templates = {s: student_t(s) for s in {s for s in LAYER_SHAPES.values() if len(s) == 2}}
     n_layers = max(1, round(gigabytes * 1e9 / LAYER_BYTES))
-    shard, shard_size, idx = {}, 0, 0
-    for layer in range(n_layers):
-        for name, shape in LAYER_SHAPES.items():
-            if len(shape) == 1:
-                t = (1 + 0.1 * torch.randn(shape)).half()
-            else:
-                scale = torch.exp(0.3 * torch.randn(shape[0], 1)) * 0.02
-                t = (torch.roll(templates[shape], shifts=layer * 7, dims=0) * scale).half()
-            shard[f"model.layers.{layer}.{name}"] = t
-            shard_size += t.numel() * 2
-            if shard_size >= shard_bytes:
-                save_file(shard, str(folder / f"model-{idx:05d}.safetensors"))
-                shard, shard_size, idx = {}, 0, idx + 1
-    if shard:
-        save_file(shard, str(folder / f"model-{idx:05d}.safetensors"))
+    write_shards(folder, (kv for layer in range(n_layers) for kv in layer_tensors(LAYER_SHAPES, layer, templates)),
+                 shard_bytes)
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 

@@ -323,16 +323,9 @@ def test_parse_size():
 def test_smollm2_streamed_equals_in_memory(tmp_path):
     """The acceptance check: a save_pretrained folder of the real SmolLM2, calibrated with GPTQ on
     the bundled plays, block by block vs whole — the same file, byte for byte."""
-    from reality_stone.evaluation.loaders import load_model, load_smollm2
+    from reality_stone.evaluation.loaders import load_model, load_smollm2, save_model_folder
 
-    lm = load_smollm2()
-    lm.model.hf_quantizer = None  # dequantised GGUF weights: now a plain float32 model
-    if hasattr(lm.model.config, "quantization_config"):
-        del lm.model.config.quantization_config
-    folder = tmp_path / "smollm2"
-    lm.model.save_pretrained(folder, max_shard_size="200MB")
-    lm.tokenizer.save_pretrained(folder)
-    del lm
+    folder = save_model_folder(load_smollm2(), tmp_path / "smollm2", max_shard_size="200MB")
     config, kw = codec_config("gptq", bits=4, group=128), dict(calibration="shakespeare", tokens=512, seq_len=256)
     whole = load_model(folder)
     with torch.no_grad():

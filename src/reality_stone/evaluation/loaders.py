@@ -15,6 +15,7 @@ from torch import nn
 from reality_stone.data.pretrained import SMOLLM2_FILE, minilm_dir, qwen_coder_gguf, smollm2_gguf
 
 __all__ = ["LoadedModel", "is_model_folder", "load_minilm", "load_model", "load_qwen_coder", "load_smollm2", "load_tokenizer",
+           "save_model_folder",
            "tiny_bert", "tiny_llama"]
 
 MODELS = ("smollm2", "minilm", "qwen2.5-coder-0.5b")
@@ -132,6 +133,20 @@ def _from_gguf(path: Path) -> LoadedModel:
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ValueError(f"{path}: transformers could not load this GGUF file ({str(exc)[:300]})") from None
     return LoadedModel(str(path), model.eval(), tok, "causal-lm")
+
+
+def save_model_folder(loaded: LoadedModel, folder: str | Path, *, max_shard_size: str = "5GB") -> Path:
+    """``loaded`` as a Hugging Face model folder (config.json, safetensors shards, tokenizer). A model
+    read from GGUF is already dequantised to float32 here; transformers refuses to save it while it
+    still carries the GGUF quantiser, so that marker is dropped first."""
+    folder = Path(folder)
+    loaded.model.hf_quantizer = None
+    if hasattr(loaded.model.config, "quantization_config"):
+        del loaded.model.config.quantization_config
+    loaded.model.save_pretrained(folder, max_shard_size=max_shard_size)
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save_pretrained(folder)
+    return folder
 
 
 def is_model_folder(path: Path) -> bool:

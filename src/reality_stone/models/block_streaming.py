@@ -91,8 +91,6 @@ def _folder_config(src: Path) -> tuple[Path, dict]:
     if family not in SUPPORTED_FAMILIES:
         raise ValueError(f"{path}: model_type {family!r} is not a family the block walker knows; supported: "
                          f"{', '.join(SUPPORTED_FAMILIES)} (data-free codecs stream any checkpoint)")
-    if family == "qwen2" and cfg.get("use_sliding_window") or family == "mistral" and cfg.get("sliding_window"):
-        pass  # checked against the calibration length once it is known (`_check_window`)
     return folder, cfg
 
 
@@ -250,12 +248,10 @@ def _file_sha(path: Path) -> str:
 # ----------------------------------------------------------------------------- block 0's inputs
 
 
-class _Captured(Exception):
-    pass
-
-
 def _block0_call(base: nn.Module, blocks: nn.ModuleList, **inputs) -> tuple[tuple, dict]:
     """(args, kwargs) of the base model's call of block 0 on ``inputs``; the blocks are not run."""
+    from reality_stone.calibration import _Captured
+
     got = []
 
     def capture(_module, args, kwargs):
