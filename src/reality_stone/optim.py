@@ -160,14 +160,22 @@ class RiemannianAdam(_RiemannianOptimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
         _check_manifolds(self.param_groups)
 
-    def _update(self, p, m, group) -> None:
-        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+    def moments(self, p) -> dict:
+        """``p``'s state — step count, ``exp_avg`` (like p) and ``exp_avg_sq`` ((..., 1) on a
+        manifold, like p otherwise) — created at zero on first use. Fused steps that update a
+        parameter themselves (`kernels.poincare_embedding`) keep it here, so checkpoints and
+        `state_dict` see one state."""
         state = self.state[p]
         if not state:
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p)
-            sq_shape = p.shape[:-1] + (1,) if m is not None else p.shape
+            sq_shape = p.shape[:-1] + (1,) if _manifold_of(p) is not None else p.shape
             state["exp_avg_sq"] = torch.zeros(sq_shape, dtype=p.dtype, device=p.device)
+        return state
+
+    def _update(self, p, m, group) -> None:
+        lr, (b1, b2), eps = group["lr"], group["betas"], group["eps"]
+        state = self.moments(p)
         state["step"] += 1
         t = state["step"]
         if p.grad.is_sparse:
