@@ -66,6 +66,8 @@ def embed_cmd(
     negatives: int = typer.Option(50, min=1),
     lr: float = typer.Option(0.05),
     burn_in: int = typer.Option(20, min=0, help="epochs at lr/10 first"),
+    schedule: str = typer.Option("constant", help="learning rate after the burn-in: constant, or linear (decays to 0 "
+                                 "at the last epoch)"),
     curvature: float = typer.Option(1.0, "--c", help="curvature magnitude c > 0"),
     seed: int = typer.Option(0),
     holdout: float = typer.Option(0.0, help="share of closure edges held out for link prediction"),
@@ -82,11 +84,13 @@ def embed_cmd(
     """Embed a hierarchy (its transitive closure) and report reconstruction (and link prediction)."""
     import torch
 
-    from reality_stone.hierarchy import GEOMETRIES, embed
+    from reality_stone.hierarchy import GEOMETRIES, SCHEDULES, embed
 
     _threads(threads)
     if geometry not in GEOMETRIES:
         _fail(f"--geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}")
+    if schedule not in SCHEDULES:
+        _fail(f"--schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if dim < 2:
         _fail(f"--dim must be at least 2, got {dim}")
     if not curvature > 0:
@@ -97,7 +101,7 @@ def embed_cmd(
         hierarchy, label = _hierarchy(source, instances)
         t0 = time.perf_counter()
         r = embed(hierarchy, dim, geometry, epochs=epochs, batch_size=batch_size, negatives=negatives, lr=lr,
-                  burn_in=burn_in, c=curvature, seed=seed, holdout=holdout, checkpoint=checkpoint,
+                  burn_in=burn_in, schedule=schedule, c=curvature, seed=seed, holdout=holdout, checkpoint=checkpoint,
                   max_seconds=None if max_minutes is None else 60 * max_minutes, progress=not as_json)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))

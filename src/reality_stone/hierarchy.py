@@ -2,12 +2,16 @@
 
 Training follows Nickel & Kiela (2017, "Poincaré Embeddings for Learning Hierarchical
 Representations"): for each closure edge (u, v), a softmax over −d(u, ·) against sampled
-non-neighbours of u; a burn-in phase at lr/10. When a batch touches a small part of the
-table, it is read with ``F.embedding(..., sparse=True)`` so `RiemannianAdam` updates only the
-rows a batch touches (the cost of a step follows the batch, not the 82k-node table); negatives are drawn and
-checked against the closure for the whole batch at once (a sorted key table, not an N×N
-matrix). Geometries: ``poincare`` (ball), ``lorentz`` (hyperboloid, d+1 coordinates) and the
-``euclidean`` baseline (same loss, Adam).
+non-neighbours of u; a burn-in phase at lr/10. Geometries: ``poincare`` (ball), ``lorentz``
+(hyperboloid, d+1 coordinates) and the ``euclidean`` baseline (same loss, Adam).
+
+The ball trains with a compiled step (`kernels.poincare_embedding`: loss, gradient and lazy
+Riemannian Adam update in one pass) when the kernels are built. The plain-torch step — the
+reference, and the path of the other geometries — reads the table with
+``F.embedding(..., sparse=True)`` when a batch touches a small part of it, so `RiemannianAdam`
+updates only the rows a batch touches (the cost of a step follows the batch, not the 82k-node
+table); negatives are drawn and checked against the closure for the whole batch at once (a
+sorted key table, not an N×N matrix).
 
 Evaluation (`rank_metrics`), for every node u with neighbours:
 * reconstruction (Nickel & Kiela's task): rank of each closure neighbour v of u among u's
@@ -332,10 +336,12 @@ def embed(
     share of the closure edges. ``checkpoint``: written every ``checkpoint_every`` epochs and at
     the end; an existing one of the same hierarchy and settings is resumed. ``max_seconds``
     stops training after the first epoch that ends past it (the result says how many ran).
-    ``fused``: the Poincaré ball's compiled training step (`kernels.poincare_embedding`, the
-    same loss and lazy Riemannian Adam update, ~20x faster on WordNet nouns); None uses it when
-    the kernels are built, False keeps the plain-torch step (the reference; for the ball on a
-    small table it takes dense Adam steps, see below), True requires it.
+    ``schedule``: after the burn-in (``burn_in`` epochs at lr/10) the rate stays at ``lr``
+    ("constant") or decays linearly to 0 at the last step of ``epochs`` ("linear").
+    ``fused``: the Poincaré ball's compiled training step (`kernels.poincare_embedding`: the
+    same loss and lazy Riemannian Adam update, ~5x faster per WordNet-noun epoch); None uses it
+    when the kernels are built, False keeps the plain-torch step (the reference; for the ball on
+    a small table it takes dense Adam steps, see below), True requires it.
     """
     if geometry not in GEOMETRIES:
         raise ValueError(f"geometry must be one of {GEOMETRIES}, got {geometry!r}")
@@ -415,8 +421,8 @@ def embed(
             if use_fused:
                 moments["step"] += 1
                 loss = poincare_embedding_step(weight.data, moments["exp_avg"], moments["exp_avg_sq"],
-                                               moments["step"], u, cand, ptr, cols, grad_buf, c=c, lr=step_lr, betas=betas,
-                                               eps=adam_eps)
+                                               moments["step"], u, cand, ptr, cols, grad_buf, c=c, lr=step_lr,
+                                               betas=betas, eps=adam_eps)
                 total += loss * len(batch)
                 continue
             # negatives that are neighbours of u in the closure (or u itself) leave the softmax
