@@ -154,22 +154,39 @@ def calibration_ids(calibration, tokenizer=None, *, tokens: int = 8192, seq_len:
 # ----------------------------------------------------------------------------- collection
 
 
+class _LastInput:
+    """The last layer input seen in a pass and its x xᵀ: sibling projections (q/k/v, gate/up) are
+    handed the same tensor, so its product is computed once (as costly as the block's matmuls)."""
+
+    def __init__(self):
+        self.x: Tensor | None = None
+        self.version = -1
+        self.xtx: Tensor | None = None
+
+
 class _Accumulator:
     """Sum of x xᵀ and the token count of one layer's inputs, fed by a forward pre-hook."""
 
-    def __init__(self):
+    def __init__(self, last: _LastInput | None = None):
         self.sum: Tensor | None = None
         self.count = 0
         self._stats: ActivationStats | None = None
+        self._last = last
 
     def __call__(self, _module, inputs):
-        x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()
-        xtx = (x.T @ x).double()  # float32 product (fast), float64 sum over sequences
+        x0, last = inputs[0], self._last
+        if last is not None and last.x is x0 and last.version == x0._version:
+            xtx = last.xtx
+        else:
+            x = x0.detach().reshape(-1, x0.shape[-1]).float()
+            xtx = (x.T @ x).double()  # float32 product (fast), float64 sum over sequences
+            if last is not None:
+                last.x, last.version, last.xtx = x0, x0._version, xtx
         if self.sum is None:
-            self.sum = xtx
+            self.sum = xtx.clone()  # a sibling may hold the same product
         else:  # in place: an (in, in) float64 matrix is 254 MB at in = 5632
             self.sum += xtx
-        self.count += x.shape[0]
+        self.count += x0.numel() // x0.shape[-1]
 
     def stats(self, name: str) -> ActivationStats:
         """The mean (the sum is divided in place and handed over: no second copy)."""
@@ -178,11 +195,13 @@ class _Accumulator:
                 raise ValueError(f"layer {name!r} never ran on the calibration set (is it used by forward()?)")
             self._stats = ActivationStats(self.sum.div_(self.count), self.count)
             self.sum = None
+            self._last = None
         return self._stats
 
 
 def _hooked(model: nn.Module, layers: Sequence[str]):
-    acc = {name: _Accumulator() for name in layers}
+    last = _LastInput()
+    acc = {name: _Accumulator(last) for name in layers}
     handles = [model.get_submodule(name).register_forward_pre_hook(acc[name]) for name in layers]
     return acc, handles
 

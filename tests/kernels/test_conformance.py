@@ -130,6 +130,12 @@ LARGE = {  # 4096² weights: the dense fp32 weight is 64 MiB
 @pytest.mark.parametrize("name", sorted(LARGE))
 def test_forward_never_allocates_the_dense_weight(allocated_bytes, name):
     kernel = KERNELS[name]
+    if name == "lowbit_linear_a8":
+        from reality_stone.kernels.extension import load_extension
+
+        ext = load_extension(quiet=True)
+        if ext is None or not ext.has_avx512_vnni():
+            pytest.skip("no AVX-512 VNNI: int8 activations run the plain-torch tiles (every tile decoded in turn)")
     args, in_f = LARGE[name]()
     x = torch.randn(1, in_f)
     kernel(x, *args)  # warm-up (builds/loads the extension)

@@ -228,6 +228,7 @@ class SeedBasisConfig(CodecConfig):
                                   "with calibration; presets 4.25 / 3.5 / 2.5")
     PRESETS: ClassVar[dict[str, dict]] = {}  # filled below the class
     DAMP: ClassVar[float] = 0.01  # Hessian damping (fraction of its mean diagonal), as GPTQ's default
+    LAZY_COLUMNS: ClassVar[int] = 128  # error feedback batched over this many columns (GPTQ's blocksize)
     use_when: ClassVar[str] = ("the best quality per bit at 2.5–4.25 bits on real LLMs, with calibration text "
                               "(sequential, output-error-aware); presets 4.25 / 3.5 / 2.5.")
     error_bound: ClassVar[float] = 0.18  # default (4.25-bit) config (measured ≤ 0.134)
@@ -295,37 +296,50 @@ class SeedBasisConfig(CodecConfig):
         return _pattern_ids(self.seed_bits, self.block, self.coeffs)
 
     # ----------------------------------------------------------------------------- search
-    def _search(self, w: Tensor, U: Tensor, G: Tensor, M: Tensor, e_lo: Tensor | None, e_hi: Tensor | None):
-        """Best (seed, exponent, codes) for blocks w (n, C) against bases U (ns, P, C).
+    def _search(self, w: Tensor, U: Tensor, G: Tensor, Gi: Tensor, e_lo: Tensor | None, e_hi: Tensor | None,
+                K: Tensor | None = None):
+        """Best (seed, exponent, codes) for blocks w (n, C) against bases U (ns, P, C) in the metric K.
 
-        ``G = U Uᵀ`` and ``M = G⁺ U`` per seed (so the least-squares coefficients are M w).
-        ``e_lo/e_hi`` (n,) bound the exponent (None: unbounded). Returns seed (n,), exponent
-        (n,), codes (n, P) int64, error (n,). Runs the compiled search
-        (`kernels/seedbasis_search_cpu.cpp`, seeds as the SIMD dimension) for blocks of 8
-        when the extension is available, else `_search_reference`.
+        The error of a fit ŵ is ‖w − ŵ‖²_K = (w − ŵ) K (w − ŵ)ᵀ (K (C, C); None = identity).
+        ``G = U K Uᵀ`` per seed and ``Gi`` its (pseudo-)inverse, so the least-squares coefficients
+        are Gi U K wᵀ. ``e_lo/e_hi`` (n,) bound the exponent (None: unbounded). Returns seed (n,),
+        exponent (n,), codes (n, P) int64, error ‖w − ŵ‖²_K (n,). Runs the compiled search
+        (`kernels/seedbasis_search_cpu.cpp`, blocks as the SIMD dimension, ±1 bases through
+        sign-pattern sums) for blocks of 8 when the extension is available, else
+        `_search_reference` in chunks of `search_chunk` blocks.
         """
         from reality_stone.kernels.extension import load_extension
 
-        fused = w.dtype == torch.float32 and U.shape[2] == 8 and U.shape[1] <= 8 and len(U) % 8 == 0
+        wd = w.double()
+        z = wd if K is None else wd @ K.double()
+        wsq = (z * wd).sum(-1).float()
+        z = z.float()
+        fused = U.shape[2] == 8 and U.shape[1] <= 8
         ext = load_extension(quiet=True) if fused else None
         if ext is None:
-            return self._search_reference(w, U, G, M, e_lo, e_hi)
-        soa = lambda T: T.permute(1, 2, 0).contiguous()  # noqa: E731  (seed innermost: the SIMD lanes)
+            k = self.search_chunk()
+            parts = [self._search_reference(z[i : i + k], U, G, Gi, None if e_lo is None else e_lo[i : i + k],
+                                            None if e_hi is None else e_hi[i : i + k])
+                     for i in range(0, max(len(z), 1), k)]
+            seed, e, q, err = (torch.cat(x) for x in zip(*parts))
+            return seed, e, q, err + wsq
         none = torch.empty(0)
-        seed, e, q, err = ext.seedbasis_search(w.contiguous(), soa(U), soa(M), soa(G),
+        # callers pass the table or a prefix of it (the kernel checks the patterns against U)
+        pattern = self.pattern_ids()[: len(U)] if self.basis == "lfsr" else none
+        seed, e, q, err = ext.seedbasis_search(z.contiguous(), U.contiguous(), pattern, G.contiguous(), Gi.contiguous(),
                                                none if e_lo is None else e_lo.float().contiguous(),
                                                none if e_hi is None else e_hi.float().contiguous(), self.coeff_bits)
-        return seed, e, q, err + (w * w).sum(-1)
+        return seed, e, q, err + wsq
 
-    def _search_reference(self, w: Tensor, U: Tensor, G: Tensor, M: Tensor, e_lo: Tensor | None,
+    def _search_reference(self, z: Tensor, U: Tensor, G: Tensor, Gi: Tensor, e_lo: Tensor | None,
                           e_hi: Tensor | None):
-        """`_search` in plain torch (the oracle of the compiled search; tensors laid out (seed, P, block)
-        so every product is one batched matmul over seeds)."""
+        """`_search` in plain torch for z = w K (n, C) (the oracle of the compiled search; tensors laid
+        out (seed, P, block) so every product is one batched matmul over seeds). The error returned
+        lacks the constant ‖w‖²_K."""
         qmax = 2 ** (self.coeff_bits - 1) - 1
         qmin = -qmax - 1
-        wt = w.T.contiguous()
-        b = U @ wt  # (s, P, n): U_s w
-        t = M @ wt  # least-squares coefficients
+        b = U @ z.T.contiguous()  # (s, P, n): U_s K w
+        t = Gi @ b  # least-squares coefficients
         # smallest step that fits the coefficients in [qmin, qmax] (the range is asymmetric)
         need = torch.maximum(t.amax(1) / qmax, t.amin(1) / qmin).clamp_min(1e-30)
         # the tolerance keeps float32 rounding of an exact power of two from costing a step
@@ -335,27 +349,36 @@ class SeedBasisConfig(CodecConfig):
         scale = torch.exp2(e)[:, None]
         q = torch.round(t / scale).clamp_(qmin, qmax)
         qs = q * scale
-        err = (qs * (G @ qs - 2 * b)).sum(1)  # ‖w − qsᵀU_s‖² − ‖w‖², (s, n)
+        err = (qs * (G @ qs - 2 * b)).sum(1)  # ‖w − qsᵀU_s‖²_K − ‖w‖²_K, (s, n)
         best = err.argmin(0)
-        idx = torch.arange(len(w))
-        return best, e[best, idx], q[best, :, idx].to(torch.int64), err[best, idx] + (w * w).sum(-1)
+        idx = torch.arange(len(z))
+        return best, e[best, idx], q[best, :, idx].to(torch.int64), err[best, idx]
 
-    def _tables(self, U: Tensor, singular: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """G = U Uᵀ, M = G⁺ U per seed, and which seeds' G is (numerically) singular.
+    def _tables(self, U: Tensor, K: Tensor | None = None, singular: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """G = U K Uᵀ per seed (K = identity when None), its inverse Gi, and which seeds' G is
+        (numerically) singular. K may be a batch (m, C, C) of metrics: then G, Gi are (m, ns, P, P).
 
-        Full-rank G by a batched solve, the singular ones (±1 bases with dependent rows:
-        a few % of the seeds) by the pseudo-inverse. ``singular``: reuse a mask found for the
-        same bases before a change of coordinates (whitening keeps the rank)."""
-        G = U @ U.transpose(1, 2)
-        Gd, Ud = G.double(), U.double()
+        Full-rank G by a batched inverse, the singular ones (±1 bases with dependent rows: a few %
+        of the seeds) by the pseudo-inverse. ``singular``: reuse a mask found for the same bases in
+        another metric (a positive-definite K keeps the rank)."""
+        Ud = U.double()
+        Ut = Ud.transpose(1, 2)
+        if K is None:
+            Gd = Ud @ Ut
+        elif K.dim() == 2:
+            Gd = (Ud @ K.double()) @ Ut
+        else:
+            Gd = (Ud @ K.double()[:, None]) @ Ut
         if singular is None:
+            if K is not None and K.dim() == 3:
+                raise ValueError("a batch of metrics needs the singular mask of the bases")
             L, info = torch.linalg.cholesky_ex(Gd)
             pivot = L.diagonal(dim1=-2, dim2=-1).square().amin(-1)
             singular = (info != 0) | (pivot < 1e-10 * Gd.diagonal(dim1=-2, dim2=-1).amax(-1))
-        M = torch.linalg.solve_ex(Gd, Ud)[0]  # batched LU: 3× faster than Cholesky + solve for P × P blocks
+        Gi = torch.linalg.inv_ex(Gd)[0]
         if bool(singular.any()):
-            M[singular] = torch.linalg.pinv(Gd[singular], hermitian=True) @ Ud[singular]
-        return G, M.to(torch.float32), singular
+            Gi[..., singular, :, :] = torch.linalg.pinv(Gd[..., singular, :, :], hermitian=True)
+        return Gd.to(torch.float32).contiguous(), Gi.to(torch.float32).contiguous(), singular
 
     def encode(self, weight: Tensor, stats=None) -> "SeedBasisEncoded":
         """Data-free (``stats=None``) or output-error-aware (``stats``: `ActivationStats` of the layer's inputs)."""
@@ -367,40 +390,24 @@ class SeedBasisConfig(CodecConfig):
         W = torch.zeros(out_f, nb * C, dtype=torch.float32)
         W[:, :in_f] = weight.detach().float()
         U = self.table()
-        G, M, singular = self._tables(U)
+        G, Gi, singular = self._tables(U)
         E = 2**self.exp_bits - 1
         # Pass 1 (data-free search, unbounded exponent) fixes each row's exponent window. The
         # data-aware pass re-searches every block anyway (its error feedback moves the weights),
         # so there pass 1 only estimates the window, from the first 256 seeds.
         n1 = len(U) if hessian is None else min(len(U), 256)
-        seeds, exps, codes = self._data_free(W, U[:n1], G[:n1], M[:n1], None)
+        blocks = W.reshape(-1, C)
+        seeds, exps, codes, _ = self._search(blocks, U[:n1], G[:n1], Gi[:n1], None, None)
         e_top = exps.reshape(out_f, nb).amax(1).clamp(-128, 127)
         if hessian is None:
             if bool((exps.reshape(out_f, nb) < (e_top - E)[:, None]).any()):
-                seeds, exps, codes = self._data_free(W, U, G, M, e_top)
+                hi = e_top.repeat_interleave(nb).float()
+                seeds, exps, codes, _ = self._search(blocks, U, G, Gi, hi - E, hi)
         else:
             seeds, exps, codes = self._gptq(W, in_f, hessian, self.DAMP, U, e_top, singular)
         e_off = (exps.reshape(out_f, nb) - (e_top - E)[:, None]).to(torch.int64)
         return SeedBasisEncoded(self, (out_f, in_f), e_top.to(torch.int64), seeds.reshape(out_f, nb),
                                 e_off, codes.reshape(out_f, nb, self.coeffs))
-
-    def _data_free(self, W: Tensor, U, G, M, e_top: Tensor | None):
-        out_f = W.shape[0]
-        blocks = W.reshape(-1, self.block)
-        nb = blocks.shape[0] // out_f
-        if e_top is not None:
-            hi = e_top.repeat_interleave(nb).float()
-            lo = hi - (2**self.exp_bits - 1)
-        seeds, exps, codes = [], [], []
-        chunk = self.search_chunk()
-        for i in range(0, len(blocks), chunk):
-            sl = slice(i, i + chunk)
-            s, e, q, _ = self._search(blocks[sl], U, G, M, None if e_top is None else lo[sl],
-                                      None if e_top is None else hi[sl])
-            seeds.append(s)
-            exps.append(e)
-            codes.append(q)
-        return torch.cat(seeds), torch.cat(exps), torch.cat(codes)
 
     def _gptq(self, W: Tensor, in_f: int, hessian: Tensor, damp: float, U: Tensor, e_top: Tensor, singular: Tensor):
         """Left-to-right block quantisation with GPTQ error feedback (output-error aware)."""
@@ -418,27 +425,30 @@ class SeedBasisConfig(CodecConfig):
         Wd = W.double().clone()
         lo_all = (e_top - E).float()
         hi_all = e_top.float()
+        Ud = U.double()
         seeds, exps, codes = [], [], []
-        chunk = self.search_chunk()
-        for j in range(0, n_in, C):
-            A = torch.linalg.inv(R[j : j + C, j : j + C])  # metric: ‖(w − ŵ) A‖
-            Uw = (U.double() @ A).to(torch.float32)  # bases in the whitened coordinates
-            Gw, Mw, _ = self._tables(Uw, singular)
-            w = Wd[:, j : j + C]
-            s_all, e_all, q_all = [], [], []
-            for i in range(0, out_f, chunk):
-                sl = slice(i, i + chunk)
-                s, e, q, _ = self._search((w[sl] @ A).float(), Uw, Gw, Mw, lo_all[sl], hi_all[sl])
-                s_all.append(s)
-                e_all.append(e)
-                q_all.append(q)
-            s, e, q = torch.cat(s_all), torch.cat(e_all), torch.cat(q_all)
-            what = torch.exp2(e.double())[:, None] * torch.einsum("np,npc->nc", q.double(), U[s].double())
-            err = (w - what) @ A  # whitened error, as GPTQ's (w - q) / d
-            Wd[:, j + C :] -= err @ R[j : j + C, j + C :]
-            seeds.append(s)
-            exps.append(e)
-            codes.append(q)
+        lazy = max(C, self.LAZY_COLUMNS // C * C)  # whole blocks
+        for j0 in range(0, n_in, lazy):
+            # GPTQ's lazy batches: feedback inside the batch at once, to the columns past it once
+            j1 = min(j0 + lazy, n_in)
+            errs = []
+            cols = range(j0, j1, C)
+            # the batch's metrics and tables at once (one batched inverse instead of one per column)
+            A = torch.linalg.inv(torch.stack([R[j : j + C, j : j + C] for j in cols]))  # metric: ‖(w − ŵ) A‖
+            K = A @ A.transpose(1, 2)
+            G, Gi, _ = self._tables(U, K, singular)
+            for k, j in enumerate(cols):
+                w = Wd[:, j : j + C]
+                s, e, q, _ = self._search(w, U, G[k], Gi[k], lo_all, hi_all, K[k])
+                what = torch.exp2(e.double())[:, None] * torch.einsum("np,npc->nc", q.double(), Ud[s])
+                err = (w - what) @ A[k]  # whitened error, as GPTQ's (w - q) / d
+                Wd[:, j + C : j1] -= err @ R[j : j + C, j + C : j1]
+                errs.append(err)
+                seeds.append(s)
+                exps.append(e)
+                codes.append(q)
+            if j1 < n_in:
+                Wd[:, j1:] -= torch.cat(errs, 1) @ R[j0:j1, j1:]
         st = lambda xs: torch.stack(xs, 1).reshape(-1, *xs[0].shape[1:])  # noqa: E731  (row-major blocks)
         return st(seeds), st(exps), st(codes)
 
