@@ -343,16 +343,24 @@ class SeedBasisConfig(CodecConfig):
         # smallest step that fits the coefficients in [qmin, qmax] (the range is asymmetric)
         need = torch.maximum(t.amax(1) / qmax, t.amin(1) / qmin).clamp_min(1e-30)
         # the tolerance keeps float32 rounding of an exact power of two from costing a step
-        e = torch.ceil(torch.log2(need) - 1e-5)
-        if e_lo is not None:
-            e = torch.maximum(torch.minimum(e, e_hi), e_lo)
-        scale = torch.exp2(e)[:, None]
-        q = torch.round(t / scale).clamp_(qmin, qmax)
-        qs = q * scale
-        err = (qs * (G @ qs - 2 * b)).sum(1)  # ‖w − qsᵀU_s‖²_K − ‖w‖²_K, (s, n)
-        best = err.argmin(0)
+        e_fit = torch.ceil(torch.log2(need) - 1e-5)
+        for k in (0, 1):  # that step and half of it: clamping the largest coefficient can cost less
+            e = e_fit - k
+            if e_lo is not None:
+                e = torch.maximum(torch.minimum(e, e_hi), e_lo)
+            scale = torch.exp2(e)[:, None]
+            q = torch.round(t / scale).clamp_(qmin, qmax)
+            qs = q * scale
+            err = (qs * (G @ qs - 2 * b)).sum(1)  # ‖w − qsᵀU_s‖²_K − ‖w‖²_K, (s, n)
+            if k == 0:
+                best_e, best_q, best_err = e, q, err
+            else:  # the half step only when strictly better
+                lt = err < best_err
+                best_e, best_q, best_err = (torch.where(lt, e, best_e), torch.where(lt[:, None], q, best_q),
+                                            torch.where(lt, err, best_err))
+        best = best_err.argmin(0)
         idx = torch.arange(len(z))
-        return best, e[best, idx], q[best, :, idx].to(torch.int64), err[best, idx]
+        return best, best_e[best, idx], best_q[best, :, idx].to(torch.int64), best_err[best, idx]
 
     def _tables(self, U: Tensor, K: Tensor | None = None, singular: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """G = U K Uᵀ per seed (K = identity when None), its inverse Gi, and which seeds' G is
@@ -410,13 +418,21 @@ class SeedBasisConfig(CodecConfig):
                                 e_off, codes.reshape(out_f, nb, self.coeffs))
 
     def _gptq(self, W: Tensor, in_f: int, hessian: Tensor, damp: float, U: Tensor, e_top: Tensor, singular: Tensor):
-        """Left-to-right block quantisation with GPTQ error feedback (output-error aware)."""
+        """Block quantisation with GPTQ error feedback (output-error aware), blocks taken in
+        act order: by decreasing input energy (the Hessian diagonal summed over the block), so the
+        blocks that matter most are fitted first and the rest absorb their error. The blocks keep
+        their columns, so only the visiting order changes, never the format. Returns seeds,
+        exponents and codes in row-major block order."""
         out_f, n_in = W.shape
         C, E = self.block, 2**self.exp_bits - 1
+        nb = n_in // C
         if hessian.shape != (in_f, in_f) or not bool(torch.isfinite(hessian).all()):
             raise ValueError(f"hessian must be a finite ({in_f}, {in_f}) matrix, got {tuple(hessian.shape)}")
         H = torch.zeros(n_in, n_in, dtype=torch.float64)
         H[:in_f, :in_f] = hessian.double()
+        order = torch.argsort(H.diagonal().clamp_min(0).reshape(nb, C).sum(1), descending=True, stable=True)
+        cols = (order[:, None] * C + torch.arange(C)).reshape(-1)
+        H, W = H[cols][:, cols], W[:, cols]
         dead = H.diagonal() <= 0
         H[dead, dead] = 1.0  # padded / never-active inputs: any value is fine, keep H invertible
         H += damp * H.diagonal().mean() * torch.eye(n_in, dtype=torch.float64)
@@ -449,7 +465,8 @@ class SeedBasisConfig(CodecConfig):
                 codes.append(q)
             if j1 < n_in:
                 Wd[:, j1:] -= torch.cat(errs, 1) @ R[j0:j1, j1:]
-        st = lambda xs: torch.stack(xs, 1).reshape(-1, *xs[0].shape[1:])  # noqa: E731  (row-major blocks)
+        back = torch.argsort(order)  # visiting order -> column order
+        st = lambda xs: torch.stack(xs, 1)[:, back].reshape(-1, *xs[0].shape[1:])  # noqa: E731  (row-major blocks)
         return st(seeds), st(exps), st(codes)
 
 

@@ -6,9 +6,11 @@
 // Per (block w, seed s), P = number of coefficients, z = w K (the caller's input):
 //   b = U_s z                                   (U_s: P × C bases, unwhitened)
 //   t = G_s⁺ b                                  (G_s = U_s K U_sᵀ: least-squares coefficients)
-//   e = ceil(log2(max(max t / qmax, min t / qmin)) − 1e-5), clamped to [e_lo, e_hi]
-//   q = clamp(round_half_even(t / 2^e), qmin, qmax),  qs = 2^e q
-//   err = qsᵀ G_s qs − 2 qsᵀ b                   (= ‖w − qsᵀ U_s‖²_K − ‖w‖²_K)
+//   e₀ = ceil(log2(max(max t / qmax, min t / qmin)) − 1e-5)   (the smallest step that fits t)
+//   for e in (e₀, e₀ − 1), each clamped to [e_lo, e_hi]:
+//     q = clamp(round_half_even(t / 2^e), qmin, qmax),  qs = 2^e q
+//     err = qsᵀ G_s qs − 2 qsᵀ b                 (= ‖w − qsᵀ U_s‖²_K − ‖w‖²_K)
+//   and e₀ − 1 is kept only when its error is strictly smaller
 // Rows are the SIMD dimension: one AVX2 vector holds 8 blocks, each seed's table entries are
 // broadcast, so the tables are read once per 8 blocks (the seeds-as-lanes layout before this
 // streamed ~320 KB of tables through L2 for every block). For ±1 bases (the LFSR tables) b comes
@@ -93,25 +95,41 @@ void search_tile(const float* z, int64_t rows, int64_t ns, const float* U, const
     // need = m·2^k, m ∈ [1, 2) → k, or k + 1 when m exceeds 2^(1e-5) (mantissa field > 58: the
     // reference's tolerance against float rounding of an exact power of two)
     const __m256i bits = _mm256_castps_si256(need);
-    __m256i e = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 23), ff), b127);
-    e = _mm256_sub_epi32(e, _mm256_cmpgt_epi32(_mm256_and_si256(bits, mant), k58));  // true = −1: round up
-    e = _mm256_min_epi32(_mm256_max_epi32(e, vlo), vhi);
-    const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(e, b127), 23));
-    const __m256 inv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(b127, e), 23));
-    __m256 q[P], qs[P];
-    for (int p = 0; p < P; ++p) {
-      q[p] = _mm256_min_ps(_mm256_max_ps(_mm256_round_ps(_mm256_mul_ps(t[p], inv), _MM_FROUND_TO_NEAREST_INT |
-                                                                                     _MM_FROUND_NO_EXC),
-                                         vqmin),
-                           vqmax);
-      qs[p] = _mm256_mul_ps(q[p], scale);
-    }
+    __m256i e_fit = _mm256_sub_epi32(_mm256_and_si256(_mm256_srli_epi32(bits, 23), ff), b127);
+    e_fit = _mm256_sub_epi32(e_fit, _mm256_cmpgt_epi32(_mm256_and_si256(bits, mant), k58));  // true = −1: round up
     const float* g = G + s * P * P;
-    __m256 err = _mm256_setzero_ps();
-    for (int p = 0; p < P; ++p) {
-      __m256 gq = _mm256_mul_ps(_mm256_set1_ps(g[p * P]), qs[0]);
-      for (int r = 1; r < P; ++r) gq = _mm256_fmadd_ps(_mm256_set1_ps(g[p * P + r]), qs[r], gq);
-      err = _mm256_fmadd_ps(qs[p], _mm256_fnmadd_ps(two, b[p], gq), err);
+    // two steps per seed: the smallest that fits t, and half of it (clamping the largest
+    // coefficient can cost less than doubling every other one's rounding error)
+    __m256 err, q[P];
+    __m256i e;
+    for (int k = 0; k < 2; ++k) {
+      const __m256i ek = _mm256_min_epi32(_mm256_max_epi32(_mm256_sub_epi32(e_fit, _mm256_set1_epi32(k)), vlo), vhi);
+      const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ek, b127), 23));
+      const __m256 inv = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_sub_epi32(b127, ek), 23));
+      __m256 qk[P], qs[P];
+      for (int p = 0; p < P; ++p) {
+        qk[p] = _mm256_min_ps(_mm256_max_ps(_mm256_round_ps(_mm256_mul_ps(t[p], inv), _MM_FROUND_TO_NEAREST_INT |
+                                                                                      _MM_FROUND_NO_EXC),
+                                            vqmin),
+                              vqmax);
+        qs[p] = _mm256_mul_ps(qk[p], scale);
+      }
+      __m256 errk = _mm256_setzero_ps();
+      for (int p = 0; p < P; ++p) {
+        __m256 gq = _mm256_mul_ps(_mm256_set1_ps(g[p * P]), qs[0]);
+        for (int r = 1; r < P; ++r) gq = _mm256_fmadd_ps(_mm256_set1_ps(g[p * P + r]), qs[r], gq);
+        errk = _mm256_fmadd_ps(qs[p], _mm256_fnmadd_ps(two, b[p], gq), errk);
+      }
+      if (k == 0) {
+        err = errk;
+        e = ek;
+        for (int p = 0; p < P; ++p) q[p] = qk[p];
+      } else {  // the half step only when strictly better
+        const __m256 lt = _mm256_cmp_ps(errk, err, _CMP_LT_OQ);
+        err = _mm256_blendv_ps(err, errk, lt);
+        e = _mm256_blendv_epi8(e, ek, _mm256_castps_si256(lt));
+        for (int p = 0; p < P; ++p) q[p] = _mm256_blendv_ps(q[p], qk[p], lt);
+      }
     }
     const __m256 better = _mm256_cmp_ps(err, best_err, _CMP_LT_OQ);
     best_err = _mm256_blendv_ps(best_err, err, better);
