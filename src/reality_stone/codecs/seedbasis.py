@@ -17,13 +17,16 @@ basis entry; each output bit b (the LSB shifted out) gives the entry 2b − 1; e
 U_s row-major (P rows of C). ``basis="packed64"`` uses the Packed64 generator instead
 (seed bits → basis family, derivative orders, rotation and radius; see `packed64_basis`).
 
-Encoding searches all 2^S seeds for every block at once (batched over blocks and seeds):
-least squares t_s = (U_s U_sᵀ)⁺ U_s w, quantised with the block's exponent, error
-‖w‖² − 2 qᵀ U_s w + qᵀ U_s U_sᵀ q; the best (s, q) wins. With activation statistics
+Encoding searches all 2^S seeds for every block: least squares t_s = (U_s U_sᵀ)⁺ U_s w,
+quantised with the smallest power-of-two step that fits t_s in the code range and with half
+that step (clamping the largest coefficient can cost less), error
+‖w‖² − 2 qᵀ U_s w + qᵀ U_s U_sᵀ q; the best (s, step, q) wins. With activation statistics
 (``stats``: `ActivationStats`, the input second moment H = E[x xᵀ]) it minimises the *output* error instead:
-blocks are visited left to right with GPTQ's error feedback (Frantar et al. 2022; the
-vector form is GPTVQ, van Baalen et al. 2024), the per-block metric being the C×C block of
-the inverse Hessian's Cholesky factor.
+blocks are visited with GPTQ's error feedback (Frantar et al. 2022; the vector form is GPTVQ,
+van Baalen et al. 2024) in act order (decreasing H-diagonal mass per block; the blocks keep
+their columns, so the format does not change), the per-block metric K = A Aᵀ with A the
+inverse of the C×C diagonal block of the inverse Hessian's Cholesky factor — the same search
+with U_s U_sᵀ → U_s K U_sᵀ and U_s w → U_s K w.
 """
 
 from __future__ import annotations
@@ -473,8 +476,8 @@ class SeedBasisConfig(CodecConfig):
 # Presets at the issue's three budgets (nominal bits per weight; + 8/in for the row exponent).
 # Chosen by benchmarks/seedbasis_presets.py (data-aware output error on three SmolLM2 layers,
 # calibration text only): at 3.5 and 2.5 bits, exponent bits are worth less than 4× the seeds
-# (0.072 vs 0.094 and 0.132 vs 0.150); at 4.25 the only way to S = 10 drops the exponent
-# (0.078 vs 0.046), so it stays at S = 8.
+# (0.069 vs 0.090 and 0.123 vs 0.141); at 4.25 the only way to S = 10 drops the exponent
+# (0.072 vs 0.042), so it stays at S = 8.
 PRESETS = {
     "4.25": dict(block=8, seed_bits=8, coeffs=6, coeff_bits=4, exp_bits=2),
     "3.5": dict(block=8, seed_bits=10, coeffs=4, coeff_bits=4, exp_bits=2),
