@@ -313,10 +313,14 @@ class SeedBasisConfig(CodecConfig):
         """
         from reality_stone.kernels.extension import load_extension
 
-        wd = w.double()
-        z = wd if K is None else wd @ K.double()
-        wsq = (z * wd).sum(-1).float()
-        z = z.float()
+        if K is None:  # data-free: whole layers at once, so no float64 copy
+            z = w.float()
+            wsq = (z * z).sum(-1)
+        else:
+            wd = w.double()
+            z = wd @ K.double()
+            wsq = (z * wd).sum(-1).float()
+            z = z.float()
         fused = U.shape[2] == 8 and U.shape[1] <= 8
         ext = load_extension(quiet=True) if fused else None
         if ext is None:
