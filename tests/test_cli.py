@@ -84,7 +84,7 @@ def test_calibrated_compress_eval_generate_smollm2(tmp_path):
                             "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)["texts"]["news"]
-    assert res["tokens"] == 299 and 1.0 < res["ppl_ratio"] < 2.0 and 0 < res["kl"] < 0.5 and 0.6 < res["top1"] < 1
+    assert res["tokens"] == 299 and 1.0 < res["ppl_ratio"] < 2.0 and 0 < res["kl"] < 0.6 and 0.6 < res["top1"] < 1
     r = runner.invoke(app, ["generate", str(out), "What is the capital of France?", "--max-new-tokens", "8", "--json"])
     assert r.exit_code == 0, r.output
     gen = json.loads(r.stdout)
