@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	# exit code 5 = "no tests collected": treat as success only if that is what happened.
-	$(BIN)/python -m pytest -q --durations=15 tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+	PYTHONUNBUFFERED=1 $(BIN)/python -m pytest -q --durations=15 tests; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
 
 # the edit loop: everything but the tests marked slow (real-model end-to-end runs)
 test-fast: $(STAMP)

@@ -165,3 +165,31 @@ def test_output_error_metric():
     H = torch.eye(6, dtype=torch.float64)
     assert output_error(W, W, ActivationStats(H, 1)) == 0
     assert output_error(W, 0 * W, H) == pytest.approx(1.0)
+
+
+def test_siblings_share_one_product_and_each_sum_is_its_own():
+    """q/k/v-style siblings get x xᵀ from the first; a layer run twice on one input counts it twice."""
+    from reality_stone.calibration import _hooked
+
+    class Siblings(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q, self.k, self.v = (torch.nn.Linear(6, 6) for _ in range(3))
+
+        def forward(self, x):
+            return self.q(x) + self.q(x) + self.k(x) + self.v(self.q(x).detach())
+
+    model = Siblings()
+    acc, handles = _hooked(model, ["q", "k", "v"])
+    xs = [torch.randn(5, 6, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    with torch.no_grad():
+        for x in xs:
+            model(x)
+    for h in handles:
+        h.remove()
+    X = torch.cat(xs).double()
+    xtx = X.T @ X
+    vin = torch.cat([model.q(x).double() for x in xs]).detach()
+    torch.testing.assert_close(acc["q"].stats("q").xtx, 3 * xtx / 45, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(acc["k"].stats("k").xtx, xtx / 15, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(acc["v"].stats("v").xtx, vin.T @ vin / 15, rtol=1e-5, atol=1e-8)

@@ -175,7 +175,8 @@ class _Accumulator:
 
     def __call__(self, _module, inputs):
         x0, last = inputs[0], self._last
-        if last is not None and last.x is x0 and last.version == x0._version:
+        hit = last is not None and last.x is x0 and last.version == x0._version
+        if hit:
             xtx = last.xtx
         else:
             x = x0.detach().reshape(-1, x0.shape[-1]).float()
@@ -183,7 +184,11 @@ class _Accumulator:
             if last is not None:
                 last.x, last.version, last.xtx = x0, x0._version, xtx
         if self.sum is None:
-            self.sum = xtx.clone()  # a sibling may hold the same product
+            # a product from a sibling is shared: copy it; one computed here is ours to keep
+            # (siblings that take it copy it, and the next miss replaces `last` before we add)
+            self.sum = xtx.clone() if hit else xtx
+        elif self.sum is xtx:  # this layer ran twice on the same input: keep `last`'s product intact
+            self.sum = self.sum * 2
         else:  # in place: an (in, in) float64 matrix is 254 MB at in = 5632
             self.sum += xtx
         self.count += x0.numel() // x0.shape[-1]

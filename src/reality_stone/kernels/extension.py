@@ -4,13 +4,22 @@ Sources: every ``*.cpp`` of this folder — `int_lowbit_cpu.cpp` (group-quantise
 `seedbasis_cpu.cpp` (seed-basis blocks), `seedbasis_search_cpu.cpp` (the seed-basis encoder's
 search), `packed64_cpu.cpp` (Packed64 leaves), each registering its own bindings, and
 `bindings.cpp` (the module). Built with ``torch.utils.cpp_extension.load`` into the user
-cache dir (one build per torch version; rebuilt when a source changes). No compiler, no
-AVX2, or ``REALITY_STONE_NO_EXT=1`` → ``None`` and one warning; callers then use their
-plain-torch paths.
+cache dir, in a folder named by the torch version and a hash of the sources and flags: the
+sources are copied there first, so every checkout with the same sources shares one build (a
+build from the checkout's own paths would be redone whenever another checkout loaded).
+No compiler, no AVX2, or ``REALITY_STONE_NO_EXT=1`` → ``None`` and one warning; callers then
+use their plain-torch paths.
+
+Builds are serialised by an ``flock`` on ``build.flock``, which the kernel releases when its
+holder dies. torch's own ``lock`` file (``O_EXCL``) is not: a build killed part-way leaves it
+behind and every later ``load`` waits on it forever. Under the flock no other process of ours
+is building, so such a file is stale and is removed.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -19,7 +28,11 @@ import torch
 
 __all__ = ["extension_status", "load_extension"]
 
-SOURCES = sorted(p.name for p in Path(__file__).parent.glob("*.cpp"))
+HERE = Path(__file__).parent
+SOURCES = sorted(p.name for p in HERE.glob("*.cpp"))
+HEADERS = sorted(p.name for p in HERE.glob("*.h"))
+CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fno-math-errno", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 _EXT = None
 _EXT_ERROR: str | None = None
 _WARNED = False
@@ -41,21 +54,59 @@ def load_extension(*, quiet: bool = False):
         _EXT_ERROR = f"CPU capability {torch.backends.cpu.get_cpu_capability()} lacks AVX2"
     else:
         try:
-            from torch.utils.cpp_extension import load
-
             from reality_stone.data.pretrained import cache_dir
 
-            build = cache_dir() / "ext" / f"torch-{torch.__version__}"
-            build.mkdir(parents=True, exist_ok=True)
-            here = Path(__file__).parent
-            _EXT = load(name="reality_stone_kernels", sources=[str(here / s) for s in SOURCES],
-                        build_directory=str(build), extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fno-math-errno", "-fopenmp"],
-                        extra_ldflags=["-fopenmp"], verbose=False)
+            _EXT = _build(cache_dir() / "ext")
         except Exception as exc:  # no compiler, headers, ... -> pure torch
             _EXT_ERROR = f"build failed: {str(exc).splitlines()[0][:200]}"
     if _EXT is None and not quiet:
         _warn()
     return _EXT
+
+
+def build_directory(root: Path) -> Path:
+    """``root/torch-<version>-<hash>``: the hash covers every source, header and flag."""
+    digest = hashlib.sha256()
+    for name in SOURCES + HEADERS:
+        digest.update(name.encode() + b"\0" + (HERE / name).read_bytes() + b"\0")
+    digest.update(" ".join(CFLAGS + LDFLAGS).encode())
+    return root / f"torch-{torch.__version__}-{digest.hexdigest()[:16]}"
+
+
+def _build(root: Path):
+    from torch.utils.cpp_extension import load
+
+    build = build_directory(root)
+    source_dir = build / "src"
+    source_dir.mkdir(parents=True, exist_ok=True)
+    with open(build / "build.flock", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)  # held until the file closes or this process dies
+        remove_stale_torch_lock(build)
+        for name in SOURCES + HEADERS:
+            target = source_dir / name
+            # same folder, same hash -> same bytes: write only when missing, so ninja (which
+            # compares mtimes) keeps the objects of an earlier build
+            if not target.is_file() or target.read_bytes() != (HERE / name).read_bytes():
+                tmp = target.with_suffix(target.suffix + ".tmp")
+                tmp.write_bytes((HERE / name).read_bytes())
+                os.replace(tmp, target)
+        return load(name="reality_stone_kernels", sources=[str(source_dir / s) for s in SOURCES],
+                    build_directory=str(build), verbose=False,
+                    # copies: torch appends its own flags to these lists in place
+                    extra_cflags=list(CFLAGS), extra_ldflags=list(LDFLAGS))
+
+
+def remove_stale_torch_lock(build: Path) -> bool:
+    """Remove torch's ``lock`` file from `build`; call only while holding ``build.flock``.
+
+    Returns whether one was there (left by a build that was killed)."""
+    lock = build / "lock"
+    if lock.exists():
+        lock.unlink(missing_ok=True)
+        warnings.warn(f"reality_stone: removed a stale build lock left by an interrupted build: {lock}",
+                      RuntimeWarning, stacklevel=3)
+        return True
+    return False
 
 
 def _warn() -> None:
