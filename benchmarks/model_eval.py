@@ -1,35 +1,32 @@
 """Whole-model results table: every codec configuration on SmolLM2-135M and MiniLM, one run.
 
     python benchmarks/model_eval.py     # -> benchmarks/results/model_eval.{json,md}
-    python benchmarks/model_eval.py --redo="fp32 (dense),RTN int4"   # re-measure those SmolLM2 rows only
+    python benchmarks/model_eval.py --redo "fp32 (dense),RTN int4"   # re-measure those SmolLM2 rows only
 
-SmolLM2 (causal LM): compress in place, save the single-file format, then
-* perplexity on the held-out texts (Hamlet, Lee news), first 2048 tokens, context 512, stride 256;
-* in a fresh subprocess (`reality-stone eval FILE`): load the file, decode 32 tokens greedily
-  at batch 1 → tokens/s and the process's peak RSS (load + decode), compared with the same
-  subprocess measurement of the dense model saved in the same format.
-MiniLM (encoder, original fp32 weights): cosine similarity of mean-pooled embeddings vs the
-dense model on 64 Lee-corpus sentences, and the Spearman correlation of pairwise similarities.
+Every row goes through the library's one quality path, `evaluate_specs`: compress a copy of the
+model in this process, save the single-file format, then score the *file* in a fresh process
+(`reality-stone eval FILE --json`):
+* SmolLM2 (causal LM): perplexity on the held-out texts (Hamlet, Lee news), first 2048 tokens,
+  context 512, stride 256; then greedy decoding of 32 tokens at batch 1 → tokens/s; the process's
+  peak RSS covers loading, scoring and decoding. Dense fp32 is measured the same way.
+* MiniLM (encoder, original fp32 weights): cosine similarity of mean-pooled embeddings vs the
+  dense model on 64 Lee-corpus sentences, and the Spearman correlation of pairwise similarities.
 
 Bits per weight count every stored byte of the compressed Linear layers; embeddings, norms
-and biases stay dense (fp32) and are in the file size. The seeds' ratios appear as: RBE
-K=100 / K=50 per 128² block ("78:1", "151:1" in seed 004's word counting) and one Packed64
-seed + scale per 32² block (seed 003's "512:1" block size).
+and biases stay dense (fp32) and are in the file size. The fp16 row rounds every weight to fp16
+and is scored in fp32 (fp16 matmuls are no CPU path; its speed and memory columns are those of
+fp32 and left out); its file size is the fp16 file's. The seeds' ratios appear as: RBE K=100 /
+K=50 per 128² block ("78:1", "151:1" in seed 004's word counting) and one Packed64 seed + scale
+per 32² block (seed 003's "512:1" block size).
 """
 
 from __future__ import annotations
 
-import copy
+import argparse
 import json
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import torch
 
-import reality_stone as rs
 from reality_stone.codecs import codec_config
 from reality_stone.codecs.seedbasis import preset
 from reality_stone.evaluation.experiment import Spec, evaluate_specs
@@ -37,6 +34,7 @@ from reality_stone.evaluation.loaders import load_minilm, load_smollm2
 from harness import RESULTS, write_json, write_markdown
 
 TOKENS = 2048
+ENCODER_ROWS = ("fp16", "RTN", "HQQ", "seedbasis", "RBE")  # label prefixes also run on MiniLM
 
 
 def specs() -> list[Spec]:
@@ -57,75 +55,42 @@ def specs() -> list[Spec]:
     ]
 
 
-def subprocess_eval(path: Path) -> dict:
-    out = subprocess.run([sys.executable, "-m", "reality_stone.cli", "eval", str(path), "--tokens", "64", "--text", "news",
-                          "--json"], capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+def progress(label: str) -> None:
+    print(f"-> {label}", flush=True)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redo", help="comma-separated SmolLM2 label prefixes to re-measure; the other rows "
+                                       "(and MiniLM) are kept from the previous results/model_eval.json")
+    args = parser.parse_args()
     torch.set_num_threads(2)
-    redo = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--redo=")), None)
-    prefixes = tuple(redo.split(",")) if redo else None
+    prefixes = tuple(args.redo.split(",")) if args.redo else None
     old = json.loads((RESULTS / "model_eval.json").read_text()) if prefixes else None
-    lm = load_smollm2()
-    rows = []
-    from reality_stone.data.text import evaluation_text
-    from reality_stone.evaluation.metrics import model_nbytes, perplexity
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in specs():
-            if prefixes and not spec.label.startswith(prefixes):  # kept from the previous run
-                rows.append(next(r for r in old["smollm2"] if r["label"] == spec.label))
-                continue
-            model = copy.deepcopy(lm.model)
-            row = dict(label=spec.label, config=spec.config.to_dict() if spec.config else None)
-            t0 = time.perf_counter()
-            if spec.config is not None:
-                report = rs.compress(model, spec.config)
-                row.update(bits_per_weight=report.bits_per_weight,
-                           layer_rel_error={r.name: r.rel_error for r in report.layers})
-            elif spec.dense_dtype == "fp16":
-                with torch.no_grad():  # fp16 storage: weights rounded to fp16, compute in fp32
-                    for p in model.parameters():
-                        p.copy_(p.half().float())
-                row["bits_per_weight"] = 16.0
-            else:
-                row["bits_per_weight"] = 32.0
-            row["compress_seconds"] = time.perf_counter() - t0
-            row["weight_bytes"] = model_nbytes(model) // (2 if spec.dense_dtype == "fp16" else 1)
-            with torch.no_grad():
-                for name in ("shakespeare", "news"):
-                    row[f"ppl_{name}"], row["tokens_scored"] = perplexity(model, lm.tokenizer, evaluation_text(name),
-                                                                          max_tokens=TOKENS)
-            path = Path(tmp) / "model.safetensors"
-            if spec.dense_dtype == "fp16":  # store the fp16 tensors themselves (file size); transformers
-                for p in model.parameters():  # refuses .half() on a model loaded from GGUF
-                    p.data = p.data.half()
-            rs.save(model, path, source="smollm2")
-            row["file_bytes"] = path.stat().st_size
-            if spec.dense_dtype != "fp16":  # fp16 compute is not a CPU path worth timing
-                sub = subprocess_eval(path)
-                row["tokens_per_s"], row["peak_rss_bytes"] = sub["tokens_per_s"], sub["peak_rss_bytes"]
-            del model
-            rows.append(row)
-            print({k: v for k, v in row.items() if k not in ("config", "layer_rel_error")}, flush=True)
-    enc_specs = [s for s in specs() if s.label.split()[0] in ("fp16", "RTN", "HQQ", "seedbasis", "RBE")]
-    enc_rows = old["minilm"] if prefixes else evaluate_specs(load_minilm(), enc_specs)
+    todo = [s for s in specs() if not prefixes or s.label.startswith(prefixes)]
+    fresh = {r["label"]: r for r in evaluate_specs(load_smollm2(), todo, max_tokens=TOKENS, progress=progress)}
+    kept = {r["label"]: r for r in old["smollm2"]} if old else {}
+    rows = [fresh.get(s.label) or kept[s.label] for s in specs()]
+    for r in fresh.values():
+        print({k: v for k, v in r.items() if k not in ("config", "layer_rel_error")}, flush=True)
+    enc_specs = [s for s in specs() if s.label.startswith(ENCODER_ROWS)]
+    enc_rows = old["minilm"] if old else evaluate_specs(load_minilm(), enc_specs, progress=progress)
     for r in enc_rows:
-        print({k: v for k, v in r.items() if k != "config"}, flush=True)
+        print({k: v for k, v in r.items() if k not in ("config", "layer_rel_error")}, flush=True)
     write_json("model_eval", dict(tokens=TOKENS, smollm2=rows, minilm=enc_rows))
     dense = rows[0]
-    lines = [f"SmolLM2-135M-Instruct, held-out perplexity on the first {TOKENS} tokens (context 512, stride 256); "
-             "tokens/s and peak RSS from a fresh process that loads the file and decodes 32 tokens at batch 1.", "",
+    lines = [f"SmolLM2-135M-Instruct, each configuration saved and its file scored in a fresh process: held-out "
+             f"perplexity on the first {TOKENS} tokens (context 512, stride 256), then greedy decoding of 32 tokens "
+             "at batch 1 (tokens/s); peak RSS of that process (load, scoring and decoding).", "",
              "| configuration | bits/weight | ratio vs fp32 (layers) | file MB | ppl Hamlet | ppl news | tokens/s | vs dense | peak RSS MB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        tps = r.get("tokens_per_s")
+        fp16 = r["label"].startswith("fp16")  # scored in fp32: its speed and memory are fp32's
+        tps, rss = (None, None) if fp16 else (r.get("tokens_per_s"), r.get("peak_rss_bytes"))
         lines.append(f"| {r['label']} | {r['bits_per_weight']:.3f} | {32 / r['bits_per_weight']:.1f}:1 | "
                      f"{r['file_bytes'] / 1e6:.1f} | {r['ppl_shakespeare']:.2f} | {r['ppl_news']:.2f} | "
                      f"{'%.1f' % tps if tps else '—'} | {'%.2f×' % (tps / dense['tokens_per_s']) if tps else '—'} | "
-                     f"{'%.0f' % (r['peak_rss_bytes'] / 1e6) if r.get('peak_rss_bytes') else '—'} |")
+                     f"{'%.0f' % (rss / 1e6) if rss else '—'} |")
     lines += ["", "MiniLM (all-MiniLM-L6-v2, fp32 original): embedding fidelity vs the dense model, 64 Lee-corpus sentences.", "",
               "| configuration | bits/weight | cosine mean | cosine min | Spearman of pairwise similarities |",
               "|---|---:|---:|---:|---:|"]

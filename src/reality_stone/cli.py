@@ -304,8 +304,9 @@ def compress_cmd(
     seq_len: int = typer.Option(512, "--seq-len", min=8, help="calibration sequence length (tokens)"),
     sequential: bool = typer.Option(True, "--sequential/--one-pass", help="calibrate block by block through the "
                                     "already-compressed blocks (default), or in one pass over the dense model"),
-    stream: bool = typer.Option(False, "--stream", help="stream a model folder: tensor by tensor (data-free codecs) "
-                                "or, with --calibration, decoder block by decoder block (one block's weights in memory)"),
+    stream: bool = typer.Option(False, "--stream", help="stream a model folder or .gguf file: tensor by tensor "
+                                "(data-free codecs) or, with --calibration, decoder block by decoder block (one "
+                                "block's weights in memory)"),
     max_memory: str = typer.Option("2G", "--max-memory", help="calibrated streaming: hidden states kept in RAM up to "
                                    "this size (e.g. 512M, 4G), beyond it in a file beside the output"),
     workers: int = typer.Option(1, min=1, help="streamed checkpoints: parallel Ray workers (needs the distributed extra)"),
@@ -336,9 +337,10 @@ def compress_cmd(
         _fail(str(exc))
     path = Path(model)
     if path.exists() and (stream or not (is_model_folder(path) or path.suffix == ".gguf")):
-        if (calib is not None or config.calibration == "required") and not is_model_folder(path):
-            _fail(f"{model}: calibration runs the model, which needs its config.json: give a Hugging Face model "
-                  f"folder (streamed block by block with --stream) or a data-free codec")
+        if (calib is not None or config.calibration == "required") and not (is_model_folder(path) or
+                                                                             path.suffix == ".gguf"):
+            _fail(f"{model}: calibration runs the model, which needs its architecture: give a Hugging Face model "
+                  f"folder or a .gguf file (streamed block by block with --stream), or a data-free codec")
         try:
             budget = parse_size(max_memory)
         except ValueError as exc:

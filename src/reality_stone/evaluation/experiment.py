@@ -58,6 +58,18 @@ def _apply(model: nn.Module, spec: Spec, tokenizer, calibration, calibration_tok
     return report.to_dict(), time.perf_counter() - t0
 
 
+def _fp16_file_bytes(model: nn.Module, path: Path, loaded) -> int:
+    """Size of `model` saved with its floating-point tensors in fp16 (the file is deleted)."""
+    with torch.no_grad():
+        for p in model.parameters():  # .data: transformers refuses .half() on a model loaded from GGUF
+            if p.is_floating_point():
+                p.data = p.data.half()
+    save(model, path, source=loaded.name, tokenizer=loaded.tokenizer)
+    size = path.stat().st_size
+    path.unlink()
+    return size
+
+
 def evaluate_file(path: str | Path, *, texts=("shakespeare", "news"), max_tokens: int = 2048, context: int = 512,
                   stride: int = 256, speed: bool = True, encoder: bool = False) -> dict:
     """``reality-stone eval PATH --json`` in a fresh process (same thread count as this one).
@@ -86,8 +98,10 @@ def evaluate_specs(loaded, specs: list[Spec], *, texts=("shakespeare", "news"), 
     against the dense model on Lee-corpus sentences. Always: bits per weight of the compressed
     layers, weight bytes, file bytes, compression seconds (calibration included for
     ``Spec.calibrated`` rows, which use ``calibration``: see `reality_stone.models.compress`),
-    peak RSS of the scoring process. fp16-storage rows round every weight to fp16 and compute in
-    fp32 (fp16 matmuls are no CPU path): their weight bytes count 2 per weight.
+    peak RSS of the scoring process, each compressed layer's relative weight error
+    (``layer_rel_error``). fp16-storage rows round every weight to fp16 and are scored in fp32
+    (fp16 matmuls are no CPU path): their weight bytes count 2 per weight and their file bytes are
+    those of the same model saved in fp16.
     """
     rows = []
     dense_bytes = model_nbytes(loaded.model)
@@ -104,10 +118,14 @@ def evaluate_specs(loaded, specs: list[Spec], *, texts=("shakespeare", "news"), 
                        weight_bytes=model_nbytes(model) // (2 if fp16 else 1),
                        dense_weight_bytes=dense_bytes, compress_seconds=seconds, calibration=report.get("calibration"),
                        output_error=report.get("output_error"))
+            if report.get("layers"):
+                row["layer_rel_error"] = {r["name"]: r["rel_error"] for r in report["layers"]}
             path = Path(tmp) / "model.safetensors"
             save(model, path, source=loaded.name, tokenizer=loaded.tokenizer)
-            del model
             row["file_bytes"] = path.stat().st_size
+            if fp16:  # the file one would ship stores fp16 tensors; it is scored through the fp32 one
+                row["file_bytes"] = _fp16_file_bytes(model, Path(tmp) / "fp16.safetensors", loaded)
+            del model
             result = evaluate_file(path, texts=texts, max_tokens=max_tokens, context=context, stride=stride,
                                    speed=speed, encoder=loaded.kind != "causal-lm")
             keep = [k for k in result if k.startswith("ppl_") or k in ("tokens_scored", "tokens_per_s", "peak_rss_bytes",

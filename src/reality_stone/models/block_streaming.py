@@ -1,8 +1,9 @@
 """Calibrated compression of a checkpoint larger than memory, one decoder block at a time.
 
 ``compress_checkpoint(src, out, config, calibration=…)`` (`reality_stone.models.streaming`)
-lands here for a Hugging Face model folder (config.json + safetensors shards) of a supported
-decoder-only family (`SUPPORTED_FAMILIES`). As GPTQModel and llm-compressor do:
+lands here for a Hugging Face model folder (config.json + safetensors shards) or a GGUF file
+(`gguf_checkpoint`: tensors dequantised one at a time) of a supported decoder-only family
+(`SUPPORTED_FAMILIES`). As GPTQModel and llm-compressor do:
 
 1. the architecture is built on the meta device (no weights) and checked against the shards'
    headers (every tensor present, same shape, nothing extra);
@@ -46,7 +47,7 @@ from torch import nn
 
 from reality_stone.codecs.base import CodecConfig
 from reality_stone.models.format import (ENCODED_SUFFIX, TOKENIZER_TENSOR, _return_freed_memory, _tokenizer_tensor,
-                                         atomic_path, tensor_bytes, tensor_checksum)
+                                         architecture_record, atomic_path, tensor_bytes, tensor_checksum)
 
 __all__ = ["SUPPORTED_FAMILIES", "DEFAULT_MAX_MEMORY", "compress_checkpoint_calibrated", "parse_size"]
 
@@ -76,6 +77,15 @@ def parse_size(text: str) -> int:
 
 
 def _folder_config(src: Path) -> tuple[Path, dict]:
+    """(the folder, or the .gguf file itself; the config as a dict), for a supported family."""
+    from reality_stone.models.gguf_checkpoint import gguf_config, is_gguf
+
+    if is_gguf(src):
+        cfg = gguf_config(src).to_dict()
+        if cfg.get("model_type") not in SUPPORTED_FAMILIES:
+            raise ValueError(f"{src}: model_type {cfg.get('model_type')!r} is not a family the block walker knows; "
+                             f"supported: {', '.join(SUPPORTED_FAMILIES)} (data-free codecs stream any checkpoint)")
+        return src, cfg
     folder = src if src.is_dir() else src.parent
     path = folder / "config.json"
     if not path.is_file():
@@ -95,8 +105,13 @@ def _folder_config(src: Path) -> tuple[Path, dict]:
 
 
 def _meta_causal_lm(folder: Path) -> nn.Module:
-    """The folder's architecture (a ...ForCausalLM) on the meta device: structure, no memory."""
+    """The folder's (or .gguf file's) architecture (a ...ForCausalLM) on the meta device: structure, no memory."""
     import transformers
+
+    from reality_stone.models.gguf_checkpoint import gguf_meta_model, is_gguf
+
+    if is_gguf(folder):
+        return gguf_meta_model(folder)
 
     try:
         config = transformers.AutoConfig.from_pretrained(str(folder))
@@ -384,8 +399,10 @@ def compress_checkpoint_calibrated(
             isinstance(calibration, (list, tuple)) and calibration and all(isinstance(t, int) for t in calibration)):
         from transformers import AutoTokenizer
 
+        from reality_stone.models.gguf_checkpoint import gguf_tokenizer, is_gguf
+
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder))
+            tokenizer = gguf_tokenizer(folder) if is_gguf(folder) else AutoTokenizer.from_pretrained(str(folder))
         except (OSError, ValueError, TypeError):
             raise ValueError(f"{folder}: no tokenizer to read the calibration text with (pass tokenizer=)") from None
     ids = calibration_ids(calibration, tokenizer, tokens=tokens, seq_len=seq_len, vocab_size=model.config.vocab_size)
@@ -531,7 +548,7 @@ def compress_checkpoint_calibrated(
     # the file: parts + tokenizer, with the metadata `reality_stone.save` writes for the same model
     extra = {TOKENIZER_TENSOR: _tokenizer_tensor(tokenizer)} if tokenizer is not None else {}
     n_records, n_compressed = store.assemble(
-        out, architecture={"class": type(model).__name__, "config": model.config.to_dict()}, aliases=aliases,
+        out, architecture=architecture_record(model), aliases=aliases,
         source=source, extra=extra)
     in_bytes = sum(Path(s).stat().st_size for s in {t.shard for t in sources})
     return dict(output=str(out), tensors=n_records, compressed_layers=n_compressed, input_bytes=in_bytes,

@@ -240,13 +240,19 @@ def write_safetensors(fh, entries: list[tuple[str, str, list[int], int, Callable
             raise RuntimeError(f"tensor {name!r}: wrote {fh.tell() - start} bytes, the header says {nbytes}")
 
 
-def _architecture(model: nn.Module):
+def architecture_record(model: nn.Module) -> dict | None:
+    """What a file records of ``model``'s architecture: transformers class and config (None otherwise)."""
     try:
         from transformers import PreTrainedModel
     except ImportError:  # pragma: no cover - transformers is a dependency
         return None
     if isinstance(model, PreTrainedModel):
-        return {"class": type(model).__name__, "config": model.config.to_dict()}
+        config = model.config.to_dict()
+        if (config.get("quantization_config") or {}).get("quant_method") == "gguf":
+            # transformers marks a model read from GGUF; its weights were dequantised on load and
+            # this file stores them as it says, so the marker would only mislead a reader
+            del config["quantization_config"]
+        return {"class": type(model).__name__, "config": config}
     return None
 
 
@@ -281,7 +287,7 @@ def save(model: nn.Module, path: str | Path, *, source: str | None = None, token
     if tokenizer is not None:
         tensors[TOKENIZER_TENSOR] = _tokenizer_tensor(tokenizer)
     names = sorted(tensors)
-    meta = file_metadata(architecture=_architecture(model), compressed=compressed, aliases=aliases,
+    meta = file_metadata(architecture=architecture_record(model), compressed=compressed, aliases=aliases,
                          checksums={k: _checksum_of(tensors[k], FORMAT_VERSION) for k in names}, source=source)
     entries = [(k, DTYPE_NAMES[tensors[k].dtype], list(tensors[k].shape), tensors[k].numel() * tensors[k].element_size(),
                 lambda fh, t=tensors[k]: fh.write(tensor_bytes(t))) for k in names]

@@ -85,12 +85,20 @@ def _by_name(name: str, shape: tuple[int, ...]) -> bool:
             and not any(k in low for k in ("embed", "norm")))
 
 
+def checkpoint_model(src: str | Path) -> nn.Module | None:
+    """The architecture of checkpoint ``src`` on the meta device: from a .gguf file's metadata, or
+    the config.json of the folder (or of the file's folder); None without one."""
+    from reality_stone.models.gguf_checkpoint import gguf_meta_model, is_gguf
+
+    src = Path(src)
+    return gguf_meta_model(src) if is_gguf(src) else _meta_model((src if src.is_dir() else src.parent) / "config.json")
+
+
 def checkpoint_selector(src: str | Path, include: str = "*", skip: tuple[str, ...] = DEFAULT_SKIP,
                         skip_tied: bool = True) -> Callable[[str, tuple[int, ...]], bool]:
     """``select(tensor_name, shape)`` for the tensors of checkpoint ``src`` (a folder or a file in
     one): the same layers `select_layers` picks on the model, read from its config.json."""
-    src = Path(src)
-    model = _meta_model((src if src.is_dir() else src.parent) / "config.json")
+    model = checkpoint_model(src)
     if model is not None:
         chosen, _ = select_layers(model, include, skip, skip_tied)
         weights = {f"{name}.weight": tuple(mod.weight.shape) for name, mod in chosen}

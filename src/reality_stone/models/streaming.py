@@ -54,6 +54,9 @@ class TensorSource:
     shape: tuple[int, ...]
     offset: int  # absolute byte offset of the data in the shard
     nbytes: int
+    # GGUF tensors (`gguf_checkpoint`): (GGUF name, quantisation type, stored numpy dtype and shape);
+    # ``dtype`` is then F32, what dequantising gives
+    gguf: tuple | None = None
 
 
 def _shards(src: Path) -> list[Path]:
@@ -94,8 +97,12 @@ def _read_header(shard: Path) -> tuple[dict, int]:
 
 
 def checkpoint_tensors(src: str | Path) -> list[TensorSource]:
-    """Every tensor of a checkpoint (a .safetensors file or a folder of shards), from headers only.
-    A truncated shard is reported with the first tensor it cuts."""
+    """Every tensor of a checkpoint (a .safetensors file, a folder of shards or a .gguf file), from
+    headers only. A truncated shard is reported with the first tensor it cuts."""
+    from reality_stone.models.gguf_checkpoint import gguf_tensors, is_gguf
+
+    if is_gguf(src):
+        return gguf_tensors(src)
     out, seen = [], {}
     for shard in _shards(Path(src)):
         header, start = _read_header(shard)
@@ -129,6 +136,10 @@ def checkpoint_tensors(src: str | Path) -> list[TensorSource]:
 def _read(src: TensorSource) -> torch.Tensor:
     """One tensor, read with plain file I/O (no mmap of the shard: the process holds this tensor
     only, and its RSS says so)."""
+    if src.gguf is not None:
+        from reality_stone.models.gguf_checkpoint import read_gguf_tensor
+
+        return read_gguf_tensor(src)
     data = bytearray(src.nbytes)  # read straight into it: one copy of the tensor, not two
     try:
         with open(src.shard, "rb") as fh:
@@ -163,12 +174,29 @@ def _process(src: TensorSource, config: CodecConfig | None, tensor: torch.Tensor
 
 
 def _architecture(src: Path):
+    from reality_stone.models.gguf_checkpoint import gguf_architecture, is_gguf
+
+    if is_gguf(src):
+        return gguf_architecture(src)
     cfg_path = (src if src.is_dir() else src.parent) / "config.json"
     if not cfg_path.is_file():
         return None
     cfg = json.loads(cfg_path.read_text())
     arch = (cfg.get("architectures") or [None])[0]
     return {"class": arch, "config": cfg} if arch else None
+
+
+def _aliases(src: Path, tensors: list[TensorSource]) -> dict[str, str]:
+    """{tied name the checkpoint leaves out: the stored name it shares} (a tied lm_head is stored once, as
+    the embeddings, by save_pretrained and in GGUF), so that `reality_stone.load` re-ties it."""
+    from reality_stone.models.block_streaming import _tied_aliases
+    from reality_stone.models.selection import checkpoint_model
+
+    model = checkpoint_model(src)
+    if model is None:
+        return {}
+    names = {t.name for t in tensors}
+    return {a: t for a, t in _tied_aliases(model).items() if a not in names and t in names}
 
 
 def _fingerprint(tensors: list[TensorSource]) -> str:
@@ -298,7 +326,7 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
                         on_tensor: Callable[[dict], None] | None = None, calibration=None, tokenizer=None,
                         tokens: int = 8192, seq_len: int = 512, max_memory: int | None = None,
                         on_block: Callable[[int], None] | None = None) -> dict:
-    """Compress checkpoint ``src`` (a .safetensors file or a folder of shards) into ``out``.
+    """Compress checkpoint ``src`` (a .safetensors file, a folder of shards or a .gguf file) into ``out``.
 
     Which tensors: `reality_stone.models.selection.checkpoint_selector` (the layers `rs.compress`
     would pick on the same model: ``include``/``skip`` globs on module names, ties, the LM head
@@ -365,7 +393,8 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
     if bar is not None:
         bar.close()
 
-    n_records, n_compressed = store.assemble(out, architecture=_architecture(src), aliases={}, source=source)
+    n_records, n_compressed = store.assemble(out, architecture=_architecture(src), aliases=_aliases(src, tensors),
+                                             source=source)
     in_bytes = sum(Path(s).stat().st_size for s in {t.shard for t in tensors})
     return dict(output=str(out), tensors=n_records, compressed_layers=n_compressed, input_bytes=in_bytes,
                 output_bytes=out.stat().st_size, seconds=time.perf_counter() - t_start,
