@@ -319,14 +319,17 @@ def test_parse_size():
             block_streaming.parse_size(bad)
 
 
-@pytest.mark.slow  # the real SmolLM2 twice (~2 min)
+@pytest.mark.slow  # the real SmolLM2 twice
 def test_smollm2_streamed_equals_in_memory(tmp_path):
     """The acceptance check: a save_pretrained folder of the real SmolLM2, calibrated with GPTQ on
-    the bundled plays, block by block vs whole — the same file, byte for byte."""
+    the bundled plays, block by block vs whole — the same file, byte for byte. Blocks 0-5 are
+    compressed (each block's hidden states come from the compressed blocks before it; the rest
+    are copied): the whole model took 4-12 min of the suite for no further path."""
     from reality_stone.evaluation.loaders import load_model, load_smollm2, save_model_folder
 
     folder = save_model_folder(load_smollm2(), tmp_path / "smollm2", max_shard_size="200MB")
-    config, kw = codec_config("gptq", bits=4, group=128), dict(calibration="shakespeare", tokens=512, seq_len=256)
+    config = codec_config("gptq", bits=4, group=128)
+    kw = dict(calibration="shakespeare", tokens=512, seq_len=256, include="model.layers.[0-5].*")
     whole = load_model(folder)
     with torch.no_grad():
         rs.compress(whole.model, config, tokenizer=whole.tokenizer, **kw)
@@ -334,5 +337,5 @@ def test_smollm2_streamed_equals_in_memory(tmp_path):
     del whole
     out = tmp_path / "streamed.safetensors"
     summary = compress_checkpoint(folder, out, config, source="smollm2", **kw)
-    assert summary["compressed_layers"] == 210
+    assert summary["compressed_layers"] == 42
     assert _sha(out) == _sha(ref)
