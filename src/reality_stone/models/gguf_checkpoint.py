@@ -148,17 +148,10 @@ def read_gguf_tensor(src) -> torch.Tensor:
     """One GGUF tensor as float32 (plain file read, dequantise, transformers' processing)."""
     import gguf
 
+    from reality_stone.models.streaming import read_stored_bytes
+
     gguf_name, qtype, np_dtype, raw_shape = src.gguf
-    data = bytearray(src.nbytes)
-    try:
-        with open(src.shard, "rb") as fh:
-            fh.seek(src.offset)
-            got = fh.readinto(data)
-    except OSError as exc:
-        raise ValueError(f"{src.shard}: tensor {gguf_name!r} could not be read ({exc})") from None
-    if got != src.nbytes:
-        raise ValueError(f"{src.shard}: tensor {gguf_name!r} is truncated ({got} of {src.nbytes} bytes)")
-    raw = np.frombuffer(data, dtype=np.dtype(np_dtype)).reshape(raw_shape)
+    raw = np.frombuffer(read_stored_bytes(src), dtype=np.dtype(np_dtype)).reshape(raw_shape)
     try:
         weights = gguf.dequantize(raw, gguf.GGMLQuantizationType(qtype))
     except (ValueError, NotImplementedError) as exc:

@@ -38,8 +38,8 @@ import torch
 
 from reality_stone.codecs.base import CodecConfig
 from reality_stone.models.selection import DEFAULT_SKIP, checkpoint_selector
-from reality_stone.models.format import (DTYPE_NAMES, ENCODED_SUFFIX, TORCH_DTYPES, atomic_path, file_metadata,
-                                         tensor_bytes, tensor_checksum, write_safetensors)
+from reality_stone.models.format import (DTYPE_NAMES, ENCODED_SUFFIX, TOKENIZER_TENSOR, TORCH_DTYPES, _tokenizer_tensor,
+                                         atomic_path, file_metadata, tensor_bytes, tensor_checksum, write_safetensors)
 
 __all__ = ["TensorSource", "checkpoint_tensors", "compress_checkpoint"]
 
@@ -133,14 +133,9 @@ def checkpoint_tensors(src: str | Path) -> list[TensorSource]:
     return sorted(out, key=lambda s: s.name)
 
 
-def _read(src: TensorSource) -> torch.Tensor:
-    """One tensor, read with plain file I/O (no mmap of the shard: the process holds this tensor
-    only, and its RSS says so)."""
-    if src.gguf is not None:
-        from reality_stone.models.gguf_checkpoint import read_gguf_tensor
-
-        return read_gguf_tensor(src)
-    data = bytearray(src.nbytes)  # read straight into it: one copy of the tensor, not two
+def read_stored_bytes(src: TensorSource) -> bytearray:
+    """The tensor's bytes as stored (``nbytes`` from ``offset``), read straight into one buffer."""
+    data = bytearray(src.nbytes)
     try:
         with open(src.shard, "rb") as fh:
             fh.seek(src.offset)
@@ -149,6 +144,17 @@ def _read(src: TensorSource) -> torch.Tensor:
         raise ValueError(f"{src.shard}: tensor {src.name!r} could not be read ({exc})") from None
     if got != src.nbytes:
         raise ValueError(f"{src.shard}: tensor {src.name!r} is truncated ({got} of {src.nbytes} bytes)")
+    return data
+
+
+def _read(src: TensorSource) -> torch.Tensor:
+    """One tensor, read with plain file I/O (no mmap of the shard: the process holds this tensor
+    only, and its RSS says so)."""
+    if src.gguf is not None:
+        from reality_stone.models.gguf_checkpoint import read_gguf_tensor
+
+        return read_gguf_tensor(src)
+    data = read_stored_bytes(src)
     if src.nbytes == 0:
         return torch.empty(src.shape, dtype=TORCH_DTYPES[src.dtype])
     return torch.frombuffer(data, dtype=TORCH_DTYPES[src.dtype]).reshape(src.shape)
@@ -184,6 +190,24 @@ def _architecture(src: Path):
     cfg = json.loads(cfg_path.read_text())
     arch = (cfg.get("architectures") or [None])[0]
     return {"class": arch, "config": cfg} if arch else None
+
+
+def _source_tokenizer(src: Path):
+    """The checkpoint's own tokenizer (a .gguf file's, or the files beside config.json), stored in the
+    output as `reality_stone.save` stores it, so the file is self-contained; None without one."""
+    from reality_stone.models.gguf_checkpoint import gguf_tokenizer, is_gguf
+
+    try:
+        if is_gguf(src):
+            return gguf_tokenizer(src)
+        folder = src if src.is_dir() else src.parent
+        if not (folder / "config.json").is_file():
+            return None
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError, KeyError):  # weights without a tokenizer: still a valid file
+        return None
 
 
 def _aliases(src: Path, tensors: list[TensorSource]) -> dict[str, str]:
@@ -331,6 +355,8 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
     Which tensors: `reality_stone.models.selection.checkpoint_selector` (the layers `rs.compress`
     would pick on the same model: ``include``/``skip`` globs on module names, ties, the LM head
     kept dense by default), or ``select(name, shape)`` instead.
+    The file stores ``tokenizer``, else the checkpoint's own (a .gguf file's, or the files beside
+    config.json) when it has one, so that `eval` / `generate` need nothing else.
     Returns a summary: tensors, compressed layers, bytes in and out, seconds, workers used.
     ``on_tensor(record)`` is called after each finished tensor (progress hooks, tests).
 
@@ -393,8 +419,10 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
     if bar is not None:
         bar.close()
 
+    tok = tokenizer if tokenizer is not None else _source_tokenizer(src)
+    extra = {TOKENIZER_TENSOR: _tokenizer_tensor(tok)} if tok is not None else {}
     n_records, n_compressed = store.assemble(out, architecture=_architecture(src), aliases=_aliases(src, tensors),
-                                             source=source)
+                                             source=source, extra=extra)
     in_bytes = sum(Path(s).stat().st_size for s in {t.shard for t in tensors})
     return dict(output=str(out), tensors=n_records, compressed_layers=n_compressed, input_bytes=in_bytes,
                 output_bytes=out.stat().st_size, seconds=time.perf_counter() - t_start,
