@@ -3,9 +3,7 @@ real-architecture models in code for tests."""
 
 from __future__ import annotations
 
-import functools
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import torch
 from torch import nn
 
 from reality_stone.data.pretrained import SMOLLM2_FILE, minilm_dir, qwen_coder_gguf, smollm2_gguf
+from reality_stone.models.gguf_checkpoint import quiet_gguf
 
 __all__ = ["LoadedModel", "is_model_folder", "load_minilm", "load_model", "load_qwen_coder", "load_smollm2", "load_tokenizer",
            "save_model_folder",
@@ -37,23 +36,6 @@ def _offline() -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-
-
-@contextmanager
-def _quiet_gguf():
-    """transformers' GGUF converter draws its own tqdm bar on every load; silence just that one."""
-    try:
-        import transformers.modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:  # pragma: no cover - module moved: the bar is cosmetic
-        gguf_utils = None
-    bar = getattr(gguf_utils, "tqdm", None)
-    if bar is not None:
-        gguf_utils.tqdm = functools.partial(bar, disable=True)
-    try:
-        yield
-    finally:
-        if bar is not None:
-            gguf_utils.tqdm = bar
 
 
 def load_smollm2() -> LoadedModel:
@@ -126,7 +108,7 @@ def _from_gguf(path: Path) -> LoadedModel:
     """A GGUF file (llama.cpp's format), dequantised to fp32 by transformers, with its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with _quiet_gguf():
+    with quiet_gguf():
         try:
             tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)

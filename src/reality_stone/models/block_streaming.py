@@ -397,14 +397,11 @@ def compress_checkpoint_calibrated(
     check_calibration(list(configs.values()), True)
     if tokenizer is None and not isinstance(calibration, torch.Tensor) and not (
             isinstance(calibration, (list, tuple)) and calibration and all(isinstance(t, int) for t in calibration)):
-        from transformers import AutoTokenizer
+        from reality_stone.models.streaming import _source_tokenizer
 
-        from reality_stone.models.gguf_checkpoint import gguf_tokenizer, is_gguf
-
-        try:
-            tokenizer = gguf_tokenizer(folder) if is_gguf(folder) else AutoTokenizer.from_pretrained(str(folder))
-        except (OSError, ValueError, TypeError):
-            raise ValueError(f"{folder}: no tokenizer to read the calibration text with (pass tokenizer=)") from None
+        tokenizer = _source_tokenizer(src)
+        if tokenizer is None:
+            raise ValueError(f"{folder}: no tokenizer to read the calibration text with (pass tokenizer=)")
     ids = calibration_ids(calibration, tokenizer, tokens=tokens, seq_len=seq_len, vocab_size=model.config.vocab_size)
     n, L = ids.shape
     H = model.config.hidden_size

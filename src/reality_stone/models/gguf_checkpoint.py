@@ -16,14 +16,32 @@ The architecture and tokenizer come from the GGUF metadata through transformers
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["is_gguf", "gguf_config", "gguf_meta_model", "gguf_tensors", "gguf_tokenizer", "gguf_architecture",
+__all__ = ["quiet_gguf", "is_gguf", "gguf_config", "gguf_meta_model", "gguf_tensors", "gguf_tokenizer", "gguf_architecture",
            "read_gguf_tensor"]
+
+
+@contextmanager
+def quiet_gguf():
+    """transformers' GGUF converter draws its own tqdm bar on every load; silence just that one."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # pragma: no cover - module moved: the bar is cosmetic
+        gguf_utils = None
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        if bar is not None:
+            gguf_utils.tqdm = bar
 
 
 def is_gguf(path: str | Path) -> bool:
@@ -45,10 +63,8 @@ def gguf_config(path: str | Path):
 def _config(key):
     from transformers import AutoConfig
 
-    from reality_stone.evaluation.loaders import _quiet_gguf
-
     path = Path(key[0])
-    with _quiet_gguf():
+    with quiet_gguf():
         try:
             return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
         except Exception as exc:  # noqa: BLE001 (a damaged file fails in gguf-py/numpy in many ways)
@@ -80,10 +96,8 @@ def gguf_architecture(path: str | Path) -> dict:
 def gguf_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 
-    from reality_stone.evaluation.loaders import _quiet_gguf
-
     path = Path(path)
-    with _quiet_gguf():
+    with quiet_gguf():
         try:
             return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
         except (OSError, ValueError, KeyError, TypeError) as exc:
