@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from reality_stone.cli import app
 from reality_stone.data.edges import closure_of_parents, read_edge_file
-from reality_stone.hierarchy import _distance_fn, embed, rank_metrics, reconstruction_metrics
+from reality_stone.hierarchy import _csr, _distance_fn, _sample_negatives, embed, rank_metrics, reconstruction_metrics
 from reality_stone.geometry import lorentz
 from reality_stone.optim import RiemannianAdam
 
@@ -92,6 +92,37 @@ def test_sparse_row_path_trains_and_is_deterministic(geometry):
         lorentz.check_point(r.embedding, c=1.0)
 
 
+def test_hard_negatives_are_two_closure_hops_from_the_anchor():
+    """The last `hard` columns are w with (u, v), (v, w) in the training closure; the rest uniform.
+    Two separate trees: two hops never leave u's tree, uniform draws do."""
+    tree = {str(i): [str((i - 1) // 2)] if i else [] for i in range(31)}
+    h = closure_of_parents(tree | {f"b{k}": [f"b{v[0]}"] if v else [] for k, v in tree.items()})
+    pairs = torch.cat([h.edges, h.edges.flip(1)])
+    n = h.num_nodes
+    ptr, cols = _csr(pairs, n)
+    adj = torch.zeros(n, n, dtype=torch.bool)
+    adj[pairs[:, 0], pairs[:, 1]] = True
+    two_hops = (adj.double() @ adj.double()) > 0
+    u = torch.randint(0, n, (500,), generator=torch.Generator().manual_seed(1))
+    neg = _sample_negatives(u, n, 8, 3, ptr, cols, torch.Generator().manual_seed(0))
+    assert neg.shape == (500, 8)
+    assert bool(two_hops[u[:, None], neg[:, 5:]].all())
+    assert not bool(two_hops[u[:, None], neg[:, :5]].all())  # the uniform ones reach the other tree
+    same = _sample_negatives(u, n, 8, 3, ptr, cols, torch.Generator().manual_seed(0))
+    assert torch.equal(neg, same)
+    assert torch.equal(_sample_negatives(u, n, 8, 0, None, None, torch.Generator().manual_seed(0)),
+                       torch.randint(0, n, (500, 8), generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("geometry", ["poincare", "euclidean"])
+def test_embed_with_hard_negatives_learns_and_is_deterministic(tree, geometry):
+    h = read_edge_file(tree)
+    kw = dict(epochs=60, batch_size=4, negatives=6, hard_negatives=3, burn_in=5, seed=0)
+    r = embed(h, 2, geometry, **kw)
+    assert r.map == pytest.approx(1.0) or (geometry == "euclidean" and r.map > 0.7), r
+    assert torch.equal(r.embedding, embed(h, 2, geometry, **kw).embedding)
+
+
 def test_holdout_reports_link_prediction(tree):
     r = embed(read_edge_file(tree), 2, epochs=20, batch_size=4, burn_in=5, holdout=0.2)
     assert r.link_mean_rank is not None and r.link_mean_rank >= 1 and 0 < r.link_map <= 1
@@ -123,6 +154,8 @@ def test_interrupted_run_resumes_to_the_same_embedding(tree, tmp_path):
 @pytest.mark.parametrize("kw, match", [
     (dict(dim=1), "dim must be an integer >= 2"), (dict(geometry="sphere"), "geometry must be one of"),
     (dict(epochs=0), "epochs must be a positive integer"),
+    (dict(negatives=5, hard_negatives=6), "hard_negatives must be an integer in"),
+    (dict(hard_negatives=-1), "hard_negatives must be an integer in"),
 ])
 def test_embed_bad_arguments(tree, kw, match):
     args = dict(dim=2, geometry="poincare", epochs=1) | kw

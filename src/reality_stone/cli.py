@@ -64,6 +64,8 @@ def embed_cmd(
     epochs: int = typer.Option(100, min=1),
     batch_size: int = typer.Option(128, min=1),
     negatives: int = typer.Option(50, min=1),
+    hard_negatives: int = typer.Option(0, min=0, help="how many of the negatives are drawn two closure hops from the "
+                                       "anchor (cousins) instead of uniformly"),
     lr: float = typer.Option(0.05),
     burn_in: int = typer.Option(20, min=0, help="epochs at lr/10 first"),
     schedule: str = typer.Option("constant", help="learning rate after the burn-in: constant, or linear (decays to 0 "
@@ -100,7 +102,8 @@ def embed_cmd(
     try:
         hierarchy, label = _hierarchy(source, instances)
         t0 = time.perf_counter()
-        r = embed(hierarchy, dim, geometry, epochs=epochs, batch_size=batch_size, negatives=negatives, lr=lr,
+        r = embed(hierarchy, dim, geometry, epochs=epochs, batch_size=batch_size, negatives=negatives,
+                  hard_negatives=hard_negatives, lr=lr,
                   burn_in=burn_in, schedule=schedule, c=curvature, seed=seed, holdout=holdout, checkpoint=checkpoint,
                   max_seconds=None if max_minutes is None else 60 * max_minutes, progress=not as_json)
     except (ValueError, FileNotFoundError) as exc:

@@ -225,6 +225,24 @@ class _EdgeSet:
         return self.keys[i] == q
 
 
+def _sample_negatives(u: Tensor, n: int, negatives: int, hard: int, ptr: Tensor | None, cols: Tensor | None,
+                      g: torch.Generator) -> Tensor:
+    """(B, negatives) candidate negatives for anchors ``u`` (B,): ``negatives − hard`` uniform over
+    the nodes, ``hard`` two closure hops from u (w, a neighbour of v, a neighbour of u; ``ptr``,
+    ``cols``: the training closure's CSR). Uniform negatives soon lie far from u and stop moving
+    it; what the ranking metrics count against u are the nodes that end up near it — cousins,
+    reached through a shared ancestor — so part of the softmax is spent on them. A draw that is
+    u or a neighbour of u is left out of the softmax by the caller, as for uniform ones."""
+    neg = torch.randint(0, n, (len(u), negatives - hard), generator=g)
+    if hard == 0:
+        return neg
+    uu = u[:, None].expand(-1, hard)
+    deg = ptr[1:] - ptr[:-1]
+    v = cols[ptr[uu] + (torch.rand(uu.shape, generator=g, dtype=torch.float64) * deg[uu]).long()]
+    w = cols[ptr[v] + (torch.rand(v.shape, generator=g, dtype=torch.float64) * deg[v]).long()]
+    return torch.cat([neg, w], dim=1)
+
+
 def _split(edges: Tensor, holdout: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
     if not 0 <= holdout < 1:
         raise ValueError(f"holdout must be in [0, 1), got {holdout}")
@@ -315,6 +333,7 @@ def embed(
     epochs: int = 300,
     batch_size: int = 512,
     negatives: int = 50,
+    hard_negatives: int = 0,
     lr: float = 0.05,
     burn_in: int = 20,
     schedule: str = "constant",
@@ -338,6 +357,9 @@ def embed(
     stops training after the first epoch that ends past it (the result says how many ran).
     ``schedule``: after the burn-in (``burn_in`` epochs at lr/10) the rate stays at ``lr``
     ("constant") or decays linearly to 0 at the last step of ``epochs`` ("linear").
+    ``hard_negatives``: how many of the ``negatives`` per pair are drawn two closure hops from u
+    (through a random neighbour: mostly cousins under a shared ancestor) instead of uniformly;
+    they are the nodes the ranking metrics count against u once uniform ones lie far away.
     ``fused``: the Poincaré ball's compiled training step (`kernels.poincare_embedding`: the
     same loss and lazy Riemannian Adam update, ~5x faster per WordNet-noun epoch); None uses it
     when the kernels are built, False keeps the plain-torch step (the reference; for the ball on
@@ -352,6 +374,8 @@ def embed(
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("negatives", negatives)):
         if not (isinstance(v, int) and v >= 1):
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if not (isinstance(hard_negatives, int) and 0 <= hard_negatives <= negatives):
+        raise ValueError(f"hard_negatives must be an integer in [0, negatives={negatives}], got {hard_negatives!r}")
     n = hierarchy.num_nodes
     if n < 2 or len(hierarchy.edges) == 0:
         raise ValueError("the hierarchy's closure is empty: nothing to embed")
@@ -373,6 +397,8 @@ def embed(
     optimiser = RiemannianAdam([weight], lr=lr)
     settings = dict(dim=dim, geometry=geometry, batch_size=batch_size, negatives=negatives, lr=lr, burn_in=burn_in,
                     c=c, seed=seed, dtype=str(dtype), holdout=holdout, epochs=epochs, schedule=schedule)
+    if hard_negatives:  # (absent when 0, so checkpoints written before the option still resume)
+        settings["hard_negatives"] = hard_negatives
     # a run with a constant rate may be resumed with more epochs; a decaying one depends on them
     fingerprint = _fingerprint(hierarchy, {k: v for k, v in settings.items() if k != "epochs" or schedule != "constant"})
     start_epoch, loss_value = 0, float("nan")
@@ -394,6 +420,7 @@ def embed(
         betas, adam_eps = optimiser.defaults["betas"], optimiser.defaults["eps"]
     else:
         members = _EdgeSet(closure, n)
+    train_ptr, train_cols = _csr(train, n) if hard_negatives else (None, None)
     zero = torch.zeros(1, dtype=torch.bool)
     # sparse row updates pay off when a batch touches a small part of the table (82k WordNet
     # nouns); on a small table (mammals: 1,170 rows, ~6,600 row references per batch) the dense
@@ -416,7 +443,7 @@ def embed(
                 group["lr"] = step_lr
             batch = train[perm[s : s + batch_size]]
             u, v = batch[:, 0], batch[:, 1]
-            neg = torch.randint(0, n, (len(batch), negatives), generator=g)
+            neg = _sample_negatives(u, n, negatives, hard_negatives, train_ptr, train_cols, g)
             cand = torch.cat([v[:, None], neg], dim=1)
             if use_fused:
                 moments["step"] += 1
