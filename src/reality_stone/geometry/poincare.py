@@ -72,8 +72,9 @@ def _prep(c, check: bool, points: dict[str, Tensor], vectors: dict[str, Tensor] 
     return c_t
 
 
-def _check_in_ball(name: str, x: Tensor, c: Tensor) -> None:
-    r2 = (c * sq_norm(x.detach())).detach()
+def _check_in_ball(name: str, x: Tensor, c: Tensor, x_norm: Tensor | None = None) -> None:
+    """``x_norm``: ‖x‖ (..., 1) when the op computes it anyway, saving the check its own pass."""
+    r2 = (c * (sq_norm(x.detach()) if x_norm is None else x_norm.detach().square())).detach()
     if not bool(torch.isfinite(r2).all()):
         check_finite(name, x)  # reports NaN/Inf counts (r2 can also overflow for huge finite x)
     if bool((r2 >= 1).any()):
@@ -272,8 +273,11 @@ def logmap(x: Tensor, y: Tensor, *, c: float | Tensor, check: bool = True) -> Te
 
 def logmap0(y: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
     """Logarithmic map at the origin: artanh(√c‖y‖) y/(√c‖y‖). Shape (..., d)."""
-    c = _prep(c, check, {"y": y})
-    return _logmap0(y, c)
+    c = _prep(c, False, {"y": y})
+    n = torch.linalg.vector_norm(y, dim=-1, keepdim=True)
+    if check:  # from the norm the map needs anyway: one pass over y, not two
+        _check_in_ball("y", y, c, n)
+    return artanh_ratio(c.sqrt() * n.clamp_min(MIN_NORM)) * y
 
 
 def dist(x: Tensor, y: Tensor, *, c: float | Tensor, keepdim: bool = False, check: bool = True) -> Tensor:
@@ -285,9 +289,12 @@ def dist(x: Tensor, y: Tensor, *, c: float | Tensor, keepdim: bool = False, chec
 
 def dist0(x: Tensor, *, c: float | Tensor, keepdim: bool = False, check: bool = True) -> Tensor:
     """Distance from the origin 2/√c · artanh(√c‖x‖)."""
-    c = _prep(c, check, {"x": x})
+    c = _prep(c, False, {"x": x})
+    n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    if check:
+        _check_in_ball("x", x, c, n)
     sc = c.sqrt()
-    d = 2 / sc * artanh(sc * norm(x))
+    d = 2 / sc * artanh(sc * n.clamp_min(MIN_NORM))
     return d if keepdim else d.squeeze(-1)
 
 
