@@ -64,8 +64,9 @@ def embed_cmd(
     epochs: int = typer.Option(100, min=1),
     batch_size: int = typer.Option(128, min=1),
     negatives: int = typer.Option(50, min=1),
-    hard_negatives: int = typer.Option(0, min=0, help="how many of the negatives are drawn two closure hops from the "
-                                       "anchor (cousins) instead of uniformly"),
+    hard_negatives: int = typer.Option(None, min=0, help="how many of the negatives are drawn two closure hops from "
+                                       "the anchor (cousins) instead of uniformly [default: a fifth on the Poincaré "
+                                       "ball, 0 otherwise]"),
     lr: float = typer.Option(0.05),
     burn_in: int = typer.Option(20, min=0, help="epochs at lr/10 first"),
     schedule: str = typer.Option("constant", help="learning rate after the burn-in: constant, or linear (decays to 0 "
