@@ -61,8 +61,8 @@ def embed_cmd(
                                            "(a noun lemma or synset: wordnet:mammal.n.01, wordnet:entity)"),
     dim: int = typer.Option(10, help="embedding dimension (>= 2)"),
     geometry: str = typer.Option("poincare", help="poincare, lorentz or euclidean"),
-    epochs: int = typer.Option(100, min=1),
-    batch_size: int = typer.Option(128, min=1),
+    epochs: int = typer.Option(300, min=1, help="(the defaults are `hierarchy.embed`'s)"),
+    batch_size: int = typer.Option(512, min=1),
     negatives: int = typer.Option(50, min=1),
     hard_negatives: int = typer.Option(None, min=0, help="how many of the negatives are drawn two closure hops from "
                                        "the anchor (cousins) instead of uniformly [default: a fifth on the Poincaré "
