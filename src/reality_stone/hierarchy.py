@@ -403,7 +403,7 @@ def embed(
     optimiser = RiemannianAdam([weight], lr=lr)
     settings = dict(dim=dim, geometry=geometry, batch_size=batch_size, negatives=negatives, lr=lr, burn_in=burn_in,
                     c=c, seed=seed, dtype=str(dtype), holdout=holdout, epochs=epochs, schedule=schedule)
-    if hard_negatives:  # (absent when 0, so checkpoints written before the option still resume)
+    if hard_negatives:  # absent when 0: a checkpoint from before the option resumes with hard_negatives=0
         settings["hard_negatives"] = hard_negatives
     # a run with a constant rate may be resumed with more epochs; a decaying one depends on them
     fingerprint = _fingerprint(hierarchy, {k: v for k, v in settings.items() if k != "epochs" or schedule != "constant"})
