@@ -236,11 +236,11 @@ def _sample_negatives(u: Tensor, n: int, negatives: int, hard: int, ptr: Tensor 
     neg = torch.randint(0, n, (len(u), negatives - hard), generator=g)
     if hard == 0:
         return neg
-    uu = u[:, None].expand(-1, hard)
-    deg = ptr[1:] - ptr[:-1]
-    v = cols[ptr[uu] + (torch.rand(uu.shape, generator=g, dtype=torch.float64) * deg[uu]).long()]
-    w = cols[ptr[v] + (torch.rand(v.shape, generator=g, dtype=torch.float64) * deg[v]).long()]
-    return torch.cat([neg, w], dim=1)
+    def random_neighbour(x: Tensor) -> Tensor:  # degrees of the batch's rows only, not the table's
+        lo = ptr[x]
+        return cols[lo + (torch.rand(x.shape, generator=g, dtype=torch.float64) * (ptr[x + 1] - lo)).long()]
+
+    return torch.cat([neg, random_neighbour(random_neighbour(u[:, None].expand(-1, hard)))], dim=1)
 
 
 def _split(edges: Tensor, holdout: float, g: torch.Generator) -> tuple[Tensor, Tensor]:

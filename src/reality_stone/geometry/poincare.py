@@ -146,11 +146,6 @@ def _expmap0(u: Tensor, c: Tensor) -> Tensor:
     return tanh_ratio(sc * norm(u)) * u
 
 
-def _logmap0(y: Tensor, c: Tensor) -> Tensor:
-    sc = c.sqrt()
-    return artanh_ratio(sc * norm(y)) * y
-
-
 def _expmap(x: Tensor, u: Tensor, c: Tensor) -> Tensor:
     sc = c.sqrt()
     un = norm(u)
