@@ -6,6 +6,7 @@ type it produces (torchao style)::
     @register("lowrank", LowRankEncoded)
     @dataclass(frozen=True)
     class LowRankConfig(CodecConfig):
+        '''Truncated SVD (fp16 factors). (First paragraph: the one-line description.)'''
         rank: int = 8
         def encode(self, weight, stats=None) -> LowRankEncoded: ...
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import struct
 from abc import ABC, abstractmethod
@@ -74,11 +76,25 @@ def register(name: str, encoded: type["Encoded"]):
             raise TypeError(f"codec {name!r}: encoded must be an Encoded subclass, got {encoded!r}")
         if not (isinstance(cls.error_bound, float) and 0 < cls.error_bound < 1):
             raise ValueError(f"codec {name!r}: declare error_bound, a float in (0, 1)")
+        cls.description, cls.use_when = _describe(name, cls)
         cls.codec_name = name
         _REGISTRY[name] = (cls, encoded)
         return cls
 
     return deco
+
+
+def _describe(name: str, cls: type) -> tuple[str, str]:
+    """(description, use_when) from the config class's own docstring: its first paragraph is the
+    one-line description `reality-stone codecs` shows, the paragraph that starts "Use when:" is
+    the sentence on the codec's docs page (optional). Paragraphs are folded to one line."""
+    doc = cls.__dict__.get("__doc__") or ""
+    if not doc.strip() or doc.startswith(cls.__name__ + "("):  # none, or the signature @dataclass writes
+        raise ValueError(f"codec {name!r}: give {cls.__name__} a docstring; its first paragraph is the codec's "
+                         "one-line description")
+    paragraphs = [" ".join(p.split()) for p in inspect.cleandoc(doc).split("\n\n") if p.strip()]
+    use_when = next((p.removeprefix("Use when:").strip() for p in paragraphs if p.startswith("Use when:")), "")
+    return paragraphs[0].rstrip("."), use_when
 
 
 def registered_codecs() -> list[str]:
@@ -154,14 +170,16 @@ class Capabilities:
 class CodecConfig:
     """Base of the registered config dataclasses. Subclasses implement ``encode``.
 
-    Declared, not probed: ``calibration`` (one of `CALIBRATION_MODES`), ``description`` (one line
-    for `reality-stone codecs`), ``error_bound`` and ``capabilities`` (see `Capabilities`).
+    Declared, not probed: ``calibration`` (one of `CALIBRATION_MODES`), ``error_bound`` and
+    ``capabilities`` (see `Capabilities`). The subclass's docstring describes it: `register` sets
+    ``description`` from its first paragraph (one line for `reality-stone codecs`) and
+    ``use_when`` from a paragraph starting "Use when:" (for the codec's docs page).
     """
 
     codec_name: ClassVar[str] = ""
     calibration: ClassVar[str] = "unused"
-    description: ClassVar[str] = ""
-    use_when: ClassVar[str] = ""  # one sentence for the codec's docs page
+    description: ClassVar[str] = ""  # set by `register` from the docstring
+    use_when: ClassVar[str] = ""
     # relative Frobenius error of the default config on `metrics.reference_weight` (shapes from
     # 37×53 up) stays below this; measured by tests/codecs/test_all_codecs.py
     error_bound: ClassVar[float] = 0.0

@@ -39,11 +39,14 @@ __all__ = ["GPTQConfig", "gptq_quantize", "prepare_hessian"]
 @register("gptq", GroupAffineEncoded)
 @dataclass(frozen=True)
 class GPTQConfig(GroupAffineConfig):
+    """GPTQ: integers with error feedback under the calibration Hessian; rtn's payload, fused 2/3/4-bit
+    kernels.
+
+    Use when: the standard calibrated integer baseline (GPTQModel/llm-compressor's algorithm): needs
+    calibration text; runs the int kernels.
+    """
+
     calibration: ClassVar[str] = "required"
-    description: ClassVar[str] = ("GPTQ: integers with error feedback under the calibration Hessian; "
-                                  "rtn's payload, fused 2/3/4-bit kernels")
-    use_when: ClassVar[str] = ("the standard calibrated integer baseline (GPTQModel/llm-compressor's algorithm): needs "
-                              "calibration text; runs the int kernels.")
     error_bound: ClassVar[float] = 0.12  # 4-bit, group 128 (measured ≤ 0.089; it trades weight error for output error)
     affine_form: ClassVar[str] = "offset"  # rtn's asymmetric grid: w = q·scale + offset
 

@@ -25,9 +25,12 @@ __all__ = ["HQQConfig"]
 @register("hqq", GroupAffineEncoded)
 @dataclass(frozen=True)
 class HQQConfig(GroupAffineConfig):
-    description: ClassVar[str] = "HQQ half-quadratic scale/zero optimiser, data-free; fused 2/3/4-bit kernels"
-    use_when: ClassVar[str] = ("data-free 2–4 bit weights when rtn's error is too high and there is no calibration "
-                              "text: same payload and kernels as rtn, better scale/zero.")
+    """HQQ half-quadratic scale/zero optimiser, data-free; fused 2/3/4-bit kernels.
+
+    Use when: data-free 2–4 bit weights when rtn's error is too high and there is no calibration
+    text: same payload and kernels as rtn, better scale/zero.
+    """
+
     error_bound: ClassVar[float] = 0.09  # 4-bit, group 64 (measured ≤ 0.063)
     affine_form: ClassVar[str] = "zero"  # w = (q − zero)·scale
 

@@ -122,11 +122,14 @@ class LowRankEncoded(Encoded):
 @register("lowrank", LowRankEncoded)
 @dataclass(frozen=True)
 class LowRankConfig(CodecConfig):
-    """rank: kept singular directions; sparse: fraction of the residual's entries kept (0: none)."""
-    description: ClassVar[str] = "truncated SVD (fp16 factors), optional sparse residual; matmul (x Bᵀ) Aᵀ"
+    """Truncated SVD (fp16 factors), optional sparse residual; matmul (x Bᵀ) Aᵀ.
 
-    use_when: ClassVar[str] = ("layers with a decaying spectrum (embeddings, some projections) or as a study baseline; "
-                              "poor on the dense noise-like weights of trained LLM layers.")
+    Use when: layers with a decaying spectrum (embeddings, some projections) or as a study baseline;
+    poor on the dense noise-like weights of trained LLM layers.
+
+    rank: kept singular directions; sparse: fraction of the residual's entries kept (0: none).
+    """
+
     error_bound: ClassVar[float] = 0.12  # rank 8 (measured ≤ 0.090: the noise)
 
     rank: int = 8

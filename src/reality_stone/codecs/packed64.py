@@ -330,8 +330,12 @@ class Packed64Encoded(Encoded):
 @register("packed64", Packed64Encoded)
 @dataclass(frozen=True)
 class Packed64Config(CodecConfig):
-    """One Packed64 seed (+ a scale) per block, with optional quadtree refinement.
+    """One 64-bit seed + scale per block, quadtree (seed 002/003); extreme ratios.
 
+    Use when: extreme ratios (one 64-bit seed per block) on smooth or structured matrices; research,
+    not LLM quality.
+
+    One Packed64 seed (+ a scale) per block, with optional quadtree refinement.
     block: top-level block side (the matrix is zero-padded to a multiple; padding is
         excluded from the fit and cropped on decode).
     min_block: smallest side the quadtree may split to (default: ``block``, no splitting).
@@ -344,9 +348,6 @@ class Packed64Config(CodecConfig):
         (family, harmonic, d_r) shapes of each block, between their best grid value's neighbours.
     adam_steps, lr: joint Adam polish of (r, θ, scale), kept only where it lowers the error.
     """
-    description: ClassVar[str] = "one 64-bit seed + scale per block, quadtree (seed 002/003); extreme ratios"
-    use_when: ClassVar[str] = ("extreme ratios (one 64-bit seed per block) on smooth or structured matrices; research, "
-                              "not LLM quality.")
     error_bound: ClassVar[float] = 0.95  # one seed per 32×32 block (measured ≤ 0.87): ratios of 100+, not fidelity
 
     @property

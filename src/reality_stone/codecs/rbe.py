@@ -294,9 +294,12 @@ class RBEEncoded(Encoded):
 @register("rbe", RBEEncoded)
 @dataclass(frozen=True)
 class RBEConfig(CodecConfig):
-    description: ClassVar[str] = "blueprint (poly-cos8 / Packed64) + DCT/wavelet residual per block (seeds 001/004)"
-    use_when: ClassVar[str] = ("smooth weight fields (block transforms keep a few coefficients per block) and "
-                              "fine-tuning a compressed layer (to_module); research.")
+    """Blueprint (poly-cos8 / Packed64) + DCT/wavelet residual per block (seeds 001/004).
+
+    Use when: smooth weight fields (block transforms keep a few coefficients per block) and
+    fine-tuning a compressed layer (to_module); research.
+    """
+
     error_bound: ClassVar[float] = 0.5  # 50 DCT coefficients per 128² block (measured ≤ 0.38)
     block: int = 128
     basis: str = "poly-cos8"

@@ -29,9 +29,12 @@ __all__ = ["RTNConfig"]
 @register("rtn", GroupAffineEncoded)
 @dataclass(frozen=True)
 class RTNConfig(GroupAffineConfig):
-    description: ClassVar[str] = "group-wise round-to-nearest integers (the baseline); fused 2/3/4-bit kernels"
-    use_when: ClassVar[str] = ("the baseline every result is compared with, and the fastest 2/3/4-bit kernels when no "
-                              "calibration text is at hand; at 4 bits with group ≤ 64 it is often good enough.")
+    """Group-wise round-to-nearest integers (the baseline); fused 2/3/4-bit kernels.
+
+    Use when: the baseline every result is compared with, and the fastest 2/3/4-bit kernels when no
+    calibration text is at hand; at 4 bits with group ≤ 64 it is often good enough.
+    """
+
     error_bound: ClassVar[float] = 0.09  # 4-bit, group 128 (measured ≤ 0.066)
     bits: int = 4
     group: int = 128

@@ -226,14 +226,17 @@ class SeedBasisEncoded(Encoded):
 @register("seedbasis", SeedBasisEncoded)
 @dataclass(frozen=True)
 class SeedBasisConfig(CodecConfig):
+    """Seed-generated ±1 bases + quantised coefficients (SeedLM); output-error-aware with calibration;
+    presets 4.25 / 3.5 / 2.5.
+
+    Use when: the best quality per bit at 2.5–4.25 bits on real LLMs, with calibration text
+    (sequential, output-error-aware); presets 4.25 / 3.5 / 2.5.
+    """
+
     calibration: ClassVar[str] = "optional"
-    description: ClassVar[str] = ("seed-generated ±1 bases + quantised coefficients (SeedLM); output-error-aware "
-                                  "with calibration; presets 4.25 / 3.5 / 2.5")
     PRESETS: ClassVar[dict[str, dict]] = {}  # filled below the class
     DAMP: ClassVar[float] = 0.01  # Hessian damping (fraction of its mean diagonal), as GPTQ's default
     LAZY_COLUMNS: ClassVar[int] = 128  # error feedback batched over this many columns (GPTQ's blocksize)
-    use_when: ClassVar[str] = ("the best quality per bit at 2.5–4.25 bits on real LLMs, with calibration text "
-                              "(sequential, output-error-aware); presets 4.25 / 3.5 / 2.5.")
     error_bound: ClassVar[float] = 0.18  # default (4.25-bit) config (measured ≤ 0.134)
 
     block: int = 8
