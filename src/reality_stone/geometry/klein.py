@@ -81,17 +81,11 @@ class Klein(Manifold):
 
     name = "klein"
 
-    def check_point(self, x):
-        check_point(x, c=self.c)
-
     def project(self, x, eps=None):
         return project(x, c=self.c, eps=eps)
 
     def lorentz_factor(self, x, keepdim=False):
         return lorentz_factor(x, c=self.c, keepdim=keepdim, check=self.check)
-
-    def dist(self, x, y, keepdim=False):
-        return dist(x, y, c=self.c, keepdim=keepdim, check=self.check)
 
     def einstein_midpoint(self, xs, weights=None):
         return einstein_midpoint(xs, weights, c=self.c, check=self.check)

@@ -283,9 +283,6 @@ class Lorentz(Manifold):
 
     name = "lorentz"
 
-    def check_point(self, x):
-        check_point(x, c=self.c)
-
     def inner(self, x, u, v, keepdim=False):
         """The metric at ``x`` (the Minkowski product; ``x`` is unused but kept for the common interface)."""
         return inner(u, v, keepdim=keepdim)
@@ -295,9 +292,6 @@ class Lorentz(Manifold):
 
     def proj_tangent(self, x, u):
         return proj_tangent(x, u, c=self.c, check=self.check)
-
-    def dist(self, x, y, keepdim=False):
-        return dist(x, y, c=self.c, keepdim=keepdim, check=self.check)
 
     def dist0(self, x, keepdim=False):
         return dist0(x, c=self.c, keepdim=keepdim, check=self.check)

@@ -8,6 +8,9 @@ a learnable curvature is a parameter of whatever model holds the manifold.
 from __future__ import annotations
 
 import math
+import sys
+from types import ModuleType
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +27,13 @@ class Manifold(nn.Module):
     """
 
     name = "manifold"
+    # The module of stateless functions the methods forward to: the one that defines the
+    # subclass (``poincare.py`` for `PoincareBall`, …), set by ``__init_subclass__``.
+    ops: ClassVar[ModuleType]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.ops = sys.modules[cls.__module__]
 
     def __init__(self, c: float = 1.0, *, learn_c: bool = False, check: bool = True, dtype=torch.float64):
         super().__init__()
@@ -44,6 +54,15 @@ class Manifold(nn.Module):
 
     def extra_repr(self) -> str:
         return f"c={float(self.c.detach()):.4g}, learn_c={self.learn_c}, check={self.check}"
+
+    # Every model has these two, with one signature: forwarded here, once.
+    def check_point(self, x: Tensor) -> None:
+        """ValueError unless every point of ``x`` (..., n) is finite and on the manifold."""
+        self.ops.check_point(x, c=self.c)
+
+    def dist(self, x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:
+        """Geodesic distance between ``x`` and ``y`` (broadcast), shape (...) or (..., 1)."""
+        return self.ops.dist(x, y, c=self.c, keepdim=keepdim, check=self.check)
 
     # The Riemannian optimisers need these five; subclasses implement them.
     def egrad2rgrad(self, x: Tensor, grad: Tensor) -> Tensor:  # pragma: no cover - abstract

@@ -363,9 +363,6 @@ class PoincareBall(Manifold):
 
     name = "poincare"
 
-    def check_point(self, x):
-        check_point(x, c=self.c)
-
     def project(self, x, eps=None):
         return project(x, c=self.c, eps=eps)
 
@@ -395,9 +392,6 @@ class PoincareBall(Manifold):
 
     def logmap0(self, y):
         return logmap0(y, c=self.c, check=self.check)
-
-    def dist(self, x, y, keepdim=False):
-        return dist(x, y, c=self.c, keepdim=keepdim, check=self.check)
 
     def dist0(self, x, keepdim=False):
         return dist0(x, c=self.c, keepdim=keepdim, check=self.check)

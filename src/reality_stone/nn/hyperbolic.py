@@ -37,25 +37,24 @@ def _check_features(x: Tensor, n: int, layer: nn.Module) -> None:
         raise ValueError(f"{type(layer).__name__}: input has {x.shape[-1]} features, {n} expected")
 
 
-class ToPoincare(nn.Module):
-    """Euclidean features → ball points: ``expmap0(x)``. Shape (..., d) kept."""
+class _BallMap(nn.Module):
+    """A parameter-free map between R^d and the ball; holds (or shares) the ball."""
 
     def __init__(self, c: float = 1.0, *, learn_c: bool = False, check: bool = True, ball: PoincareBall | None = None,
                  dtype=None):
         super().__init__()
         self.ball = _ball(ball, c, learn_c, check, dtype)
+
+
+class ToPoincare(_BallMap):
+    """Euclidean features → ball points: ``expmap0(x)``. Shape (..., d) kept."""
 
     def forward(self, x: Tensor) -> Tensor:
         return self.ball.expmap0(x)
 
 
-class FromPoincare(nn.Module):
+class FromPoincare(_BallMap):
     """Ball points → Euclidean (tangent-at-origin) features: ``logmap0(x)``."""
-
-    def __init__(self, c: float = 1.0, *, learn_c: bool = False, check: bool = True, ball: PoincareBall | None = None,
-                 dtype=None):
-        super().__init__()
-        self.ball = _ball(ball, c, learn_c, check, dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.ball.logmap0(x)

@@ -77,6 +77,17 @@ class _CurveLinear(nn.Module):
         y = x @ self.weight.T
         return y if self.bias is None else y + self.bias
 
+    def _fit(self, params, residual, target: Tensor, steps: int, lr: float) -> tuple["_CurveLinear", float]:
+        """``steps`` Adam steps on ‖residual()‖²_F over ``params``; returns (self, relative Frobenius
+        error of the fitted weight to ``target``) — the tail of every ``from_dense``."""
+        opt = torch.optim.Adam(params, lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            residual().pow(2).sum().backward()
+            opt.step()
+        with torch.no_grad():
+            return self, float((self.weight - target).norm() / target.norm().clamp_min(1e-30))
+
 
 class SplineLinear(_CurveLinear):
     """``y = x Wᵀ + b`` with W's rows on a Catmull–Rom spline through k + 1 control points."""
@@ -169,13 +180,7 @@ class GeodesicSplineLinear(_CurveLinear):
             layer.tangent.copy_(layer.ball.logmap0(P))
             if bias is not None:
                 layer.bias.copy_(bias)
-        opt = torch.optim.Adam([layer.tangent], lr=lr)
-        for _ in range(steps):
-            opt.zero_grad()
-            (layer.weight - W).pow(2).sum().backward()
-            opt.step()
-        with torch.no_grad():
-            return layer, float((layer.weight - W).norm() / W.norm().clamp_min(1e-30))
+        return layer._fit([layer.tangent], lambda: layer.weight - W, W, steps, lr)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, k={self.k}, "
@@ -211,13 +216,7 @@ class HeightFieldLinear(_CurveLinear):
             layer.u.copy_(W[:, :-1])
             if bias is not None:
                 layer.bias.copy_(bias)
-        opt = torch.optim.Adam(layer.h.parameters(), lr=lr)
-        for _ in range(steps):
-            opt.zero_grad()
-            (layer.h(layer.u) - W[:, -1:]).pow(2).sum().backward()
-            opt.step()
-        with torch.no_grad():
-            return layer, float((layer.weight - W).norm() / W.norm().clamp_min(1e-30))
+        return layer._fit(layer.h.parameters(), lambda: layer.h(layer.u) - W[:, -1:], W, steps, lr)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, hidden={self.hidden}, "
