@@ -46,6 +46,36 @@ def test_sequential_equals_one_pass_until_something_is_compressed():
             torch.testing.assert_close(s.xtx, one[name].xtx, rtol=1e-5, atol=1e-6)
 
 
+def _tiny_causal_lm(family: str) -> torch.nn.Module:
+    """A random 4-block model of ``family``; sliding-window layers see 8 of the 32 tokens."""
+    import transformers
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=128)
+    alternating = ["sliding_attention", "full_attention"] * 2
+    cfg = {"gemma": lambda: transformers.GemmaConfig(**common),
+           "gemma2": lambda: transformers.Gemma2Config(**common, sliding_window=8, layer_types=alternating),
+           "gemma3_text": lambda: transformers.Gemma3TextConfig(**common, sliding_window=8, layer_types=alternating),
+           "mistral": lambda: transformers.MistralConfig(**common, sliding_window=8),
+           "qwen2": lambda: transformers.Qwen2Config(**common, use_sliding_window=True, sliding_window=8,
+                                                    max_window_layers=2)}[family]()
+    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3_text", "mistral", "qwen2"])
+def test_each_block_gets_its_own_mask_and_rotary_tables(family):
+    """Sliding-window and global layers (Gemma 2/3: other masks and rotary tables per layer type)
+    each see what the full forward gives them: block 0's arguments replayed for all were wrong."""
+    model = _tiny_causal_lm(family)
+    layers = names(model)
+    one = collect_stats(model, ids(3, 32), layers)
+    seq = {k: v for step in sequential_stats(model, ids(3, 32), layers) for k, v in step.items()}
+    assert sorted(seq) == sorted(layers)
+    for name in layers:
+        torch.testing.assert_close(seq[name].xtx, one[name].xtx, rtol=1e-5, atol=1e-6)
+
+
 def test_sequential_statistics_see_the_compressed_blocks():
     torch.manual_seed(0)
     calib = ids(6, 48)
@@ -158,6 +188,18 @@ def test_score_text_kl_and_top1_against_the_base():
     other.resize_token_embeddings(len(tok))
     diff = score_text(other, tok, evaluation_text("shakespeare"), base=base, context=64, stride=32, max_tokens=200)
     assert diff["kl"] > 1e-5 and diff["top1"] < 1 and diff["base_ppl"] == pytest.approx(same["ppl"])
+    # a base cache: the base runs once per window and text; the scores are the uncached ones, exactly
+    calls = []
+    hook = base.register_forward_hook(lambda *a: calls.append(1))
+    cache = {}
+    for _ in range(2):
+        cached = score_text(other, tok, evaluation_text("shakespeare"), base=base, context=64, stride=32,
+                            max_tokens=200, base_cache=cache)
+        assert cached == diff
+    news = score_text(other, tok, evaluation_text("news"), base=base, context=64, stride=32, max_tokens=200,
+                      base_cache=cache)
+    hook.remove()
+    assert news != diff and len(calls) == len(cache) == 2 * 6  # 6 windows of 64 at stride 32 over 200 tokens
 
 
 def test_output_error_metric():

@@ -23,7 +23,7 @@ reads only its beginning). The first ``tokens`` tokens are cut into ``seq_len`` 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,7 +250,59 @@ def decoder_blocks(model: nn.Module, layers: Sequence[str]) -> tuple[str, nn.Mod
 
 
 class _Captured(Exception):
-    """Raised by the hook on block 0 once its inputs are recorded (the rest of the model is not run)."""
+    """Raised once the blocks' inputs are recorded (the rest of the model is not run)."""
+
+
+BlockCall = tuple[tuple, dict]  # (args, kwargs) of one call of a decoder block
+
+
+def block_calls(blocks: nn.ModuleList, run: Callable[[], object]) -> list[BlockCall]:
+    """(args, kwargs) of every block's call in the forward pass ``run()`` makes, without running
+    the blocks: each returns its hidden-state input unchanged and the pass stops after the last.
+
+    Each block's own call matters: families with per-layer attention types (Gemma 2/3's
+    sliding and global layers, Qwen's ``layer_types``) give each block its own mask and rotary
+    tables, so block 0's keyword arguments replayed for every block would be wrong.
+    """
+    calls: list[BlockCall] = []
+    saved = [b.__dict__.get("forward") for b in blocks]  # a hook library may have set one
+
+    def recorder(k: int):
+        def forward(*args, **kwargs):
+            calls.append((args, kwargs))
+            if k == len(blocks) - 1:
+                raise _Captured
+            return args[0] if args else kwargs["hidden_states"]
+        return forward
+
+    for k, b in enumerate(blocks):
+        b.forward = recorder(k)
+    try:
+        run()
+    except _Captured:
+        pass
+    finally:
+        for b, f in zip(blocks, saved):
+            if f is None:
+                del b.forward
+            else:
+                b.forward = f
+    if len(calls) != len(blocks):
+        raise ValueError(f"the model called {len(calls)} of its {len(blocks)} decoder blocks on the calibration input")
+    return calls
+
+
+def call_block(block: nn.Module, call: BlockCall, hidden: Tensor) -> Tensor:
+    """``block``'s hidden-state output for input ``hidden``, with the other arguments of its recorded ``call``."""
+    args, kwargs = call
+    out = block(hidden, *args[1:], **kwargs) if args else block(*args, **(kwargs | {"hidden_states": hidden}))
+    return out[0] if isinstance(out, tuple) else out
+
+
+def block_input(call: BlockCall) -> Tensor:
+    """The hidden states a recorded block call received."""
+    args, kwargs = call
+    return args[0] if args else kwargs["hidden_states"]
 
 
 @torch.no_grad()
@@ -269,50 +321,28 @@ def sequential_stats(model: nn.Module, ids: Tensor, layers: Sequence[str]) -> It
         return
     prefix, blocks = found
     prefix = f"{prefix}." if prefix else ""
-    inputs: list[tuple[tuple, dict]] = []
-
-    def capture(_module, args, kwargs):
-        inputs.append((args, kwargs))
-        raise _Captured
-
-    handle = blocks[0].register_forward_pre_hook(capture, with_kwargs=True)
-    try:
-        for row in ids:
-            try:
-                _run(model, row)
-            except _Captured:
-                pass
-    finally:
-        handle.remove()
-    if len(inputs) != len(ids):
-        raise ValueError("the model did not run its first decoder block on the calibration input")
+    # per sequence: every block's recorded call (its own mask / rotary tables) and block 0's input
+    calls = [block_calls(blocks, lambda row=row: _run(model, row)) for row in ids]
+    hidden = [block_input(c[0]) for c in calls]
     last = max((k for k in range(len(blocks)) if any(n.startswith(f"{prefix}{k}.") for n in layers)), default=-1)
     for k, block in enumerate(blocks[: last + 1]):  # blocks past the last selected layer need no inputs
         names = [n for n in layers if n.startswith(f"{prefix}{k}.")]
         if names:
             acc, handles = _hooked(model, names)
             try:
-                for args, kwargs in inputs:
-                    block(*args, **kwargs)
+                for c, h in zip(calls, hidden):
+                    call_block(block, c[k], h)
             finally:
-                for h in handles:
-                    h.remove()
+                for hd in handles:
+                    hd.remove()
             yield {name: acc[name].stats(name) for name in names}
         if k < last:  # the (now compressed) block's outputs are the next block's inputs
             from reality_stone.nn.compressed import decoded_weights
 
-            outputs = []
             # each compressed weight decoded once for all sequences: the reference path, which
             # the fused kernels are tested against, and fast at 512-token batches
             with decoded_weights(block):
-                for args, kwargs in inputs:
-                    out = block(*args, **kwargs)
-                    hidden = out[0] if isinstance(out, tuple) else out
-                    if args:
-                        outputs.append(((hidden, *args[1:]), kwargs))
-                    else:  # hidden states passed by keyword
-                        outputs.append((args, kwargs | {"hidden_states": hidden}))
-            inputs = outputs
+                hidden = [call_block(block, c[k], h) for c, h in zip(calls, hidden)]
     rest = [n for n in layers if not n.startswith(prefix)]
     if rest:
         yield collect_stats(model, ids, rest)

@@ -51,12 +51,11 @@ from reality_stone.models.format import (ENCODED_SUFFIX, TOKENIZER_TENSOR, _retu
 
 __all__ = ["SUPPORTED_FAMILIES", "DEFAULT_MAX_MEMORY", "compress_checkpoint_calibrated", "parse_size"]
 
-# model_type values (config.json) whose decoder blocks the walker drives: every block takes the
-# same (hidden, mask, rotary cos/sin) arguments. Families with per-layer attention types (Gemma 2/3's
-# sliding-window layers, Mistral with sliding_window set shorter than the calibration sequences)
-# would need per-block masks, Gemma a scaled embedding whose scale is not stored: refused rather
-# than calibrated wrongly.
-SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+# model_type values (config.json) whose decoder blocks the walker drives. Each block is called with
+# the arguments the model itself gives it (recorded once: per-layer masks and rotary tables of
+# Gemma 2/3's sliding and global layers included), so a family only needs `model.layers`,
+# `embed_tokens` and `norm`; Gemma's embedding scale (a non-persistent buffer) comes from its init.
+SUPPORTED_FAMILIES = ("gemma", "gemma2", "gemma3_text", "llama", "mistral", "qwen2", "qwen3")
 DEFAULT_MAX_MEMORY = 2 << 30  # bytes of hidden states kept in RAM before they move to a file
 
 
@@ -123,13 +122,6 @@ def _meta_causal_lm(folder: Path) -> nn.Module:
     return model.eval()
 
 
-def _check_window(cfg: dict, seq_len: int, folder: Path) -> None:
-    window = cfg.get("sliding_window") if (cfg.get("model_type") == "mistral" or cfg.get("use_sliding_window")) else None
-    if isinstance(window, int) and window < seq_len:
-        raise ValueError(f"{folder}/config.json: sliding_window={window} is shorter than the calibration sequences "
-                         f"({seq_len}); the block walker passes one full causal mask: use --seq-len <= {window}")
-
-
 def _decoder(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, str]:
     """(base model, its decoder blocks, their state-dict prefix) of a ...ForCausalLM."""
     base = getattr(model, "model", None)
@@ -169,8 +161,18 @@ def _check_tensors(model: nn.Module, tensors: dict, aliases: dict[str, str], src
                              f"{list(shape)}")
 
 
-def _load_into(module: nn.Module, prefix: str, tensors: dict, read: Callable, dtype: torch.dtype) -> None:
-    """Materialise ``module`` (on meta) from the checkpoint tensors under ``prefix``."""
+def _load_into(module: nn.Module, prefix: str, tensors: dict, read: Callable, dtype: torch.dtype,
+               init: Callable[[nn.Module], None] | None = None) -> None:
+    """Materialise ``module`` (on meta) from the checkpoint tensors under ``prefix``. Non-persistent
+    buffers (Gemma's embedding scale) are not in a checkpoint: ``init`` (the model's own
+    ``_init_weights``) computes them first, as ``from_pretrained`` does; the loaded tensors then
+    replace every parameter and stored buffer."""
+    owners = [m for m in module.modules() if any(m._buffers.get(b) is not None and m._buffers[b].is_meta
+                                                  for b in m._non_persistent_buffers_set)]
+    if owners and init is not None:
+        module.to_empty(device="cpu")
+        for m in owners:
+            init(m)
     state = {n: read(tensors[prefix + n]).to(dtype) for n in module.state_dict()}
     module.load_state_dict(state, assign=True, strict=True)
     left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
@@ -263,37 +265,12 @@ def _file_sha(path: Path) -> str:
 # ----------------------------------------------------------------------------- block 0's inputs
 
 
-def _block0_call(base: nn.Module, blocks: nn.ModuleList, **inputs) -> tuple[tuple, dict]:
-    """(args, kwargs) of the base model's call of block 0 on ``inputs``; the blocks are not run."""
-    from reality_stone.calibration import _Captured
+def _block_calls(base: nn.Module, blocks: nn.ModuleList, **inputs) -> list:
+    """Every block's recorded (args, kwargs) when the base model runs on ``inputs``; the blocks
+    (still on meta) are not run (`reality_stone.calibration.block_calls`)."""
+    from reality_stone.calibration import block_calls
 
-    got = []
-
-    def capture(_module, args, kwargs):
-        got.append((args, kwargs))
-        raise _Captured
-
-    handle = blocks[0].register_forward_pre_hook(capture, with_kwargs=True)
-    try:
-        base(**inputs, use_cache=False)
-    except _Captured:
-        pass
-    finally:
-        handle.remove()
-    if not got:
-        raise ValueError(f"{type(base).__name__} did not call its first decoder block")
-    return got[0]
-
-
-def _block_kwargs(base, blocks, L: int, H: int) -> tuple[dict, bool]:
-    """Keyword arguments of every block call for sequences of L tokens (they depend on L only: rotary
-    cos/sin, causal mask, positions) and whether the hidden states are passed by keyword."""
-    args, kwargs = _block0_call(base, blocks, inputs_embeds=torch.zeros(1, L, H))
-    if args:
-        if len(args) != 1:
-            raise ValueError("decoder block called with more than one positional argument: not supported")
-        return kwargs, False
-    return {k: v for k, v in kwargs.items() if k != "hidden_states"}, True
+    return block_calls(blocks, lambda: base(**inputs, use_cache=False))
 
 
 # ----------------------------------------------------------------------------- the walk
@@ -366,7 +343,7 @@ def compress_checkpoint_calibrated(
     """
     import fnmatch
 
-    from reality_stone.calibration import _Accumulator, _hooked, calibration_ids
+    from reality_stone.calibration import _Accumulator, _hooked, block_input, calibration_ids, call_block
     from reality_stone.models.compress import CompressionReport, check_calibration, encode_layer
     from reality_stone.models.selection import select_layers
     from reality_stone.models.streaming import (MANIFEST_VERSION, _fingerprint, _PartStore, _process, _read,
@@ -405,7 +382,6 @@ def compress_checkpoint_calibrated(
     ids = calibration_ids(calibration, tokenizer, tokens=tokens, seq_len=seq_len, vocab_size=model.config.vocab_size)
     n, L = ids.shape
     H = model.config.hidden_size
-    _check_window(cfg_json, L, folder)
 
     selected = {f"{name}.weight": name for name in configs}
     blocks_of: list[list[str]] = [[t for t in sorted(by_name) if t.startswith(f"{prefix}{k}.")] for k in range(len(blocks))]
@@ -447,23 +423,20 @@ def compress_checkpoint_calibrated(
                 base.rotary_emb = type(base.rotary_emb)(config=model.config)
             if start == 0:  # block 0's inputs: embeddings of the calibration tokens (nothing else loaded)
                 with timed("embed"):
-                    _load_into(base.embed_tokens, "model.embed_tokens.", by_name, _read, torch.float32)
+                    _load_into(base.embed_tokens, "model.embed_tokens.", by_name, _read, torch.float32,
+                               model._init_weights)
                     hidden.block = -1  # writes go to block 0's inputs
                     for i in range(n):
-                        args, kw = _block0_call(base, blocks, input_ids=ids[i : i + 1])
-                        hidden.write(i, args[0] if args else kw["hidden_states"])
+                        hidden.write(i, block_input(_block_calls(base, blocks, input_ids=ids[i : i + 1])[0]))
                     base.embed_tokens.to_empty(device="meta")
                     store.set_state({"blocks_done": 0, "hidden_sha256": hidden.commit(0), "layers": []})
-            kwargs, by_keyword = _block_kwargs(base, blocks, L, H)
-
-            def call(block, x):
-                out = block(**kwargs, hidden_states=x) if by_keyword else block(x, **kwargs)
-                return out[0] if isinstance(out, tuple) else out
+            # each block's own arguments (mask, rotary tables): they depend on the length only
+            calls = _block_calls(base, blocks, inputs_embeds=torch.zeros(1, L, H))
 
             for k in range(start, last + 1):
                 block = blocks[k]
                 with timed("load"):
-                    _load_into(block, f"{prefix}{k}.", by_name, _read, torch.float32)
+                    _load_into(block, f"{prefix}{k}.", by_name, _read, torch.float32, model._init_weights)
                 names = [name for name in configs if name.startswith(f"{prefix}{k}.")]  # module order, as compress
                 layer_rows, results = [], []
                 if names:
@@ -471,7 +444,7 @@ def compress_checkpoint_calibrated(
                     try:
                         with timed("statistics"):
                             for i in range(n):
-                                call(block, hidden.read(i))
+                                call_block(block, calls[k], hidden.read(i))
                     finally:
                         for h in handles:
                             h.remove()
@@ -502,7 +475,7 @@ def compress_checkpoint_calibrated(
                 if k < last or rest_layers:  # the compressed block's outputs: block k+1's inputs
                     with timed("forward"), decoded_weights(block):
                         for i in range(n):
-                            hidden.write(i, call(block, hidden.read(i)))
+                            hidden.write(i, call_block(block, calls[k], hidden.read(i)))
                     with timed("write"):
                         sha = hidden.commit(k + 1)
                 else:
@@ -524,7 +497,7 @@ def compress_checkpoint_calibrated(
             for name in rest_layers:  # lm_head: statistics of the final-norm outputs
                 if f"{name}.weight" in store.done:
                     continue
-                _load_into(base.norm, "model.norm.", by_name, _read, torch.float32)
+                _load_into(base.norm, "model.norm.", by_name, _read, torch.float32, model._init_weights)
                 acc = _Accumulator()  # what the layer's pre-hook would see: the final norm's outputs
                 for i in range(n):
                     acc(None, (base.norm(hidden.read(i)),))
