@@ -50,11 +50,11 @@ def rows_for(budget: str) -> list[tuple[str, object, dict]]:
     ]
 
 
-def evaluate(model, base, tok, tokens: int) -> dict:
+def evaluate(model, base, tok, tokens: int, base_cache: dict | None = None) -> dict:
     out = {}
     with decoded_weights(model):  # quality through the reference path, each weight decoded once
         for name in TEXTS:
-            r = score_text(model, tok, evaluation_text(name), base=base, max_tokens=tokens)
+            r = score_text(model, tok, evaluation_text(name), base=base, max_tokens=tokens, base_cache=base_cache)
             out[name] = r | {"ppl_ratio": r["ppl"] / r["base_ppl"]} if base is not None else r
     return out
 
@@ -102,7 +102,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=4096, help="held-out tokens scored per text")
     ap.add_argument("--calibration", default="shakespeare")
     ap.add_argument("--calibration-tokens", type=int, default=8192)
-    ap.add_argument("--only", default="", help="comma-separated label prefixes to (re)run")
+    ap.add_argument("--only", default="", help="comma-separated label prefixes: run only these rows")
+    ap.add_argument("--redo", action="store_true", help="with --resume: re-run rows already in the file "
+                    "(those --only and --budgets select)")
     ap.add_argument("--resume", action="store_true", help="keep the rows of calibrated.json and add/replace")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
@@ -112,11 +114,13 @@ def main() -> None:
         return
     threads = rs.set_threads(2)
     only = tuple(p for p in args.only.split(",") if p)
-    rows = [r for r in old if not (only and r["label"].startswith(only) and r["model"] in args.models.split(","))]
+    rows = [r for r in old if not (args.redo and r["label"].startswith(only or ("",)) and r["label"] != "fp32"
+                                   and r["model"] in args.models.split(",") and r["budget"] in args.budgets.split(","))]
     for model_name in args.models.split(","):
         loaded = load_model(model_name)
         base, tok = loaded.model, loaded.tokenizer
         done = {r["label"] for r in rows if r["model"] == model_name}
+        base_cache = {}  # the fp32 model's log-probabilities per window, scored once for every row
         if "fp32" not in done:
             t0 = time.perf_counter()
             res = evaluate(base, None, tok, args.tokens)
@@ -138,7 +142,7 @@ def main() -> None:
                 with tempfile.TemporaryDirectory() as d:
                     path = rs.save(model, Path(d) / "m.safetensors", source=model_name, tokenizer=tok)
                     file_mb = path.stat().st_size / 1e6
-                res = evaluate(model, base, tok, args.tokens)
+                res = evaluate(model, base, tok, args.tokens, base_cache)
                 rows.append(dict(model=model_name, label=label, budget=budget, config=config.to_dict(),
                                  codec=config.codec_name, calibration=report.calibration,
                                  bits_per_weight=report.bits_per_weight, output_error=report.output_error,
