@@ -4,6 +4,10 @@ and the real Qwen2.5-Coder-0.5B streamed vs loaded whole.
     python benchmarks/calibrated_scale.py                 # 0.8 + 4 GB synthetic, Ray on 0.8 GB, Qwen
     python benchmarks/calibrated_scale.py --sizes=0.8     # smaller run
     python benchmarks/calibrated_scale.py --no-qwen       # synthetic only
+    python benchmarks/calibrated_scale.py --sizes=16 --no-qwen --keep   # add a 16 GB row to the last results
+
+``--keep`` keeps the last results' rows at the sizes not run now (and its Qwen line under ``--no-qwen``).
+Ray is compared on the smallest size run, if it is under 2 GB.
 
 Synthetic checkpoints: Llama-shaped folders (config.json + fp16 shards of ≤ 2 GB) with TinyLlama-1.1B
 shapes (hidden 2048, MLP 5632, 32 heads / 4 KV heads, vocab 32000, tied embedding) and as many
@@ -121,7 +125,8 @@ def main() -> None:
             row = dict(checkpoint_gb=size / 1e9, blocks=blocks, peak_rss_gb=one["peak_rss_bytes"] / 1e9,
                        seconds=one["seconds"], seconds_per_block=one["seconds"] / blocks,
                        phases=one["phase_seconds"], output_gb=one["output_bytes"] / 1e9)
-            if gb == min(float(s) for s in sizes.split(",")):  # Ray 2 workers vs one process, same folder
+            # Ray 2 workers vs one process, same folder: on the smallest size only (it doubles the run)
+            if gb == min(float(s) for s in sizes.split(",")) and gb < 2:
                 ray2 = run("stream", folder, work / "out.safetensors", workers=2)
                 row.update(ray2_seconds=ray2["seconds"], ray2_speedup=one["seconds"] / ray2["seconds"],
                            ray2_phases=ray2["phase_seconds"], ray2_same_bytes=ray2["sha256"] == one["sha256"])
@@ -142,10 +147,22 @@ def main() -> None:
             print(qwen, flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    write(rows, qwen)
+    if "--keep" in sys.argv:
+        rows, qwen = kept(rows, qwen)
+    write(rows, qwen, runs="--keep" in sys.argv)
 
 
-def write(rows: list[dict], qwen: dict | None) -> None:
+def kept(rows: list[dict], qwen: dict | None) -> tuple[list[dict], dict | None]:
+    """The new rows plus the last results' rows of other block counts (sorted by size), and the last
+    Qwen line where this run made none."""
+    path = Path(__file__).parent / "results" / "calibrated_scale.json"
+    last = json.loads(path.read_text()) if path.exists() else dict(rows=[], qwen=None)
+    new_blocks = {r["blocks"] for r in rows}
+    rows = sorted(rows + [r for r in last["rows"] if r["blocks"] not in new_blocks], key=lambda r: r["blocks"])
+    return rows, qwen if qwen is not None else last.get("qwen")
+
+
+def write(rows: list[dict], qwen: dict | None, runs: bool = False) -> None:
     env = environment()
     write_json("calibrated_scale", dict(rows=rows, qwen=qwen, codec="gptq int4 g128", tokens=TOKENS, seq_len=SEQ_LEN,
                                         shapes=dict(hidden=HIDDEN, intermediate=INTER, vocab=VOCAB), environment=env))
@@ -165,6 +182,8 @@ def write(rows: list[dict], qwen: dict | None) -> None:
                    f"encode {rp.get('encode', 0):.1f} s vs {p.get('encode', 0):.1f} s")
         lines.append(f"| {r['checkpoint_gb']:.2f} | {r['blocks']} | {r['peak_rss_gb']:.2f} | {r['seconds']:.0f} | "
                      f"{r['seconds_per_block']:.1f} | {phases} | {ray} |")
+    if runs:
+        lines += ["", "Rows from more than one run of this script (`--keep`), each alone on the machine."]
     if qwen:
         lines += ["", f"Real Qwen2.5-Coder-0.5B (save_pretrained folder, fp32, {qwen['checkpoint_gb']:.2f} GB; "
                   "calibration: 1024 tokens of the bundled plays): streamed block by block "

@@ -88,3 +88,17 @@ def test_shape_mismatches():
         P.weighted_midpoint(x.view(1, 2, 2), torch.tensor([[1.0, -2.0]], dtype=torch.float64), c=1.0)
     with pytest.raises(ValueError, match="at least 2 coordinates"):
         L.logmap0(torch.ones(3, 1, dtype=torch.float64), c=1.0)
+
+
+def test_manifold_methods_forward_to_their_model_or_say_it_has_none():
+    """The base class forwards the shared maps to each model's stateless module; Klein has no maps."""
+    x = torch.tensor([[0.1, -0.2]], dtype=torch.float64)
+    ball, hyp = PoincareBall(c=0.7), Lorentz(c=0.7)
+    assert torch.equal(ball.expmap0(x), P.expmap0(x, c=0.7))
+    assert torch.equal(ball.dist0(x, keepdim=True), P.dist0(x, c=0.7, keepdim=True))
+    y = L.random_point(3, 3, c=0.7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(hyp.logmap0(y), L.logmap0(y, c=0.7))
+    with pytest.raises(NotImplementedError, match="Klein has no expmap0"):
+        Klein(c=0.7).expmap0(x)
+    with pytest.raises(ValueError, match="vector dimension"):
+        L.random_point(3, 1, c=1.0)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from reality_stone.geometry import lorentz, poincare
 from reality_stone.geometry.manifold import Manifold
-from reality_stone.geometry.stable import MIN_NORM, sq_norm
+from reality_stone.geometry.stable import MIN_NORM, sq_norm, squeeze_last
 from reality_stone.geometry.validation import as_curvature, boundary_eps, check_vector, midpoint_weights
 
 __all__ = ["Klein", "check_point", "dist", "einstein_midpoint", "lorentz_factor", "project"]
@@ -41,7 +41,7 @@ def lorentz_factor(x: Tensor, *, c: float | Tensor, keepdim: bool = False, check
     """γ_x = 1/√(1 - c‖x‖²). Shape (...) or (..., 1)."""
     c = _prep(c, check, x=x)
     g = _gamma(x, c)
-    return g if keepdim else g.squeeze(-1)
+    return squeeze_last(g, keepdim)
 
 
 def project(x: Tensor, *, c: float | Tensor, eps: float | None = None) -> Tensor:
@@ -62,7 +62,7 @@ def dist(x: Tensor, y: Tensor, *, c: float | Tensor, keepdim: bool = False, chec
     """Geodesic distance, via the isometry to the Lorentz model."""
     c = _prep(c, check, x=x, y=y)
     d = lorentz._dist(_to_lorentz(x, c), _to_lorentz(y, c), c)
-    return d if keepdim else d.squeeze(-1)
+    return squeeze_last(d, keepdim)
 
 
 def einstein_midpoint(

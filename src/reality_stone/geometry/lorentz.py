@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from reality_stone.geometry.manifold import Manifold
-from reality_stone.geometry.stable import MIN_NORM, safe_norm, sq_norm
-from reality_stone.geometry.validation import as_curvature, check_finite, check_same_last_dim
+from reality_stone.geometry.stable import MIN_NORM, safe_norm, sq_norm, squeeze_last
+from reality_stone.geometry.validation import as_curvature, check_finite, check_same_last_dim, normal_tangent
 
 __all__ = [
     "Lorentz",
@@ -184,14 +184,14 @@ def inner(u: Tensor, v: Tensor, *, keepdim: bool = False) -> Tensor:
     """Minkowski product ⟨u, v⟩_L = -u₀v₀ + Σ uᵢvᵢ (the metric at every point)."""
     check_same_last_dim(u=u, v=v)
     out = _inner(u, v)
-    return out if keepdim else out.squeeze(-1)
+    return squeeze_last(out, keepdim)
 
 
 def tangent_norm(u: Tensor, *, keepdim: bool = False) -> Tensor:
     """Riemannian norm √⟨u, u⟩_L of a tangent vector."""
     check_same_last_dim(u=u)
     out = _tangent_norm(u)
-    return out if keepdim else out.squeeze(-1)
+    return squeeze_last(out, keepdim)
 
 
 def project(x: Tensor, *, c: float | Tensor) -> Tensor:
@@ -208,9 +208,7 @@ def proj_tangent(x: Tensor, u: Tensor, *, c: float | Tensor, check: bool = True)
 
 def dist(x: Tensor, y: Tensor, *, c: float | Tensor, keepdim: bool = False, check: bool = True) -> Tensor:
     """Geodesic distance (1/√c)·arcosh(-c⟨x, y⟩_L), computed in the stable asinh form."""
-    c = _prep(c, check, {"x": x, "y": y})
-    d = _dist(x, y, c)
-    return d if keepdim else d.squeeze(-1)
+    return squeeze_last(_dist(x, y, _prep(c, check, {"x": x, "y": y})), keepdim)
 
 
 def dist0(x: Tensor, *, c: float | Tensor, keepdim: bool = False, check: bool = True) -> Tensor:
@@ -218,7 +216,7 @@ def dist0(x: Tensor, *, c: float | Tensor, keepdim: bool = False, check: bool = 
     c = _prep(c, check, {"x": x})
     sc = c.sqrt()
     d = torch.asinh(sc * safe_norm(x[..., 1:])) / sc
-    return d if keepdim else d.squeeze(-1)
+    return squeeze_last(d, keepdim)
 
 
 def expmap(x: Tensor, u: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
@@ -264,17 +262,10 @@ def egrad2rgrad(x: Tensor, grad: Tensor, *, c: float | Tensor, check: bool = Tru
     return _egrad2rgrad(x, grad, c)
 
 
-def random_point(
-    *size: int,
-    c: float | Tensor,
-    std: float = 1.0,
-    dtype: torch.dtype | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Wrapped normal at the origin; ``size[-1]`` is the ambient dimension d+1."""
-    if len(size) == 0 or size[-1] < 2:
-        raise ValueError(f"size must end with the ambient dimension d+1 >= 2, got {size}")
-    u = torch.randn(*size, dtype=dtype, generator=generator) * std
+def random_point(*size: int, c: float | Tensor, std: float = 1.0, dtype=None, generator=None) -> Tensor:
+    """Wrapped normal at the origin; ``size[-1]`` is the ambient dimension d+1 (≥ 2).
+    ``dtype``/``generator`` as in `torch.randn`."""
+    u = normal_tangent(size, std, dtype, generator, min_dim=2)
     return _expmap0(u, as_curvature(c, u))
 
 
@@ -292,27 +283,6 @@ class Lorentz(Manifold):
 
     def proj_tangent(self, x, u):
         return proj_tangent(x, u, c=self.c, check=self.check)
-
-    def dist0(self, x, keepdim=False):
-        return dist0(x, c=self.c, keepdim=keepdim, check=self.check)
-
-    def expmap(self, x, u):
-        return expmap(x, u, c=self.c, check=self.check)
-
-    def logmap(self, x, y):
-        return logmap(x, y, c=self.c, check=self.check)
-
-    def expmap0(self, u):
-        return expmap0(u, c=self.c, check=self.check)
-
-    def logmap0(self, y):
-        return logmap0(y, c=self.c, check=self.check)
-
-    def parallel_transport(self, x, y, v):
-        return parallel_transport(x, y, v, c=self.c, check=self.check)
-
-    def egrad2rgrad(self, x, grad):
-        return egrad2rgrad(x, grad, c=self.c, check=self.check)
 
     def random_point(self, *size, std=1.0, dtype=None, generator=None):
         return random_point(*size, c=self.c.detach(), std=std, dtype=dtype, generator=generator)

@@ -64,16 +64,43 @@ class Manifold(nn.Module):
         """Geodesic distance between ``x`` and ``y`` (broadcast), shape (...) or (..., 1)."""
         return self.ops.dist(x, y, c=self.c, keepdim=keepdim, check=self.check)
 
-    # The Riemannian optimisers need these five; subclasses implement them.
-    def egrad2rgrad(self, x: Tensor, grad: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # The maps Poincaré and Lorentz share, with one signature each: forwarded here, once. A model
+    # whose module lacks the function (Klein has no maps) raises NotImplementedError.
+    def _op(self, name: str):
+        fn = getattr(self.ops, name, None)
+        if fn is None:
+            raise NotImplementedError(f"{type(self).__name__} has no {name}; convert to PoincareBall or Lorentz")
+        return fn
 
-    def expmap(self, x: Tensor, u: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def expmap(self, x: Tensor, u: Tensor) -> Tensor:
+        """Exponential map at ``x`` of the tangent ``u``, shape (..., n)."""
+        return self._op("expmap")(x, u, c=self.c, check=self.check)
 
-    def parallel_transport(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    def logmap(self, x: Tensor, y: Tensor) -> Tensor:
+        """Logarithmic map at ``x`` of the point ``y`` (inverse of `expmap`), shape (..., n)."""
+        return self._op("logmap")(x, y, c=self.c, check=self.check)
 
+    def expmap0(self, u: Tensor) -> Tensor:
+        """Exponential map at the origin, shape (..., n)."""
+        return self._op("expmap0")(u, c=self.c, check=self.check)
+
+    def logmap0(self, y: Tensor) -> Tensor:
+        """Logarithmic map at the origin, shape (..., n)."""
+        return self._op("logmap0")(y, c=self.c, check=self.check)
+
+    def dist0(self, x: Tensor, keepdim: bool = False) -> Tensor:
+        """Distance from the origin, shape (...) or (..., 1)."""
+        return self._op("dist0")(x, c=self.c, keepdim=keepdim, check=self.check)
+
+    def parallel_transport(self, x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        """Parallel transport of ``v`` ∈ T_x along the geodesic to ``y``, shape (..., n)."""
+        return self._op("parallel_transport")(x, y, v, c=self.c, check=self.check)
+
+    def egrad2rgrad(self, x: Tensor, grad: Tensor) -> Tensor:
+        """Riemannian gradient at ``x`` from the Euclidean ``grad``, shape (..., n)."""
+        return self._op("egrad2rgrad")(x, grad, c=self.c, check=self.check)
+
+    # Each model has its own signature for these two (Poincaré/Klein take ``eps``).
     def inner(self, x: Tensor, u: Tensor, v: Tensor, keepdim: bool = False) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 

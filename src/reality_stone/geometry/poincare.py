@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from reality_stone.geometry.manifold import Manifold
-from reality_stone.geometry.stable import MIN_NORM, artanh, artanh_ratio, dot, norm, sq_norm, tanh_ratio
+from reality_stone.geometry.stable import MIN_NORM, artanh, artanh_ratio, dot, norm, sq_norm, squeeze_last, tanh_ratio
 from reality_stone.geometry.validation import (
     as_curvature,
     boundary_eps,
@@ -23,6 +23,7 @@ from reality_stone.geometry.validation import (
     midpoint_weights,
     check_same_last_dim,
     check_vector,
+    normal_tangent,
 )
 
 __all__ = [
@@ -203,14 +204,14 @@ def conformal_factor(x: Tensor, *, c: float | Tensor, keepdim: bool = False, che
     """λ_x = 2 / (1 - c‖x‖²), the metric's scale at ``x``. Shape (...) or (..., 1)."""
     c = _prep(c, check, {"x": x})
     lam = _lambda(x, c)
-    return lam if keepdim else lam.squeeze(-1)
+    return squeeze_last(lam, keepdim)
 
 
 def inner(x: Tensor, u: Tensor, v: Tensor, *, c: float | Tensor, keepdim: bool = False, check: bool = True) -> Tensor:
     """Riemannian inner product ⟨u, v⟩_x = λ_x² ⟨u, v⟩ of tangent vectors at ``x``."""
     c = _prep(c, check, {"x": x}, {"u": u, "v": v})
     out = _lambda(x, c) ** 2 * dot(u, v)
-    return out if keepdim else out.squeeze(-1)
+    return squeeze_last(out, keepdim)
 
 
 def mobius_add(x: Tensor, y: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
@@ -277,9 +278,7 @@ def logmap0(y: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
 
 def dist(x: Tensor, y: Tensor, *, c: float | Tensor, keepdim: bool = False, check: bool = True) -> Tensor:
     """Geodesic distance 2/√c · artanh(√c‖(-x) ⊕ y‖). Shape (...) or (..., 1)."""
-    c = _prep(c, check, {"x": x, "y": y})
-    d = _dist(x, y, c)
-    return d if keepdim else d.squeeze(-1)
+    return squeeze_last(_dist(x, y, _prep(c, check, {"x": x, "y": y})), keepdim)
 
 
 def dist0(x: Tensor, *, c: float | Tensor, keepdim: bool = False, check: bool = True) -> Tensor:
@@ -290,7 +289,7 @@ def dist0(x: Tensor, *, c: float | Tensor, keepdim: bool = False, check: bool = 
         _check_in_ball("x", x, c, n)
     sc = c.sqrt()
     d = 2 / sc * artanh(sc * n.clamp_min(MIN_NORM))
-    return d if keepdim else d.squeeze(-1)
+    return squeeze_last(d, keepdim)
 
 
 def gyration(u: Tensor, v: Tensor, w: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
@@ -327,17 +326,10 @@ def weighted_midpoint(
     return _project(_mobius_scalar_mul(0.5, two_mean, c), c)
 
 
-def random_point(
-    *size: int,
-    c: float | Tensor,
-    std: float = 1.0,
-    dtype: torch.dtype | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Wrapped normal at the origin: expmap0 of N(0, std²) tangent vectors. Shape ``size``."""
-    if len(size) == 0:
-        raise ValueError("size must name at least the vector dimension")
-    u = torch.randn(*size, dtype=dtype, generator=generator) * std
+def random_point(*size: int, c: float | Tensor, std: float = 1.0, dtype=None, generator=None) -> Tensor:
+    """Wrapped normal at the origin: expmap0 of N(0, std²) tangent vectors. Shape ``size``.
+    ``dtype``/``generator`` as in `torch.randn`."""
+    u = normal_tangent(size, std, dtype, generator, min_dim=1)
     c_t = as_curvature(c, u)
     return _project(_expmap0(u, c_t), c_t)
 
@@ -381,29 +373,8 @@ class PoincareBall(Manifold):
     def mobius_matvec(self, m, x):
         return mobius_matvec(m, x, c=self.c, check=self.check)
 
-    def expmap(self, x, u):
-        return expmap(x, u, c=self.c, check=self.check)
-
-    def expmap0(self, u):
-        return expmap0(u, c=self.c, check=self.check)
-
-    def logmap(self, x, y):
-        return logmap(x, y, c=self.c, check=self.check)
-
-    def logmap0(self, y):
-        return logmap0(y, c=self.c, check=self.check)
-
-    def dist0(self, x, keepdim=False):
-        return dist0(x, c=self.c, keepdim=keepdim, check=self.check)
-
     def gyration(self, u, v, w):
         return gyration(u, v, w, c=self.c, check=self.check)
-
-    def parallel_transport(self, x, y, v):
-        return parallel_transport(x, y, v, c=self.c, check=self.check)
-
-    def egrad2rgrad(self, x, grad):
-        return egrad2rgrad(x, grad, c=self.c, check=self.check)
 
     def weighted_midpoint(self, xs, weights=None):
         return weighted_midpoint(xs, weights, c=self.c, check=self.check)

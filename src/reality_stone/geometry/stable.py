@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_NORM", "artanh", "norm", "safe_norm", "sq_norm", "dot", "tanh_ratio", "artanh_ratio"]
+__all__ = ["MIN_NORM", "artanh", "norm", "safe_norm", "sq_norm", "dot", "tanh_ratio", "artanh_ratio", "squeeze_last"]
 
 MIN_NORM = 1e-15
 
@@ -59,3 +59,9 @@ def tanh_ratio(t: Tensor) -> Tensor:
 def artanh_ratio(t: Tensor) -> Tensor:
     """artanh(t) / t for t >= MIN_NORM."""
     return artanh(t) / t
+
+
+def squeeze_last(t: Tensor, keepdim: bool) -> Tensor:
+    """A reduction's (..., 1) result as is with ``keepdim``, else (...). The ops keep the trailing 1
+    internally so that it broadcasts against (..., d); the public functions drop it by default."""
+    return t if keepdim else t.squeeze(-1)

@@ -18,6 +18,7 @@ __all__ = [
     "check_vector",
     "boundary_eps",
     "midpoint_weights",
+    "normal_tangent",
 ]
 
 # Relative margin kept from the boundary by `project` (a point is kept at norm
@@ -109,3 +110,11 @@ def midpoint_weights(xs: Tensor, weights: Tensor | None, check: bool) -> Tensor:
     if bool((weights < 0).any()) or bool((weights.sum(-1) <= 0).any()):
         raise ValueError("weights must be non-negative with a positive sum over the points")
     return weights.unsqueeze(-1).to(xs.dtype)
+
+
+def normal_tangent(size: tuple[int, ...], std: float, dtype, generator, *, min_dim: int) -> Tensor:
+    """N(0, std²) vectors of shape ``size``, the tangents at the origin that ``random_point``
+    maps onto its manifold; ValueError unless ``size`` ends with a dimension ≥ ``min_dim``."""
+    if len(size) == 0 or size[-1] < min_dim:
+        raise ValueError(f"size must end with the vector dimension (>= {min_dim}), got {size}")
+    return torch.randn(*size, dtype=dtype, generator=generator) * std
