@@ -16,7 +16,8 @@ log-normal row scales). GPTQ int4 g128 (the calibrated codec) on 1024 random tok
 Each run is a fresh subprocess that reports its own peak RSS (VmHWM); Ray workers are separate
 processes, not counted. The Llama-7B shapes of scale.py cost ≈ 95 s of GPTQ per block on this
 2-core machine (one 4096×11008 down_proj alone: 40 s), 40 blocks at 16 GB: out of this script's
-budget — the per-block cost model in docs/streaming.md extrapolates instead.
+budget — the per-block cost model in docs/streaming.md extrapolates instead. With TinyLlama shapes
+16 GB is 180 blocks, ≈ 90 min here (`--sizes=16 --no-qwen --keep`).
 """
 
 from __future__ import annotations
@@ -183,7 +184,8 @@ def write(rows: list[dict], qwen: dict | None, runs: bool = False) -> None:
         lines.append(f"| {r['checkpoint_gb']:.2f} | {r['blocks']} | {r['peak_rss_gb']:.2f} | {r['seconds']:.0f} | "
                      f"{r['seconds_per_block']:.1f} | {phases} | {ray} |")
     if runs:
-        lines += ["", "Rows from more than one run of this script (`--keep`), each alone on the machine."]
+        lines += ["", "Rows from more than one run of this script (`--keep`), on other days: the VM's speed varies "
+                  "between them, so compare seconds within a run; peak RSS does not depend on it."]
     if qwen:
         lines += ["", f"Real Qwen2.5-Coder-0.5B (save_pretrained folder, fp32, {qwen['checkpoint_gb']:.2f} GB; "
                   "calibration: 1024 tokens of the bundled plays): streamed block by block "

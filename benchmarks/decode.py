@@ -1,0 +1,162 @@
+"""End-to-end decoding at batch 1 on SmolLM2-135M: what each step of the decode loop buys, and
+llama.cpp on the same GGUF file at the same thread count as the external anchor.
+
+    python benchmarks/decode.py                  # everything (≈ 15 min on 2 cores)
+    python benchmarks/decode.py --no-compile     # without the torch.compile rows
+    python benchmarks/decode.py --reps=1         # one run of each path instead of the best of 3
+
+Models: dense fp32 (the GGUF's weights as transformers dequantises them), RTN int4 g128 with fp32
+and with int8 activations, and the seed basis at the 3.5-bit preset (random fields: decoding speed
+does not depend on the values; every layer of the RTN int4 model swapped, as in fused_matmul.py).
+Decode loops, all transformers' ``generate`` (greedy):
+* ``dynamic cache`` — its default;
+* ``static cache`` — ``cache_implementation="static"`` (preallocated KV tensors);
+* ``static + compile`` — and the decode step compiled by ``torch.compile`` (transformers'
+  ``CompileConfig``; the prefill stays eager). The first call's extra seconds are reported apart.
+llama.cpp: ``llama-cpp-python`` built from its sdist (``pip install '.[bench]'``; benchmark-only, never
+a runtime dependency) on the Q4_1 GGUF itself, ``n_threads`` = torch's thread count.
+
+Each measurement: a prompt of 128 tokens (the same ids for every path), then 64 new tokens.
+Prompt throughput = 128 / prefill seconds (``generate`` with one new token); decode tokens/s =
+63 / (seconds for 64 new tokens − seconds for one). Paths alternate; the best of ``REPS`` is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+
+import torch
+
+from fused_matmul import random_seedbasis
+from harness import environment, write_json, write_markdown
+
+PROMPT_TOKENS, NEW_TOKENS, REPS = 128, 64, 3
+
+
+def hf_prompt_and_decode(model, ids: torch.Tensor, **gen) -> tuple[float, float]:
+    """(prompt tokens/s, decode tokens/s) of ``model.generate`` with ``gen`` options."""
+
+    def seconds(n: int) -> float:
+        t0 = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, **gen)
+        assert out.shape[1] == ids.shape[1] + n
+        return time.perf_counter() - t0
+
+    one, full = seconds(1), seconds(NEW_TOKENS)
+    return ids.shape[1] / one, (NEW_TOKENS - 1) / (full - one)
+
+
+def llama_cpp_prompt_and_decode(llm, ids: list[int]) -> tuple[float, float]:
+    """The same measurement on llama.cpp: ``eval`` of the prompt, then greedy single-token evals."""
+    import numpy as np
+
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    prefill = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(NEW_TOKENS - 1):
+        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+    return len(ids) / prefill, (NEW_TOKENS - 1) / (time.perf_counter() - t0)
+
+
+def models() -> tuple[dict, object, str]:
+    import reality_stone as rs
+    from reality_stone.codecs import codec_config
+    from reality_stone.evaluation.loaders import load_smollm2, smollm2_gguf
+    from reality_stone.nn import CompressedLinear, set_activations
+
+    loaded = load_smollm2()
+    dense = loaded.model
+    int4 = copy.deepcopy(dense)
+    rs.compress(int4, codec_config("rtn", bits=4, group=128))
+    int4_a8 = copy.deepcopy(int4)
+    set_activations(int4_a8, "int8")
+    sb = copy.deepcopy(int4)
+    g = torch.Generator().manual_seed(0)
+    for m in sb.modules():
+        if isinstance(m, CompressedLinear):
+            m.encoded = random_seedbasis(m.out_features, m.in_features, "3.5", g)
+    return ({"dense fp32": dense, "RTN int4 g128, fp32 x": int4, "RTN int4 g128, int8 x": int4_a8,
+             "seed basis 3.5, fp32 x": sb}, loaded.tokenizer, str(smollm2_gguf()))
+
+
+def main() -> None:
+    from transformers import CompileConfig
+
+    global REPS
+    REPS = int(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--reps=")), REPS))
+    threads = torch.get_num_threads()
+    nets, tokenizer, gguf = models()
+    text = open(__file__).read()  # any text: only the token count matters for speed
+    ids = tokenizer(text, return_tensors="pt").input_ids[:, :PROMPT_TOKENS]
+    pad = dict(pad_token_id=tokenizer.eos_token_id)
+    loops = {"dynamic cache": dict(pad), "static cache": dict(pad, cache_implementation="static")}
+    if "--no-compile" not in sys.argv:
+        compile_config = CompileConfig(mode="default")
+        compile_config._compile_all_devices = True  # transformers compiles only on GPUs unless told
+        loops["static + compile"] = dict(pad, cache_implementation="static", compile_config=compile_config)
+
+    compile_seconds = {}
+    if "static + compile" in loops:  # the first call compiles: time it once, apart
+        for name, net in nets.items():
+            t0 = time.perf_counter()
+            hf_prompt_and_decode(net, ids, **loops["static + compile"])
+            compile_seconds[name] = time.perf_counter() - t0
+            print(f"compiled {name}: {compile_seconds[name]:.0f} s", flush=True)
+    for net in nets.values():  # warm-up of the eager loops
+        hf_prompt_and_decode(net, ids[:, :8], **loops["dynamic cache"])
+
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    llm, llama_error = None, None
+    try:
+        from llama_cpp import Llama
+
+        llm = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
+        llama_cpp_prompt_and_decode(llm, ids[0, :8].tolist())
+    except ImportError as e:
+        llama_error = f"llama-cpp-python is not installed here ({e}); `pip install '.[bench]'` builds it"
+    for _ in range(REPS):
+        for name, net in nets.items():
+            for loop, gen in loops.items():
+                r = hf_prompt_and_decode(net, ids, **gen)
+                best[name, loop] = max(best.get((name, loop), r), r, key=lambda t: t[1])
+        if llm is not None:
+            r = llama_cpp_prompt_and_decode(llm, ids[0].tolist())
+            best["llama.cpp, Q4_1 GGUF", "llama.cpp"] = max(best.get(("llama.cpp, Q4_1 GGUF", "llama.cpp"), r), r,
+                                                           key=lambda t: t[1])
+        print({f"{k[0]} | {k[1]}": f"{v[1]:.1f}" for k, v in best.items()}, flush=True)
+
+    rows = [dict(model=m, loop=lp, prompt_tokens_per_s=p, decode_tokens_per_s=d,
+                 compile_seconds=compile_seconds.get(m) if lp == "static + compile" else None)
+            for (m, lp), (p, d) in best.items()]
+    env = environment()
+    write_json("decode", dict(rows=rows, prompt_tokens=PROMPT_TOKENS, new_tokens=NEW_TOKENS, reps=REPS,
+                              llama_cpp_error=llama_error, environment=env))
+    write_markdown("decode", markdown(rows, env, llama_error))
+
+
+def markdown(rows: list[dict], env: dict, llama_error: str | None) -> list[str]:
+    dense = next(r for r in rows if r["model"] == "dense fp32" and r["loop"] == "dynamic cache")
+    anchor = next((r for r in rows if r["loop"] == "llama.cpp"), None)
+    lines = [f"SmolLM2-135M, batch 1, prompt {PROMPT_TOKENS} tokens, {NEW_TOKENS} new tokens (greedy), "
+             f"{env['threads']} threads, best of {REPS} alternating runs (`python benchmarks/decode.py`). "
+             "Ratios: decode tokens/s over dense fp32 with transformers' default loop"
+             + (", and over llama.cpp on the same GGUF in the same run." if anchor else "."), "",
+             "| model | decode loop | decode tokens/s | × dense | × llama.cpp | prompt tokens/s | first-call compile s |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        vs_llama = f"{r['decode_tokens_per_s'] / anchor['decode_tokens_per_s']:.2f}×" if anchor else "—"
+        comp = f"{r['compile_seconds']:.0f}" if r["compile_seconds"] is not None else ""
+        lines.append(f"| {r['model']} | {r['loop']} | {r['decode_tokens_per_s']:.1f} | "
+                     f"{r['decode_tokens_per_s'] / dense['decode_tokens_per_s']:.2f}× | {vs_llama} | "
+                     f"{r['prompt_tokens_per_s']:.0f} | {comp} |")
+    if llama_error:
+        lines += ["", f"No llama.cpp row: {llama_error}."]
+    return lines
+
+
+if __name__ == "__main__":
+    main()
