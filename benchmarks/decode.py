@@ -3,7 +3,7 @@ llama.cpp on the same GGUF file at the same thread count as the external anchor.
 
     python benchmarks/decode.py                  # everything (≈ 15 min on 2 cores)
     python benchmarks/decode.py --no-compile     # without the torch.compile rows
-    python benchmarks/decode.py --reps=1         # one run of each path instead of the best of 3
+    python benchmarks/decode.py --reps 1         # one run of each path instead of the best of 3
 
 Models: dense fp32 (the GGUF's weights as transformers dequantises them), RTN int4 g128 with fp32
 and with int8 activations, and the seed basis at the 3.5-bit preset (random fields: decoding speed
@@ -18,13 +18,13 @@ a runtime dependency) on the Q4_1 GGUF itself, ``n_threads`` = torch's thread co
 
 Each measurement: a prompt of 128 tokens (the same ids for every path), then 64 new tokens.
 Prompt throughput = 128 / prefill seconds (``generate`` with one new token); decode tokens/s =
-63 / (seconds for 64 new tokens − seconds for one). Paths alternate; the best of ``REPS`` is kept.
+63 / (seconds for 64 new tokens − seconds for one). Paths alternate; the best of ``--reps`` is kept.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
-import sys
 import time
 
 import torch
@@ -32,7 +32,7 @@ import torch
 from fused_matmul import random_seedbasis
 from harness import environment, write_json, write_markdown
 
-PROMPT_TOKENS, NEW_TOKENS, REPS = 128, 64, 3
+PROMPT_TOKENS, NEW_TOKENS = 128, 64
 
 
 def hf_prompt_and_decode(model, ids: torch.Tensor, **gen) -> tuple[float, float]:
@@ -86,15 +86,17 @@ def models() -> tuple[dict, object, str]:
 def main() -> None:
     from transformers import CompileConfig
 
-    global REPS
-    REPS = int(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--reps=")), REPS))
+    parser = argparse.ArgumentParser(description="Batch-1 decoding on SmolLM2-135M by decode loop, beside llama.cpp.")
+    parser.add_argument("--reps", type=int, default=3, help="alternating runs; the best is kept")
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
+    args = parser.parse_args()
     threads = torch.get_num_threads()
     nets, tokenizer, gguf = models()
     text = open(__file__).read()  # any text: only the token count matters for speed
     ids = tokenizer(text, return_tensors="pt").input_ids[:, :PROMPT_TOKENS]
     pad = dict(pad_token_id=tokenizer.eos_token_id)
     loops = {"dynamic cache": dict(pad), "static cache": dict(pad, cache_implementation="static")}
-    if "--no-compile" not in sys.argv:
+    if not args.no_compile:
         compile_config = CompileConfig(mode="default")
         compile_config._compile_all_devices = True  # transformers compiles only on GPUs unless told
         loops["static + compile"] = dict(pad, cache_implementation="static", compile_config=compile_config)
@@ -118,7 +120,7 @@ def main() -> None:
         llama_cpp_prompt_and_decode(llm, ids[0, :8].tolist())
     except ImportError as e:
         llama_error = f"llama-cpp-python is not installed here ({e}); `pip install '.[bench]'` builds it"
-    for _ in range(REPS):
+    for _ in range(args.reps):
         for name, net in nets.items():
             for loop, gen in loops.items():
                 r = hf_prompt_and_decode(net, ids, **gen)
@@ -133,16 +135,16 @@ def main() -> None:
                  compile_seconds=compile_seconds.get(m) if lp == "static + compile" else None)
             for (m, lp), (p, d) in best.items()]
     env = environment()
-    write_json("decode", dict(rows=rows, prompt_tokens=PROMPT_TOKENS, new_tokens=NEW_TOKENS, reps=REPS,
+    write_json("decode", dict(rows=rows, prompt_tokens=PROMPT_TOKENS, new_tokens=NEW_TOKENS, reps=args.reps,
                               llama_cpp_error=llama_error, environment=env))
-    write_markdown("decode", markdown(rows, env, llama_error))
+    write_markdown("decode", markdown(rows, env, llama_error, args.reps))
 
 
-def markdown(rows: list[dict], env: dict, llama_error: str | None) -> list[str]:
+def markdown(rows: list[dict], env: dict, llama_error: str | None, reps: int) -> list[str]:
     dense = next(r for r in rows if r["model"] == "dense fp32" and r["loop"] == "dynamic cache")
     anchor = next((r for r in rows if r["loop"] == "llama.cpp"), None)
     lines = [f"SmolLM2-135M, batch 1, prompt {PROMPT_TOKENS} tokens, {NEW_TOKENS} new tokens (greedy), "
-             f"{env['threads']} threads, best of {REPS} alternating runs (`python benchmarks/decode.py`). "
+             f"{env['threads']} threads, best of {reps} alternating runs (`python benchmarks/decode.py`). "
              "Ratios: decode tokens/s over dense fp32 with transformers' default loop"
              + (", and over llama.cpp on the same GGUF in the same run." if anchor else "."), "",
              "| model | decode loop | decode tokens/s | × dense | × llama.cpp | prompt tokens/s | first-call compile s |",
