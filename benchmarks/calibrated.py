@@ -17,7 +17,6 @@ compression seconds (calibration included, measured in this process) and the fil
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import tempfile
@@ -30,7 +29,7 @@ from reality_stone.data.text import evaluation_text
 from reality_stone.evaluation.metrics import score_text
 from reality_stone.evaluation.loaders import load_model
 from reality_stone.nn.compressed import decoded_weights
-from harness import RESULTS, write_json, write_markdown
+from harness import RESULTS, arguments, parse, write_json, write_markdown
 
 TEXTS = ("shakespeare", "news")
 BASELINES = {"4.25": dict(bits=4, group=128), "3.5": dict(bits=3, group=64), "2.5": dict(bits=2, group=64)}
@@ -96,7 +95,7 @@ def write(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = arguments(__doc__, threads=2)
     ap.add_argument("--models", default="smollm2")
     ap.add_argument("--budgets", default="4.25,3.5,2.5")
     ap.add_argument("--tokens", type=int, default=4096, help="held-out tokens scored per text")
@@ -107,12 +106,12 @@ def main() -> None:
                     "(those --only and --budgets select)")
     ap.add_argument("--resume", action="store_true", help="keep the rows of calibrated.json and add/replace")
     ap.add_argument("--table-only", action="store_true")
-    args = ap.parse_args()
+    args = parse(ap)
     old = json.loads((RESULTS / "calibrated.json").read_text())["rows"] if (args.resume or args.table_only) else []
     if args.table_only:
         write(old)
         return
-    threads = rs.set_threads(2)
+    threads = args.threads
     only = tuple(p for p in args.only.split(",") if p)
     rows = [r for r in old if not (args.redo and r["label"].startswith(only or ("",)) and r["label"] != "fp32"
                                    and r["model"] in args.models.split(",") and r["budget"] in args.budgets.split(","))]

@@ -2,9 +2,9 @@
 and the real Qwen2.5-Coder-0.5B streamed vs loaded whole.
 
     python benchmarks/calibrated_scale.py                 # 0.8 + 4 GB synthetic, Ray on 0.8 GB, Qwen
-    python benchmarks/calibrated_scale.py --sizes=0.8     # smaller run
+    python benchmarks/calibrated_scale.py --sizes 0.8     # smaller run
     python benchmarks/calibrated_scale.py --no-qwen       # synthetic only
-    python benchmarks/calibrated_scale.py --sizes=16 --no-qwen --keep   # add a 16 GB row to the last results
+    python benchmarks/calibrated_scale.py --sizes 16 --no-qwen --keep   # add a 16 GB row to the last results
 
 ``--keep`` keeps the last results' rows at the sizes not run now (and its Qwen line under ``--no-qwen``).
 Ray is compared on the smallest size run, if it is under 2 GB.
@@ -17,7 +17,7 @@ Each run is a fresh subprocess that reports its own peak RSS (VmHWM); Ray worker
 processes, not counted. The Llama-7B shapes of scale.py cost ≈ 95 s of GPTQ per block on this
 2-core machine (one 4096×11008 down_proj alone: 40 s), 40 blocks at 16 GB: out of this script's
 budget — the per-block cost model in docs/streaming.md extrapolates instead. With TinyLlama shapes
-16 GB is 180 blocks, ≈ 90 min here (`--sizes=16 --no-qwen --keep`).
+16 GB is 180 blocks, ≈ 90 min here (`--sizes 16 --no-qwen --keep`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from harness import environment, write_json, write_markdown
-from scale import layer_tensors, student_t, write_shards
+from harness import arguments, environment, parse, write_json, write_markdown
+from scale import layer_tensors, sizes_gb, student_t, write_shards
 
 HIDDEN, INTER, HEADS, KV_HEADS, VOCAB = 2048, 5632, 32, 4, 32000
 HEAD_DIM = HIDDEN // HEADS
@@ -70,8 +70,10 @@ import json, sys, time
 import torch
 from reality_stone.codecs import codec_config
 from reality_stone.evaluation.metrics import peak_rss_bytes
-mode, src, out, workers, tokens, seq_len, calib = sys.argv[1:8]
+from reality_stone.threads import set_threads
+mode, src, out, workers, tokens, seq_len, calib, threads = sys.argv[1:9]
 workers, tokens, seq_len = int(workers), int(tokens), int(seq_len)
+set_threads(int(threads))
 config = codec_config("gptq", bits=4, group=128)
 if calib == "random":  # token ids: synthetic models have no tokenizer
     calib = torch.randint(0, 32000, (tokens,), generator=torch.Generator().manual_seed(0))
@@ -96,9 +98,9 @@ print("RESULT " + json.dumps(s))
 """
 
 
-def run(mode: str, src: Path, out: Path, workers: int = 1, calibration: str = "random") -> dict:
+def run(mode: str, src: Path, out: Path, threads: int, workers: int = 1, calibration: str = "random") -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, mode, str(src), str(out), str(workers), str(TOKENS),
-                           str(SEQ_LEN), calibration], capture_output=True, text=True)
+                           str(SEQ_LEN), calibration, str(threads)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
@@ -114,33 +116,37 @@ def qwen_folder(work: Path) -> Path:
 
 
 def main() -> None:
-    sizes = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--sizes=")), "0.8,4")
+    ap = arguments(__doc__, threads=2)
+    ap.add_argument("--sizes", type=sizes_gb, default="0.8,4", help="synthetic checkpoint sizes in GB, comma-separated")
+    ap.add_argument("--no-qwen", action="store_true", help="synthetic checkpoints only")
+    ap.add_argument("--keep", action="store_true", help="keep the last results' rows at the sizes not run now")
+    args = parse(ap)
     rows, qwen = [], None
-    for gb in [float(s) for s in sizes.split(",")]:
+    for gb in args.sizes:
         work = Path(tempfile.mkdtemp(prefix=f"rs-cscale-{gb:g}gb-", dir="/tmp"))
         try:
             folder = work / "model"
             blocks = make_folder(folder, gb)
             size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
-            one = run("stream", folder, work / "out.safetensors")
+            one = run("stream", folder, work / "out.safetensors", args.threads)
             row = dict(checkpoint_gb=size / 1e9, blocks=blocks, peak_rss_gb=one["peak_rss_bytes"] / 1e9,
                        seconds=one["seconds"], seconds_per_block=one["seconds"] / blocks,
                        phases=one["phase_seconds"], output_gb=one["output_bytes"] / 1e9)
             # Ray 2 workers vs one process, same folder: on the smallest size only (it doubles the run)
-            if gb == min(float(s) for s in sizes.split(",")) and gb < 2:
-                ray2 = run("stream", folder, work / "out.safetensors", workers=2)
+            if gb == min(args.sizes) and gb < 2:
+                ray2 = run("stream", folder, work / "out.safetensors", args.threads, workers=2)
                 row.update(ray2_seconds=ray2["seconds"], ray2_speedup=one["seconds"] / ray2["seconds"],
                            ray2_phases=ray2["phase_seconds"], ray2_same_bytes=ray2["sha256"] == one["sha256"])
             rows.append(row)
             print(row, flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    if "--no-qwen" not in sys.argv:
+    if not args.no_qwen:
         work = Path(tempfile.mkdtemp(prefix="rs-cscale-qwen-", dir="/tmp"))
         try:
             folder = qwen_folder(work)
-            streamed = run("stream", folder, work / "out.safetensors", calibration="shakespeare")
-            whole = run("memory", folder, work / "out.safetensors", calibration="shakespeare")
+            streamed = run("stream", folder, work / "out.safetensors", args.threads, calibration="shakespeare")
+            whole = run("memory", folder, work / "out.safetensors", args.threads, calibration="shakespeare")
             qwen = dict(checkpoint_gb=sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1e9,
                         streamed_peak_rss_gb=streamed["peak_rss_bytes"] / 1e9, streamed_seconds=streamed["seconds"],
                         in_memory_peak_rss_gb=whole["peak_rss_bytes"] / 1e9, in_memory_seconds=whole["seconds"],
@@ -148,9 +154,9 @@ def main() -> None:
             print(qwen, flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    if "--keep" in sys.argv:
+    if args.keep:
         rows, qwen = kept(rows, qwen)
-    write(rows, qwen, runs="--keep" in sys.argv)
+    write(rows, qwen, runs=args.keep)
 
 
 def kept(rows: list[dict], qwen: dict | None) -> tuple[list[dict], dict | None]:

@@ -23,14 +23,13 @@ Prompt throughput = 128 / prefill seconds (``generate`` with one new token); dec
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 
 import torch
 
 from fused_matmul import random_seedbasis
-from harness import environment, write_json, write_markdown
+from harness import arguments, environment, parse, write_json, write_markdown
 
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
 
@@ -86,11 +85,11 @@ def models() -> tuple[dict, object, str]:
 def main() -> None:
     from transformers import CompileConfig
 
-    parser = argparse.ArgumentParser(description="Batch-1 decoding on SmolLM2-135M by decode loop, beside llama.cpp.")
+    parser = arguments(__doc__, threads=2)
     parser.add_argument("--reps", type=int, default=3, help="alternating runs; the best is kept")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
-    args = parser.parse_args()
-    threads = torch.get_num_threads()
+    args = parse(parser)
+    threads = args.threads
     nets, tokenizer, gguf = models()
     text = open(__file__).read()  # any text: only the token count matters for speed
     ids = tokenizer(text, return_tensors="pt").input_ids[:, :PROMPT_TOKENS]

@@ -28,8 +28,6 @@ float32 by the kernel; its quality on real weights is in packed64.md — it does
 from __future__ import annotations
 
 import copy
-import itertools
-import statistics
 import time
 
 import torch
@@ -38,7 +36,7 @@ from reality_stone.codecs import codec_config
 from reality_stone.codecs.packed64 import Packed64Encoded, pack_seed
 from reality_stone.codecs.seedbasis import SeedBasisEncoded, preset
 from reality_stone.kernels.extension import extension_status
-from harness import write_json, write_markdown
+from harness import arguments, parse, round_robin, write_json, write_markdown
 
 SHAPES = [(1024, 1024), (4096, 4096), (11008, 4096), (576, 576), (1536, 576), (576, 1536)]  # (out, in)
 BATCHES = (1, 8, 64)
@@ -47,22 +45,6 @@ ROUND_BYTES = 96 * 2**20
 MAX_COPIES = 64
 INT_CODECS = {"int4 g128": dict(bits=4, group=128), "int3 g64": dict(bits=3, group=64),
               "int2 g64": dict(bits=2, group=64)}
-
-
-def bench(fns: dict, repeat: int = REPEAT) -> dict:
-    """fns: name -> list of callables (one per weight copy). Median seconds per call."""
-    cycles = {k: itertools.cycle(v) for k, v in fns.items()}
-    for k, v in fns.items():
-        for f in v:  # warm-up: every copy once
-            f()
-    times = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k in fns:
-            f = next(cycles[k])
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def n_copies(nbytes: float) -> int:
@@ -148,7 +130,7 @@ def paths_for_shape(out_f: int, in_f: int, g: torch.Generator) -> tuple[dict, di
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    parse(arguments(__doc__, threads=2))
     bw = read_bandwidth()
     print(f"read bandwidth {bw / 1e9:.1f} GB/s; kernel: {extension_status()}", flush=True)
     rows = []
@@ -161,7 +143,7 @@ def main() -> None:
             xb = xp.to(torch.bfloat16)
             fns = {k: [lambda w=w, call=call: call(w, x, xp, xb) for w in ws] for k, (ws, _, call) in paths.items()}
             with torch.no_grad():
-                t = bench(fns)
+                t = round_robin(fns, repeat=REPEAT)
             bytes_read = {k: out_f * in_f * bpw / 8 for k, (_, bpw, _) in paths.items()}
             row = dict(shape=[out_f, in_f], batch=batch, ms={k: v * 1e3 for k, v in t.items()},
                        speedup_vs_dense={k: t["dense fp32 nn.Linear"] / v for k, v in t.items()},

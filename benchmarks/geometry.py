@@ -11,32 +11,17 @@ validation: finiteness and ball membership, one extra pass over the inputs).
 from __future__ import annotations
 
 import platform
-import statistics
-import time
 
 import geoopt
 import torch
 
 from reality_stone.geometry import poincare as P
-from harness import write_json, write_markdown
+from harness import arguments, parse, round_robin, write_json, write_markdown
 
-
-
-def time_interleaved(fns: list, repeat: int = 25, warmup: int = 3) -> list[float]:
-    """Median seconds of each fn, timed round-robin so drift and noise hit all of them alike."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
+    parse(arguments(__doc__, threads=2))
     torch.manual_seed(0)
     n, d = 65536, 64
     ball = geoopt.PoincareBall(c=1.0)
@@ -55,7 +40,8 @@ def main() -> None:
     }
     rows = []
     for name, (ours, theirs) in ops.items():
-        t_geo, t_ours, t_chk = time_interleaved([theirs, lambda: ours(False), lambda: ours(True)])
+        t = round_robin(dict(geoopt=theirs, ours=lambda: ours(False), checked=lambda: ours(True)), repeat=25, warmup=3)
+        t_geo, t_ours, t_chk = t["geoopt"], t["ours"], t["checked"]
         rows.append(dict(op=name, geoopt_ms=t_geo * 1e3, ours_ms=t_ours * 1e3, ours_checked_ms=t_chk * 1e3,
                          speedup=t_geo / t_ours, speedup_checked=t_geo / t_chk))
         print(f"{name:14s} geoopt {t_geo*1e3:7.2f} ms  ours {t_ours*1e3:7.2f} ms ({t_geo/t_ours:.2f}x)  "

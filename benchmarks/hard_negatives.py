@@ -16,7 +16,6 @@ Fixed epochs make the quality columns independent of machine load; the seconds a
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -24,8 +23,7 @@ import torch
 
 from reality_stone.data.wordnet import wordnet_closure
 from reality_stone.hierarchy import embed, rank_metrics
-from reality_stone.threads import set_threads
-from harness import write_json, write_markdown
+from harness import arguments, parse, write_json, write_markdown
 
 MAMMAL_HARD = (0, 10, 25)
 NOUN_HARD = (0, 10)
@@ -44,11 +42,10 @@ def sampled_rank_metrics(embedding: torch.Tensor, edges: torch.Tensor, sample: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = arguments(__doc__, threads=None)
     ap.add_argument("--quick", action="store_true", help="mammals only")
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
-    threads = set_threads(args.threads)
+    args = parse(ap)
+    threads = args.threads
     rows = []
     mammals = wordnet_closure("mammal")
     for hard in MAMMAL_HARD:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import time
 
-import torch
 
 import reality_stone as rs
 from reality_stone.codecs import codec_config
@@ -22,7 +21,7 @@ from reality_stone.data.text import evaluation_text
 from reality_stone.evaluation.metrics import perplexity
 from reality_stone.evaluation.loaders import load_smollm2
 from reality_stone.nn import decoded_weights, set_activations
-from harness import write_json, write_markdown
+from harness import arguments, parse, write_json, write_markdown
 
 TOKENS = 8192
 TEXTS = ("shakespeare", "news")
@@ -35,7 +34,7 @@ def ppl(model, tokenizer) -> dict:
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    parse(arguments(__doc__, threads=2))
     loaded = load_smollm2()
     rows = [dict(label="fp32 (dense)", activations="fp32", **ppl(loaded.model, loaded.tokenizer))]
     print(rows[-1], flush=True)

@@ -30,7 +30,7 @@ from reality_stone.data.wordnet import wordnet_closure
 from reality_stone.geometry import PoincareBall
 from reality_stone.hierarchy import embed_hierarchy
 from reality_stone.nn import ButterflyLinear, HyperbolicMLR, HyperButterfly, MobiusLinear, ToPoincare
-from harness import write_json, write_markdown
+from harness import arguments, parse, write_json, write_markdown
 
 SEEDS = [0, 1, 2, 3, 4]
 EPOCHS = 60
@@ -145,7 +145,7 @@ def _train_f1(model, X, y, idx_tr, idx_te, seed) -> float:
 
 
 def main() -> None:
-    torch.set_num_threads(1)  # models this small gain nothing from threads
+    parse(arguments(__doc__, threads=1))  # models this small gain nothing from threads
     tab = tabular()
     wn = wordnet()
     write_json("layers_accuracy", dict(tabular=tab, wordnet=wn, epochs=EPOCHS, seeds=SEEDS))

@@ -10,16 +10,15 @@ log2(N)·N·4 (every 2×2 block: 4 multiply-adds).
 
 from __future__ import annotations
 
+import functools
 import math
-import statistics
-import time
 
 import torch
 from torch import nn
 
 from reality_stone.geometry import poincare
 from reality_stone.nn import ButterflyLinear, HyperButterfly
-from harness import write_json, write_markdown
+from harness import arguments, parse, round_robin, write_json, write_markdown
 
 SIZES = [256, 512, 1024, 2048, 4096, 8192]
 BATCHES = [1, 64]
@@ -32,21 +31,13 @@ def _step(layer: nn.Module, x: torch.Tensor) -> None:
 
 
 def timed(layers: dict[str, nn.Module], inputs: dict[str, torch.Tensor], budget_s: float = 1.5) -> dict[str, float]:
-    """Median seconds per forward+backward for each layer, measured round-robin."""
-    for name, layer in layers.items():  # warm-up
-        _step(layer, inputs[name])
-    samples = {n: [] for n in layers}
-    t_end = time.perf_counter() + budget_s
-    while time.perf_counter() < t_end or min(len(s) for s in samples.values()) < 5:
-        for name, layer in layers.items():
-            t0 = time.perf_counter()
-            _step(layer, inputs[name])
-            samples[name].append(time.perf_counter() - t0)
-    return {n: statistics.median(s) for n, s in samples.items()}
+    """Median seconds per forward+backward for each layer, measured round-robin for ≥ ``budget_s``."""
+    return round_robin({n: functools.partial(_step, layer, inputs[n]) for n, layer in layers.items()},
+                       repeat=5, min_seconds=budget_s)
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    parse(arguments(__doc__, threads=2))
     torch.manual_seed(0)
     rows = []
     for N in SIZES:

@@ -15,7 +15,7 @@ from matrices import real
 from reality_stone.codecs import relative_error, sqnr_db
 from reality_stone.codecs.lowrank import LowRankConfig
 from reality_stone.codecs.rtn import RTNConfig
-from harness import write_json, write_markdown
+from harness import arguments, parse, write_json, write_markdown
 
 BUDGETS = (8.0, 4.25, 2.5)  # bits per weight
 SPARSE = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08)
@@ -37,6 +37,7 @@ def fit(W, sparse: float, budget_bytes: float):
 
 
 def main() -> None:
+    parse(arguments(__doc__, threads=None))
     rows = []
     for name, W in real().items():
         m, n = W.shape

@@ -22,16 +22,14 @@ per 32² block (seed 003's "512:1" block size).
 
 from __future__ import annotations
 
-import argparse
 import json
 
-import torch
 
 from reality_stone.codecs import codec_config
 from reality_stone.codecs.seedbasis import preset
 from reality_stone.evaluation.experiment import Spec, evaluate_specs
 from reality_stone.evaluation.loaders import load_minilm, load_smollm2
-from harness import RESULTS, write_json, write_markdown
+from harness import RESULTS, arguments, parse, write_json, write_markdown
 
 TOKENS = 2048
 ENCODER_ROWS = ("fp16", "RTN", "HQQ", "seedbasis", "RBE")  # label prefixes also run on MiniLM
@@ -60,11 +58,10 @@ def progress(label: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = arguments(__doc__, threads=2)
     parser.add_argument("--redo", help="comma-separated SmolLM2 label prefixes to re-measure; the other rows "
                                        "(and MiniLM) are kept from the previous results/model_eval.json")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+    args = parse(parser)
     prefixes = tuple(args.redo.split(",")) if args.redo else None
     old = json.loads((RESULTS / "model_eval.json").read_text()) if prefixes else None
     todo = [s for s in specs() if not prefixes or s.label.startswith(prefixes)]

@@ -17,7 +17,7 @@ import torch
 from matrices import real, synthetic
 from reality_stone.codecs import relative_error, sqnr_db
 from reality_stone.codecs.packed64 import Packed64Config, decode_block, pack_seed
-from harness import write_json, write_markdown
+from harness import arguments, parse, round_robin, write_json, write_markdown
 
 BLOCKS = (8, 16, 32, 64, 128)
 
@@ -30,19 +30,11 @@ def throughput() -> dict:
                       torch.zeros(n, dtype=torch.long), torch.randint(-4, 4, (n,), generator=g), torch.zeros(n, dtype=torch.long))
     scales = torch.ones(n, dtype=torch.float64)
     dense = torch.randn(n * B * B)
-    res = {}
-    for name, fn in {
-        "decode_block float32": lambda: decode_block(seeds, B, B, scale=scales, dtype=torch.float32),
-        "read dense float32 (sum)": lambda: dense.sum(),
-    }.items():
-        fn()
-        t0 = time.perf_counter()
-        reps = 3
-        for _ in range(reps):
-            fn()
-        dt = (time.perf_counter() - t0) / reps
-        res[name] = n * B * B / dt
-        print(f"{name:28s} {res[name] / 1e6:10.1f} M elements/s")
+    seconds = round_robin({"decode_block float32": lambda: decode_block(seeds, B, B, scale=scales, dtype=torch.float32),
+                           "read dense float32 (sum)": lambda: dense.sum()}, repeat=3)
+    res = {name: n * B * B / dt for name, dt in seconds.items()}
+    for name, r in res.items():
+        print(f"{name:28s} {r / 1e6:10.1f} M elements/s")
     return dict(elements=n * B * B, block=B, elements_per_s=res, dense_over_decode=res["read dense float32 (sum)"] / res["decode_block float32"])
 
 
@@ -67,6 +59,7 @@ def rate_distortion() -> list[dict]:
 
 
 def main() -> None:
+    parse(arguments(__doc__, threads=2))
     tp = throughput()
     rd = rate_distortion()
     write_json("packed64", dict(throughput=tp, rate_distortion=rd))

@@ -22,7 +22,7 @@ from reality_stone.codecs import relative_error, sqnr_db
 from reality_stone.codecs.lowrank import LowRankConfig
 from reality_stone.codecs.rbe import RBEConfig
 from reality_stone.codecs.rtn import RTNConfig
-from harness import RESULTS, write_json, write_markdown
+from harness import RESULTS, arguments, parse, write_json, write_markdown
 
 RATIOS = (4, 8, 16, 32, 150)
 RTN_CHOICES = [(8, 128), (8, 32), (4, 128), (4, 64), (3, 128), (3, 64), (2, 128), (2, 64)]
@@ -109,6 +109,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    parse(arguments(__doc__, threads=None))
     syn = seed004()
     for r in syn:
         print(f"domain {r['domain']} n={r['n']} K={r['k']}: RMSE {r['rmse']:.3g} ratio {r['ratio_fp32']:.0f}:1 "

@@ -1,7 +1,7 @@
 """Streaming compression at scale: peak RSS and wall time vs checkpoint size; Ray 2 vs 1 worker.
 
     python benchmarks/scale.py               # 1, 4, 16 GB  -> results/scale.{json,md}
-    python benchmarks/scale.py --sizes=1,4   # smaller run
+    python benchmarks/scale.py --sizes 1,4   # smaller run
     python benchmarks/scale.py --estimate-only  # rewrite the table and 70B estimate from scale.json (no run)
 
 Synthetic sharded fp16 checkpoints with Llama-7B-like tensors (4096×4096 attention,
@@ -17,6 +17,7 @@ extrapolation from the measured single-process throughput: stated as an estimate
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from harness import RESULTS, write_json, write_markdown
+from harness import RESULTS, arguments, parse, write_json, write_markdown
 
 HIDDEN, INTER = 4096, 11008
 LAYER_SHAPES = {"self_attn.q_proj.weight": (HIDDEN, HIDDEN), "self_attn.k_proj.weight": (HIDDEN, HIDDEN),
@@ -86,39 +87,45 @@ import json, sys
 from reality_stone.codecs import codec_config
 from reality_stone.evaluation.metrics import peak_rss_bytes
 from reality_stone.models.streaming import compress_checkpoint
-src, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from reality_stone.threads import set_threads
+src, out, workers, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+set_threads(threads)
 s = compress_checkpoint(src, out, codec_config("rtn", bits=4, group=128), workers=workers)
 s["peak_rss_bytes"] = peak_rss_bytes()  # VmHWM: this program only (ru_maxrss inherits the parent's)
 print("RESULT " + json.dumps(s))
 """
 
 
-def run(src: Path, out: Path, workers: int) -> dict:
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), str(workers)], capture_output=True,
-                          text=True, check=True)
+def run(src: Path, out: Path, workers: int, threads: int) -> dict:
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(src), str(out), str(workers), str(threads)],
+                          capture_output=True, text=True, check=True)
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))
     out.unlink()
     return json.loads(line[len("RESULT "):])
 
 
 def main() -> None:
-    if "--estimate-only" in sys.argv:
-        write(json.loads((RESULTS / "scale.json").read_text())["rows"])
+    ap = arguments(__doc__, threads=2)
+    ap.add_argument("--sizes", type=sizes_gb, default="1,4,16", help="checkpoint sizes in GB, comma-separated")
+    ap.add_argument("--estimate-only", action="store_true", help="rewrite the table and estimate from scale.json")
+    args = parse(ap)
+    if args.estimate_only:  # the rows and the machine they came from stay; the estimate is recomputed
+        last = json.loads((RESULTS / "scale.json").read_text())
+        write(last["rows"], last.get("environment"))
         return
-    sizes = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--sizes=")), "1,4,16")
     rows = []
-    for gb in [float(s) for s in sizes.split(",")]:
+    for gb in args.sizes:
         work = Path(tempfile.mkdtemp(prefix=f"rs-scale-{gb:g}gb-", dir="/tmp"))
         try:
             ckpt = work / "ckpt"
             ckpt.mkdir()
             size = make_checkpoint(ckpt, gb)
-            single = run(ckpt, work / "out.safetensors", 1)
+            single = run(ckpt, work / "out.safetensors", 1, args.threads)
             row = dict(checkpoint_gb=size / 1e9, shards=len(list(ckpt.glob("*.safetensors"))),
                        peak_rss_gb=single["peak_rss_bytes"] / 1e9, seconds=single["seconds"],
                        output_gb=single["output_bytes"] / 1e9, gb_per_s=size / 1e9 / single["seconds"])
             if gb <= 4:  # Ray 2 workers vs 1 process, same checkpoint
-                ray2 = run(ckpt, work / "out.safetensors", 2)
+                ray2 = run(ckpt, work / "out.safetensors", 2, args.threads)
                 row.update(ray2_seconds=ray2["seconds"], ray2_speedup=single["seconds"] / ray2["seconds"])
             rows.append(row)
             print(row, flush=True)
@@ -127,8 +134,20 @@ def main() -> None:
     write(rows)
 
 
-def write(rows: list[dict]) -> None:
-    """results/scale.{json,md} from the measured rows, with the 70B estimate."""
+def sizes_gb(text: str) -> list[float]:
+    """``--sizes 0.8,4`` → [0.8, 4.0] (positive GB)."""
+    try:
+        sizes = [float(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes must be comma-separated numbers of GB, got {text!r}") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return sizes
+
+
+def write(rows: list[dict], environment: dict | None = None) -> None:
+    """results/scale.{json,md} from the measured rows (measured on ``environment``, None: this process),
+    with the 70B estimate."""
     gbps = statistics.median([r["gb_per_s"] for r in rows])
     timing = RESULTS / "calibrated.json"
     sb = None
@@ -140,7 +159,8 @@ def write(rows: list[dict]) -> None:
                seedbasis_3_5_aware_process_hours=(70e3 * sb / 3600) if sb else None,
                note="extrapolated from measured throughput on this 2-core machine (one process, 2 threads); "
                     "with Ray, divide by the workers times the measured parallel efficiency")
-    write_json("scale", dict(rows=rows, estimate_70b=est, codec="rtn int4 g128"))
+    write_json("scale", dict(rows=rows, estimate_70b=est, codec="rtn int4 g128")
+               | ({"environment": environment} if environment else {}))
     lines = ["| checkpoint GB | shards | peak RSS GB | seconds | GB/s | output GB | Ray 2 workers: seconds (speedup) |",
              "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

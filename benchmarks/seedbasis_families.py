@@ -12,11 +12,12 @@ from __future__ import annotations
 from matrices import real
 from reality_stone.codecs import relative_error
 from reality_stone.codecs.seedbasis import preset
-from harness import write_json, write_markdown
+from harness import arguments, parse, write_json, write_markdown
 
 
 
 def main() -> None:
+    parse(arguments(__doc__, threads=None))
     rows = []
     for name, W in real().items():
         for budget in ("4.25", "3.5", "2.5"):

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import time
 
-import torch
 
 from reality_stone.calibration import calibration_ids, collect_stats, output_error
 from reality_stone.codecs import relative_error
 from reality_stone.codecs.seedbasis import SeedBasisConfig
 from reality_stone.evaluation.loaders import load_smollm2
-from harness import write_json, write_markdown
+from harness import arguments, parse, write_json, write_markdown
 
 LAYERS = ["model.layers.10.self_attn.q_proj", "model.layers.10.mlp.gate_proj", "model.layers.10.mlp.down_proj"]
 # (block C, seed bits S, coefficients P, coefficient bits Q, exponent bits E): (S + E + P·Q)/C = budget
@@ -30,7 +29,7 @@ CANDIDATES = {
 
 
 def main() -> None:
-    torch.set_num_threads(2)
+    parse(arguments(__doc__, threads=2))
     loaded = load_smollm2()
     H = collect_stats(loaded.model, calibration_ids("shakespeare", loaded.tokenizer, tokens=4096), LAYERS)
     rows = []

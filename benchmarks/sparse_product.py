@@ -9,31 +9,19 @@ float32, batch 1 / 8 / 64, 2 threads, warm (the same matrix every call), median 
 
 from __future__ import annotations
 
-import statistics
-import time
 
 import torch
 
 from reality_stone.kernels.sparse import csr_matrix
-from harness import write_json, write_markdown
+from harness import arguments, parse, round_robin, write_json, write_markdown
 
 N = 4096
 DENSITIES = (0.01, 0.02, 0.05)
 BATCHES = (1, 8, 64)
 
 
-def median_ms(fn, repeat: int = 20) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
-
-
 def main() -> None:
-    torch.set_num_threads(2)
+    parse(arguments(__doc__, threads=2))
     g = torch.Generator().manual_seed(0)
     rows = []
     for density in DENSITIES:
@@ -51,8 +39,9 @@ def main() -> None:
             ref = x @ dense.T
             assert torch.allclose((csr @ x.T).T, ref, atol=1e-4) and torch.allclose(torch.sparse.mm(coo, x.T).T, ref,
                                                                                       atol=1e-4)
-            ms = dict(csr=median_ms(lambda: csr @ x.T), coo=median_ms(lambda: torch.sparse.mm(coo, x.T)),
-                      dense=median_ms(lambda: x @ dense.T))
+            seconds = round_robin(dict(csr=lambda: csr @ x.T, coo=lambda: torch.sparse.mm(coo, x.T),
+                                       dense=lambda: x @ dense.T), repeat=20)
+            ms = {k: v * 1e3 for k, v in seconds.items()}
             rows.append(dict(density=density, batch=batch, ms=ms))
             print(density, batch, {k: round(v, 3) for k, v in ms.items()}, flush=True)
     write_json("sparse_product", rows)

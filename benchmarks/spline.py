@@ -30,7 +30,7 @@ from layers_accuracy import train_eval  # noqa: E402
 
 from reality_stone.data.text import calibration_text, evaluation_text  # noqa: E402
 from reality_stone.nn import ButterflyLinear, GeodesicSplineLinear, HeightFieldLinear, SplineLinear  # noqa: E402
-from harness import write_json, write_markdown
+from harness import arguments, parse, write_json, write_markdown
 
 SEEDS = [0, 1, 2]
 
@@ -129,7 +129,7 @@ def char_lm() -> list[dict]:
 
 
 def main() -> None:
-    torch.set_num_threads(1)
+    parse(arguments(__doc__, threads=1))
     rows = tabular() + char_lm()
     write_json("spline", dict(rows=rows, seeds=SEEDS))
     dense = {r["task"]: r["hidden_params"] for r in rows if r["model"] == "dense"}

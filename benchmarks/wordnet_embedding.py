@@ -16,7 +16,7 @@ import torch
 
 from reality_stone.data.wordnet import wordnet_closure
 from reality_stone.hierarchy import embed_hierarchy
-from harness import write_json, write_markdown
+from harness import arguments, parse, write_json, write_markdown
 
 DIMS = (2, 5, 10)
 SEEDS = (0, 1, 2)
@@ -25,6 +25,7 @@ BATCH = 128
 
 
 def main() -> None:
+    parse(arguments(__doc__, threads=2))
     h = wordnet_closure("mammal")
     rows = []
     for dim in DIMS:

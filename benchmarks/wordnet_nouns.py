@@ -15,7 +15,6 @@ training uses) are timed in the same run (--no-compare skips it). Threads: the l
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -23,14 +22,13 @@ import torch
 from reality_stone.data.wordnet import wordnet_closure
 from reality_stone.hierarchy import embed, rank_metrics
 from reality_stone.kernels.poincare_embedding import fused_step_available
-from reality_stone.threads import set_threads
-from harness import write_json, write_markdown
+from harness import arguments, parse, write_json, write_markdown
 
 PAPER_MAP = {5: 0.823, 10: 0.851}  # Nickel & Kiela (2017), Table 1, WordNet nouns reconstruction
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = arguments(__doc__, threads=None)
     ap.add_argument("--dims", default="5,10")
     ap.add_argument("--minutes", type=float, default=15.0, help="training budget per dimension")
     ap.add_argument("--batch-size", type=int, default=1024)
@@ -39,12 +37,11 @@ def main() -> None:
     ap.add_argument("--hard-negatives", type=int, default=0, help="of the 50 negatives, drawn two closure hops away")
     ap.add_argument("--schedule", default="constant", help="constant, or linear (needs --epochs: it decays to 0 there)")
     ap.add_argument("--epochs", type=int, default=None, help="stop here if the time budget lasts (default: budget only)")
-    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-compare", action="store_true", help="skip timing one reference and one fused epoch")
-    args = ap.parse_args()
+    args = parse(ap)
     if args.schedule == "linear" and args.epochs is None:
         ap.error("--schedule linear needs --epochs")
-    threads = set_threads(args.threads)
+    threads = args.threads
     t0 = time.perf_counter()
     h = wordnet_closure("entity", instances=True)
     load_s = time.perf_counter() - t0

@@ -51,3 +51,40 @@ def test_every_benchmark_writes_through_the_harness():
             continue
         assert "write_json(" in text and "write_markdown(" in text, script.name
         assert ".write_text(json.dumps" not in text, script.name
+        # flags and threads through the harness: --help shows the docstring, --threads is honoured
+        main = text[text.index("def main("):]
+        assert "parse(" in main and "arguments(__doc__" in text, script.name
+        assert "argparse.ArgumentParser(" not in text and "set_num_threads(" not in text, script.name
+        assert "in sys.argv" not in text and "sys.argv[1" not in main, script.name
+
+
+def test_round_robin_interleaves_and_cycles_copies():
+    import harness
+
+    calls = []
+    seconds = harness.round_robin({"a": lambda: calls.append("a"), "b": [lambda: calls.append("b0"),
+                                                                        lambda: calls.append("b1")]},
+                                  repeat=3, warmup=1)
+    assert set(seconds) == {"a", "b"} and all(t >= 0 for t in seconds.values())
+    assert calls[:3] == ["a", "b0", "b1"]  # warm-up: every callable once
+    assert calls[3:] == ["a", "b0", "a", "b1", "a", "b0"]  # then a, b, a, b…: b cycles through its copies
+    with pytest.raises(ValueError):
+        harness.round_robin({}, repeat=3)
+    with pytest.raises(ValueError):
+        harness.round_robin({"a": lambda: None}, repeat=0)
+
+
+def test_benchmark_flags_set_threads_and_refuse_bad_counts(capsys):
+    import torch
+
+    import harness
+
+    before = torch.get_num_threads()
+    try:
+        args = harness.parse(harness.arguments("doc", threads=1), [])
+        assert args.threads == 1 and torch.get_num_threads() == 1
+        with pytest.raises(SystemExit):
+            harness.parse(harness.arguments("doc"), ["--threads", "0"])
+        assert "threads must be a positive integer" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
