@@ -131,6 +131,33 @@ class GroupAffineEncoded(Encoded):
             self._layout = (pack_lowbit_layout(codes, bits), scale, offset, zero_point, g, bits)
         return self._layout
 
+    @staticmethod
+    def stack_layouts(encodeds: list["GroupAffineEncoded"]) -> tuple:
+        """One kernel layout holding the rows of ``encodeds`` stacked in order, for one kernel call
+        where several weights read the same input (a block's q/k/v, gate/up).
+
+        The weights must share codec, bits (≤ 4), group, form and input width (ValueError). Each
+        weight's own layout — and its scale/offset where the layout holds those very tensors —
+        becomes a view into the stacked one, so the codes are held once, not twice."""
+        first = encodeds[0]
+        key = lambda e: (type(e.config), e.config.bits, e.config.group, e.config.affine_form, e.shape[1])  # noqa: E731
+        if not all(isinstance(e, GroupAffineEncoded) for e in encodeds) or first.config.bits > 4 or \
+                any(key(e) != key(first) for e in encodeds):
+            raise ValueError("stacked layouts need group-affine weights of one codec, ≤ 4-bit codes, one group, "
+                             "form and input width")
+        layouts = [e.kernel_layout() for e in encodeds]
+        stacked = tuple(torch.cat([lay[i] for lay in layouts]) for i in range(3)) + layouts[0][3:]
+        r0 = 0
+        for e, lay in zip(encodeds, layouts):
+            r1 = r0 + e.shape[0]
+            view = tuple(t[r0:r1] for t in stacked[:3]) + lay[3:]
+            if e.scale is lay[1]:
+                e.scale = view[1]
+            if e.offset is not None and e.offset is lay[2]:
+                e.offset = view[2]
+            e._layout, r0 = view, r1
+        return stacked
+
     def _matmul(self, x: Tensor, int8_activations: bool) -> Tensor:
         from reality_stone.kernels.int_lowbit_ops import lowbit_matmul
 

@@ -1,0 +1,121 @@
+"""Decoder: the lean batch-1 loop gives the model's own logits and tokens, dense and compressed."""
+
+import pytest
+import torch
+import transformers
+
+import reality_stone as rs
+from reality_stone.codecs import codec_config
+from reality_stone.models.decoder import Decoder
+from reality_stone.nn import CompressedLinear, set_activations
+
+FAMILIES = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config,
+            "mistral": transformers.MistralConfig}
+
+
+def _tiny(family: str, seed: int = 0, **extra) -> torch.nn.Module:
+    """A random model whose hidden width (96) is no multiple of the kernels' 64-input chunks, so the
+    stacked projections pad their input; 4 query heads on 2 KV heads."""
+    torch.manual_seed(seed)
+    cfg = FAMILIES[family](vocab_size=256, hidden_size=96, intermediate_size=160, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=16, num_hidden_layers=2, max_position_embeddings=128,
+                           tie_word_embeddings=True, **extra)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # random init gives near-uniform logits: scale up so argmax is well separated
+        model.lm_head.weight.mul_(8.0)
+    return model
+
+
+def _ids(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(seed))
+
+
+def _model_logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids[None]).logits[0, -2:]
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    # float32 reassociation only: the same weights and kernels, another order of the sums
+    assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max()), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_dense_logits_match_the_model(family):
+    model = _tiny(family, **(dict(attention_bias=True) if family == "llama" else {}))
+    ids = _ids(20)
+    _close(Decoder(model).logits(ids), _model_logits(model, ids))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_compressed_logits_match_the_model_and_weights_are_held_once(family):
+    model = _tiny(family)
+    rs.compress(model, codec_config("rtn", bits=4, group=32))
+    ids = _ids(20)
+    before = _model_logits(model, ids)
+    q = model.model.layers[0].self_attn.q_proj
+    dec = Decoder(model)
+    # q/k/v now share one stacked layout: the model's own forward is unchanged and reads it
+    assert q.encoded.kernel_layout()[0].untyped_storage().data_ptr() == \
+        model.model.layers[0].self_attn.v_proj.encoded.kernel_layout()[0].untyped_storage().data_ptr()
+    assert dec.blocks[0].qkv.layout is not None and dec.blocks[0].gate_up.layout is not None
+    _close(_model_logits(model, ids), before)
+    _close(dec.logits(ids), before)
+
+
+def test_int8_activations_and_mixed_layers_match_the_model():
+    model = _tiny("llama")
+    rs.compress(model, codec_config("hqq", bits=3, group=32), skip=["*q_proj"])  # q dense: qkv runs layer by layer
+    set_activations(model, "int8")
+    dec = Decoder(model)
+    assert dec.blocks[0].qkv.layout is None and dec.blocks[0].gate_up.layout is not None
+    assert isinstance(model.model.layers[0].self_attn.k_proj, CompressedLinear)
+    ids = _ids(16)
+    _close(dec.logits(ids), _model_logits(model, ids))
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_greedy_tokens_equal_transformers_generate(compressed):
+    model = _tiny("llama", rope_scaling=dict(rope_type="linear", factor=2.0))
+    if compressed:
+        rs.compress(model, codec_config("gptq", bits=4, group=32), calibration=_ids(64, seed=5)[None], tokens=64,
+                    seq_len=32)
+    ids = _ids(12)
+    with torch.no_grad():
+        ref = model.generate(ids[None], max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0)
+    assert torch.equal(Decoder(model).generate(ids, 16), ref)
+
+
+def test_sampling_is_deterministic_under_a_generator_and_eos_stops():
+    model = _tiny("qwen2")
+    dec = Decoder(model)
+    a = dec.generate(_ids(8), 10, temperature=0.8, generator=torch.Generator().manual_seed(3))
+    b = dec.generate(_ids(8), 10, temperature=0.8, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == (1, 18)
+    greedy = dec.generate(_ids(8), 10)
+    stop = int(greedy[0, 10])  # the third new token
+    out = dec.generate(_ids(8), 10, eos_token_id=[stop])
+    assert out.shape[1] <= 11 and int(out[0, -1]) == stop
+
+
+def test_bad_input_is_refused():
+    dec = Decoder(_tiny("llama"))
+    for ids in (torch.tensor([], dtype=torch.long), torch.tensor([1.0, 2.0]), torch.tensor([[1, 2], [3, 4]]),
+                torch.tensor([1, 256]), torch.tensor([-1, 2])):
+        with pytest.raises(ValueError):
+            dec.generate(ids, 4)
+    for kw in (dict(max_new_tokens=0), dict(max_new_tokens=4, temperature=-1.0),
+               dict(max_new_tokens=4, temperature=float("nan"))):
+        with pytest.raises(ValueError):
+            dec.generate(_ids(4), **kw)
+    with pytest.raises(ValueError, match="at least 2"):
+        dec.logits(_ids(1))
+    gemma = transformers.AutoModelForCausalLM.from_config(transformers.GemmaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        num_hidden_layers=1))
+    with pytest.raises(ValueError, match="gemma"):
+        Decoder(gemma)
+    windowed = Decoder(_tiny("mistral", sliding_window=8))
+    with pytest.raises(ValueError, match="sliding-window"):
+        windowed.generate(_ids(6), 4)
+    assert windowed.generate(_ids(4), 4).shape == (1, 8)  # within the window: the same as full attention
