@@ -89,6 +89,13 @@ def test_calibrated_compress_eval_generate_smollm2(tmp_path):
     assert r.exit_code == 0, r.output
     gen = json.loads(r.stdout)
     assert 1 <= gen["new_tokens"] <= 8 and isinstance(gen["text"], str) and gen["text"].strip()
+    assert gen["loop"] == "reality_stone Decoder"
+    # the lean loop and transformers' generate give the same greedy text
+    r = runner.invoke(app, ["generate", str(out), "What is the capital of France?", "--max-new-tokens", "8", "--json",
+                            "--transformers"])
+    assert r.exit_code == 0, r.output
+    hf = json.loads(r.stdout)
+    assert hf["loop"] == "transformers generate" and hf["text"] == gen["text"]
 
 
 @pytest.mark.slow  # multi-second integration test: `make test` runs it, `make test-fast` does not

@@ -578,6 +578,8 @@ def generate_cmd(
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy (deterministic)"),
     seed: int = typer.Option(0, help="sampling seed (temperature > 0)"),
     activations: str = typer.Option("fp32", help="fp32 or int8 (≤4-bit group codecs)"),
+    lean: bool = typer.Option(True, "--lean/--transformers", help="the lean decode loop for llama/mistral/qwen2/qwen3 "
+                              "(same tokens, faster), or transformers' generate"),
     as_json: bool = typer.Option(False, "--json"),
     threads: int = THREADS,
 ) -> None:
@@ -596,19 +598,35 @@ def generate_cmd(
     else:
         ids = tok(prompt, return_tensors="pt").input_ids
     torch.manual_seed(seed)
-    sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
+    loop = _decoder(model) if lean else None
     t0 = time.perf_counter()
-    out = model.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tok.eos_token_id, **sampling)
+    if loop is not None:  # the lean batch-1 loop (reality_stone.models.decoder): the model's own tokens, faster
+        out = loop.generate(ids, max_new_tokens, temperature=temperature, eos_token_id=tok.eos_token_id,
+                            generator=torch.Generator().manual_seed(seed))
+    else:
+        sampling = dict(do_sample=True, temperature=temperature) if temperature > 0 else dict(do_sample=False)
+        out = model.generate(ids, max_new_tokens=max_new_tokens, pad_token_id=tok.eos_token_id, **sampling)
     dt = time.perf_counter() - t0
     new = out[0, ids.shape[1]:]
     text = tok.decode(new, skip_special_tokens=True)
     result = dict(file=str(path), source=origin, prompt=prompt, text=text, new_tokens=int(len(new)),
-                  seconds=dt, tokens_per_s=len(new) / dt, threads=n_threads)
+                  seconds=dt, tokens_per_s=len(new) / dt, threads=n_threads,
+                  loop="reality_stone Decoder" if loop is not None else "transformers generate")
     if as_json:
         print(json.dumps(result, indent=2))
         return
     console.print(text, markup=False, highlight=False)
-    console.print(f"[dim]{len(new)} tokens in {dt:.2f} s ({len(new) / dt:.1f} tokens/s, {n_threads} threads)[/dim]")
+    console.print(f"[dim]{len(new)} tokens in {dt:.2f} s ({len(new) / dt:.1f} tokens/s, {n_threads} threads, "
+                  f"{result['loop']})[/dim]")
+
+
+def _decoder(model):
+    """The lean decode loop for ``model``, or None where its family is not one it runs."""
+    from reality_stone.models.decoder import SUPPORTED_FAMILIES, Decoder
+
+    if getattr(getattr(model, "config", None), "model_type", None) not in SUPPORTED_FAMILIES:
+        return None
+    return Decoder(model)
 
 
 @app.command("inspect")

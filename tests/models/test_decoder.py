@@ -63,6 +63,16 @@ def test_compressed_logits_match_the_model_and_weights_are_held_once(family):
     _close(dec.logits(ids), before)
 
 
+def test_a_model_with_stacked_layouts_saves_and_loads(tmp_path):
+    model = _tiny("llama")
+    rs.compress(model, codec_config("rtn", bits=4, group=32))
+    ids = _ids(12)
+    expected = Decoder(model).logits(ids)  # stacks the layouts: the weights become views into them
+    loaded = rs.load(rs.save(model, tmp_path / "m.safetensors"))
+    _close(_model_logits(loaded, ids), expected)
+    _close(Decoder(loaded).logits(ids), expected)
+
+
 def test_int8_activations_and_mixed_layers_match_the_model():
     model = _tiny("llama")
     rs.compress(model, codec_config("hqq", bits=3, group=32), skip=["*q_proj"])  # q dense: qkv runs layer by layer
