@@ -12,7 +12,10 @@ Decode loops, all transformers' ``generate`` (greedy):
 * ``dynamic cache`` — its default;
 * ``static cache`` — ``cache_implementation="static"`` (preallocated KV tensors);
 * ``static + compile`` — and the decode step compiled by ``torch.compile`` (transformers'
-  ``CompileConfig``; the prefill stays eager). The first call's extra seconds are reported apart.
+  ``CompileConfig``; the prefill stays eager). The first call's extra seconds are reported apart;
+* ``reality_stone Decoder`` — `reality_stone.models.decoder.Decoder`, the library's lean batch-1
+  loop (stacked q/k/v and gate/up kernel calls, static KV cache, no per-layer module calls; what
+  ``reality-stone generate`` runs). Its tokens equal ``generate``'s (tests/models/test_decoder.py).
 llama.cpp: ``llama-cpp-python`` built from its sdist (``pip install '.[bench]'``; benchmark-only, never
 a runtime dependency) on the Q4_1 GGUF itself, ``n_threads`` = torch's thread count.
 
@@ -61,6 +64,19 @@ def llama_cpp_prompt_and_decode(llm, ids: list[int]) -> tuple[float, float]:
     return len(ids) / prefill, (NEW_TOKENS - 1) / (time.perf_counter() - t0)
 
 
+def decoder_prompt_and_decode(decoder, ids: torch.Tensor) -> tuple[float, float]:
+    """The same measurement on `Decoder.generate`."""
+
+    def seconds(n: int) -> float:
+        t0 = time.perf_counter()
+        out = decoder.generate(ids[0], n)
+        assert out.shape[1] == ids.shape[1] + n
+        return time.perf_counter() - t0
+
+    one, full = seconds(1), seconds(NEW_TOKENS)
+    return ids.shape[1] / one, (NEW_TOKENS - 1) / (full - one)
+
+
 def models() -> tuple[dict, object, str]:
     import reality_stone as rs
     from reality_stone.codecs import codec_config
@@ -107,8 +123,12 @@ def main() -> None:
             hf_prompt_and_decode(net, ids, **loops["static + compile"])
             compile_seconds[name] = time.perf_counter() - t0
             print(f"compiled {name}: {compile_seconds[name]:.0f} s", flush=True)
-    for net in nets.values():  # warm-up of the eager loops
+    from reality_stone.models.decoder import Decoder
+
+    decoders = {name: Decoder(net) for name, net in nets.items()}
+    for name, net in nets.items():  # warm-up of the eager loops
         hf_prompt_and_decode(net, ids[:, :8], **loops["dynamic cache"])
+        decoders[name].generate(ids[0, :8], 4)
 
     best: dict[tuple[str, str], tuple[float, float]] = {}
     llm, llama_error = None, None
@@ -124,6 +144,9 @@ def main() -> None:
             for loop, gen in loops.items():
                 r = hf_prompt_and_decode(net, ids, **gen)
                 best[name, loop] = max(best.get((name, loop), r), r, key=lambda t: t[1])
+            r = decoder_prompt_and_decode(decoders[name], ids)
+            key = (name, "reality_stone Decoder")
+            best[key] = max(best.get(key, r), r, key=lambda t: t[1])
         if llm is not None:
             r = llama_cpp_prompt_and_decode(llm, ids[0].tolist())
             best["llama.cpp, Q4_1 GGUF", "llama.cpp"] = max(best.get(("llama.cpp, Q4_1 GGUF", "llama.cpp"), r), r,

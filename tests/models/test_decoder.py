@@ -129,3 +129,24 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="sliding-window"):
         windowed.generate(_ids(6), 4)
     assert windowed.generate(_ids(4), 4).shape == (1, 8)  # within the window: the same as full attention
+
+
+@pytest.mark.parametrize("family,config", [
+    ("llama", codec_config("rtn", bits=4, group=64)),
+    ("qwen2", codec_config("rtn", bits=3, group=64, symmetric=True)),  # q/k/v biases
+    ("qwen3", codec_config("hqq", bits=2, group=128)),  # per-head q/k norms; a group wider than the 96 inputs
+])
+def test_the_native_decode_step_matches_the_model(family, config):
+    from reality_stone.kernels.extension import load_extension
+
+    if load_extension(quiet=True) is None:
+        pytest.skip("no compiled kernels here: the eager loop runs instead (covered above)")
+    model = _tiny(family)
+    rs.compress(model, config)
+    dec = Decoder(model)
+    assert dec.native and not Decoder(model, native=False).native
+    ids = _ids(24)
+    _close(dec.logits(ids), _model_logits(model, ids))
+    with torch.no_grad():
+        ref = model.generate(ids[None, :6], max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(dec.generate(ids[:6], 12), ref)

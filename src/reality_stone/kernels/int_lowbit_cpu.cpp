@@ -465,6 +465,27 @@ torch::Tensor lowbit_gemv_a8(torch::Tensor x, torch::Tensor codes, torch::Tensor
   return y;
 }
 
+// One fp32 row: y[N] = W x for x[K] (K the layout's padded width), without a tensor allocated —
+// what the decode step (decode_step_cpu.cpp) calls for each projection. Layout checked as above.
+void reality_stone::lowbit_gemv_row(const float* x, const torch::Tensor& codes, const torch::Tensor& scale,
+                                    const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits,
+                                    float* y) {
+  const int64_t N = codes.size(0), K = codes.size(1) / (8 * bits) * kChunk, NG = K / group;
+  TORCH_CHECK(bits >= 2 && bits <= 4 && group % kChunk == 0 && K % group == 0 && scale.size(0) == N &&
+                  scale.size(1) == NG && offset.sizes() == scale.sizes(),
+              "lowbit_gemv_row: inconsistent layout");
+  std::vector<float> xs(NG, 0.f);
+  for (int64_t g = 0; g < NG; ++g)
+    for (int64_t i = 0; i < group; ++i) xs[g] += x[g * group + i];
+  const uint16_t *sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()),
+                 *op = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
+  const uint8_t* cp = codes.data_ptr<uint8_t>();
+  const float* xsp = xs.data();
+  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
+    dispatch<F32Rows>(bits, 1, x, cp, sp, op, zero_point, xsp, y, K, N, group, r0, r1);
+  });
+}
+
 static reality_stone::RegisterBindings bind_lowbit([](pybind11::module_& m) {
   m.def("lowbit_gemv", &lowbit_gemv, "fused 2/3/4-bit group-quantised GEMV/small-batch GEMM, fp32 activations");
   m.def("lowbit_gemv_a8", &lowbit_gemv_a8, "the same with int8 activations (AVX-512 VNNI)");

@@ -101,7 +101,7 @@ class Decoder:
     compressed in place by `reality_stone.compress`. The decoder holds the model's modules (no
     copy of any weight); build it after compressing and setting activations."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, native: bool = True):
         cfg = getattr(model, "config", None)
         family = getattr(cfg, "model_type", None)
         if family not in SUPPORTED_FAMILIES:
@@ -133,6 +133,44 @@ class Decoder:
                 sliding_window=window if kind == "sliding_attention" else None))
         self.intermediate = mlp.gate_proj.out_features
         self._no_bias = torch.zeros(1)  # baddbmm's ignored input (beta=0)
+        self._native = self._native_blocks() if native else None
+
+    def _native_blocks(self) -> tuple[list[list[Tensor]], list[list[int]]] | None:
+        """The per-block tensors and ints of the C++ decode step (kernels/decode_step_cpu.cpp), or
+        None where it cannot run: a projection that is not a group-quantised layout the fused kernel
+        reads (dense, seed basis, int8 activations, a group not a multiple of 64), or no extension."""
+        from reality_stone.kernels.extension import load_extension
+        from reality_stone.kernels.int_lowbit import CHUNK
+
+        projections = [(b.qkv, b.o, b.gate_up, b.down) for b in self.blocks]
+        if self.head_dim > 1024 or any(p.layout is None or p.int8 or p.layout[4] % CHUNK
+                                       for ps in projections for p in ps):
+            return None
+        ext = load_extension(quiet=True)
+        if ext is None or not hasattr(ext, "decode_step"):
+            return None
+        none = torch.empty(0)
+        tensors, ints = [], []
+        for blk, ps in zip(self.blocks, projections):
+            parts = [blk.norm1.weight.detach()]
+            for i, p in enumerate(ps):
+                parts += [*p.layout[:3], none if p.bias is None else p.bias.float().contiguous()]
+                if i == 1:
+                    parts.append(blk.norm2.weight.detach())
+            parts += [none, none] if blk.q_norm is None else [blk.q_norm.weight.detach(), blk.k_norm.weight.detach()]
+            tensors.append(parts)
+            ints.append([v for p in ps for v in (int(p.layout[3]), int(p.layout[4]), int(p.layout[5]))])
+        norm = self.blocks[0].norm1
+        qk = self.blocks[0].q_norm
+        self._eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+        self._qk_eps = float(getattr(qk, "variance_epsilon", getattr(qk, "eps", 1e-6))) if qk is not None else 0.0
+        self._ext = ext
+        return tensors, ints
+
+    @property
+    def native(self) -> bool:
+        """Whether single-token steps run in the C++ decode step (else the eager torch loop)."""
+        return self._native is not None
 
     def _rotary_tables(self, length: int) -> tuple[Tensor, Tensor]:
         """cos (L, d) and the sign-folded sin (L, d) such that rope(x) = x·cos + roll(x, d/2)·sin."""
@@ -150,6 +188,12 @@ class Decoder:
         """tokens (T,) at positions pos … pos+T−1 -> logits (vocab,) of the last one; fills the cache."""
         T, H, KV, d = tokens.shape[0], self.heads, self.kv_heads, self.head_dim
         end = pos + T
+        if T == 1 and self._native is not None:
+            tensors, ints = self._native
+            x = self.embed(tokens)[0].contiguous()
+            self._ext.decode_step(x, pos, [t + list(kv) for t, kv in zip(tensors, cache)], ints, cos[pos], sin[pos],
+                                  H, KV, d, self.intermediate, self._eps, self._qk_eps, self.scaling)
+            return self.head(_rms_norm(x[None], self.final_norm))[0]
         c, s = cos[pos:end], sin[pos:end]
         x = self.embed(tokens)
         for blk, (k_cache, v_cache) in zip(self.blocks, cache):
