@@ -150,3 +150,32 @@ def test_the_native_decode_step_matches_the_model(family, config):
     with torch.no_grad():
         ref = model.generate(ids[None, :6], max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
     assert torch.equal(dec.generate(ids[:6], 12), ref)
+
+
+def test_the_native_decode_step_refuses_inconsistent_inputs():
+    from reality_stone.kernels.extension import load_extension
+
+    if load_extension(quiet=True) is None:
+        pytest.skip("no compiled kernels here")
+    model = _tiny("llama")
+    rs.compress(model, codec_config("rtn", bits=4, group=64))
+    dec = Decoder(model)
+    tensors, ints = dec._native
+    cos, sin = dec._rotary_tables(8)
+    cache = [[torch.zeros(2, 8, 16), torch.zeros(2, 8, 16)] for _ in tensors]
+    x = torch.randn(96)
+
+    def step(tensors=tensors, ints=ints, pos=3, x=x, cache=cache, heads=(4, 2, 16)):
+        dec._ext.decode_step(x, pos, [t + kv for t, kv in zip(tensors, cache)], ints, cos[0], sin[0], *heads,
+                             dec.intermediate, 1e-6, 0.0, 0.25)
+
+    step()  # consistent: runs
+    bad_group = [i[:1] + [0] + i[2:] for i in ints]
+    bad_codes = [[t[0], t[1][:, :-8]] + t[2:] for t in tensors]
+    bad_norm = [[t[0][:-1]] + t[1:] for t in tensors]
+    for kw in (dict(pos=8), dict(pos=-1), dict(x=torch.randn(95)), dict(x=torch.randn(96).double()),
+               dict(ints=bad_group), dict(tensors=bad_codes), dict(tensors=bad_norm), dict(heads=(3, 2, 16)),
+               dict(cache=[[torch.zeros(2, 8, 8), torch.zeros(2, 8, 8)] for _ in tensors]),
+               dict(ints=[i[:-1] for i in ints])):
+        with pytest.raises(RuntimeError):
+            step(**kw)

@@ -471,7 +471,7 @@ void reality_stone::lowbit_gemv_row(const float* x, const torch::Tensor& codes, 
                                     const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits,
                                     float* y) {
   const int64_t N = codes.size(0), K = codes.size(1) / (8 * bits) * kChunk, NG = K / group;
-  TORCH_CHECK(bits >= 2 && bits <= 4 && group % kChunk == 0 && K % group == 0 && scale.size(0) == N &&
+  TORCH_CHECK(bits >= 2 && bits <= 4 && group >= kChunk && group % kChunk == 0 && K % group == 0 && scale.size(0) == N &&
                   scale.size(1) == NG && offset.sizes() == scale.sizes(),
               "lowbit_gemv_row: inconsistent layout");
   std::vector<float> xs(NG, 0.f);
