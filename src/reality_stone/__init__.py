@@ -8,6 +8,7 @@ The top-level API for whole models (torchao style)::
                          calibration=["text …", …], tokenizer=tok)     # data-aware, block by block
     rs.save(model, "model.rs.safetensors")
     model = rs.load("model.rs.safetensors")
+    ids = rs.Decoder(model).generate(prompt_ids, max_new_tokens=64)   # lean batch-1 loop (Llama family)
 
 Checkpoints larger than memory (streamed tensor by tensor — or, calibrated, decoder block by
 decoder block — resumable, optionally on Ray)::
@@ -17,8 +18,8 @@ decoder block — resumable, optionally on Ray)::
 """
 
 from reality_stone import codecs
-from reality_stone.models import compress, compress_checkpoint, load, save
+from reality_stone.models import Decoder, compress, compress_checkpoint, load, save
 from reality_stone.threads import set_threads
 
 __version__ = "0.1.0"
-__all__ = ["codecs", "compress", "compress_checkpoint", "load", "save", "set_threads"]
+__all__ = ["Decoder", "codecs", "compress", "compress_checkpoint", "load", "save", "set_threads"]
