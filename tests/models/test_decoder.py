@@ -76,12 +76,15 @@ def test_a_model_with_stacked_layouts_saves_and_loads(tmp_path):
 def test_int8_activations_and_mixed_layers_match_the_model():
     model = _tiny("llama")
     rs.compress(model, codec_config("hqq", bits=3, group=32), skip=["*q_proj"])  # q dense: qkv runs layer by layer
+    ids = _ids(16)
+    _close(Decoder(model).logits(ids), _model_logits(model, ids))
+    exact = _model_logits(model, ids)
     set_activations(model, "int8")
     dec = Decoder(model)
     assert dec.blocks[0].qkv.layout is None and dec.blocks[0].gate_up.layout is not None
     assert isinstance(model.model.layers[0].self_attn.k_proj, CompressedLinear)
-    ids = _ids(16)
-    _close(dec.logits(ids), _model_logits(model, ids))
+    rounded = _model_logits(model, ids)  # int8 rounding of x: within a fraction of what it changes (see below)
+    assert (dec.logits(ids) - rounded).abs().max() <= 0.25 * (rounded - exact).abs().max()
 
 
 @pytest.mark.parametrize("compressed", [False, True])
@@ -135,17 +138,30 @@ def test_bad_input_is_refused():
     ("llama", codec_config("rtn", bits=4, group=64)),
     ("qwen2", codec_config("rtn", bits=3, group=64, symmetric=True)),  # q/k/v biases
     ("qwen3", codec_config("hqq", bits=2, group=128)),  # per-head q/k norms; a group wider than the 96 inputs
+    ("llama", "int8"),  # int8 activations (AVX-512 VNNI)
 ])
 def test_the_native_decode_step_matches_the_model(family, config):
     from reality_stone.kernels.extension import load_extension
 
-    if load_extension(quiet=True) is None:
-        pytest.skip("no compiled kernels here: the eager loop runs instead (covered above)")
+    ext = load_extension(quiet=True)
+    if ext is None or (config == "int8" and not ext.has_avx512_vnni()):
+        pytest.skip("no compiled kernels (or no VNNI) here: the eager loop runs instead (covered above)")
     model = _tiny(family)
-    rs.compress(model, config)
+    rs.compress(model, codec_config("gptq", bits=4, group=64) if config == "int8" else config,
+                **(dict(calibration=_ids(128, seed=4)[None], tokens=128, seq_len=64) if config == "int8" else {}))
+    ids = _ids(24)
+    if config == "int8":
+        # int8 activations round x per group, so float32-level differences in x (another summation order
+        # of a norm) move a few codes: compare within a fraction of what int8 rounding itself changes
+        exact = _model_logits(model, ids)
+        set_activations(model, "int8")
+        dec = Decoder(model)
+        assert dec.native
+        rounded = _model_logits(model, ids)
+        assert (dec.logits(ids) - rounded).abs().max() <= 0.25 * (rounded - exact).abs().max()
+        return
     dec = Decoder(model)
     assert dec.native and not Decoder(model, native=False).native
-    ids = _ids(24)
     _close(dec.logits(ids), _model_logits(model, ids))
     with torch.no_grad():
         ref = model.generate(ids[None, :6], max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
@@ -171,6 +187,8 @@ def test_the_native_decode_step_refuses_inconsistent_inputs():
 
     step()  # consistent: runs
     bad_group = [i[:1] + [0] + i[2:] for i in ints]
+    if not dec._ext.has_avx512_vnni():  # int8 activations asked of a CPU without VNNI
+        bad_group = [i[:3] + [1] + i[4:] for i in ints]
     bad_codes = [[t[0], t[1][:, :-8]] + t[2:] for t in tensors]
     bad_norm = [[t[0][:-1]] + t[1:] for t in tensors]
     for kw in (dict(pos=8), dict(pos=-1), dict(x=torch.randn(95)), dict(x=torch.randn(96).double()),

@@ -13,7 +13,7 @@
 //   5-8 o codes, scale, offset, bias [D]; 9 norm2 weight [D];
 //   10-13 gate_up codes, scale, offset, bias [2I]; 14-17 down codes, scale, offset, bias [D];
 //   18 q_norm weight [d]; 19 k_norm weight [d]; 20 k cache [KV, L, d]; 21 v cache [KV, L, d]
-// and ints[b] = {zero_point, group, bits} for qkv, o, gate_up, down (12 values).
+// and ints[b] = {zero_point, group, bits, int8 activations} for qkv, o, gate_up, down (16 values).
 #include "kernels.h"
 
 #include <cmath>
@@ -37,13 +37,13 @@ void rope(float* x, const float* cos, const float* sin, int64_t d) {
 
 struct Projection {
   const torch::Tensor *codes, *scale, *offset, *bias;
-  bool zero_point;
+  bool zero_point, int8;
   int64_t group, bits, in_padded, out;
 };
 
 Projection projection(const std::vector<torch::Tensor>& t, const std::vector<int64_t>& ints, int at, int which) {
-  Projection p{&t[at], &t[at + 1], &t[at + 2], &t[at + 3], ints[3 * which] != 0, ints[3 * which + 1],
-               ints[3 * which + 2], 0, 0};
+  Projection p{&t[at], &t[at + 1], &t[at + 2], &t[at + 3], ints[4 * which] != 0, ints[4 * which + 3] != 0,
+               ints[4 * which + 1], ints[4 * which + 2], 0, 0};
   TORCH_CHECK(p.codes->scalar_type() == torch::kUInt8 && p.codes->dim() == 2 && p.codes->is_contiguous(),
               "decode_step: codes must be contiguous uint8 [N, bytes]");
   TORCH_CHECK(p.bits >= 2 && p.bits <= 4 && p.codes->size(1) % (8 * p.bits) == 0, "decode_step: bad bits");
@@ -63,7 +63,8 @@ void apply(const Projection& p, const float* x, int64_t in, std::vector<float>& 
   TORCH_CHECK(in <= p.in_padded, "decode_step: input wider than the layout");
   pad.assign(p.in_padded, 0.f);
   std::copy(x, x + in, pad.begin());
-  reality_stone::lowbit_gemv_row(pad.data(), *p.codes, *p.scale, *p.offset, p.zero_point, p.group, p.bits, y);
+  (p.int8 ? reality_stone::lowbit_gemv_a8_row : reality_stone::lowbit_gemv_row)(
+      pad.data(), *p.codes, *p.scale, *p.offset, p.zero_point, p.group, p.bits, y);
   if (p.bias->numel()) {
     const float* b = p.bias->data_ptr<float>();
     for (int64_t i = 0; i < p.out; ++i) y[i] += b[i];
@@ -87,7 +88,7 @@ void decode_step(torch::Tensor x, int64_t pos, const std::vector<std::vector<tor
   std::vector<float> h(D), pad, qkv(nqkv), att(H * d), tmp(D), gu(2 * inter), act(inter);
   for (size_t b = 0; b < blocks.size(); ++b) {
     const auto& t = blocks[b];
-    TORCH_CHECK(t.size() == 22 && ints[b].size() == 12, "decode_step: each block takes 22 tensors and 12 ints");
+    TORCH_CHECK(t.size() == 22 && ints[b].size() == 16, "decode_step: each block takes 22 tensors and 16 ints");
     const Projection qp = projection(t, ints[b], 1, 0), op = projection(t, ints[b], 5, 1),
                      gp = projection(t, ints[b], 10, 2), dp = projection(t, ints[b], 14, 3);
     TORCH_CHECK(qp.out == nqkv && op.out == D && gp.out == 2 * inter && dp.out == D,

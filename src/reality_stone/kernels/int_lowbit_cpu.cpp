@@ -486,6 +486,35 @@ void reality_stone::lowbit_gemv_row(const float* x, const torch::Tensor& codes, 
   });
 }
 
+// The same for int8 activations (lowbit_gemv_a8's arithmetic: x quantised per group inside).
+void reality_stone::lowbit_gemv_a8_row(const float* x, const torch::Tensor& codes, const torch::Tensor& scale,
+                                       const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits,
+                                       float* y) {
+  TORCH_CHECK(kHasAvx512Vnni, "the int8-activation kernel needs AVX-512 VNNI");
+  const int64_t N = codes.size(0), K = codes.size(1) / (8 * bits) * kChunk, NG = K / group;
+  TORCH_CHECK(bits >= 2 && bits <= 4 && group >= kChunk && group % kChunk == 0 && K % group == 0 &&
+                  scale.size(0) == N && scale.size(1) == NG && offset.sizes() == scale.sizes(),
+              "lowbit_gemv_a8_row: inconsistent layout");
+  const int P = bits == 4 ? kParts<4> : kParts<2>;
+  const int64_t Kp = (K + 64 * P - 1) / (64 * P) * (64 * P);
+  std::vector<int8_t> xq(Kp, 0);
+  std::vector<float> dx(NG), xs(NG);
+  quantize_activations_avx512(x, 1, K, group, P, xq.data(), Kp, dx.data(), xs.data());
+  const int64_t chunks_per_group = group / kChunk, blocks = 16 * chunks_per_group / P;
+  std::vector<int32_t> lane_group(16 * blocks);
+  for (int64_t j = 0; j < blocks; ++j)
+    for (int l = 0; l < 16; ++l) lane_group[16 * j + l] = static_cast<int32_t>((j * P + l * P / 16) / chunks_per_group);
+  const int8_t* xqp = xq.data();
+  const float *dxp = dx.data(), *xsp = xs.data();
+  const uint16_t *sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()),
+                 *op = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
+  const uint8_t* cp = codes.data_ptr<uint8_t>();
+  const int32_t* lg = lane_group.data();
+  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
+    dispatch<A8Rows>(bits, 1, xqp, Kp, dxp, xsp, cp, sp, op, zero_point, lg, y, K, N, group, r0, r1);
+  });
+}
+
 static reality_stone::RegisterBindings bind_lowbit([](pybind11::module_& m) {
   m.def("lowbit_gemv", &lowbit_gemv, "fused 2/3/4-bit group-quantised GEMV/small-batch GEMM, fp32 activations");
   m.def("lowbit_gemv_a8", &lowbit_gemv_a8, "the same with int8 activations (AVX-512 VNNI)");

@@ -25,6 +25,10 @@ constexpr int kMaxBatch = 8;
 void lowbit_gemv_row(const float* x, const torch::Tensor& codes, const torch::Tensor& scale,
                      const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits, float* y);
 
+// The same with x quantised to int8 per group inside (AVX-512 VNNI only; lowbit_gemv_a8's numbers).
+void lowbit_gemv_a8_row(const float* x, const torch::Tensor& codes, const torch::Tensor& scale,
+                        const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits, float* y);
+
 // Each kernel source registers its own Python bindings beside its definitions (bindings.cpp runs
 // them all), so adding a kernel is its .cpp, its ops module and its conformance case.
 using BindFn = void (*)(pybind11::module_&);

@@ -138,16 +138,17 @@ class Decoder:
     def _native_blocks(self) -> tuple[list[list[Tensor]], list[list[int]]] | None:
         """The per-block tensors and ints of the C++ decode step (kernels/decode_step_cpu.cpp), or
         None where it cannot run: a projection that is not a group-quantised layout the fused kernel
-        reads (dense, seed basis, int8 activations, a group not a multiple of 64), or no extension."""
+        reads (dense, seed basis, a group not a multiple of 64), int8 activations on a CPU without
+        AVX-512 VNNI, or no extension."""
         from reality_stone.kernels.extension import load_extension
         from reality_stone.kernels.int_lowbit import CHUNK
 
         projections = [(b.qkv, b.o, b.gate_up, b.down) for b in self.blocks]
-        if self.head_dim > 1024 or any(p.layout is None or p.int8 or p.layout[4] % CHUNK
-                                       for ps in projections for p in ps):
+        if self.head_dim > 1024 or any(p.layout is None or p.layout[4] % CHUNK for ps in projections for p in ps):
             return None
         ext = load_extension(quiet=True)
-        if ext is None or not hasattr(ext, "decode_step"):
+        if ext is None or not hasattr(ext, "decode_step") or \
+                (any(p.int8 for ps in projections for p in ps) and not ext.has_avx512_vnni()):
             return None
         none = torch.empty(0)
         tensors, ints = [], []
@@ -159,7 +160,7 @@ class Decoder:
                     parts.append(blk.norm2.weight.detach())
             parts += [none, none] if blk.q_norm is None else [blk.q_norm.weight.detach(), blk.k_norm.weight.detach()]
             tensors.append(parts)
-            ints.append([v for p in ps for v in (int(p.layout[3]), int(p.layout[4]), int(p.layout[5]))])
+            ints.append([v for p in ps for v in (int(p.layout[3]), int(p.layout[4]), int(p.layout[5]), int(p.int8))])
         norm = self.blocks[0].norm1
         qk = self.blocks[0].q_norm
         self._eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
