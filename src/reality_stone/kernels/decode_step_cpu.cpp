@@ -4,9 +4,9 @@
 // Why: at batch 1 the weight kernels of a small model take less time than the ~190 eager torch
 // ops per block around them (norms, rotary, cache writes, attention, residuals), each a few µs of
 // dispatch. Here those are plain loops over a few thousand floats, and each projection is one
-// `lowbit_gemv_row` into a preallocated buffer. The arithmetic is the Python Decoder's
-// (reality_stone/models/decoder.py, `_step` with T = 1), which tests compare against the model's
-// own forward pass; this step is tested against that Python step.
+// `lowbit_gemv_row` (or `lowbit_gemv_a8_row`) into a preallocated buffer. The arithmetic is the
+// Python Decoder's (reality_stone/models/decoder.py, `_step` with T = 1); tests compare both with
+// the model's own forward pass and `generate` (tests/models/test_decoder.py).
 //
 // Per block b, tensors[b] holds, in order (an empty tensor where a part is absent):
 //   0 norm1 weight [D]; 1-4 qkv codes, scale, offset, bias [(H+2KV)·d];

@@ -16,7 +16,11 @@ model's own forward pass — the model's modules and weights, its rotary tables 
 * a static KV cache per call (allocated for the prompt plus the new tokens), attention of one
   query as two small matmuls, grouped-query heads without copying the cache;
 * the rotary cos/sin tables come from the model's own ``rotary_emb`` (so every RoPE scaling type
-  the model supports is reproduced), computed once per call.
+  the model supports is reproduced), computed once per call;
+* where every projection is such a layout (group a multiple of 64; int8 activations need AVX-512
+  VNNI), each single-token step is one C++ call through all blocks
+  (`kernels/decode_step_cpu.cpp`, ``native``); the prefill, embedding, final norm and head stay in
+  torch.
 
 The logits are those of the model's forward pass up to float32 rounding (tests compare both on
 random models of each family, dense and compressed). Sliding-window layers are refused when the
@@ -232,7 +236,7 @@ class Decoder:
         (deterministic); > 0: sampling from softmax(logits / temperature) with ``generator``."""
         if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32) or ids.numel() == 0 or \
                 ids.dim() > 2 or (ids.dim() == 2 and ids.shape[0] != 1):
-            raise ValueError(f"ids must be a non-empty int64 tensor (T,) or (1, T), got "
+            raise ValueError(f"ids must be a non-empty integer tensor (T,) or (1, T), got "
                              f"{getattr(ids, 'dtype', type(ids).__name__)} {tuple(getattr(ids, 'shape', ()))}")
         vocab = self.embed.num_embeddings
         if int(ids.min()) < 0 or int(ids.max()) >= vocab:
@@ -267,9 +271,9 @@ class Decoder:
 
     @torch.no_grad()
     def logits(self, ids: Tensor) -> Tensor:
-        """Last-position logits after each token of ``ids`` (T,), fed one at a time after the first
-        ``T − 1`` as a prefill: (2, vocab) — [after the prefill, after the last token]. For tests
-        and for checking a model against its own forward pass."""
+        """(2, vocab) logits: after a prefill of ``ids[:-1]`` (T ≥ 2) and after one decode step on
+        the last token — the two paths `generate` takes. For tests and for checking a model
+        against its own forward pass (``model(ids).logits[0, -2:]``)."""
         ids = ids.reshape(-1).long()
         if ids.numel() < 2:
             raise ValueError(f"logits needs at least 2 tokens (a prefill and one step), got {ids.numel()}")
