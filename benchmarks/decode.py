@@ -1,9 +1,13 @@
-"""End-to-end decoding at batch 1 on SmolLM2-135M: what each step of the decode loop buys, and
-llama.cpp on the same GGUF file at the same thread count as the external anchor.
+"""End-to-end decoding at batch 1 on SmolLM2-135M (or Qwen2.5-Coder-0.5B): what each step of the
+decode loop buys, and llama.cpp on the same GGUF file at the same thread count as the external anchor.
 
     python benchmarks/decode.py                  # everything (≈ 15 min on 2 cores)
     python benchmarks/decode.py --no-compile     # without the torch.compile rows
     python benchmarks/decode.py --reps 1         # one run of each path instead of the best of 3
+    python benchmarks/decode.py --model qwen --no-compile --reps 2   # -> results/decode_qwen.{json,md}
+
+Qwen2.5-Coder-0.5B (`make qwen`): the same loops without the seed-basis model (its eager loop at
+0.5 B parameters would take most of the run); llama.cpp on its Q4_K_M GGUF.
 
 Models: dense fp32 (the GGUF's weights as transformers dequantises them), RTN int4 g128 with fp32
 and with int8 activations, and the seed basis at the 3.5-bit preset (random fields: decoding speed
@@ -77,25 +81,28 @@ def decoder_prompt_and_decode(decoder, ids: torch.Tensor) -> tuple[float, float]
     return ids.shape[1] / one, (NEW_TOKENS - 1) / (full - one)
 
 
-def models() -> tuple[dict, object, str]:
+def models(which: str = "smollm2") -> tuple[dict, object, str]:
     import reality_stone as rs
     from reality_stone.codecs import codec_config
-    from reality_stone.evaluation.loaders import load_smollm2, smollm2_gguf
+    from reality_stone.data.pretrained import qwen_coder_gguf
+    from reality_stone.evaluation.loaders import load_qwen_coder, load_smollm2, smollm2_gguf
     from reality_stone.nn import CompressedLinear, set_activations
 
-    loaded = load_smollm2()
+    loaded = load_smollm2() if which == "smollm2" else load_qwen_coder()
     dense = loaded.model
     int4 = copy.deepcopy(dense)
     rs.compress(int4, codec_config("rtn", bits=4, group=128))
     int4_a8 = copy.deepcopy(int4)
     set_activations(int4_a8, "int8")
+    nets = {"dense fp32": dense, "RTN int4 g128, fp32 x": int4, "RTN int4 g128, int8 x": int4_a8}
+    if which == "qwen":
+        return nets, loaded.tokenizer, str(qwen_coder_gguf())
     sb = copy.deepcopy(int4)
     g = torch.Generator().manual_seed(0)
     for m in sb.modules():
         if isinstance(m, CompressedLinear):
             m.encoded = random_seedbasis(m.out_features, m.in_features, "3.5", g)
-    return ({"dense fp32": dense, "RTN int4 g128, fp32 x": int4, "RTN int4 g128, int8 x": int4_a8,
-             "seed basis 3.5, fp32 x": sb}, loaded.tokenizer, str(smollm2_gguf()))
+    return nets | {"seed basis 3.5, fp32 x": sb}, loaded.tokenizer, str(smollm2_gguf())
 
 
 def main() -> None:
@@ -104,9 +111,11 @@ def main() -> None:
     parser = arguments(__doc__, threads=2)
     parser.add_argument("--reps", type=int, default=3, help="alternating runs; the best is kept")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile rows")
+    parser.add_argument("--model", choices=("smollm2", "qwen"), default="smollm2")
     args = parse(parser)
     threads = args.threads
-    nets, tokenizer, gguf = models()
+    nets, tokenizer, gguf = models(args.model)
+    name = "decode" if args.model == "smollm2" else "decode_qwen"
     text = open(__file__).read()  # any text: only the token count matters for speed
     ids = tokenizer(text, return_tensors="pt").input_ids[:, :PROMPT_TOKENS]
     pad = dict(pad_token_id=tokenizer.eos_token_id)
@@ -149,24 +158,26 @@ def main() -> None:
             best[key] = max(best.get(key, r), r, key=lambda t: t[1])
         if llm is not None:
             r = llama_cpp_prompt_and_decode(llm, ids[0].tolist())
-            best["llama.cpp, Q4_1 GGUF", "llama.cpp"] = max(best.get(("llama.cpp, Q4_1 GGUF", "llama.cpp"), r), r,
-                                                           key=lambda t: t[1])
+            key = ("llama.cpp, Q4_1 GGUF" if args.model == "smollm2" else "llama.cpp, Q4_K_M GGUF", "llama.cpp")
+            best[key] = max(best.get(key, r), r, key=lambda t: t[1])
         print({f"{k[0]} | {k[1]}": f"{v[1]:.1f}" for k, v in best.items()}, flush=True)
 
     rows = [dict(model=m, loop=lp, prompt_tokens_per_s=p, decode_tokens_per_s=d,
                  compile_seconds=compile_seconds.get(m) if lp == "static + compile" else None)
             for (m, lp), (p, d) in best.items()]
     env = environment()
-    write_json("decode", dict(rows=rows, prompt_tokens=PROMPT_TOKENS, new_tokens=NEW_TOKENS, reps=args.reps,
+    write_json(name, dict(model=args.model, rows=rows, prompt_tokens=PROMPT_TOKENS, new_tokens=NEW_TOKENS, reps=args.reps,
                               llama_cpp_error=llama_error, environment=env))
-    write_markdown("decode", markdown(rows, env, llama_error, args.reps))
+    write_markdown(name, markdown(rows, env, llama_error, args.reps, args.model))
 
 
-def markdown(rows: list[dict], env: dict, llama_error: str | None, reps: int) -> list[str]:
+def markdown(rows: list[dict], env: dict, llama_error: str | None, reps: int, model: str = "smollm2") -> list[str]:
     dense = next(r for r in rows if r["model"] == "dense fp32" and r["loop"] == "dynamic cache")
     anchor = next((r for r in rows if r["loop"] == "llama.cpp"), None)
-    lines = [f"SmolLM2-135M, batch 1, prompt {PROMPT_TOKENS} tokens, {NEW_TOKENS} new tokens (greedy), "
-             f"{env['threads']} threads, best of {reps} alternating runs (`python benchmarks/decode.py`). "
+    title, cmd = (("SmolLM2-135M", "python benchmarks/decode.py") if model == "smollm2" else
+                  ("Qwen2.5-Coder-0.5B", "python benchmarks/decode.py --model qwen --no-compile"))
+    lines = [f"{title}, batch 1, prompt {PROMPT_TOKENS} tokens, {NEW_TOKENS} new tokens (greedy), "
+             f"{env['threads']} threads, best of {reps} alternating runs (`{cmd}`). "
              "Ratios: decode tokens/s over dense fp32 with transformers' default loop"
              + (", and over llama.cpp on the same GGUF in the same run." if anchor else "."), "",
              "| model | decode loop | decode tokens/s | × dense | × llama.cpp | prompt tokens/s | first-call compile s |",
