@@ -115,7 +115,7 @@ def main() -> None:
     args = parse(parser)
     threads = args.threads
     nets, tokenizer, gguf = models(args.model)
-    name = "decode" if args.model == "smollm2" else "decode_qwen"
+    results = "decode" if args.model == "smollm2" else "decode_qwen"
     text = open(__file__).read()  # any text: only the token count matters for speed
     ids = tokenizer(text, return_tensors="pt").input_ids[:, :PROMPT_TOKENS]
     pad = dict(pad_token_id=tokenizer.eos_token_id)
@@ -166,9 +166,9 @@ def main() -> None:
                  compile_seconds=compile_seconds.get(m) if lp == "static + compile" else None)
             for (m, lp), (p, d) in best.items()]
     env = environment()
-    write_json(name, dict(model=args.model, rows=rows, prompt_tokens=PROMPT_TOKENS, new_tokens=NEW_TOKENS, reps=args.reps,
+    write_json(results, dict(model=args.model, rows=rows, prompt_tokens=PROMPT_TOKENS, new_tokens=NEW_TOKENS, reps=args.reps,
                               llama_cpp_error=llama_error, environment=env))
-    write_markdown(name, markdown(rows, env, llama_error, args.reps, args.model))
+    write_markdown(results, markdown(rows, env, llama_error, args.reps, args.model))
 
 
 def markdown(rows: list[dict], env: dict, llama_error: str | None, reps: int, model: str = "smollm2") -> list[str]:
