@@ -41,17 +41,23 @@ from harness import arguments, environment, parse, write_json, write_markdown
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
 
 
-def hf_prompt_and_decode(model, ids: torch.Tensor, **gen) -> tuple[float, float]:
-    """(prompt tokens/s, decode tokens/s) of ``model.generate`` with ``gen`` options."""
+def prompt_and_decode(generate, prompt_tokens: int) -> tuple[float, float]:
+    """(prompt tokens/s, decode tokens/s) of ``generate(n)``, which returns the prompt plus n new tokens."""
 
     def seconds(n: int) -> float:
         t0 = time.perf_counter()
-        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, **gen)
-        assert out.shape[1] == ids.shape[1] + n
+        out = generate(n)
+        assert out.shape[-1] == prompt_tokens + n
         return time.perf_counter() - t0
 
     one, full = seconds(1), seconds(NEW_TOKENS)
-    return ids.shape[1] / one, (NEW_TOKENS - 1) / (full - one)
+    return prompt_tokens / one, (NEW_TOKENS - 1) / (full - one)
+
+
+def hf_prompt_and_decode(model, ids: torch.Tensor, **gen) -> tuple[float, float]:
+    """`prompt_and_decode` of ``model.generate`` (greedy) with ``gen`` options."""
+    return prompt_and_decode(lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, **gen),
+                             ids.shape[1])
 
 
 def llama_cpp_prompt_and_decode(llm, ids: list[int]) -> tuple[float, float]:
@@ -66,19 +72,6 @@ def llama_cpp_prompt_and_decode(llm, ids: list[int]) -> tuple[float, float]:
     for _ in range(NEW_TOKENS - 1):
         llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
     return len(ids) / prefill, (NEW_TOKENS - 1) / (time.perf_counter() - t0)
-
-
-def decoder_prompt_and_decode(decoder, ids: torch.Tensor) -> tuple[float, float]:
-    """The same measurement on `Decoder.generate`."""
-
-    def seconds(n: int) -> float:
-        t0 = time.perf_counter()
-        out = decoder.generate(ids[0], n)
-        assert out.shape[1] == ids.shape[1] + n
-        return time.perf_counter() - t0
-
-    one, full = seconds(1), seconds(NEW_TOKENS)
-    return ids.shape[1] / one, (NEW_TOKENS - 1) / (full - one)
 
 
 def models(which: str = "smollm2") -> tuple[dict, object, str]:
@@ -153,7 +146,7 @@ def main() -> None:
             for loop, gen in loops.items():
                 r = hf_prompt_and_decode(net, ids, **gen)
                 best[name, loop] = max(best.get((name, loop), r), r, key=lambda t: t[1])
-            r = decoder_prompt_and_decode(decoders[name], ids)
+            r = prompt_and_decode(lambda n: decoders[name].generate(ids[0], n), ids.shape[1])
             key = (name, "reality_stone Decoder")
             best[key] = max(best.get(key, r), r, key=lambda t: t[1])
         if llm is not None:

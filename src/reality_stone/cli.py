@@ -621,12 +621,14 @@ def generate_cmd(
 
 
 def _decoder(model):
-    """The lean decode loop for ``model``, or None where its family is not one it runs."""
-    from reality_stone.models.decoder import SUPPORTED_FAMILIES, Decoder
+    """The lean decode loop for ``model``, or None where it does not run that model (its family,
+    activation or dtype; `Decoder` says which by ValueError): then transformers' generate runs."""
+    from reality_stone.models.decoder import Decoder
 
-    if getattr(getattr(model, "config", None), "model_type", None) not in SUPPORTED_FAMILIES:
+    try:
+        return Decoder(model)
+    except ValueError:
         return None
-    return Decoder(model)
 
 
 @app.command("inspect")

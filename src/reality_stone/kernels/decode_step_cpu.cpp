@@ -4,7 +4,7 @@
 // Why: at batch 1 the weight kernels of a small model take less time than the ~190 eager torch
 // ops per block around them (norms, rotary, cache writes, attention, residuals), each a few µs of
 // dispatch. Here those are plain loops over a few thousand floats, and each projection is one
-// `lowbit_gemv_row` (or `lowbit_gemv_a8_row`) into a preallocated buffer. The arithmetic is the
+// `lowbit_gemv_row` into a preallocated buffer. The arithmetic is the
 // Python Decoder's (reality_stone/models/decoder.py, `_step` with T = 1); tests compare both with
 // the model's own forward pass and `generate` (tests/models/test_decoder.py).
 //
@@ -63,8 +63,7 @@ void apply(const Projection& p, const float* x, int64_t in, std::vector<float>& 
   TORCH_CHECK(in <= p.in_padded, "decode_step: input wider than the layout");
   pad.assign(p.in_padded, 0.f);
   std::copy(x, x + in, pad.begin());
-  (p.int8 ? reality_stone::lowbit_gemv_a8_row : reality_stone::lowbit_gemv_row)(
-      pad.data(), *p.codes, *p.scale, *p.offset, p.zero_point, p.group, p.bits, y);
+  reality_stone::lowbit_gemv_row(pad.data(), *p.codes, *p.scale, *p.offset, p.zero_point, p.group, p.bits, p.int8, y);
   if (p.bias->numel()) {
     const float* b = p.bias->data_ptr<float>();
     for (int64_t i = 0; i < p.out; ++i) y[i] += b[i];

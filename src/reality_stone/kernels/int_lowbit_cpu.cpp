@@ -375,20 +375,73 @@ void for_blocks(int64_t r0, int64_t r1, int64_t B, F&& f) {
     for (int64_t b0 = 0; b0 < B; b0 += kMaxBatch) f(rb, std::min(rb + 64, r1), b0, std::min<int64_t>(kMaxBatch, B - b0));
 }
 
-void check_layout(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scale,
-                  const torch::Tensor& offset, int64_t group, int64_t bits) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous fp32 [B, K]");
+// The layout of W for K inputs: codes uint8 [N, K/64 · 8·bits], scale/offset fp16 [N, K/group].
+void check_codes(const torch::Tensor& codes, const torch::Tensor& scale, const torch::Tensor& offset, int64_t group,
+                 int64_t bits, int64_t K) {
   TORCH_CHECK(codes.scalar_type() == torch::kUInt8 && codes.is_contiguous() && codes.dim() == 2,
               "codes must be contiguous uint8 [N, K*bits/8]");
   TORCH_CHECK(bits >= 2 && bits <= 4, "bits must be 2, 3 or 4");
-  const int64_t B = x.size(0), K = x.size(1), N = codes.size(0);
-  TORCH_CHECK(B >= 1, "empty batch");
-  TORCH_CHECK(group % kChunk == 0 && K % group == 0 && codes.size(1) == K / kChunk * 8 * bits,
+  const int64_t N = codes.size(0);
+  TORCH_CHECK(group >= kChunk && group % kChunk == 0 && K % group == 0 && codes.size(1) == K / kChunk * 8 * bits,
               "bad shapes for the low-bit kernel (group must be a multiple of 64 dividing K)");
   TORCH_CHECK(scale.scalar_type() == torch::kHalf && offset.scalar_type() == torch::kHalf && scale.is_contiguous() &&
                   offset.is_contiguous() && scale.size(0) == N && scale.size(1) == K / group &&
                   offset.sizes() == scale.sizes(),
               "scale/offset must be contiguous fp16 [N, K/group]");
+}
+
+void check_layout(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scale,
+                  const torch::Tensor& offset, int64_t group, int64_t bits) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous fp32 [B, K]");
+  TORCH_CHECK(x.size(0) >= 1, "empty batch");
+  check_codes(codes, scale, offset, group, bits, x.size(1));
+}
+
+// y [B, N] = x [B, K] Wᵀ into caller memory, fp32 activations (layout checked by the caller).
+void gemv_f32_into(const float* xp, int64_t B, int64_t K, const torch::Tensor& codes, const torch::Tensor& scale,
+                   const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits, float* yp) {
+  const int64_t N = codes.size(0), NG = K / group;
+  std::vector<float> xs(B * NG, 0.f);  // Σx per group: the offset term
+  for (int64_t g = 0; g < B * NG; ++g)
+    for (int64_t i = 0; i < group; ++i) xs[g] += xp[g * group + i];
+  const uint16_t *sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()),
+                 *op = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
+  const uint8_t* cp = codes.data_ptr<uint8_t>();
+  const float* xsp = xs.data();
+  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
+    for_blocks(r0, r1, B, [&](int64_t rb, int64_t re, int64_t b0, int64_t nb) {
+      dispatch<F32Rows>(bits, nb, xp + b0 * K, cp, sp, op, zero_point, xsp + b0 * NG, yp + b0 * N, K, N, group, rb, re);
+    });
+  });
+}
+
+// The same with x quantised to int8 per group inside (see the file comment; AVX-512 VNNI).
+void gemv_a8_into(const float* x, int64_t B, int64_t K, const torch::Tensor& codes, const torch::Tensor& scale,
+                  const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits, float* yp) {
+  TORCH_CHECK(kHasAvx512Vnni, "the int8-activation kernel needs AVX-512 VNNI");
+  const int64_t N = codes.size(0), NG = K / group;
+  const int P = bits == 4 ? kParts<4> : kParts<2>;
+  const int64_t Kp = (K + 64 * P - 1) / (64 * P) * (64 * P);  // whole blocks; the padding stays zero
+  std::vector<int8_t> xq(B * Kp, 0);
+  std::vector<float> dx(B * NG), xs(B * NG);
+  quantize_activations_avx512(x, B, K, group, P, xq.data(), Kp, dx.data(), xs.data());
+  // lane → group (within a 16-group window) for each block of a window
+  const int64_t chunks_per_group = group / kChunk, blocks = 16 * chunks_per_group / P;
+  std::vector<int32_t> lane_group(16 * blocks);
+  for (int64_t j = 0; j < blocks; ++j)
+    for (int l = 0; l < 16; ++l) lane_group[16 * j + l] = static_cast<int32_t>((j * P + l * P / 16) / chunks_per_group);
+  const int8_t* xqp = xq.data();
+  const float *dxp = dx.data(), *xsp = xs.data();
+  const uint16_t *sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()),
+                 *op = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
+  const uint8_t* cp = codes.data_ptr<uint8_t>();
+  const int32_t* lg = lane_group.data();
+  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
+    for_blocks(r0, r1, B, [&](int64_t rb, int64_t re, int64_t b0, int64_t nb) {
+      dispatch<A8Rows>(bits, nb, xqp + b0 * Kp, Kp, dxp + b0 * NG, xsp + b0 * NG, cp, sp, op, zero_point, lg,
+                       yp + b0 * N, K, N, group, rb, re);
+    });
+  });
 }
 
 }  // namespace
@@ -399,19 +452,9 @@ void check_layout(const torch::Tensor& x, const torch::Tensor& codes, const torc
 torch::Tensor lowbit_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
                           bool zero_point, int64_t group, int64_t bits) {
   check_layout(x, codes, scale, offset, group, bits);
-  const int64_t B = x.size(0), K = x.size(1), N = codes.size(0), NG = K / group;
-  auto xs_t = x.reshape({B, NG, group}).sum(-1).contiguous();
-  auto y = torch::empty({B, N}, x.options());
-  const float *xp = x.data_ptr<float>(), *xs = xs_t.data_ptr<float>();
-  const uint16_t *sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()),
-                 *op = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
-  const uint8_t* cp = codes.data_ptr<uint8_t>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
-    for_blocks(r0, r1, B, [&](int64_t rb, int64_t re, int64_t b0, int64_t nb) {
-      dispatch<F32Rows>(bits, nb, xp + b0 * K, cp, sp, op, zero_point, xs + b0 * NG, yp + b0 * N, K, N, group, rb, re);
-    });
-  });
+  auto y = torch::empty({x.size(0), codes.size(0)}, x.options());
+  gemv_f32_into(x.data_ptr<float>(), x.size(0), x.size(1), codes, scale, offset, zero_point, group, bits,
+                y.data_ptr<float>());
   return y;
 }
 
@@ -436,83 +479,21 @@ torch::Tensor lowbit_gemv_a8(torch::Tensor x, torch::Tensor codes, torch::Tensor
                              bool zero_point, int64_t group, int64_t bits) {
   TORCH_CHECK(kHasAvx512Vnni, "the int8-activation kernel needs AVX-512 VNNI");
   check_layout(x, codes, scale, offset, group, bits);
-  const int64_t B = x.size(0), K = x.size(1), N = codes.size(0), NG = K / group;
-  const int P = bits == 4 ? kParts<4> : kParts<2>;
-  const int64_t Kp = (K + 64 * P - 1) / (64 * P) * (64 * P);  // whole blocks; the padding stays zero
-  auto xq = torch::zeros({B, Kp}, x.options().dtype(torch::kChar));
-  auto dx = torch::empty({B, NG}, x.options()), xs = torch::empty({B, NG}, x.options());
-  quantize_activations_avx512(x.data_ptr<float>(), B, K, group, P, xq.data_ptr<int8_t>(), Kp, dx.data_ptr<float>(),
-                              xs.data_ptr<float>());
-  // lane → group (within a 16-group window) for each block of a window
-  const int64_t chunks_per_group = group / kChunk, blocks = 16 * chunks_per_group / P;
-  std::vector<int32_t> lane_group(16 * blocks);
-  for (int64_t j = 0; j < blocks; ++j)
-    for (int l = 0; l < 16; ++l) lane_group[16 * j + l] = static_cast<int32_t>((j * P + l * P / 16) / chunks_per_group);
-  auto y = torch::empty({B, N}, x.options());
-  const int8_t* xqp = xq.data_ptr<int8_t>();
-  const float *dxp = dx.data_ptr<float>(), *xsp = xs.data_ptr<float>();
-  const uint16_t *sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()),
-                 *op = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
-  const uint8_t* cp = codes.data_ptr<uint8_t>();
-  const int32_t* lg = lane_group.data();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
-    for_blocks(r0, r1, B, [&](int64_t rb, int64_t re, int64_t b0, int64_t nb) {
-      dispatch<A8Rows>(bits, nb, xqp + b0 * Kp, Kp, dxp + b0 * NG, xsp + b0 * NG, cp, sp, op, zero_point, lg,
-                       yp + b0 * N, K, N, group, rb, re);
-    });
-  });
+  auto y = torch::empty({x.size(0), codes.size(0)}, x.options());
+  gemv_a8_into(x.data_ptr<float>(), x.size(0), x.size(1), codes, scale, offset, zero_point, group, bits,
+               y.data_ptr<float>());
   return y;
 }
 
-// One fp32 row: y[N] = W x for x[K] (K the layout's padded width), without a tensor allocated —
-// what the decode step (decode_step_cpu.cpp) calls for each projection. Layout checked as above.
+// One row x[K] (K the layout's padded width) into y[N], no tensor allocated: what the decode step
+// (decode_step_cpu.cpp) calls for each projection.
 void reality_stone::lowbit_gemv_row(const float* x, const torch::Tensor& codes, const torch::Tensor& scale,
                                     const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits,
-                                    float* y) {
-  const int64_t N = codes.size(0), K = codes.size(1) / (8 * bits) * kChunk, NG = K / group;
-  TORCH_CHECK(bits >= 2 && bits <= 4 && group >= kChunk && group % kChunk == 0 && K % group == 0 && scale.size(0) == N &&
-                  scale.size(1) == NG && offset.sizes() == scale.sizes(),
-              "lowbit_gemv_row: inconsistent layout");
-  std::vector<float> xs(NG, 0.f);
-  for (int64_t g = 0; g < NG; ++g)
-    for (int64_t i = 0; i < group; ++i) xs[g] += x[g * group + i];
-  const uint16_t *sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()),
-                 *op = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
-  const uint8_t* cp = codes.data_ptr<uint8_t>();
-  const float* xsp = xs.data();
-  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
-    dispatch<F32Rows>(bits, 1, x, cp, sp, op, zero_point, xsp, y, K, N, group, r0, r1);
-  });
-}
-
-// The same for int8 activations (lowbit_gemv_a8's arithmetic: x quantised per group inside).
-void reality_stone::lowbit_gemv_a8_row(const float* x, const torch::Tensor& codes, const torch::Tensor& scale,
-                                       const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits,
-                                       float* y) {
-  TORCH_CHECK(kHasAvx512Vnni, "the int8-activation kernel needs AVX-512 VNNI");
-  const int64_t N = codes.size(0), K = codes.size(1) / (8 * bits) * kChunk, NG = K / group;
-  TORCH_CHECK(bits >= 2 && bits <= 4 && group >= kChunk && group % kChunk == 0 && K % group == 0 &&
-                  scale.size(0) == N && scale.size(1) == NG && offset.sizes() == scale.sizes(),
-              "lowbit_gemv_a8_row: inconsistent layout");
-  const int P = bits == 4 ? kParts<4> : kParts<2>;
-  const int64_t Kp = (K + 64 * P - 1) / (64 * P) * (64 * P);
-  std::vector<int8_t> xq(Kp, 0);
-  std::vector<float> dx(NG), xs(NG);
-  quantize_activations_avx512(x, 1, K, group, P, xq.data(), Kp, dx.data(), xs.data());
-  const int64_t chunks_per_group = group / kChunk, blocks = 16 * chunks_per_group / P;
-  std::vector<int32_t> lane_group(16 * blocks);
-  for (int64_t j = 0; j < blocks; ++j)
-    for (int l = 0; l < 16; ++l) lane_group[16 * j + l] = static_cast<int32_t>((j * P + l * P / 16) / chunks_per_group);
-  const int8_t* xqp = xq.data();
-  const float *dxp = dx.data(), *xsp = xs.data();
-  const uint16_t *sp = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::Half>()),
-                 *op = reinterpret_cast<const uint16_t*>(offset.data_ptr<at::Half>());
-  const uint8_t* cp = codes.data_ptr<uint8_t>();
-  const int32_t* lg = lane_group.data();
-  at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
-    dispatch<A8Rows>(bits, 1, xqp, Kp, dxp, xsp, cp, sp, op, zero_point, lg, y, K, N, group, r0, r1);
-  });
+                                    bool int8, float* y) {
+  TORCH_CHECK(bits >= 2 && bits <= 4, "bits must be 2, 3 or 4");
+  const int64_t K = codes.size(1) / (8 * bits) * kChunk;
+  check_codes(codes, scale, offset, group, bits, K);
+  (int8 ? gemv_a8_into : gemv_f32_into)(x, 1, K, codes, scale, offset, zero_point, group, bits, y);
 }
 
 static reality_stone::RegisterBindings bind_lowbit([](pybind11::module_& m) {

@@ -21,13 +21,10 @@ inline float hsum256(__m256 v) {
 constexpr int kMaxBatch = 8;
 
 // y[N] = W x for one contiguous fp32 row x (the layout's padded width K) and a group-quantised W
-// in the int_lowbit_cpu.cpp layout (codes uint8 [N, K/64·8·bits], scale/offset fp16 [N, K/group]).
+// in the int_lowbit_cpu.cpp layout (codes uint8 [N, K/64·8·bits], scale/offset fp16 [N, K/group]);
+// int8: x quantised to int8 per group inside (AVX-512 VNNI only; lowbit_gemv_a8's numbers).
 void lowbit_gemv_row(const float* x, const torch::Tensor& codes, const torch::Tensor& scale,
-                     const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits, float* y);
-
-// The same with x quantised to int8 per group inside (AVX-512 VNNI only; lowbit_gemv_a8's numbers).
-void lowbit_gemv_a8_row(const float* x, const torch::Tensor& codes, const torch::Tensor& scale,
-                        const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits, float* y);
+                     const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits, bool int8, float* y);
 
 // Each kernel source registers its own Python bindings beside its definitions (bindings.cpp runs
 // them all), so adding a kernel is its .cpp, its ops module and its conformance case.

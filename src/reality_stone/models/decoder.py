@@ -91,11 +91,14 @@ class _Block:
     sliding_window: int | None
 
 
+def _eps(norm: nn.Module) -> float:
+    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+
+
 def _rms_norm(x: Tensor, norm: nn.Module) -> Tensor:
     # the model's RMSNorm as one fused op (six eager ops in transformers; its float32 upcast is a
     # no-op here: the decoder computes in float32)
-    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
-    return F.rms_norm(x, norm.weight.shape, norm.weight, eps)
+    return F.rms_norm(x, norm.weight.shape, norm.weight, _eps(norm))
 
 
 class Decoder:
@@ -165,10 +168,8 @@ class Decoder:
             parts += [none, none] if blk.q_norm is None else [blk.q_norm.weight.detach(), blk.k_norm.weight.detach()]
             tensors.append(parts)
             ints.append([v for p in ps for v in (int(p.layout[3]), int(p.layout[4]), int(p.layout[5]), int(p.int8))])
-        norm = self.blocks[0].norm1
         qk = self.blocks[0].q_norm
-        self._eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
-        self._qk_eps = float(getattr(qk, "variance_epsilon", getattr(qk, "eps", 1e-6))) if qk is not None else 0.0
+        self._eps, self._qk_eps = _eps(self.blocks[0].norm1), _eps(qk) if qk is not None else 0.0
         self._ext = ext
         return tensors, ints
 
@@ -184,6 +185,11 @@ class Decoder:
         half = self.head_dim // 2
         sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], -1)
         return cos[0].float().contiguous(), sin.float().contiguous()
+
+    def _cache(self, length: int) -> list[tuple[Tensor, Tensor]]:
+        """Keys and values (KV heads, length, head_dim) per block, float32, filled as positions are run."""
+        return [(torch.empty(self.kv_heads, length, self.head_dim), torch.empty(self.kv_heads, length, self.head_dim))
+                for _ in self.blocks]
 
     def _rope(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """x (T, heads, d); cos/sin (T, d): HF's ``x·cos + rotate_half(x)·sin``."""
@@ -253,8 +259,7 @@ class Decoder:
                              "supported by Decoder; use model.generate")
         stops = set([eos_token_id] if isinstance(eos_token_id, int) else (eos_token_id or []))
         cos, sin = self._rotary_tables(length)
-        cache = [(torch.empty(self.kv_heads, length, self.head_dim), torch.empty(self.kv_heads, length, self.head_dim))
-                 for _ in self.blocks]
+        cache = self._cache(length)
         out, pos, tokens = [prompt], 0, prompt
         for _ in range(max_new_tokens):
             logits = self._step(tokens, pos, cache, cos, sin)
@@ -278,7 +283,6 @@ class Decoder:
         if ids.numel() < 2:
             raise ValueError(f"logits needs at least 2 tokens (a prefill and one step), got {ids.numel()}")
         cos, sin = self._rotary_tables(ids.numel())
-        cache = [(torch.empty(self.kv_heads, ids.numel(), self.head_dim),
-                  torch.empty(self.kv_heads, ids.numel(), self.head_dim)) for _ in self.blocks]
+        cache = self._cache(ids.numel())
         first = self._step(ids[:-1], 0, cache, cos, sin)
         return torch.stack([first, self._step(ids[-1:], ids.numel() - 1, cache, cos, sin)])
