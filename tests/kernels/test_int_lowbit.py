@@ -1,4 +1,4 @@
-"""Fused 2/3/4-bit kernels (fp32 and int8 activations) vs their references: layout, accuracy,
+"""Fused 2/3/4/8-bit kernels (fp32 and int8 activations) vs their references: layout, accuracy,
 gradients, memory, fallback, torch.compile, CompressedLinear."""
 
 import os
@@ -35,7 +35,7 @@ def _weights(rows, K, group, bits, zero_point=False, seed=0):
     return pack_lowbit_layout(codes, bits), scale, offset
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_layout_round_trip_and_size(bits):
     codes = torch.randint(0, 2**bits, (7, 192))
     packed = pack_lowbit_layout(codes, bits)
@@ -72,11 +72,11 @@ def test_extension_builds_in_ci():
 SHAPES = [(37, 192, 64), (129, 512, 128), (300, 256, 256), (17, 64 * 37, 64), (5, 576, 192)]
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("rows,K,group", SHAPES)
 @pytest.mark.parametrize("batch", [1, 2, 5, 32, 300])  # 32: 8-row slices; 300: tiled
 def test_fused_matches_reference_within_its_own_error(bits, rows, K, group, batch):
-    zero_point = bits == 3  # both affine forms
+    zero_point = bits in (3, 8)  # both affine forms
     packed, scale, offset = _weights(rows, K, group, bits, zero_point)
     x = torch.randn(batch, K, generator=torch.Generator().manual_seed(1))
     exact = lowbit_linear_reference(x.double(), packed, scale, offset, zero_point, group, bits)
@@ -87,7 +87,7 @@ def test_fused_matches_reference_within_its_own_error(bits, rows, K, group, batc
     assert fused.shape == (batch, rows)
 
 
-@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("rows,K,group", SHAPES)
 @pytest.mark.parametrize("batch", [1, 3, 8, 70])
 def test_int8_activation_path_matches_its_reference(bits, rows, K, group, batch):
@@ -119,7 +119,8 @@ def test_kernel_activation_quantiser_is_bit_identical_to_the_reference():
 
 CODECS = [codec_config("rtn", bits=4, group=64), codec_config("rtn", bits=3, group=64, symmetric=True),
           codec_config("rtn", bits=2, group=128), codec_config("hqq", bits=4, group=64),
-          codec_config("hqq", bits=1, group=64), codec_config("rtn", bits=4, group=32)]
+          codec_config("hqq", bits=1, group=64), codec_config("rtn", bits=4, group=32),
+          codec_config("rtn", bits=8, group=128, symmetric=True), codec_config("rtn", bits=6, group=64)]
 
 
 @pytest.mark.parametrize("cfg", CODECS, ids=lambda c: f"{c.codec_name}{c.bits}g{c.group}")
@@ -144,8 +145,6 @@ def test_compressed_linear_uses_the_kernel_and_matches_decode(cfg):
 
 def test_int8_activations_are_refused_where_unsupported():
     W = torch.randn(16, 64)
-    with pytest.raises(ValueError, match="int8 activations"):
-        CompressedLinear(codec_config("rtn", bits=8, group=64).encode(W), activations="int8")
     with pytest.raises(ValueError, match="int8 activations"):
         CompressedLinear(codec_config("lowrank", rank=4).encode(W), activations="int8")
     with pytest.raises(ValueError, match="activations must be"):
@@ -230,7 +229,7 @@ def test_direct_entry_point_equals_the_custom_ops_and_keeps_autograd():
         torch.testing.assert_close(xg.grad, w.sum(1).expand(3, -1), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("cfg", CODECS[:4], ids=lambda c: f"{c.codec_name}{c.bits}g{c.group}")
+@pytest.mark.parametrize("cfg", CODECS[:4] + CODECS[6:7], ids=lambda c: f"{c.codec_name}{c.bits}g{c.group}")
 def test_encoded_weight_holds_only_the_packed_layout(cfg):
     # a compressed layer keeps ≈ its stored bytes in memory (not a byte per code beside the layout)
     W = torch.randn(96, 640, generator=torch.Generator().manual_seed(6))

@@ -138,6 +138,7 @@ def test_bad_input_is_refused():
     ("llama", codec_config("rtn", bits=4, group=64)),
     ("qwen2", codec_config("rtn", bits=3, group=64, symmetric=True)),  # q/k/v biases
     ("qwen3", codec_config("hqq", bits=2, group=128)),  # per-head q/k norms; a group wider than the 96 inputs
+    ("llama", codec_config("rtn", bits=8, group=64)),  # the 8-bit layout
     ("llama", "int8"),  # int8 activations (AVX-512 VNNI)
 ])
 def test_the_native_decode_step_matches_the_model(family, config):

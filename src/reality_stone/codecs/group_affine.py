@@ -13,10 +13,10 @@ Payload: the codes bit-packed (`bitpack`) for the real inputs only (a partial la
 no padding), then scale (out, n_groups) fp16, then offset/zero (out, n_groups) fp16 if stored:
 ``bits + 16·(1 or 2)/group`` bits per weight plus the header.
 
-Codes of ≤ 4 bits are held only in the compute layout of `reality_stone.kernels.int_lowbit`
-(built once when the object is made, from the codes the encoder or the payload gives), so a
-loaded model holds the stored bits, and ``matmul`` runs the fused kernels
-(`reality_stone.kernels.int_lowbit_ops`) without building W. Wider codes take decode → matmul.
+Codes are held only in the compute layout of `reality_stone.kernels.int_lowbit` (built once
+when the object is made, from the codes the encoder or the payload gives), so a loaded model
+holds the stored bits (2, 3, 4 or 8 bits per code; 5- to 7-bit codes take a byte), and
+``matmul`` runs the fused kernels (`reality_stone.kernels.int_lowbit_ops`) without building W.
 """
 
 from __future__ import annotations
@@ -64,8 +64,8 @@ class GroupAffineConfig(CodecConfig):
 
     @property
     def capabilities(self) -> Capabilities:
-        fused = self.bits <= 4  # the int kernels' layouts hold 2/3/4-bit codes (1-bit rides on 2)
-        return Capabilities(calibration=self.calibration, fused_matmul=fused, int8_activations=fused)
+        # the int kernels' layouts hold 2/3/4/8-bit codes (1-bit rides on 2, 5-7 bits on 8)
+        return Capabilities(calibration=self.calibration, fused_matmul=True, int8_activations=True)
 
     def nominal_bits_per_weight(self) -> float:
         return self.bits + 16 * (1 + (self.affine_form != "symmetric")) / self.group
@@ -82,9 +82,8 @@ class GroupAffineEncoded(Encoded):
             raise ValueError(f"form {config.affine_form!r} {'stores no' if offset is None else 'stores an'} offset")
         self.scale, self.offset = scale, offset
         self._codes, self._padded_in, self._layout = codes, codes.shape[1], None
-        if config.bits <= 4:  # keep the codes only inside the compute layout (bits, not a byte, per code)
-            self.kernel_layout()
-            self._codes = None
+        self.kernel_layout()  # the codes are kept only inside the compute layout (bits, not a byte, per code)
+        self._codes = None
 
     @property
     def codes(self) -> Tensor:
@@ -110,12 +109,10 @@ class GroupAffineEncoded(Encoded):
         return w.reshape(out_f, -1)[:, :in_f].to(dtype)
 
     def kernel_layout(self):
-        """(packed uint8, scale fp16, offset/zero fp16, zero_point, group, layout bits); None for > 4-bit codes.
+        """(packed uint8, scale fp16, offset/zero fp16, zero_point, group, layout bits).
 
         The input dim is padded to a multiple of lcm(group, 64) with zero-scale groups.
         """
-        if self.config.bits > 4:
-            return None
         if self._layout is None:
             codes = self._codes
             offset, zero_point = self._zero_point()
@@ -136,14 +133,14 @@ class GroupAffineEncoded(Encoded):
         """One kernel layout holding the rows of ``encodeds`` stacked in order, for one kernel call
         where several weights read the same input (a block's q/k/v, gate/up).
 
-        The weights must share codec, bits (≤ 4), group, form and input width (ValueError). Each
+        The weights must share codec, bits, group, form and input width (ValueError). Each
         weight's own layout — and its scale/offset where the layout holds those very tensors —
         becomes a view into the stacked one, so the codes are held once, not twice."""
         first = encodeds[0]
         key = lambda e: (type(e.config), e.config.bits, e.config.group, e.config.affine_form, e.shape[1])  # noqa: E731
-        if not all(isinstance(e, GroupAffineEncoded) for e in encodeds) or first.config.bits > 4 or \
+        if not all(isinstance(e, GroupAffineEncoded) for e in encodeds) or \
                 any(key(e) != key(first) for e in encodeds):
-            raise ValueError("stacked layouts need group-affine weights of one codec, ≤ 4-bit codes, one group, "
+            raise ValueError("stacked layouts need group-affine weights of one codec, bit width, group, "
                              "form and input width")
         layouts = [e.kernel_layout() for e in encodeds]
         stacked = tuple(torch.cat([lay[i] for lay in layouts]) for i in range(3)) + layouts[0][3:]
@@ -170,15 +167,11 @@ class GroupAffineEncoded(Encoded):
         return lowbit_matmul(x, packed, scale, offset, zero_point, group, bits, int8_activations=int8_activations)
 
     def matmul(self, x: Tensor) -> Tensor:
-        if self.config.bits > 4:
-            return super().matmul(x)
         return self._matmul(x, False)
 
     def matmul_int8_activations(self, x: Tensor) -> Tensor:
         """``x @ W.T`` with x quantised to int8 per group on the fly (AVX-512 VNNI kernel; see
-        `reality_stone.kernels.int_lowbit_ops.lowbit_linear_a8`). ≤ 4-bit codes, float32 x."""
-        if self.config.bits > 4:
-            raise ValueError(f"int8 activations need codes of at most 4 bits, this weight has {self.config.bits}")
+        `reality_stone.kernels.int_lowbit_ops.lowbit_linear_a8`). float32 x."""
         return self._matmul(x, True)
 
     # -- bytes ---------------------------------------------------------------------------

@@ -46,7 +46,7 @@ Projection projection(const std::vector<torch::Tensor>& t, const std::vector<int
                ints[4 * which + 1], ints[4 * which + 2], 0, 0};
   TORCH_CHECK(p.codes->scalar_type() == torch::kUInt8 && p.codes->dim() == 2 && p.codes->is_contiguous(),
               "decode_step: codes must be contiguous uint8 [N, bytes]");
-  TORCH_CHECK(p.bits >= 2 && p.bits <= 4 && p.codes->size(1) % (8 * p.bits) == 0, "decode_step: bad bits");
+  TORCH_CHECK((p.bits == 2 || p.bits == 3 || p.bits == 4 || p.bits == 8) && p.codes->size(1) % (8 * p.bits) == 0, "decode_step: bad bits");
   p.in_padded = p.codes->size(1) / (8 * p.bits) * 64;
   p.out = p.codes->size(0);
   TORCH_CHECK(p.scale->scalar_type() == torch::kHalf && p.offset->scalar_type() == torch::kHalf &&

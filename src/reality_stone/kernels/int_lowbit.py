@@ -1,6 +1,7 @@
 """Group-quantised low-bit weights: the compute layout and the plain-torch references (the oracles).
 
-Compute layout (`pack_lowbit_layout`, bits ∈ {2, 3, 4}; 1-bit codes use the 2-bit layout):
+Compute layout (`pack_lowbit_layout`, bits ∈ {2, 3, 4, 8}; 1-bit codes use the 2-bit layout,
+5- to 7-bit codes the 8-bit one):
 each row is a run of 64-input chunks of 8·bits bytes, so a row reads exactly ``bits`` bits
 per weight. Inside a chunk
 
@@ -10,10 +11,12 @@ per weight. Inside a chunk
   *block* of 4 chunks (fewer at the end of a row): a block of nc chunks is their 16·nc bytes of
   low bits, then 4 masks p of 16·nc bits each (little-endian, 2·nc bytes), bit 16c + k of mask
   p = high bit of input 64c + 16p + k of the block — exactly what one 64-byte vector of the
-  block's low bits needs, part p at a time.
+  block's low bits needs, part p at a time;
+* 8 bits: byte k (0..63) = code k.
 
 Every unpack step of the kernel (`int_lowbit_cpu.cpp`) then yields codes with shifts and
-masks only; the int8-activation kernel reads 2 (4-bit) or 4 (2/3-bit) chunks per 64-byte load.
+masks only; the int8-activation kernel reads 1 (8-bit), 2 (4-bit) or 4 (2/3-bit) chunks per
+64-byte load.
 K (the input dim padded to whole groups) must be a multiple of 64.
 
 Affine parameters per (row, group) are fp16, as the codecs store them: a scale s and either
@@ -42,10 +45,10 @@ CHUNK = 64
 
 
 def layout_bits(bits: int) -> int:
-    """Bits per code in the compute layout for ``bits``-bit codes (1 → 2; 2, 3, 4 unchanged)."""
-    if not 1 <= bits <= 4:
-        raise ValueError(f"the low-bit layout holds 1- to 4-bit codes, got {bits}")
-    return max(bits, 2)
+    """Bits per code in the compute layout for ``bits``-bit codes (1 → 2; 2, 3, 4 unchanged; 5…8 → 8)."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"the low-bit layout holds 1- to 8-bit codes, got {bits}")
+    return 8 if bits > 4 else max(bits, 2)
 
 
 def pack_lowbit_layout(codes: Tensor, bits: int) -> Tensor:
@@ -55,10 +58,13 @@ def pack_lowbit_layout(codes: Tensor, bits: int) -> Tensor:
     rows, K = codes.shape
     if K % CHUNK:
         raise ValueError(f"K={K} must be a multiple of {CHUNK}")
-    if bits not in (2, 3, 4):
-        raise ValueError(f"layout bits must be 2, 3 or 4, got {bits}")
-    if bool(((codes < 0) | (codes >= 2**bits)).any()):
+    if bits not in (2, 3, 4, 8):
+        raise ValueError(f"layout bits must be 2, 3, 4 or 8, got {bits}")
+    # (uint8 codes hold every 8-bit code, and a uint8 tensor compared with 256 would wrap it to 0)
+    if not (bits == 8 and codes.dtype == torch.uint8) and bool(((codes < 0) | (codes >= 2**bits)).any()):
         raise ValueError(f"codes must be in [0, {2 ** bits}) for the {bits}-bit layout")
+    if bits == 8:
+        return codes.to(torch.uint8).contiguous()
     c = codes.reshape(rows, K // CHUNK, CHUNK).to(torch.uint8)
     if bits == 4:
         return (c[..., :32] | (c[..., 32:] << 4)).reshape(rows, -1).contiguous()
@@ -80,6 +86,8 @@ def pack_lowbit_layout(codes: Tensor, bits: int) -> Tensor:
 def unpack_lowbit_layout(packed: Tensor, bits: int) -> Tensor:
     """Inverse of `pack_lowbit_layout`: uint8 (rows, K/64 · 8·bits) -> int64 codes (rows, K)."""
     rows = packed.shape[0]
+    if bits == 8:
+        return packed.to(torch.int64)
     p = packed.reshape(rows, -1, 8 * bits)
     if bits == 4:
         c = torch.cat([p & 0x0F, p >> 4], dim=-1)

@@ -1,4 +1,4 @@
-// Fused group-quantised (2-, 3- or 4-bit codes, per-group fp16 scale and offset or zero point) matmul for CPU.
+// Fused group-quantised (2-, 3-, 4- or 8-bit codes, per-group fp16 scale and offset or zero point) matmul for CPU.
 //
 //   y[b, r] = Σ_g ( scale[r,g] · Σ_{i∈g} q[r,i] x[b,i]  +  offset[r,g] · Σ_{i∈g} x[b,i] )
 //
@@ -8,6 +8,7 @@
 //   2 bits: byte k (0..15) = code k | code k+16 << 2 | code k+32 << 4 | code k+48 << 6
 //   3 bits: the 2-bit layout of (code & 3); the high bits after each block of ≤ 4 chunks
 //           (4 masks of 16 bits per chunk: mask p, bit 16c + k = input 64c + 16p + k)
+//   8 bits: byte k (0..63) = code k (5- to 8-bit codes; an int8 LM head, say)
 // so every unpack step needs only shifts and masks. Groups are whole chunks (group % 64 == 0).
 // W is never materialised: codes are unpacked into registers and consumed.
 //
@@ -57,7 +58,7 @@ RS_AVX512 inline void affine16_avx512(const uint16_t* s16, const uint16_t* o16, 
 // in the 64/P bytes of chunk c the codes of inputs 64c + (64/P)·p + k; in 128-bit lane l, the
 // codes of 16 consecutive inputs (chunk l/(4/P), 64c + (64/P)·p + 16·(l % (4/P)) + k).
 template <int BITS>
-constexpr int kParts = BITS == 4 ? 2 : 4;
+constexpr int kParts = BITS == 8 ? 1 : BITS == 4 ? 2 : 4;
 
 // The P parts of the block at chunk `c` of a row (nc ≤ P chunks; zero codes beyond), as bytes.
 // FULL (nc == P, all but a row's last block) is its own instantiation: constant offsets, the
@@ -121,7 +122,8 @@ RS_AVX512 inline void f32_block(const uint8_t* row, const uint16_t* srow, const 
       }
     }
     const __m512 s = _mm512_set1_ps(_cvtsh_ss(srow[g]));
-    for (int b = 0; b < B; ++b) acc[b][c & 1] = _mm512_fmadd_ps(s, dot[b], acc[b][c & 1]);
+    const int chain = (c0 + c) & 1;  // c0 is even for P ≥ 2; with 8-bit codes (P = 1) it alternates
+    for (int b = 0; b < B; ++b) acc[b][chain] = _mm512_fmadd_ps(s, dot[b], acc[b][chain]);
     if (--left == 0) ++g, left = cpg;
   }
 }
@@ -269,7 +271,9 @@ inline ChunkRef chunk_ref(const uint8_t* row, int64_t cg, int64_t n_chunks) {
 template <int BITS>
 inline __m256i codes8_avx2(const ChunkRef& ref, int i) {
   const uint8_t* c = ref.lo;
-  if constexpr (BITS == 4) {
+  if constexpr (BITS == 8) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + 8 * i)));
+  } else if constexpr (BITS == 4) {
     const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + (i & 3) * 8)));
     return i < 4 ? _mm256_and_si256(v, _mm256_set1_epi32(0x0F)) : _mm256_srli_epi32(v, 4);
   } else {
@@ -325,7 +329,7 @@ void rows_f32_avx2(const float* xp, const uint8_t* cp, const uint16_t* sp, const
 
 // ---------------------------------------------------------------- dispatch helpers
 
-// Kernel<BITS, B>::run(args...) for runtime bits in {2,3,4} and batch in [1, 8].
+// Kernel<BITS, B>::run(args...) for runtime bits in {2,3,4,8} and batch in [1, 8].
 template <template <int, int> class Kernel, int BITS, typename... A>
 void by_batch(int64_t B, A... a) {
   switch (B) {
@@ -344,7 +348,8 @@ template <template <int, int> class Kernel, typename... A>
 void dispatch(int64_t bits, int64_t B, A... a) {
   if (bits == 2) by_batch<Kernel, 2>(B, a...);
   else if (bits == 3) by_batch<Kernel, 3>(B, a...);
-  else by_batch<Kernel, 4>(B, a...);
+  else if (bits == 4) by_batch<Kernel, 4>(B, a...);
+  else by_batch<Kernel, 8>(B, a...);
 }
 
 template <int BITS, int B>
@@ -380,7 +385,7 @@ void check_codes(const torch::Tensor& codes, const torch::Tensor& scale, const t
                  int64_t bits, int64_t K) {
   TORCH_CHECK(codes.scalar_type() == torch::kUInt8 && codes.is_contiguous() && codes.dim() == 2,
               "codes must be contiguous uint8 [N, K*bits/8]");
-  TORCH_CHECK(bits >= 2 && bits <= 4, "bits must be 2, 3 or 4");
+  TORCH_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits must be 2, 3, 4 or 8");
   const int64_t N = codes.size(0);
   TORCH_CHECK(group >= kChunk && group % kChunk == 0 && K % group == 0 && codes.size(1) == K / kChunk * 8 * bits,
               "bad shapes for the low-bit kernel (group must be a multiple of 64 dividing K)");
@@ -420,7 +425,7 @@ void gemv_a8_into(const float* x, int64_t B, int64_t K, const torch::Tensor& cod
                   const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits, float* yp) {
   TORCH_CHECK(kHasAvx512Vnni, "the int8-activation kernel needs AVX-512 VNNI");
   const int64_t N = codes.size(0), NG = K / group;
-  const int P = bits == 4 ? kParts<4> : kParts<2>;
+  const int P = bits == 8 ? kParts<8> : bits == 4 ? kParts<4> : kParts<2>;
   const int64_t Kp = (K + 64 * P - 1) / (64 * P) * (64 * P);  // whole blocks; the padding stays zero
   std::vector<int8_t> xq(B * Kp, 0);
   std::vector<float> dx(B * NG), xs(B * NG);
@@ -490,14 +495,14 @@ torch::Tensor lowbit_gemv_a8(torch::Tensor x, torch::Tensor codes, torch::Tensor
 void reality_stone::lowbit_gemv_row(const float* x, const torch::Tensor& codes, const torch::Tensor& scale,
                                     const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits,
                                     bool int8, float* y) {
-  TORCH_CHECK(bits >= 2 && bits <= 4, "bits must be 2, 3 or 4");
+  TORCH_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits must be 2, 3, 4 or 8");
   const int64_t K = codes.size(1) / (8 * bits) * kChunk;
   check_codes(codes, scale, offset, group, bits, K);
   (int8 ? gemv_a8_into : gemv_f32_into)(x, 1, K, codes, scale, offset, zero_point, group, bits, y);
 }
 
 static reality_stone::RegisterBindings bind_lowbit([](pybind11::module_& m) {
-  m.def("lowbit_gemv", &lowbit_gemv, "fused 2/3/4-bit group-quantised GEMV/small-batch GEMM, fp32 activations");
+  m.def("lowbit_gemv", &lowbit_gemv, "fused 2/3/4/8-bit group-quantised GEMV/small-batch GEMM, fp32 activations");
   m.def("lowbit_gemv_a8", &lowbit_gemv_a8, "the same with int8 activations (AVX-512 VNNI)");
   m.def("quantize_activations_int8", &quantize_activations_int8, "per-group int8 activation quantiser");
   m.def("has_avx512", []() { return kHasAvx512; }, "whether the low-bit fp32 path runs on AVX-512");

@@ -81,8 +81,8 @@ def _check(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int,
     consistent shapes are all a layout needs."""
     if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16) or x.dim() == 0:
         raise ValueError(f"lowbit_linear: x must be a floating-point tensor (..., K), got {x.dtype} {tuple(x.shape)}")
-    if bits not in (2, 3, 4):
-        raise ValueError(f"lowbit_linear: bits must be 2, 3 or 4, got {bits}")
+    if bits not in (2, 3, 4, 8):
+        raise ValueError(f"lowbit_linear: bits must be 2, 3, 4 or 8, got {bits}")
     if packed.dtype != torch.uint8 or packed.dim() != 2 or (packed.shape[1] * 8) % bits:
         raise ValueError(f"lowbit_linear: packed must be uint8 (rows, K·bits/8), got {packed.dtype} {tuple(packed.shape)}")
     rows, K = packed.shape[0], packed.shape[1] * 8 // bits

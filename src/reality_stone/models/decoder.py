@@ -9,7 +9,7 @@ calls, cache bookkeeping, masks, per-call padding). `Decoder` runs the same comp
 model's own forward pass — the model's modules and weights, its rotary tables — in one lean loop:
 
 * the projections that read one input run as one kernel call where the codec allows: q/k/v and
-  gate/up of group-affine weights (rtn, hqq, gptq at ≤ 4 bits) are stacked into one layout
+  gate/up of group-affine weights (rtn, hqq, gptq) are stacked into one layout
   (`GroupAffineEncoded.stack_layouts`; the weights are then held once, in the stacked layout), and
   the input is padded once for all of them; other layers (dense, seed basis, …) are called as
   they are;
@@ -50,7 +50,7 @@ class _Projection:
         self.layers = layers
         self.layout = None
         encs = [m.encoded for m in layers if isinstance(m, CompressedLinear)]
-        if (len(encs) == len(layers) and all(isinstance(e, GroupAffineEncoded) and e.config.bits <= 4 for e in encs)
+        if (len(encs) == len(layers) and all(isinstance(e, GroupAffineEncoded) for e in encs)
                 and len({m.activations for m in layers}) == 1):
             try:
                 self.layout = GroupAffineEncoded.stack_layouts(encs) if len(encs) > 1 else encs[0].kernel_layout()

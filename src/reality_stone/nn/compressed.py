@@ -19,7 +19,7 @@ class CompressedLinear(nn.Module):
     low-rank: (x Bᵀ) Aᵀ), else the reference decode → matmul. The compressed weight is
     frozen; gradients flow to the input and to the (dense) bias.
 
-    ``activations="int8"`` (group-quantised codecs with ≤ 4-bit codes: rtn, hqq, GPTQ output)
+    ``activations="int8"`` (group-quantised codecs: rtn, hqq, GPTQ output)
     quantises the input to int8 per weight group on the fly and runs the integer kernel
     (``encoded.matmul_int8_activations``): faster, at a measured cost in accuracy (README,
     fused-matmul section). Default ``"fp32"``: exact to float32 rounding.
@@ -45,7 +45,7 @@ class CompressedLinear(nn.Module):
         if activations not in self.ACTIVATIONS:
             raise ValueError(f"activations must be one of {self.ACTIVATIONS}, got {activations!r}")
         if activations == "int8" and not _supports_int8(self.encoded):
-            raise ValueError(f"int8 activations need a group-quantised weight with at most 4-bit codes; "
+            raise ValueError(f"int8 activations need a group-quantised weight (rtn, hqq, gptq); "
                              f"this layer holds {self.encoded.config.codec_name} "
                              f"({self.encoded.bits_per_weight():.2f} bits per weight)")
         self.activations = activations
