@@ -82,6 +82,15 @@ def test_declared_capabilities_hold(name, monkeypatch):
         enc.matmul(x)
 
 
+def test_decode_rows_are_the_decoded_rows(name):
+    # what an embedding reading a compressed matrix looks up (repeats and any order)
+    enc = _Codec(name).encode(weight(37, 53))
+    rows = torch.tensor([36, 0, 5, 5, 17])
+    full = enc.decode()
+    assert torch.allclose(enc.decode_rows(rows), full[rows], rtol=0, atol=1e-6 * float(full.abs().max()))
+    assert enc.decode_rows(rows, torch.float64).dtype == torch.float64
+
+
 @pytest.mark.parametrize("shape", [(48, 80), (37, 53), (64, 256)])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_error_within_the_declared_bound(name, shape, seed):

@@ -91,13 +91,13 @@ def test_truncated_version_bumped_and_foreign_files(llama_file, tmp_path):
     # bump the version inside the header (same length) -> refused by version
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + n])
-    header["__metadata__"]["format_version"] = "3"
+    header["__metadata__"]["format_version"] = "4"
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (n - len(raw))
     assert len(raw) == n
-    bumped = tmp_path / "v3.safetensors"
+    bumped = tmp_path / "v4.safetensors"
     bumped.write_bytes(data[:8] + raw + data[8 + n :])
-    with pytest.raises(ValueError, match="format version 3"):
+    with pytest.raises(ValueError, match="format version 4"):
         rs.load(bumped)
     foreign = tmp_path / "plain.safetensors"
     from safetensors.torch import save_file

@@ -224,6 +224,12 @@ class Encoded(ABC):
             raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
         return x @ self.decode(x.dtype).T
 
+    def decode_rows(self, rows: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Rows ``rows`` (1-D int64 indices) of the weight, (len(rows), in) — what an embedding
+        that reads a compressed matrix looks up. Reference: decode all, then index; codecs with
+        row-wise storage decode only the rows asked for."""
+        return self.decode(dtype)[rows]
+
     @abstractmethod
     def payload(self) -> bytes:
         """Codec-specific bytes (everything but the common header)."""

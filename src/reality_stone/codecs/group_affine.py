@@ -28,7 +28,8 @@ from torch import Tensor
 
 from reality_stone.codecs.base import Capabilities, CodecConfig, Encoded
 from reality_stone.codecs.bitpack import f16_bytes, pack_bits, packed_nbytes, read_f16, unpack_bits
-from reality_stone.kernels.int_lowbit import CHUNK, layout_bits, pack_lowbit_layout, unpack_lowbit_layout
+from reality_stone.kernels.int_lowbit import (CHUNK, dequantize_rows, layout_bits, pack_lowbit_layout,
+                                              unpack_lowbit_layout)
 
 __all__ = ["GroupAffineConfig", "GroupAffineEncoded", "MAX_GROUP_OVER_ROW", "check_group"]
 
@@ -107,6 +108,10 @@ class GroupAffineEncoded(Encoded):
         z, zero_point = self._zero_point()
         w = (q - z.float()[..., None]) * s if zero_point else q * s + z.float()[..., None]
         return w.reshape(out_f, -1)[:, :in_f].to(dtype)
+
+    def decode_rows(self, rows: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        packed, scale, offset, zero_point, group, bits = self.kernel_layout()
+        return dequantize_rows(packed[rows], scale[rows], offset[rows], zero_point, group, bits, dtype)[:, : self.shape[1]]
 
     def kernel_layout(self):
         """(packed uint8, scale fp16, offset/zero fp16, zero_point, group, layout bits).

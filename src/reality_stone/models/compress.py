@@ -4,7 +4,9 @@ torchao-style: ``compress(model, config)`` mutates the model and returns a per-l
 Which layers: `reality_stone.models.selection` (every ``nn.Linear`` matching ``include`` and no
 ``skip`` glob, not tied to another module; the LM head kept dense by default — the same policy
 `compress_checkpoint` and the CLI use); ``per_layer`` maps patterns to other configs (first
-match wins).
+match wins). ``head=`` compresses the LM head with its own config (8-bit RTN, say: the head is
+read every token); a head tied to the input embeddings stays one matrix, compressed, which the
+embedding then reads (`CompressedEmbedding`).
 
 Data-aware codecs (``gptq``, ``seedbasis``) take ``calibration=`` — texts, a file, token ids
 or a bundled corpus name — and get each layer's `ActivationStats` from
@@ -25,7 +27,7 @@ from reality_stone.calibration import output_error
 from reality_stone.codecs import relative_error, sqnr_db
 from reality_stone.codecs.base import CodecConfig
 from reality_stone.models.selection import DEFAULT_SKIP, select_layers
-from reality_stone.nn.compressed import CompressedLinear
+from reality_stone.nn.compressed import CompressedEmbedding, CompressedLinear
 
 __all__ = ["CompressionReport", "LayerReport", "check_calibration", "compress", "compressible_layers", "encode_layer",
            "guard_save_pretrained"]
@@ -150,6 +152,7 @@ def compress(
     tokens: int = 8192,
     seq_len: int = 512,
     sequential: bool = True,
+    head: CodecConfig | None = None,
 ) -> CompressionReport:
     """Replace the selected ``nn.Linear`` layers of ``model`` with `CompressedLinear`, in place.
 
@@ -160,12 +163,18 @@ def compress(
     block through the already-compressed blocks; False: one pass over the dense model.
     A codec with ``calibration == "required"`` (gptq) and no calibration → ValueError; calibration
     given while no selected codec uses it → ValueError (it would be silently ignored).
+
+    ``head``: a config for the output head (``get_output_embeddings()``, an ``nn.Linear``), encoded
+    data-free after the other layers (None: it stays dense, as selected by ``skip``). When it is
+    tied to the input embeddings, the embedding becomes a `CompressedEmbedding` reading the same
+    encoded matrix — one copy, in memory and in the file (`reality_stone.models.format`).
     """
     from reality_stone.calibration import calibration_ids, collect_stats, sequential_stats
 
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     chosen, skipped = compressible_layers(model, include, skip, skip_tied)
+    head_name = _head_name(model, head, [name for name, _ in chosen])
     if not chosen:
         raise ValueError("no nn.Linear layer matched: nothing to compress (check include/skip patterns)")
     configs = {name: next((c for pat, c in (per_layer or {}).items() if fnmatch.fnmatchcase(name, pat)), config)
@@ -208,5 +217,41 @@ def compress(
     finally:
         if bar is not None:
             bar.close()
+    if head_name is not None:
+        _compress_head(model, head_name, head, report)
     guard_save_pretrained(model)
     return report
+
+
+def _head_name(model: nn.Module, head: CodecConfig | None, chosen: list[str]) -> str | None:
+    """The module name of the output head ``head`` compresses (None without ``head``); ValueError
+    for a config that needs calibration, a model without an ``nn.Linear`` head, or a head the
+    include/skip selection already compresses."""
+    if head is None:
+        return None
+    if not isinstance(head, CodecConfig):
+        raise ValueError(f"head must be a codec config (codec_config(...)), got {type(head).__name__}")
+    if head.calibration == "required":
+        raise ValueError(f"the head is encoded data-free; codec {head.codec_name!r} needs calibration")
+    get_head = getattr(model, "get_output_embeddings", None)
+    module = get_head() if callable(get_head) else None
+    if not isinstance(module, nn.Linear):
+        raise ValueError("head= needs a model whose get_output_embeddings() is an nn.Linear "
+                         f"(got {type(module).__name__})")
+    name = next(n for n, m in model.named_modules() if m is module)
+    if name in chosen:
+        raise ValueError(f"{name!r} is selected by include/skip and by head=: give its config once")
+    return name
+
+
+def _compress_head(model: nn.Module, name: str, config: CodecConfig, report: CompressionReport) -> None:
+    head = model.get_submodule(name)
+    embed = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+    tied = isinstance(embed, nn.Embedding) and embed.weight is head.weight
+    enc, row = encode_layer(name, head.weight.detach(), config, None)
+    report.layers.append(row)
+    report.skipped = [n for n in report.skipped if n != name]
+    _set_submodule(model, name, CompressedLinear(enc, head.bias))
+    if tied:  # the embedding reads the compressed matrix: the dense one is dropped, not kept beside it
+        embed_name = next(n for n, m in model.named_modules() if m is embed)
+        _set_submodule(model, embed_name, CompressedEmbedding(enc, embed.padding_idx))

@@ -117,8 +117,10 @@ class Decoder:
         if getattr(cfg, "hidden_act", "silu") not in ("silu", "swish"):
             raise ValueError(f"Decoder expects a SiLU-gated MLP, the model uses {cfg.hidden_act!r}")
         inner = model.model
-        if inner.embed_tokens.weight.dtype != torch.float32:
-            raise ValueError(f"Decoder computes in float32; the model is {inner.embed_tokens.weight.dtype} "
+        # (a CompressedEmbedding — a compressed tied head's matrix — decodes rows to float32)
+        dtype = inner.embed_tokens.weight.dtype if isinstance(inner.embed_tokens, nn.Embedding) else torch.float32
+        if dtype != torch.float32:
+            raise ValueError(f"Decoder computes in float32; the model is {dtype} "
                              "(load it with dtype=torch.float32)")
         self.model, self.embed, self.final_norm, self.head = model, inner.embed_tokens, inner.norm, model.lm_head
         self.rotary = inner.rotary_emb

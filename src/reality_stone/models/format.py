@@ -13,6 +13,9 @@ Metadata (safetensors' string → string header)
     layer → codec, shape, bits per weight), ``aliases`` (JSON), ``checksums`` (JSON: tensor →
     sha256 of its dtype name, shape and bytes — v1 files: of its bytes only), ``source`` (JSON:
     the model it came from, e.g. "smollm2", or null) and ``metadata_sha256`` over all of the above.
+    Version 3 (written only when used) adds ``embeddings`` (JSON: embedding module → the
+    compressed layer whose matrix it reads — a tied LM head compressed with its embedding, stored
+    once; loaded as `CompressedEmbedding`).
 
 Writes are deterministic (same model, same bytes) and atomic: a temporary file in the target
 folder (named after the writer's pid, so the next write removes a killed writer's leftover),
@@ -42,15 +45,16 @@ from torch import nn
 
 from reality_stone.codecs.base import decode_bytes
 from reality_stone.models.compress import guard_save_pretrained
-from reality_stone.nn.compressed import CompressedLinear
+from reality_stone.nn.compressed import CompressedEmbedding, CompressedLinear
 
 __all__ = ["DTYPE_NAMES", "ENCODED_SUFFIX", "FORMAT_NAME", "FORMAT_VERSION", "MAX_EXPANSION", "TOKENIZER_TENSOR",
            "atomic_path", "claimed_bytes", "file_metadata", "load", "load_tokenizer_from_file", "read_metadata",
            "remove_stale_temps", "save", "tensor_bytes", "tensor_checksum", "write_safetensors"]
 
 FORMAT_NAME = "reality-stone"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # v1: checksums over the bytes only
+FORMAT_VERSION = 2  # files without shared embeddings: readable by every build since v2
+EMBEDDINGS_VERSION = 3  # files with an `embeddings` field (older builds must refuse them, not misread them)
+READABLE_VERSIONS = (1, 2, 3)  # v1: checksums over the bytes only
 ENCODED_SUFFIX = ".__encoded__"
 TOKENIZER_TENSOR = "__tokenizer__"
 _TOKENIZER_LOAD_KEYS = ("local_files_only", "is_local")  # transformers records these load-time flags
@@ -141,18 +145,21 @@ def _meta_digest(meta: dict[str, str]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-def file_metadata(*, architecture, compressed: dict, aliases: dict, checksums: dict, source) -> dict[str, str]:
+def file_metadata(*, architecture, compressed: dict, aliases: dict, checksums: dict, source,
+                  embeddings: dict | None = None) -> dict[str, str]:
     """The safetensors metadata of a Reality Stone file (both writers: `save` and
-    `streaming.compress_checkpoint`), digest included."""
+    `streaming.compress_checkpoint`), digest included; version 3 only with ``embeddings``."""
     meta = {
         "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(EMBEDDINGS_VERSION if embeddings else FORMAT_VERSION),
         "architecture": json.dumps(architecture, sort_keys=True),
         "compressed": json.dumps(compressed, sort_keys=True),
         "aliases": json.dumps(aliases, sort_keys=True),
         "checksums": json.dumps(checksums, sort_keys=True),
         "source": json.dumps(source),
     }
+    if embeddings:
+        meta["embeddings"] = json.dumps(embeddings, sort_keys=True)
     meta["metadata_sha256"] = _meta_digest(meta)
     return meta
 
@@ -277,18 +284,26 @@ def save(model: nn.Module, path: str | Path, *, source: str | None = None, token
             continue
         first_by_ptr[key] = name
         tensors[name] = t.detach()
-    compressed = {}
+    compressed, owners, embeddings = {}, {}, {}
     for name, mod in model.named_modules():
         if isinstance(mod, CompressedLinear):
             data = mod.encoded.to_bytes()
             tensors[name + ENCODED_SUFFIX] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             compressed[name] = {"codec": mod.encoded.config.codec_name, "shape": list(mod.encoded.shape),
                                 "bits_per_weight": mod.encoded.bits_per_weight()}
+            owners.setdefault(id(mod.encoded), name)
+    for name, mod in model.named_modules():
+        if isinstance(mod, CompressedEmbedding):
+            if id(mod.encoded) not in owners:
+                raise ValueError(f"embedding {name!r} reads a compressed matrix that no CompressedLinear of the model "
+                                 "holds; only an embedding tied to a compressed layer can be stored")
+            embeddings[name] = owners[id(mod.encoded)]
     if tokenizer is not None:
         tensors[TOKENIZER_TENSOR] = _tokenizer_tensor(tokenizer)
     names = sorted(tensors)
     meta = file_metadata(architecture=architecture_record(model), compressed=compressed, aliases=aliases,
-                         checksums={k: _checksum_of(tensors[k], FORMAT_VERSION) for k in names}, source=source)
+                         checksums={k: _checksum_of(tensors[k], FORMAT_VERSION) for k in names}, source=source,
+                         embeddings=embeddings)
     entries = [(k, DTYPE_NAMES[tensors[k].dtype], list(tensors[k].shape), tensors[k].numel() * tensors[k].element_size(),
                 lambda fh, t=tensors[k]: fh.write(tensor_bytes(t))) for k in names]
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
@@ -345,6 +360,13 @@ def _check_metadata(path: Path, parsed: dict, header: dict[str, tuple[str, list[
     for key in header:
         if key.endswith(ENCODED_SUFFIX) and key[: -len(ENCODED_SUFFIX)] not in parsed["compressed"]:
             raise _fail(path, f"tensor {key!r} holds encoded data for a layer the metadata does not list")
+    if not isinstance(parsed["embeddings"], dict):
+        raise _fail(path, f"metadata 'embeddings' must be an object, got {type(parsed['embeddings']).__name__}")
+    for name, layer in parsed["embeddings"].items():
+        if not isinstance(layer, str) or layer not in parsed["compressed"]:
+            raise _fail(path, f"embedding {name!r} must name a compressed layer of the file, got {layer!r}")
+        if name in parsed["compressed"]:
+            raise _fail(path, f"embedding {name!r} is also listed as a compressed layer")
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -378,10 +400,14 @@ def read_metadata(path: str | Path) -> dict:
                          f"{', '.join(map(str, READABLE_VERSIONS))})")
     if meta.get("metadata_sha256") != _meta_digest(meta):
         raise ValueError(f"{path}: metadata checksum mismatch (corrupt header)")
+    keys = ("architecture", "compressed", "aliases", "checksums", "source") + (("embeddings",) if version >= 3 else ())
     try:
-        parsed = {k: json.loads(meta[k]) for k in ("architecture", "compressed", "aliases", "checksums", "source")}
+        parsed = {k: json.loads(meta[k]) for k in keys}
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{path}: corrupt metadata ({exc})") from None
+    if version < 3 and "embeddings" in meta:
+        raise ValueError(f"{path}: metadata 'embeddings' needs format version 3, the file says {version}")
+    parsed.setdefault("embeddings", {})
     _check_metadata(path, parsed, header)
     if set(parsed["checksums"]) != set(header):
         raise ValueError(f"{path}: tensor list does not match the checksums in the metadata")
@@ -557,6 +583,17 @@ def load(path: str | Path, model: nn.Module | None = None, *, max_expansion: flo
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
         _return_freed_memory()
+    for name, layer in meta["embeddings"].items():  # embeddings that read a compressed layer's matrix
+        enc = model.get_submodule(layer).encoded
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"{path}: the model has no embedding {name!r}") from None
+        if not isinstance(old, (nn.Embedding, CompressedEmbedding)) or \
+                (old.num_embeddings, old.embedding_dim) != tuple(enc.shape):
+            raise ValueError(f"{path}: {name!r} of the model is not an embedding of the shape of {layer!r}")
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, CompressedEmbedding(enc, old.padding_idx))
     for alias, target in meta["aliases"].items():
         state[alias] = state[target]
     # checkpoints written by older transformers store buffers that are non-persistent now

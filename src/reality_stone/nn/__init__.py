@@ -1,7 +1,7 @@
 """Layers: modules = parameters + calls into geometry / codecs / kernels."""
 
 from reality_stone.nn.butterfly import ButterflyLinear, butterfly_multiply
-from reality_stone.nn.compressed import CompressedLinear, decoded_weights, set_activations
+from reality_stone.nn.compressed import CompressedEmbedding, CompressedLinear, decoded_weights, set_activations
 from reality_stone.nn.trainable_rbe import TrainableRBE
 from reality_stone.nn.spline import GeodesicSplineLinear, HeightFieldLinear, SplineLinear, catmull_rom_matrix
 from reality_stone.nn.hyperbolic import (
@@ -15,6 +15,7 @@ from reality_stone.nn.hyperbolic import (
 
 __all__ = [
     "ButterflyLinear",
+    "CompressedEmbedding",
     "CompressedLinear",
     "FromPoincare",
     "GeodesicSplineLinear",

@@ -1,4 +1,5 @@
-"""CompressedLinear: a drop-in ``nn.Linear`` replacement that runs from an `Encoded` weight."""
+"""CompressedLinear: a drop-in ``nn.Linear`` replacement that runs from an `Encoded` weight;
+CompressedEmbedding: token embeddings looked up in one (a tied LM head's matrix, stored once)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import Tensor, nn
 
 from reality_stone.codecs.base import Encoded
 
-__all__ = ["CompressedLinear", "decoded_weights", "set_activations"]
+__all__ = ["CompressedEmbedding", "CompressedLinear", "decoded_weights", "set_activations"]
 
 
 class CompressedLinear(nn.Module):
@@ -91,6 +92,41 @@ class CompressedLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"codec={enc.config.codec_name}, bits_per_weight={enc.bits_per_weight():.3f}"
                 + (f", activations={self.activations}" if self.activations != "fp32" else ""))
+
+
+class CompressedEmbedding(nn.Module):
+    """``nn.Embedding`` lookups from a compressed (num_embeddings, embedding_dim) matrix.
+
+    For a model whose LM head is tied to its input embeddings: once the head is compressed the
+    embedding reads the very same `Encoded` (``encoded.decode_rows``: only the looked-up rows
+    are decoded), so the matrix is held — and stored — once, compressed. ids: any-shaped
+    integer tensor in [0, num_embeddings) -> (*ids.shape, embedding_dim) float32.
+    """
+
+    def __init__(self, encoded: Encoded, padding_idx: int | None = None):
+        super().__init__()
+        self.encoded = encoded
+        self.num_embeddings, self.embedding_dim = encoded.shape
+        self.padding_idx = padding_idx  # kept for code that reads it; lookups never train
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if not isinstance(ids, Tensor) or ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"CompressedEmbedding takes integer token ids, got {getattr(ids, 'dtype', type(ids))}")
+        flat = ids.reshape(-1).long()
+        if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
+            raise IndexError(f"token ids must be in [0, {self.num_embeddings}), got "
+                             f"[{int(flat.min())}, {int(flat.max())}]")
+        return self.encoded.decode_rows(flat).reshape(*ids.shape, self.embedding_dim)
+
+    @property
+    def weight(self) -> Tensor:
+        """The decoded matrix (built on access; for inspection and for code that reads ``.weight``)."""
+        return self.encoded.decode()
+
+    def extra_repr(self) -> str:
+        enc = self.encoded
+        return (f"{self.num_embeddings}, {self.embedding_dim}, codec={enc.config.codec_name}, "
+                f"bits_per_weight={enc.bits_per_weight():.3f}")
 
 
 def _supports_int8(encoded: Encoded) -> bool:
