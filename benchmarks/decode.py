@@ -10,8 +10,10 @@ Qwen2.5-Coder-0.5B (`make qwen`): the same loops without the seed-basis model (i
 0.5 B parameters would take most of the run); llama.cpp on its Q4_K_M GGUF.
 
 Models: dense fp32 (the GGUF's weights as transformers dequantises them), RTN int4 g128 with fp32
-and with int8 activations, and the seed basis at the 3.5-bit preset (random fields: decoding speed
-does not depend on the values; every layer of the RTN int4 model swapped, as in fused_matmul.py).
+and with int8 activations, the same with the LM head compressed too (``head=``: RTN 8-bit symmetric
+g128; the tied embedding reads it; Decoder rows only), and the seed basis at the 3.5-bit preset
+(random fields: decoding speed does not depend on the values; every layer of the RTN int4 model
+swapped, as in fused_matmul.py).
 Decode loops, all transformers' ``generate`` (greedy):
 * ``dynamic cache`` — its default;
 * ``static cache`` — ``cache_implementation="static"`` (preallocated KV tensors);
@@ -39,6 +41,13 @@ from fused_matmul import random_seedbasis
 from harness import arguments, environment, parse, write_json, write_markdown
 
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
+HEAD_ROWS = ("RTN int4 g128 + int8 head, fp32 x", "RTN int4 g128 + int8 head, int8 x")  # Decoder loop only
+
+
+def head_config():
+    from reality_stone.codecs import codec_config
+
+    return codec_config("rtn", bits=8, group=128, symmetric=True)  # what `compress --head-bits 8` uses
 
 
 def prompt_and_decode(generate, prompt_tokens: int) -> tuple[float, float]:
@@ -87,7 +96,12 @@ def models(which: str = "smollm2") -> tuple[dict, object, str]:
     rs.compress(int4, codec_config("rtn", bits=4, group=128))
     int4_a8 = copy.deepcopy(int4)
     set_activations(int4_a8, "int8")
-    nets = {"dense fp32": dense, "RTN int4 g128, fp32 x": int4, "RTN int4 g128, int8 x": int4_a8}
+    head8 = copy.deepcopy(dense)
+    rs.compress(head8, codec_config("rtn", bits=4, group=128), head=head_config())
+    head8_a8 = copy.deepcopy(head8)
+    set_activations(head8_a8, "int8")
+    nets = {"dense fp32": dense, "RTN int4 g128, fp32 x": int4, "RTN int4 g128, int8 x": int4_a8,
+            "RTN int4 g128 + int8 head, fp32 x": head8, "RTN int4 g128 + int8 head, int8 x": head8_a8}
     if which == "qwen":
         return nets, loaded.tokenizer, str(qwen_coder_gguf())
     sb = copy.deepcopy(int4)
@@ -120,7 +134,7 @@ def main() -> None:
 
     compile_seconds = {}
     if "static + compile" in loops:  # the first call compiles: time it once, apart
-        for name, net in nets.items():
+        for name, net in ((n, m) for n, m in nets.items() if n not in HEAD_ROWS):
             t0 = time.perf_counter()
             hf_prompt_and_decode(net, ids, **loops["static + compile"])
             compile_seconds[name] = time.perf_counter() - t0
@@ -143,7 +157,7 @@ def main() -> None:
         llama_error = f"llama-cpp-python is not installed here ({e}); `pip install '.[bench]'` builds it"
     for _ in range(args.reps):
         for name, net in nets.items():
-            for loop, gen in loops.items():
+            for loop, gen in (loops if name not in HEAD_ROWS else {}).items():
                 r = hf_prompt_and_decode(net, ids, **gen)
                 best[name, loop] = max(best.get((name, loop), r), r, key=lambda t: t[1])
             r = prompt_and_decode(lambda n: decoders[name].generate(ids[0], n), ids.shape[1])

@@ -39,6 +39,7 @@ class Spec:
     per_layer: tuple[tuple[str, CodecConfig], ...] = ()
     calibrated: bool = False  # data-aware: compress with `evaluate_specs`' calibration set
     sequential: bool = True  # calibrated: block by block (else one pass over the dense model)
+    head: CodecConfig | None = None  # the LM head's own config (`compress(head=...)`), None: dense
 
 
 def _apply(model: nn.Module, spec: Spec, tokenizer, calibration, calibration_tokens: int) -> tuple[dict, float]:
@@ -54,7 +55,7 @@ def _apply(model: nn.Module, spec: Spec, tokenizer, calibration, calibration_tok
         if calibration is None:
             raise ValueError(f"spec {spec.label!r} is calibrated but evaluate_specs got no calibration=")
         kw = dict(calibration=calibration, tokenizer=tokenizer, tokens=calibration_tokens, sequential=spec.sequential)
-    report = compress(model, spec.config, per_layer=dict(spec.per_layer), **kw)
+    report = compress(model, spec.config, per_layer=dict(spec.per_layer), head=spec.head, **kw)
     return report.to_dict(), time.perf_counter() - t0
 
 

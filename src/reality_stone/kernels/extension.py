@@ -1,6 +1,6 @@
 """The compiled CPU kernels: one C++ extension (AVX2 + FMA), built on first use and cached.
 
-Sources: every ``*.cpp`` of this folder — `int_lowbit_cpu.cpp` (group-quantised ≤4-bit),
+Sources: every ``*.cpp`` of this folder — `int_lowbit_cpu.cpp` (group-quantised 2/3/4/8-bit),
 `seedbasis_cpu.cpp` (seed-basis blocks), `seedbasis_search_cpu.cpp` (the seed-basis encoder's
 search), `packed64_cpu.cpp` (Packed64 leaves), each registering its own bindings, and
 `bindings.cpp` (the module). Built with ``torch.utils.cpp_extension.load`` into the user
