@@ -348,8 +348,9 @@ def compress_cmd(
         _fail(str(exc))
     path = Path(model)
     if path.exists() and (stream or not (is_model_folder(path) or path.suffix == ".gguf")):
-        if head is not None:
-            _fail("--head-bits is not available for streamed compression yet: load the model whole (no --stream)")
+        if head is not None and calib is not None:
+            _fail("--head-bits is not available with calibrated streaming yet: drop --stream (the model is loaded "
+                  "whole) or compress the head in a data-free streamed run")
         if (calib is not None or config.calibration == "required") and not (is_model_folder(path) or
                                                                              path.suffix == ".gguf"):
             _fail(f"{model}: calibration runs the model, which needs its architecture: give a Hugging Face model "
@@ -360,7 +361,7 @@ def compress_cmd(
             raise typer.BadParameter(f"--max-memory: {exc}") from None
         _compress_checkpoint(path, config, output, skip, workers, ray_address, resume, as_json,
                              calibration=dict(calibration=calib, tokens=calibration_tokens, seq_len=seq_len,
-                                              max_memory=budget) if calib is not None else None)
+                                              max_memory=budget) if calib is not None else None, head=head)
         return
     try:
         loaded = load_model(model)
@@ -415,7 +416,7 @@ def _calibration_arg(calibration: str | None):
 
 
 def _compress_checkpoint(src: Path, config, output: Path, skip, workers, ray_address, resume, as_json,
-                         calibration: dict | None = None) -> None:
+                         calibration: dict | None = None, head=None) -> None:
     """Stream a checkpoint (`reality_stone.models.streaming`): tensor by tensor, or with
     ``calibration`` (compress_checkpoint's keyword arguments) block by block."""
     from reality_stone.models.streaming import compress_checkpoint
@@ -423,7 +424,7 @@ def _compress_checkpoint(src: Path, config, output: Path, skip, workers, ray_add
     try:
         summary = compress_checkpoint(src, output, config, skip=tuple(p for p in skip if p), workers=workers,
                                       ray_address=ray_address, resume=resume, progress=not as_json, source=str(src),
-                                      **(calibration or {}))
+                                      head=head, **(calibration or {}))
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     except OSError as exc:  # a full disk: the parts so far stay, --resume continues once there is space

@@ -166,3 +166,28 @@ def test_the_cli_compresses_the_head(tmp_path):
     assert read_metadata(out)["embeddings"] == {"model.embed_tokens": "lm_head"}
     r = CliRunner().invoke(app, ["compress", str(folder), "--head-bits", "1", "-o", str(out)])
     assert r.exit_code == 2
+
+
+def test_a_streamed_checkpoint_compresses_its_head_as_the_in_memory_call_does(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ids = _ids(12)
+    for tied in (True, False):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2,
+                                             tie_word_embeddings=tied)).eval()
+        folder = tmp_path / f"tiny-{tied}"
+        model.save_pretrained(folder)
+        out = tmp_path / f"streamed-{tied}.safetensors"
+        rs.compress_checkpoint(folder, out, BODY, head=INT8)
+        meta = read_metadata(out)
+        assert "lm_head" in meta["compressed"] and "lm_head.weight" not in meta["aliases"]
+        assert meta["embeddings"] == ({"model.embed_tokens": "lm_head"} if tied else {})
+        rs.compress(model, BODY, head=INT8)
+        assert torch.equal(_logits(rs.load(out), ids), _logits(model, ids))
+    with pytest.raises(ValueError, match="not available with calibrated"):
+        rs.compress_checkpoint(folder, tmp_path / "c.safetensors", codec_config("gptq"), head=INT8,
+                               calibration=_ids(64)[0][None], tokens=64, seq_len=32)
+    with pytest.raises(ValueError, match="by include/skip and by head"):
+        rs.compress_checkpoint(folder, tmp_path / "d.safetensors", BODY, head=INT8, skip=())

@@ -30,7 +30,7 @@ from reality_stone.models.selection import DEFAULT_SKIP, select_layers
 from reality_stone.nn.compressed import CompressedEmbedding, CompressedLinear
 
 __all__ = ["CompressionReport", "LayerReport", "check_calibration", "compress", "compressible_layers", "encode_layer",
-           "guard_save_pretrained"]
+           "guard_save_pretrained", "output_head_name"]
 
 
 @dataclass
@@ -174,7 +174,7 @@ def compress(
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     chosen, skipped = compressible_layers(model, include, skip, skip_tied)
-    head_name = _head_name(model, head, [name for name, _ in chosen])
+    head_name = output_head_name(model, head, [name for name, _ in chosen])
     if not chosen:
         raise ValueError("no nn.Linear layer matched: nothing to compress (check include/skip patterns)")
     configs = {name: next((c for pat, c in (per_layer or {}).items() if fnmatch.fnmatchcase(name, pat)), config)
@@ -223,7 +223,7 @@ def compress(
     return report
 
 
-def _head_name(model: nn.Module, head: CodecConfig | None, chosen: list[str]) -> str | None:
+def output_head_name(model: nn.Module, head: CodecConfig | None, chosen: list[str]) -> str | None:
     """The module name of the output head ``head`` compresses (None without ``head``); ValueError
     for a config that needs calibration, a model without an ``nn.Linear`` head, or a head the
     include/skip selection already compresses."""

@@ -160,8 +160,11 @@ def _read(src: TensorSource) -> torch.Tensor:
     return torch.frombuffer(data, dtype=TORCH_DTYPES[src.dtype]).reshape(src.shape)
 
 
-def _process(src: TensorSource, config: CodecConfig | None, tensor: torch.Tensor | None = None) -> dict:
-    """Compress (``config`` given) or copy one tensor. Returns the part record + its bytes."""
+def _process(src: TensorSource, config: CodecConfig | None, tensor: torch.Tensor | None = None,
+             layer: str | None = None) -> dict:
+    """Compress (``config`` given) or copy one tensor. Returns the part record + its bytes.
+    ``layer``: the compressed layer's name when it is not the tensor's module (a tied head
+    stored as the embeddings: ``lm_head`` from ``model.embed_tokens.weight``)."""
     t0 = time.perf_counter()
     t = _read(src) if tensor is None else tensor
     if config is not None:
@@ -169,7 +172,7 @@ def _process(src: TensorSource, config: CodecConfig | None, tensor: torch.Tensor
             raise ValueError(f"{src.shard}: tensor {src.name!r} has NaN/Inf values")
         enc = config.encode(t.float())
         data = enc.to_bytes()
-        rec = dict(out_name=src.name[: -len(".weight")] + ENCODED_SUFFIX, dtype="U8", shape=[len(data)],
+        rec = dict(out_name=(layer or src.name[: -len(".weight")]) + ENCODED_SUFFIX, dtype="U8", shape=[len(data)],
                    compressed=dict(codec=config.codec_name, shape=list(enc.shape), bits_per_weight=enc.bits_per_weight()))
     else:
         data = tensor_bytes(t)  # a view of the tensor read: no copy
@@ -223,6 +226,37 @@ def _aliases(src: Path, tensors: list[TensorSource]) -> dict[str, str]:
     return {a: t for a, t in _tied_aliases(model).items() if a not in names and t in names}
 
 
+def _checkpoint_head(src: Path, tensors: list[TensorSource], head: CodecConfig | None, selected: set[str],
+                     aliases: dict[str, str]) -> tuple[str | None, str | None, dict]:
+    """(the tensor that holds the LM head, the layer name its encoding gets, {embedding: layer} when
+    the head is tied and stored as the embeddings) for ``compress_checkpoint(head=...)``."""
+    from torch import nn
+
+    from reality_stone.models.compress import output_head_name
+    from reality_stone.models.selection import checkpoint_model
+
+    if head is None:
+        return None, None, {}
+    model = checkpoint_model(src)
+    if model is None:
+        raise ValueError(f"{src}: head= needs the checkpoint's architecture (a config.json or a .gguf file)")
+    layer = output_head_name(model, head, [])
+    weight = f"{layer}.weight"
+    names = {t.name for t in tensors}
+    stored = weight if weight in names else aliases.get(weight)
+    if stored is None or stored not in names:
+        raise ValueError(f"{src}: no tensor holds the LM head {weight!r}")
+    if stored in selected:
+        raise ValueError(f"{weight!r} is selected by include/skip and by head=: give its config once")
+    if stored == weight:
+        return stored, layer, {}
+    embed = model.get_input_embeddings()
+    embed_name = next((n for n, m in model.named_modules() if m is embed), None)
+    if not isinstance(embed, nn.Embedding) or f"{embed_name}.weight" != stored:
+        raise ValueError(f"{src}: the LM head is stored as {stored!r}, which is not the input embedding")
+    return stored, layer, {embed_name: layer}
+
+
 def _fingerprint(tensors: list[TensorSource]) -> str:
     body = json.dumps([[t.name, Path(t.shard).name, t.dtype, list(t.shape), t.nbytes] for t in tensors])
     return hashlib.sha256(body.encode()).hexdigest()
@@ -274,7 +308,8 @@ class _PartStore:
         self.state = state
         self._write_manifest()
 
-    def assemble(self, out: Path, *, architecture, aliases: dict, source, extra: dict | None = None) -> tuple[int, int]:
+    def assemble(self, out: Path, *, architecture, aliases: dict, source, extra: dict | None = None,
+                 embeddings: dict | None = None) -> tuple[int, int]:
         """Write the final file from the finished parts plus ``extra`` {name: uint8 tensor} (the
         tokenizer), in name order, atomically; then remove the part folder. Returns (parts, compressed)."""
         records = sorted(self.done.values(), key=lambda r: r["out_name"])
@@ -286,7 +321,7 @@ class _PartStore:
         checksums = {r["out_name"]: r["checksum"] for r in records}
         checksums |= {k: tensor_checksum("U8", list(t.shape), tensor_bytes(t)) for k, t in extra.items()}
         meta = file_metadata(architecture=architecture, compressed=compressed, aliases=aliases, checksums=checksums,
-                             source=source)
+                             source=source, embeddings=embeddings)
 
         def copy_part(fh, part):
             with open(self.folder / part, "rb") as fp:
@@ -307,15 +342,15 @@ class _PartStore:
         _atomic_write(self.folder / "manifest.json", json.dumps(body, indent=1).encode())
 
 
-def _process_in_worker(src: TensorSource, config: CodecConfig | None) -> dict:
+def _process_in_worker(src: TensorSource, config: CodecConfig | None, layer: str | None = None) -> dict:
     # one intra-op thread per Ray worker: parallelism comes from the workers, and torch's
     # default (all cores per process) oversubscribes the machine N-fold
     torch.set_num_threads(1)
-    rec = _process(src, config)
+    rec = _process(src, config, layer=layer)
     return rec | {"data": bytes(rec["data"])}  # a memoryview does not pickle
 
 
-def _ray_tasks(todo, cfg_of, workers: int, ray_address: str | None):
+def _ray_tasks(todo, cfg_of, workers: int, ray_address: str | None, layer_of=lambda t: None):
     """Yield part records computed by Ray tasks, ≤ 2 × workers in flight."""
     import ray
 
@@ -332,7 +367,7 @@ def _ray_tasks(todo, cfg_of, workers: int, ray_address: str | None):
         while queue or pending:
             while queue and len(pending) < 2 * workers:
                 src = queue.pop(0)
-                pending[remote.remote(src, cfg_of(src))] = src
+                pending[remote.remote(src, cfg_of(src), layer_of(src))] = src
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 pending.pop(ref)
@@ -349,7 +384,7 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
                         source: str | None = None, progress: bool = False,
                         on_tensor: Callable[[dict], None] | None = None, calibration=None, tokenizer=None,
                         tokens: int = 8192, seq_len: int = 512, max_memory: int | None = None,
-                        on_block: Callable[[int], None] | None = None) -> dict:
+                        on_block: Callable[[int], None] | None = None, head: CodecConfig | None = None) -> dict:
     """Compress checkpoint ``src`` (a .safetensors file, a folder of shards or a .gguf file) into ``out``.
 
     Which tensors: `reality_stone.models.selection.checkpoint_selector` (the layers `rs.compress`
@@ -365,6 +400,11 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
     decoder-only family, block by block with at most one block's weights resident
     (`reality_stone.models.block_streaming`; ``max_memory`` bytes of hidden states in RAM,
     ``on_block(k)`` after each durable block). The summary then carries the per-layer report.
+
+    ``head``: a config for the LM head (data-free, as `reality_stone.compress(head=...)`); a head
+    tied to the embeddings — stored once, as the embeddings — becomes the compressed layer the
+    embedding reads (format v3 ``embeddings``). Needs the checkpoint's architecture; not with
+    ``calibration`` yet.
     """
     from reality_stone.models.compress import check_calibration
 
@@ -374,6 +414,9 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
     if calibration is not None:
         from reality_stone.models.block_streaming import DEFAULT_MAX_MEMORY, compress_checkpoint_calibrated
 
+        if head is not None:
+            raise ValueError("head= is not available with calibrated checkpoint compression yet: compress the head "
+                             "of a model loaded whole (rs.compress), or stream without calibration")
         if select is not None or not streaming:
             raise ValueError("calibrated checkpoint compression selects layers by include/skip and always streams")
         return compress_checkpoint_calibrated(
@@ -385,10 +428,15 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
     select = select or checkpoint_selector(src, include, tuple(skip))
     cfg_dict = {"codec": config.codec_name, "config": config.to_dict()}
     selected = {t.name for t in tensors if t.dtype in ("F32", "F16", "BF16", "F64") and select(t.name, t.shape)}
-    cfg_of = lambda t: config if t.name in selected else None  # noqa: E731
+    aliases = _aliases(src, tensors)
+    head_tensor, head_layer, embeddings = _checkpoint_head(src, tensors, head, selected, aliases)
+    cfg_of = lambda t: head if t.name == head_tensor else config if t.name in selected else None  # noqa: E731
+    layer_of = lambda t: head_layer if t.name == head_tensor else None  # noqa: E731
     out.parent.mkdir(parents=True, exist_ok=True)
-    store = _PartStore(out.with_name(out.name + ".parts"), {"version": MANIFEST_VERSION, "source": _fingerprint(tensors), "codec": cfg_dict,
-                                                            "selected": sorted(selected)}, resume and streaming)
+    key = {"version": MANIFEST_VERSION, "source": _fingerprint(tensors), "codec": cfg_dict, "selected": sorted(selected)}
+    if head is not None:  # absent without a head: parts from before the option still resume
+        key["head"] = {"codec": head.codec_name, "config": head.to_dict(), "tensor": head_tensor}
+    store = _PartStore(out.with_name(out.name + ".parts"), key, resume and streaming)
     todo = [t for t in tensors if t.name not in store.done]
     use_ray = workers > 1 or ray_address is not None
     if use_ray:
@@ -400,11 +448,11 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
             use_ray = False
     if not streaming:  # the in-memory reference: the whole state dict first
         loaded = {t.name: _read(t) for t in todo}
-        results = (_process(t, cfg_of(t), loaded.pop(t.name)) for t in todo)
+        results = (_process(t, cfg_of(t), loaded.pop(t.name), layer_of(t)) for t in todo)
     elif use_ray:
-        results = _ray_tasks(todo, cfg_of, workers, ray_address)
+        results = _ray_tasks(todo, cfg_of, workers, ray_address, layer_of)
     else:
-        results = (_process(t, cfg_of(t)) for t in todo)
+        results = (_process(t, cfg_of(t), layer=layer_of(t)) for t in todo)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -421,8 +469,10 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
 
     tok = tokenizer if tokenizer is not None else _source_tokenizer(src)
     extra = {TOKENIZER_TENSOR: _tokenizer_tensor(tok)} if tok is not None else {}
-    n_records, n_compressed = store.assemble(out, architecture=_architecture(src), aliases=_aliases(src, tensors),
-                                             source=source, extra=extra)
+    if embeddings:  # the head's matrix is the compressed layer now: no alias re-ties it to the embedding
+        aliases = {a: t for a, t in aliases.items() if t != head_tensor}
+    n_records, n_compressed = store.assemble(out, architecture=_architecture(src), aliases=aliases,
+                                             source=source, extra=extra, embeddings=embeddings)
     in_bytes = sum(Path(s).stat().st_size for s in {t.shard for t in tensors})
     return dict(output=str(out), tensors=n_records, compressed_layers=n_compressed, input_bytes=in_bytes,
                 output_bytes=out.stat().st_size, seconds=time.perf_counter() - t_start,
