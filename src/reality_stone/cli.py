@@ -338,9 +338,10 @@ def compress_cmd(
 
     n_threads = _threads(threads)
     config = _codec(codec, opt, preset)
-    if head_bits == 1:
-        raise typer.BadParameter("--head-bits: 2 to 8, or 0 for a dense head")
-    head = codec_config("rtn", bits=head_bits, group=128, symmetric=True) if head_bits else None
+    try:  # the codec validates the bit width (rtn: 2…8)
+        head = codec_config("rtn", bits=head_bits, group=128, symmetric=True) if head_bits else None
+    except ValueError as exc:
+        raise typer.BadParameter(f"--head-bits (0 for a dense head): {exc}") from None
     calib = _calibration_arg(calibration)
     try:  # before loading anything: a codec/calibration mismatch fails at once
         check_calibration([config], calib is not None)

@@ -82,15 +82,13 @@ class GroupAffineEncoded(Encoded):
         if (offset is None) != (config.affine_form == "symmetric"):
             raise ValueError(f"form {config.affine_form!r} {'stores no' if offset is None else 'stores an'} offset")
         self.scale, self.offset = scale, offset
-        self._codes, self._padded_in, self._layout = codes, codes.shape[1], None
-        self.kernel_layout()  # the codes are kept only inside the compute layout (bits, not a byte, per code)
-        self._codes = None
+        self._padded_in = codes.shape[1]
+        # the codes are kept only inside the compute layout (bits, not a byte, per code)
+        self._layout = self._build_layout(codes)
 
     @property
     def codes(self) -> Tensor:
-        """(out, padded_in) uint8 codes (read back from the compute layout where that holds them)."""
-        if self._codes is not None:
-            return self._codes
+        """(out, padded_in) uint8 codes, read back from the compute layout."""
         packed, bits = self._layout[0], self._layout[5]
         return unpack_lowbit_layout(packed, bits)[:, : self._padded_in].to(torch.uint8)
 
@@ -118,20 +116,20 @@ class GroupAffineEncoded(Encoded):
 
         The input dim is padded to a multiple of lcm(group, 64) with zero-scale groups.
         """
-        if self._layout is None:
-            codes = self._codes
-            offset, zero_point = self._zero_point()
-            g = self.config.group
-            step = math.lcm(g, CHUNK)
-            K = -(-codes.shape[1] // step) * step
-            extra = (K - codes.shape[1]) // g
-            codes = torch.nn.functional.pad(codes, (0, K - codes.shape[1]))
-            # the stored fp16 tensors themselves unless padding is needed (no second copy)
-            scale, offset = (torch.nn.functional.pad(t.half(), (0, extra)) if extra else t.half().contiguous()
-                             for t in (self.scale, offset))
-            bits = layout_bits(self.config.bits)
-            self._layout = (pack_lowbit_layout(codes, bits), scale, offset, zero_point, g, bits)
         return self._layout
+
+    def _build_layout(self, codes: Tensor) -> tuple:
+        offset, zero_point = self._zero_point()
+        g = self.config.group
+        step = math.lcm(g, CHUNK)
+        K = -(-codes.shape[1] // step) * step
+        extra = (K - codes.shape[1]) // g
+        codes = torch.nn.functional.pad(codes, (0, K - codes.shape[1]))
+        # the stored fp16 tensors themselves unless padding is needed (no second copy)
+        scale, offset = (torch.nn.functional.pad(t.half(), (0, extra)) if extra else t.half().contiguous()
+                         for t in (self.scale, offset))
+        bits = layout_bits(self.config.bits)
+        return pack_lowbit_layout(codes, bits), scale, offset, zero_point, g, bits
 
     @staticmethod
     def stack_layouts(encodeds: list["GroupAffineEncoded"]) -> tuple:

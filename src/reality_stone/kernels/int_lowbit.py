@@ -60,8 +60,8 @@ def pack_lowbit_layout(codes: Tensor, bits: int) -> Tensor:
         raise ValueError(f"K={K} must be a multiple of {CHUNK}")
     if bits not in (2, 3, 4, 8):
         raise ValueError(f"layout bits must be 2, 3, 4 or 8, got {bits}")
-    # (uint8 codes hold every 8-bit code, and a uint8 tensor compared with 256 would wrap it to 0)
-    if not (bits == 8 and codes.dtype == torch.uint8) and bool(((codes < 0) | (codes >= 2**bits)).any()):
+    # (> 2^bits − 1, not ≥ 2^bits: 256 does not fit a uint8 tensor's comparison, 255 does)
+    if bool(((codes < 0) | (codes > 2**bits - 1)).any()):
         raise ValueError(f"codes must be in [0, {2 ** bits}) for the {bits}-bit layout")
     if bits == 8:
         return codes.to(torch.uint8).contiguous()

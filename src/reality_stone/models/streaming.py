@@ -230,8 +230,6 @@ def _checkpoint_head(src: Path, tensors: list[TensorSource], head: CodecConfig |
                      aliases: dict[str, str]) -> tuple[str | None, str | None, dict]:
     """(the tensor that holds the LM head, the layer name its encoding gets, {embedding: layer} when
     the head is tied and stored as the embeddings) for ``compress_checkpoint(head=...)``."""
-    from torch import nn
-
     from reality_stone.models.compress import output_head_name
     from reality_stone.models.selection import checkpoint_model
 
@@ -252,7 +250,7 @@ def _checkpoint_head(src: Path, tensors: list[TensorSource], head: CodecConfig |
         return stored, layer, {}
     embed = model.get_input_embeddings()
     embed_name = next((n for n, m in model.named_modules() if m is embed), None)
-    if not isinstance(embed, nn.Embedding) or f"{embed_name}.weight" != stored:
+    if not isinstance(embed, torch.nn.Embedding) or f"{embed_name}.weight" != stored:
         raise ValueError(f"{src}: the LM head is stored as {stored!r}, which is not the input embedding")
     return stored, layer, {embed_name: layer}
 
