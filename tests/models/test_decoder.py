@@ -140,6 +140,9 @@ def test_bad_input_is_refused():
     ("qwen3", codec_config("hqq", bits=2, group=128)),  # per-head q/k norms; a group wider than the 96 inputs
     ("llama", codec_config("rtn", bits=8, group=64)),  # the 8-bit layout
     ("llama", "int8"),  # int8 activations (AVX-512 VNNI)
+    ("llama", codec_config("seedbasis", preset="3.5")),  # seed basis: one slot per layer
+    ("qwen2", codec_config("seedbasis", preset="2.5")),  # … with q/k/v biases
+    ("qwen3", codec_config("seedbasis", preset="4.25")),  # … 6 coefficients (the kernel's 8-lane form)
 ])
 def test_the_native_decode_step_matches_the_model(family, config):
     from reality_stone.kernels.extension import load_extension
@@ -169,6 +172,55 @@ def test_the_native_decode_step_matches_the_model(family, config):
     assert torch.equal(dec.generate(ids[:6], 12), ref)
 
 
+def test_the_native_decode_step_runs_mixed_codecs_in_one_projection():
+    """q and v seed basis, k group-quantised (a per-layer selection): three slots, one output."""
+    from reality_stone.kernels.extension import load_extension
+
+    if load_extension(quiet=True) is None:
+        pytest.skip("no compiled kernels here")
+    model = _tiny("qwen2")
+    rs.compress(model, codec_config("seedbasis", preset="3.5"))
+    for layer in model.model.layers:
+        k = layer.self_attn.k_proj
+        layer.self_attn.k_proj = CompressedLinear(codec_config("rtn", bits=4, group=64).encode(k.encoded.decode()),
+                                                  k.bias)
+    dec = Decoder(model)
+    assert dec.native and dec._native[1][0][::6] == [2, 1, 2, 2, 2, 2, 2]  # each slot's kind
+    ids = _ids(24)
+    _close(dec.logits(ids), _model_logits(model, ids))
+
+
+def test_the_native_decode_step_refuses_bad_seed_basis_slots():
+    from reality_stone.kernels.extension import load_extension
+
+    if load_extension(quiet=True) is None:
+        pytest.skip("no compiled kernels here")
+    model = _tiny("llama")
+    rs.compress(model, codec_config("seedbasis", preset="3.5"))
+    dec = Decoder(model)
+    tensors, ints = dec._native
+    cos, sin = dec._rotary_tables(8)
+    cache = [[torch.zeros(2, 8, 16), torch.zeros(2, 8, 16)] for _ in tensors]
+
+    def step(tensors=tensors, ints=ints):
+        dec._ext.decode_step(torch.randn(96), 3, [t + kv for t, kv in zip(tensors, cache)], ints, cos[0], sin[0],
+                             4, 2, 16, dec.intermediate, 1e-6, 0.0, 0.25)
+
+    step()
+    slot_q = 4  # q's records, pattern table, row scales, bias
+    table = tensors[0][slot_q + 1].clone()
+    table[5, 1] = 300  # a pattern id past the 257 sign sums
+    swap = lambda i, t: [b[:i] + [t] + b[i + 1:] for b in tensors]  # noqa: E731
+    for kw in (dict(tensors=swap(slot_q, tensors[0][slot_q][:-1])),  # truncated records
+               dict(tensors=swap(slot_q + 1, table)),
+               dict(tensors=swap(slot_q + 1, tensors[0][slot_q + 1][:512])),  # a table of 2^9 rows for S = 10
+               dict(tensors=swap(slot_q + 2, tensors[0][slot_q + 2][:-8])),  # row scales of fewer rows
+               dict(ints=[[2, 17] + i[2:] for i in ints]),  # S = 17
+               dict(ints=[[2, 10, 2, 4, 9] + i[5:] for i in ints])):  # P = 9
+        with pytest.raises(RuntimeError):
+            step(**kw)
+
+
 def test_the_native_decode_step_refuses_inconsistent_inputs():
     from reality_stone.kernels.extension import load_extension
 
@@ -187,13 +239,18 @@ def test_the_native_decode_step_refuses_inconsistent_inputs():
                              dec.intermediate, 1e-6, 0.0, 0.25)
 
     step()  # consistent: runs
-    bad_group = [i[:1] + [0] + i[2:] for i in ints]
+    # ints: 6 per projection slot (q, k, v, o, gate, up, down), {kind, zero_point, group, bits, int8, 0}
+    # for a group-quantised one; tensors: 4 norms, then 4 per slot (codes first)
+    bad_group = [i[:2] + [0] + i[3:] for i in ints]
     if not dec._ext.has_avx512_vnni():  # int8 activations asked of a CPU without VNNI
-        bad_group = [i[:3] + [1] + i[4:] for i in ints]
-    bad_codes = [[t[0], t[1][:, :-8]] + t[2:] for t in tensors]
+        bad_group = [i[:4] + [1] + i[5:] for i in ints]
+    bad_kind = [i[:6] + [1] + i[7:] for i in ints]  # slot k marked present, its tensors empty
+    unknown_kind = [[7] + i[1:] for i in ints]
+    bad_codes = [t[:4] + [t[4][:, :-8]] + t[5:] for t in tensors]
     bad_norm = [[t[0][:-1]] + t[1:] for t in tensors]
     for kw in (dict(pos=8), dict(pos=-1), dict(x=torch.randn(95)), dict(x=torch.randn(96).double()),
-               dict(ints=bad_group), dict(tensors=bad_codes), dict(tensors=bad_norm), dict(heads=(3, 2, 16)),
+               dict(ints=bad_group), dict(ints=bad_kind), dict(ints=unknown_kind), dict(tensors=bad_codes),
+               dict(tensors=bad_norm), dict(heads=(3, 2, 16)),
                dict(cache=[[torch.zeros(2, 8, 8), torch.zeros(2, 8, 8)] for _ in tensors]),
                dict(ints=[i[:-1] for i in ints])):
         with pytest.raises(RuntimeError):

@@ -237,6 +237,11 @@ float* scratch(int64_t n) {
   return buf.get();
 }
 
+// The batch-1 loops' per-thread tile buffers — sign sums (tile × 257 floats), then z (tile ×
+// z_stride) — from the thread's grow-only scratch: per-call vectors were up to 256 KB of fresh,
+// zeroed pages each call (a tenth of a SmolLM2-sized call).
+float* tile_scratch(int64_t tile, int64_t z_stride) { return scratch(tile * (kPatterns + 1 + z_stride)); }
+
 // ------------------------------------------------------------------ batch 1: lanes = coefficients
 
 // one batch row's v for one column block, 257 entries: entry 256 is 0 (the padding coefficients'
@@ -331,12 +336,12 @@ template <int PL, bool expand>
 void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, const uint8_t* rec, const Format& f,
                 const CoeffReader<PL>& rd, int64_t nb, int64_t G, int64_t j0, int64_t j1, float* acc) {
   const int64_t tile = kTile;  // the record order's tiles (z: 256 KB at S = 10, P ≤ 4)
-  std::vector<float> vbuf(tile * (kPatterns + 1)), z(expand ? tile * n_seeds * PL : 0);
+  float* vbuf = tile_scratch(tile, expand ? n_seeds * PL : 0);
+  float* z = vbuf + tile * (kPatterns + 1);
   alignas(32) uint32_t seed[8];
   for (int64_t t0 = j0; t0 < j1; t0 += tile) {
     const int64_t t1 = std::min(j1, t0 + tile);
-    tile_prologue(x, K, t0, t1, n_seeds * PL, vbuf.data(), expand ? z.data() : nullptr,
-                  ExpandByCopy{pat, n_seeds * PL});
+    tile_prologue(x, K, t0, t1, n_seeds * PL, vbuf, expand ? z : nullptr, ExpandByCopy{pat, n_seeds * PL});
     for (int64_t g = 0; g < G; ++g) {
       __m256 a[PL];
       for (int v = 0; v < PL; ++v) a[v] = _mm256_setzero_ps();
@@ -344,8 +349,8 @@ void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, 
         const uint8_t* r = record_at(rec, g, j, G, nb, f.R);
         _mm256_store_si256(reinterpret_cast<__m256i*>(seed), rd.seed.one(r));
         const __m256i e = f.E ? rd.exp.one(r) : _mm256_setzero_si256();
-        const float* vj = vbuf.data() + (j - t0) * (kPatterns + 1);
-        const float* zj = expand ? z.data() + (j - t0) * n_seeds * PL : nullptr;
+        const float* vj = vbuf + (j - t0) * (kPatterns + 1);
+        const float* zj = expand ? z + (j - t0) * n_seeds * PL : nullptr;
         for (int v = 0; v < PL; ++v) {
           const __m256i q = _mm256_and_si256(_mm256_sub_epi32(rd.code[v].one(r), rd.half), rd.valid[v]);
           const __m256 qe = _mm256_cvtepi32_ps(_mm256_sllv_epi32(q, _mm256_permutevar8x32_epi32(e, rd.lane_row[v])));
@@ -418,12 +423,12 @@ RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, 
                                  int64_t j1, float* acc) {
   const Codes512 c = codes512(f);
   const int64_t tile = kTile;
-  std::vector<float> vbuf(tile * (kPatterns + 1)), z(expand ? tile * n_seeds * 4 : 0);
+  float* vbuf = tile_scratch(tile, expand ? n_seeds * 4 : 0);
+  float* z = vbuf + tile * (kPatterns + 1);
   alignas(32) uint32_t seed[8];
   for (int64_t t0 = j0; t0 < j1; t0 += tile) {
     const int64_t t1 = std::min(j1, t0 + tile);
-    tile_prologue(x, K, t0, t1, n_seeds * 4, vbuf.data(), expand ? z.data() : nullptr,
-                  ExpandByGather512{pat, n_seeds * 4});
+    tile_prologue(x, K, t0, t1, n_seeds * 4, vbuf, expand ? z : nullptr, ExpandByGather512{pat, n_seeds * 4});
     for (int64_t g = 0; g < G; ++g) {
       __m512 a[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
       for (int64_t j = t0; j < t1; ++j) {
@@ -431,8 +436,8 @@ RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, 
         _mm_prefetch(reinterpret_cast<const char*>(r) + 1024, _MM_HINT_T0);  // the stream, ~1 µs ahead
         _mm256_store_si256(reinterpret_cast<__m256i*>(seed), rd.seed.one(r));
         const __m512i e = _mm512_castsi256_si512(f.E ? rd.exp.one(r) : _mm256_setzero_si256());
-        const float* vj = vbuf.data() + (j - t0) * (kPatterns + 1);
-        const float* zj = expand ? z.data() + (j - t0) * n_seeds * 4 : nullptr;
+        const float* vj = vbuf + (j - t0) * (kPatterns + 1);
+        const float* zj = expand ? z + (j - t0) * n_seeds * 4 : nullptr;
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
           const __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + c.window[h])));
@@ -496,6 +501,48 @@ void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const
 }
 }  // namespace
 
+torch::Tensor reality_stone::seedbasis_gemv_table(const torch::Tensor& pattern) {
+  const int64_t n_seeds = pattern.size(0), P = pattern.size(1), PL = P <= 4 ? 4 : 8;
+  torch::Tensor out = torch::full({n_seeds, PL}, kPatterns, torch::kInt);  // padding coefficients → the zero entry
+  int32_t* o = out.data_ptr<int32_t>();
+  const uint8_t* p8 = pattern.data_ptr<uint8_t>();
+  for (int64_t s = 0; s < n_seeds; ++s)
+    for (int64_t p = 0; p < P; ++p) o[s * PL + p] = p8[s * P + p];
+  return out;
+}
+
+void reality_stone::seedbasis_gemv_row(const float* x, int64_t K, const uint8_t* rec, const int32_t* pat, int64_t PL,
+                                       const float* scale, int64_t Np, int S, int E, int P, int Q, int64_t rows,
+                                       float* y) {
+  const Format f{S, E, P, Q, S + E + P * Q};
+  const int64_t nb = (K + 7) / 8, G = Np / 8, n_seeds = int64_t{1} << S;
+  const int64_t n_tiles = (nb + kTile - 1) / kTile, n_parts = std::min<int64_t>(at::get_num_threads(), n_tiles);
+  std::vector<float> acc(n_parts * Np * PL, 0.f);
+  float* ap = acc.data();
+  // expanding z costs n_seeds·PL copies per column block and saves a PL-lane gather per row
+  const bool expand = 8 * G > n_seeds;
+  at::parallel_for(0, n_parts, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      // whole tiles per thread: each reads one contiguous run of records
+      const int64_t j0 = n_tiles * t / n_parts * kTile, j1 = std::min(nb, n_tiles * (t + 1) / n_parts * kTile);
+      float* a = ap + t * Np * PL;
+      if (PL == 4 && kSeedbasisAvx512) {
+        if (expand) single_row_avx512<true>(x, K, pat, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
+        else single_row_avx512<false>(x, K, pat, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
+      } else if (PL == 4 && expand) single_row<4, true>(x, K, pat, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
+      else if (PL == 4) single_row<4, false>(x, K, pat, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
+      else if (expand) single_row<8, true>(x, K, pat, n_seeds, rec, f, CoeffReader<8>(f), nb, G, j0, j1, a);
+      else single_row<8, false>(x, K, pat, n_seeds, rec, f, CoeffReader<8>(f), nb, G, j0, j1, a);
+    }
+  });
+  for (int64_t r = 0; r < rows; ++r) {
+    float sum = 0.f;
+    for (int64_t t = 0; t < n_parts; ++t)
+      for (int l = 0; l < PL; ++l) sum += ap[(t * Np + r) * PL + l];
+    y[r] = sum * scale[r];
+  }
+}
+
 // x [B, K] fp32; pattern uint8 [2^S, P] (pattern ids of each seed's basis rows); records uint8
 // [G·nb·R + 16]; row_exp int8 [Np = 8G] (row scale 2^row_exp). Returns y [B, Np].
 torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tensor records, torch::Tensor row_exp,
@@ -532,38 +579,9 @@ torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tens
   const int64_t n_seeds = pattern.size(0), P = f.P;
   torch::Tensor y = torch::empty({B, Np}, x.options());
   if (B == 1) {
-    const int PL = P <= 4 ? 4 : 8;
-    std::vector<int32_t> pat32(n_seeds * PL, kPatterns);  // padding coefficients → the zero entry
-    const uint8_t* p8 = pattern.data_ptr<uint8_t>();
-    for (int64_t s = 0; s < n_seeds; ++s)
-      for (int64_t p = 0; p < P; ++p) pat32[s * PL + p] = p8[s * P + p];
-    const int64_t n_tiles = (nb + kTile - 1) / kTile, n_parts = std::min<int64_t>(at::get_num_threads(), n_tiles);
-    std::vector<float> acc(n_parts * Np * PL, 0.f);
-    float* ap = acc.data();
-    at::parallel_for(0, n_parts, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        // whole tiles per thread: each reads one contiguous run of records
-        const int64_t j0 = n_tiles * t / n_parts * kTile, j1 = std::min(nb, n_tiles * (t + 1) / n_parts * kTile);
-        float* a = ap + t * Np * PL;
-        // expanding z costs n_seeds·PL copies per column block and saves a PL-lane gather per row
-        const bool expand = 8 * G > n_seeds;
-        const int32_t* pt = pat32.data();
-        if (PL == 4 && kSeedbasisAvx512) {
-          if (expand) single_row_avx512<true>(xp, K, pt, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
-          else single_row_avx512<false>(xp, K, pt, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
-        } else if (PL == 4 && expand) single_row<4, true>(xp, K, pt, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
-        else if (PL == 4) single_row<4, false>(xp, K, pt, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
-        else if (expand) single_row<8, true>(xp, K, pt, n_seeds, rec, f, CoeffReader<8>(f), nb, G, j0, j1, a);
-        else single_row<8, false>(xp, K, pt, n_seeds, rec, f, CoeffReader<8>(f), nb, G, j0, j1, a);
-      }
-    });
-    float* yp = y.data_ptr<float>();
-    for (int64_t r = 0; r < Np; ++r) {
-      float sum = 0.f;
-      for (int64_t t = 0; t < n_parts; ++t)
-        for (int l = 0; l < PL; ++l) sum += ap[(t * Np + r) * PL + l];
-      yp[r] = sum * scale[r];
-    }
+    const auto pat = reality_stone::seedbasis_gemv_table(pattern);
+    reality_stone::seedbasis_gemv_row(xp, K, rec, pat.data_ptr<int32_t>(), pat.size(1), scale.data(), Np, f.S, f.E,
+                                      f.P, f.Q, Np, y.data_ptr<float>());
     return y;
   }
   // batch groups of 8 rows, padded (zero rows) to a power of two: the register blocks (8 · 1, 4 · 2,
@@ -600,6 +618,16 @@ torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tens
 }
 
 static reality_stone::RegisterBindings bind_seedbasis([](pybind11::module_& m) {
+  m.def(
+      "seedbasis_gemv_table",
+      [](torch::Tensor pattern) {
+        TORCH_CHECK(pattern.scalar_type() == torch::kByte && pattern.is_contiguous() && pattern.dim() == 2 &&
+                        pattern.size(0) >= 2 && pattern.size(0) <= (int64_t{1} << 16) &&
+                        (pattern.size(0) & (pattern.size(0) - 1)) == 0 && pattern.size(1) >= 1 && pattern.size(1) <= 8,
+                    "pattern must be contiguous uint8 [2^S, P ≤ 8]");
+        return reality_stone::seedbasis_gemv_table(pattern);
+      },
+      "the batch-1 kernel's pattern table (int32 [2^S, 4 or 8], padding coefficients → 256) for the decode step");
   m.def("seedbasis_gemm", &seedbasis_gemm, "fused seed-basis matmul from the packed records (batch 1: expanded z; "
                                            "batch ≥ 2: 8 batch rows per vector)");
 });

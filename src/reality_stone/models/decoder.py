@@ -101,6 +101,49 @@ def _rms_norm(x: Tensor, norm: nn.Module) -> Tensor:
     return F.rms_norm(x, norm.weight.shape, norm.weight, _eps(norm))
 
 
+def _native_parts(proj: _Projection, ext, tables: dict) -> list[tuple[list[Tensor], list[int]]] | None:
+    """A projection as the decode step's slots (4 tensors, 6 ints each; see decode_step_cpu.cpp):
+    its stacked group-affine layout as one slot, or each layer's own fused layout (group-affine or
+    seed basis); None if some layer has none the step reads. ``tables``: the seed-basis pattern
+    tables built so far, shared by the layers of one configuration."""
+    from reality_stone.codecs.group_affine import GroupAffineEncoded
+    from reality_stone.codecs.seedbasis import SeedBasisEncoded
+    from reality_stone.kernels.int_lowbit import CHUNK
+    from reality_stone.nn import CompressedLinear
+
+    none = torch.empty(0)
+
+    def group_affine(layout, bias: Tensor | None, int8: bool):
+        if layout is None or layout[4] % CHUNK or (int8 and not ext.has_avx512_vnni()):
+            return None
+        return [*layout[:3], none if bias is None else bias.detach().float().contiguous()], \
+            [1, int(layout[3]), int(layout[4]), int(layout[5]), int(int8), 0]
+
+    if proj.layout is not None:
+        part = group_affine(proj.layout, proj.bias, proj.int8)
+        return None if part is None else [part]
+    parts = []
+    for m in proj.layers:
+        enc = m.encoded if isinstance(m, CompressedLinear) else None
+        bias = None if enc is None or m.bias is None else m.bias.detach().float().contiguous()
+        if isinstance(enc, GroupAffineEncoded):
+            part = group_affine(enc.kernel_layout(), bias, m.activations == "int8")
+        elif isinstance(enc, SeedBasisEncoded) and m.activations == "fp32" and enc.kernel_layout() is not None:
+            lay = enc.kernel_layout()
+            key = (lay.pattern.data_ptr(), tuple(lay.pattern.shape))
+            if key not in tables:
+                tables[key] = ext.seedbasis_gemv_table(lay.pattern)
+            scale = torch.exp2(lay.row_exp.to(torch.float32)).contiguous()
+            part = [lay.records, tables[key], scale, none if bias is None else bias], \
+                [2, lay.seed_bits, lay.exp_bits, lay.coeff_bits, int(lay.pattern.shape[1]), lay.rows]
+        else:
+            part = None
+        if part is None:
+            return None
+        parts.append(part)
+    return parts
+
+
 class Decoder:
     """Greedy or sampled batch-1 generation for a Llama-family causal LM (see the module docstring).
 
@@ -146,30 +189,27 @@ class Decoder:
 
     def _native_blocks(self) -> tuple[list[list[Tensor]], list[list[int]]] | None:
         """The per-block tensors and ints of the C++ decode step (kernels/decode_step_cpu.cpp), or
-        None where it cannot run: a projection that is not a group-quantised layout the fused kernel
-        reads (dense, seed basis, a group not a multiple of 64), int8 activations on a CPU without
-        AVX-512 VNNI, or no extension."""
+        None where it cannot run: a projection with no fused layout the step reads (dense, a codec
+        without one, a group not a multiple of 64), int8 activations on a CPU without AVX-512 VNNI,
+        or no extension."""
         from reality_stone.kernels.extension import load_extension
-        from reality_stone.kernels.int_lowbit import CHUNK
 
-        projections = [(b.qkv, b.o, b.gate_up, b.down) for b in self.blocks]
-        if self.head_dim > 1024 or any(p.layout is None or p.layout[4] % CHUNK for ps in projections for p in ps):
-            return None
         ext = load_extension(quiet=True)
-        if ext is None or not hasattr(ext, "decode_step") or \
-                (any(p.int8 for ps in projections for p in ps) and not ext.has_avx512_vnni()):
+        if self.head_dim > 1024 or ext is None or not hasattr(ext, "decode_step"):
             return None
-        none = torch.empty(0)
+        none, tables = torch.empty(0), {}
         tensors, ints = [], []
-        for blk, ps in zip(self.blocks, projections):
-            parts = [blk.norm1.weight.detach()]
-            for i, p in enumerate(ps):
-                parts += [*p.layout[:3], none if p.bias is None else p.bias.float().contiguous()]
-                if i == 1:
-                    parts.append(blk.norm2.weight.detach())
-            parts += [none, none] if blk.q_norm is None else [blk.q_norm.weight.detach(), blk.k_norm.weight.detach()]
-            tensors.append(parts)
-            ints.append([v for p in ps for v in (int(p.layout[3]), int(p.layout[4]), int(p.layout[5]), int(p.int8))])
+        for blk in self.blocks:
+            slots = []
+            for proj, n_slots in ((blk.qkv, 3), (blk.o, 1), (blk.gate_up, 2), (blk.down, 1)):
+                parts = _native_parts(proj, ext, tables)
+                if parts is None:
+                    return None
+                slots += parts + [([none] * 4, [0] * 6)] * (n_slots - len(parts))
+            norms = [blk.norm1.weight.detach(), blk.norm2.weight.detach()]
+            norms += [none, none] if blk.q_norm is None else [blk.q_norm.weight.detach(), blk.k_norm.weight.detach()]
+            tensors.append(norms + [t for slot, _ in slots for t in slot])
+            ints.append([v for _, slot_ints in slots for v in slot_ints])
         qk = self.blocks[0].q_norm
         self._eps, self._qk_eps = _eps(self.blocks[0].norm1), _eps(qk) if qk is not None else 0.0
         self._ext = ext
