@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 namespace {
 
@@ -50,8 +51,9 @@ struct Projection {
 };
 
 // slot `which` of a block: tensors from `at`, ints from 6·which; `in`: the width it reads
+// `checked`: the pattern tables (start, size) already checked in this call
 Projection projection(const std::vector<torch::Tensor>& t, const std::vector<int64_t>& ints, int at, int which,
-                      int64_t in) {
+                      int64_t in, std::vector<std::pair<const void*, int64_t>>& checked) {
   const int64_t* v = ints.data() + 6 * which;
   Projection p;
   p.kind = static_cast<int>(v[0]);
@@ -87,11 +89,17 @@ Projection projection(const std::vector<torch::Tensor>& t, const std::vector<int
     TORCH_CHECK(p.b->scalar_type() == torch::kInt && p.b->is_contiguous() && p.b->dim() == 2 &&
                     p.b->size(0) == (int64_t{1} << p.S) && p.b->size(1) == PL,
                 "decode_step: seed-basis pattern table must be contiguous int32 [2^S, ", PL, "]");
-    // the kernel indexes 257 sign sums with them (a vectorised pass: µs per token for a whole model)
-    const uint32_t* pat = reinterpret_cast<const uint32_t*>(p.b->data_ptr<int32_t>());
-    uint32_t worst = 0;
-    for (int64_t k = 0; k < p.b->numel(); ++k) worst = std::max(worst, pat[k]);
-    TORCH_CHECK(worst <= 256, "decode_step: seed-basis pattern ids must be in [0, 256]");
+    // the kernel indexes 257 sign sums with them (one table serves every layer of a configuration:
+    // checked once per call, in one vectorisable pass)
+    const std::pair<const void*, int64_t> key{p.b->data_ptr(), p.b->numel()};
+    if (std::find(checked.begin(), checked.end(), key) == checked.end()) {
+      const uint32_t* pat = reinterpret_cast<const uint32_t*>(p.b->data_ptr<int32_t>());
+      const int64_t n = p.b->numel();
+      uint32_t worst = 0;
+      for (int64_t k = 0; k < n; ++k) worst = std::max(worst, pat[k]);
+      TORCH_CHECK(worst <= 256, "decode_step: seed-basis pattern ids must be in [0, 256]");
+      checked.push_back(key);
+    }
     TORCH_CHECK(p.c->scalar_type() == torch::kFloat && p.c->is_contiguous() && p.c->dim() == 1 &&
                     p.c->size(0) % 8 == 0 && p.out >= 1 && p.out <= p.c->size(0) && p.c->size(0) - p.out < 8,
                 "decode_step: seed-basis row scales must be contiguous fp32 [Np], Np the rows padded to 8");
@@ -108,16 +116,7 @@ Projection projection(const std::vector<torch::Tensor>& t, const std::vector<int
   return p;
 }
 
-// y[out] = W x[in] (+ bias); group-quantised: x is copied into a zero-padded buffer of the layout's width
-void apply(const Projection& p, const float* x, int64_t in, std::vector<float>& pad, float* y) {
-  if (p.kind == 1) {
-    pad.assign(p.in_padded, 0.f);
-    std::copy(x, x + in, pad.begin());
-    reality_stone::lowbit_gemv_row(pad.data(), *p.a, *p.b, *p.c, p.zero_point, p.group, p.bits, p.int8, y);
-  } else {
-    reality_stone::seedbasis_gemv_row(x, in, p.a->data_ptr<uint8_t>(), p.b->data_ptr<int32_t>(), p.b->size(1),
-                                      p.c->data_ptr<float>(), p.c->size(0), p.S, p.E, p.P, p.Q, p.out, y);
-  }
+void add_bias(const Projection& p, float* y) {
   if (p.bias->numel()) {
     const float* b = p.bias->data_ptr<float>();
     for (int64_t i = 0; i < p.out; ++i) y[i] += b[i];
@@ -125,23 +124,49 @@ void apply(const Projection& p, const float* x, int64_t in, std::vector<float>& 
 }
 
 // the slots [first, last] of a block, read from one input of width `in`, writing `width` outputs
+// one after another
 struct Group {
   std::vector<Projection> parts;
   Group(const std::vector<torch::Tensor>& t, const std::vector<int64_t>& ints, int first, int last, int64_t in,
-        int64_t width) {
+        int64_t width, std::vector<std::pair<const void*, int64_t>>& checked) {
     int64_t n = 0;
     for (int i = first; i <= last; ++i) {
-      Projection p = projection(t, ints, 4 + 4 * i, i, in);
+      Projection p = projection(t, ints, 4 + 4 * i, i, in, checked);
       if (p.kind == 0) continue;
       n += p.out;
       parts.push_back(p);
     }
     TORCH_CHECK(!parts.empty() && n == width, "decode_step: projection widths do not match the configuration");
   }
+  static bool same_seedbasis(const Projection& a, const Projection& b) {
+    return a.kind == 2 && b.kind == 2 && a.b->data_ptr() == b.b->data_ptr() && a.b->numel() == b.b->numel() &&
+           a.S == b.S && a.E == b.E && a.Q == b.Q && a.P == b.P;
+  }
+  // y = [W_1 x | W_2 x | …] (+ biases); group-quantised: x copied into a zero-padded buffer of the
+  // layout's width; consecutive seed-basis weights of one format: one kernel call (x's tables once)
   void operator()(const float* x, int64_t in, std::vector<float>& pad, float* y) const {
-    for (const Projection& p : parts) {
-      apply(p, x, in, pad, y);
-      y += p.out;
+    for (size_t i = 0; i < parts.size();) {
+      const Projection& p = parts[i];
+      if (p.kind == 1) {
+        pad.assign(p.in_padded, 0.f);
+        std::copy(x, x + in, pad.begin());
+        reality_stone::lowbit_gemv_row(pad.data(), *p.a, *p.b, *p.c, p.zero_point, p.group, p.bits, p.int8, y);
+        add_bias(p, y);
+        y += p.out;
+        ++i;
+        continue;
+      }
+      std::vector<reality_stone::SeedbasisWeight> run;
+      size_t k = i;
+      for (float* yk = y; k < parts.size() && (k == i || same_seedbasis(p, parts[k])); yk += parts[k].out, ++k)
+        run.push_back({parts[k].a->data_ptr<uint8_t>(), parts[k].c->data_ptr<float>(), parts[k].c->size(0),
+                       parts[k].out, yk});
+      reality_stone::seedbasis_gemv_rows(x, in, run.data(), static_cast<int>(run.size()), p.b->data_ptr<int32_t>(),
+                                         p.b->size(1), p.S, p.E, p.P, p.Q);
+      for (; i < k; ++i) {
+        add_bias(parts[i], y);
+        y += parts[i].out;
+      }
     }
   }
 };
@@ -161,11 +186,12 @@ void decode_step(torch::Tensor x, int64_t pos, const std::vector<std::vector<tor
   float* xp = x.data_ptr<float>();
   const float *cp = cos.data_ptr<float>(), *sp = sin.data_ptr<float>();
   std::vector<float> h(D), pad, qkv(nqkv), att(H * d), tmp(D), gu(2 * inter), act(inter);
+  std::vector<std::pair<const void*, int64_t>> checked;
   for (size_t b = 0; b < blocks.size(); ++b) {
     const auto& t = blocks[b];
     TORCH_CHECK(t.size() == 34 && ints[b].size() == 42, "decode_step: each block takes 34 tensors and 42 ints");
-    const Group qkv_p(t, ints[b], 0, 2, D, nqkv), o_p(t, ints[b], 3, 3, H * d, D), gu_p(t, ints[b], 4, 5, D, 2 * inter),
-        down_p(t, ints[b], 6, 6, inter, D);
+    const Group qkv_p(t, ints[b], 0, 2, D, nqkv, checked), o_p(t, ints[b], 3, 3, H * d, D, checked),
+        gu_p(t, ints[b], 4, 5, D, 2 * inter, checked), down_p(t, ints[b], 6, 6, inter, D, checked);
     for (int i : {0, 1})
       TORCH_CHECK(t[i].numel() == D && t[i].scalar_type() == torch::kFloat && t[i].is_contiguous(),
                   "decode_step: norm weights must be fp32 [D]");

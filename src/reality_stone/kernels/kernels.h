@@ -26,13 +26,20 @@ constexpr int kMaxBatch = 8;
 void lowbit_gemv_row(const float* x, const torch::Tensor& codes, const torch::Tensor& scale,
                      const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits, bool int8, float* y);
 
-// The seed-basis batch-1 kernel (seedbasis_cpu.cpp) on one fp32 row x [K]: y[rows] = W x. rec:
-// the layout's records (G·nb·R + 16 bytes, nb = ⌈K/8⌉, G = Np/8); pat: `seedbasis_gemv_table`
-// of the layout's pattern ids, int32 [2^S, PL]; scale fp32 [Np]: each row's 2^t. The caller checks
-// the sizes.
+// The seed-basis batch-1 kernel (seedbasis_cpu.cpp) on one fp32 row x [K]: y[rows] = W x for each
+// of n_weights weights of one format that read this x (one pass over x's tables for all of them).
+// A weight: its layout's records (G·nb·R + 16 bytes, nb = ⌈K/8⌉, G = Np/8), row scales fp32 [Np]
+// (each row's 2^t), and y. pat: `seedbasis_gemv_table` of the layouts' pattern ids, int32
+// [2^S, PL], entries in [0, 256]. The caller checks the sizes.
+struct SeedbasisWeight {
+  const uint8_t* rec;
+  const float* scale;
+  int64_t Np, rows;
+  float* y;
+};
 torch::Tensor seedbasis_gemv_table(const torch::Tensor& pattern);
-void seedbasis_gemv_row(const float* x, int64_t K, const uint8_t* rec, const int32_t* pat, int64_t PL,
-                        const float* scale, int64_t Np, int S, int E, int P, int Q, int64_t rows, float* y);
+void seedbasis_gemv_rows(const float* x, int64_t K, const SeedbasisWeight* weights, int n_weights, const int32_t* pat,
+                         int64_t PL, int S, int E, int P, int Q);
 
 // Each kernel source registers its own Python bindings beside its definitions (bindings.cpp runs
 // them all), so adding a kernel is its .cpp, its ops module and its conformance case.

@@ -331,10 +331,19 @@ struct ExpandByCopy {
   }
 };
 
-// column blocks [j0, j1) of all G row groups into acc [Np · PL] (one batch row)
+// One weight of a batch-1 call: its records, row groups and accumulator [8G · PL]. Several
+// weights that read the same x (a block's q/k/v, gate/up) share one call: the sign sums and z,
+// the expensive part for wide layers, are built once per column tile for all of them.
+struct Part {
+  const uint8_t* rec;
+  int64_t G;
+  float* acc;
+};
+
+// column blocks [j0, j1) of all row groups of every part into its acc (one batch row)
 template <int PL, bool expand>
-void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, const uint8_t* rec, const Format& f,
-                const CoeffReader<PL>& rd, int64_t nb, int64_t G, int64_t j0, int64_t j1, float* acc) {
+void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, const Part* parts, int n_parts,
+                const Format& f, const CoeffReader<PL>& rd, int64_t nb, int64_t j0, int64_t j1) {
   const int64_t tile = kTile;  // the record order's tiles (z: 256 KB at S = 10, P ≤ 4)
   float* vbuf = tile_scratch(tile, expand ? n_seeds * PL : 0);
   float* z = vbuf + tile * (kPatterns + 1);
@@ -342,7 +351,10 @@ void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, 
   for (int64_t t0 = j0; t0 < j1; t0 += tile) {
     const int64_t t1 = std::min(j1, t0 + tile);
     tile_prologue(x, K, t0, t1, n_seeds * PL, vbuf, expand ? z : nullptr, ExpandByCopy{pat, n_seeds * PL});
-    for (int64_t g = 0; g < G; ++g) {
+    for (const Part* part = parts; part < parts + n_parts; ++part)
+    for (int64_t g = 0, G = part->G; g < G; ++g) {
+      const uint8_t* rec = part->rec;
+      float* acc = part->acc;
       __m256 a[PL];
       for (int v = 0; v < PL; ++v) a[v] = _mm256_setzero_ps();
       for (int64_t j = t0; j < t1; ++j) {
@@ -418,9 +430,9 @@ struct ExpandByGather512 {
 };
 
 template <bool expand>
-RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, const uint8_t* rec,
-                                 const Format& f, const CoeffReader<4>& rd, int64_t nb, int64_t G, int64_t j0,
-                                 int64_t j1, float* acc) {
+RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, const Part* parts,
+                                 int n_parts, const Format& f, const CoeffReader<4>& rd, int64_t nb, int64_t j0,
+                                 int64_t j1) {
   const Codes512 c = codes512(f);
   const int64_t tile = kTile;
   float* vbuf = tile_scratch(tile, expand ? n_seeds * 4 : 0);
@@ -429,7 +441,10 @@ RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, 
   for (int64_t t0 = j0; t0 < j1; t0 += tile) {
     const int64_t t1 = std::min(j1, t0 + tile);
     tile_prologue(x, K, t0, t1, n_seeds * 4, vbuf, expand ? z : nullptr, ExpandByGather512{pat, n_seeds * 4});
-    for (int64_t g = 0; g < G; ++g) {
+    for (const Part* part = parts; part < parts + n_parts; ++part)
+    for (int64_t g = 0, G = part->G; g < G; ++g) {
+      const uint8_t* rec = part->rec;
+      float* acc = part->acc;
       __m512 a[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
       for (int64_t j = t0; j < t1; ++j) {
         const uint8_t* r = record_at(rec, g, j, G, nb, f.R);
@@ -511,35 +526,50 @@ torch::Tensor reality_stone::seedbasis_gemv_table(const torch::Tensor& pattern) 
   return out;
 }
 
-void reality_stone::seedbasis_gemv_row(const float* x, int64_t K, const uint8_t* rec, const int32_t* pat, int64_t PL,
-                                       const float* scale, int64_t Np, int S, int E, int P, int Q, int64_t rows,
-                                       float* y) {
+void reality_stone::seedbasis_gemv_rows(const float* x, int64_t K, const SeedbasisWeight* weights, int n_weights,
+                                        const int32_t* pat, int64_t PL, int S, int E, int P, int Q) {
   const Format f{S, E, P, Q, S + E + P * Q};
-  const int64_t nb = (K + 7) / 8, G = Np / 8, n_seeds = int64_t{1} << S;
+  const int64_t nb = (K + 7) / 8, n_seeds = int64_t{1} << S;
   const int64_t n_tiles = (nb + kTile - 1) / kTile, n_parts = std::min<int64_t>(at::get_num_threads(), n_tiles);
-  std::vector<float> acc(n_parts * Np * PL, 0.f);
-  float* ap = acc.data();
+  int64_t G = 0, rows_padded = 0;
+  for (int w = 0; w < n_weights; ++w) {
+    G += weights[w].Np / 8;
+    rows_padded += weights[w].Np;
+  }
+  // per thread, each weight's accumulator [Np · PL] one after another
+  std::vector<float> acc(n_parts * rows_padded * PL, 0.f);
   // expanding z costs n_seeds·PL copies per column block and saves a PL-lane gather per row
   const bool expand = 8 * G > n_seeds;
   at::parallel_for(0, n_parts, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<Part> parts(n_weights);
     for (int64_t t = t0; t < t1; ++t) {
+      float* a = acc.data() + t * rows_padded * PL;
+      for (int w = 0; w < n_weights; ++w) {
+        parts[w] = Part{weights[w].rec, weights[w].Np / 8, a};
+        a += weights[w].Np * PL;
+      }
       // whole tiles per thread: each reads one contiguous run of records
       const int64_t j0 = n_tiles * t / n_parts * kTile, j1 = std::min(nb, n_tiles * (t + 1) / n_parts * kTile);
-      float* a = ap + t * Np * PL;
+      const Part* pp = parts.data();
       if (PL == 4 && kSeedbasisAvx512) {
-        if (expand) single_row_avx512<true>(x, K, pat, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
-        else single_row_avx512<false>(x, K, pat, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
-      } else if (PL == 4 && expand) single_row<4, true>(x, K, pat, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
-      else if (PL == 4) single_row<4, false>(x, K, pat, n_seeds, rec, f, CoeffReader<4>(f), nb, G, j0, j1, a);
-      else if (expand) single_row<8, true>(x, K, pat, n_seeds, rec, f, CoeffReader<8>(f), nb, G, j0, j1, a);
-      else single_row<8, false>(x, K, pat, n_seeds, rec, f, CoeffReader<8>(f), nb, G, j0, j1, a);
+        if (expand) single_row_avx512<true>(x, K, pat, n_seeds, pp, n_weights, f, CoeffReader<4>(f), nb, j0, j1);
+        else single_row_avx512<false>(x, K, pat, n_seeds, pp, n_weights, f, CoeffReader<4>(f), nb, j0, j1);
+      } else if (PL == 4 && expand) single_row<4, true>(x, K, pat, n_seeds, pp, n_weights, f, CoeffReader<4>(f), nb, j0, j1);
+      else if (PL == 4) single_row<4, false>(x, K, pat, n_seeds, pp, n_weights, f, CoeffReader<4>(f), nb, j0, j1);
+      else if (expand) single_row<8, true>(x, K, pat, n_seeds, pp, n_weights, f, CoeffReader<8>(f), nb, j0, j1);
+      else single_row<8, false>(x, K, pat, n_seeds, pp, n_weights, f, CoeffReader<8>(f), nb, j0, j1);
     }
   });
-  for (int64_t r = 0; r < rows; ++r) {
-    float sum = 0.f;
-    for (int64_t t = 0; t < n_parts; ++t)
-      for (int l = 0; l < PL; ++l) sum += ap[(t * Np + r) * PL + l];
-    y[r] = sum * scale[r];
+  int64_t off = 0;
+  for (int w = 0; w < n_weights; ++w) {
+    const SeedbasisWeight& wt = weights[w];
+    for (int64_t r = 0; r < wt.rows; ++r) {
+      float sum = 0.f;
+      for (int64_t t = 0; t < n_parts; ++t)
+        for (int l = 0; l < PL; ++l) sum += acc[(t * rows_padded + off + r) * PL + l];
+      wt.y[r] = sum * wt.scale[r];
+    }
+    off += wt.Np;
   }
 }
 
@@ -580,8 +610,8 @@ torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tens
   torch::Tensor y = torch::empty({B, Np}, x.options());
   if (B == 1) {
     const auto pat = reality_stone::seedbasis_gemv_table(pattern);
-    reality_stone::seedbasis_gemv_row(xp, K, rec, pat.data_ptr<int32_t>(), pat.size(1), scale.data(), Np, f.S, f.E,
-                                      f.P, f.Q, Np, y.data_ptr<float>());
+    const reality_stone::SeedbasisWeight w{rec, scale.data(), Np, Np, y.data_ptr<float>()};
+    reality_stone::seedbasis_gemv_rows(xp, K, &w, 1, pat.data_ptr<int32_t>(), pat.size(1), f.S, f.E, f.P, f.Q);
     return y;
   }
   // batch groups of 8 rows, padded (zero rows) to a power of two: the register blocks (8 · 1, 4 · 2,
