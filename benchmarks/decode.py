@@ -6,22 +6,23 @@ decode loop buys, and llama.cpp on the same GGUF file at the same thread count a
     python benchmarks/decode.py --reps 1         # one run of each path instead of the best of 3
     python benchmarks/decode.py --model qwen --no-compile --reps 2   # -> results/decode_qwen.{json,md}
 
-Qwen2.5-Coder-0.5B (`make qwen`): the same loops without the seed-basis model (its eager loop at
-0.5 B parameters would take most of the run); llama.cpp on its Q4_K_M GGUF.
+Qwen2.5-Coder-0.5B (`make qwen`): the same loops, the seed-basis models in the Decoder only (transformers'
+loops over them at 0.5 B parameters would take most of the run); llama.cpp on its Q4_K_M GGUF.
 
 Models: dense fp32 (the GGUF's weights as transformers dequantises them), RTN int4 g128 with fp32
 and with int8 activations, the same with the LM head compressed too (``head=``: RTN 8-bit symmetric
 g128; the tied embedding reads it; Decoder rows only), and the seed basis at the 3.5-bit preset
-(random fields: decoding speed does not depend on the values; every layer of the RTN int4 model
-swapped, as in fused_matmul.py).
+(random fields: decoding speed does not depend on the values; every body layer of the RTN int4
+model swapped, as in fused_matmul.py), with the dense and with the int8 head.
 Decode loops, all transformers' ``generate`` (greedy):
 * ``dynamic cache`` — its default;
 * ``static cache`` — ``cache_implementation="static"`` (preallocated KV tensors);
 * ``static + compile`` — and the decode step compiled by ``torch.compile`` (transformers'
   ``CompileConfig``; the prefill stays eager). The first call's extra seconds are reported apart;
 * ``reality_stone Decoder`` — `reality_stone.models.decoder.Decoder`, the library's lean batch-1
-  loop (stacked q/k/v and gate/up kernel calls, static KV cache, no per-layer module calls; what
-  ``reality-stone generate`` runs). Its tokens equal ``generate``'s (tests/models/test_decoder.py).
+  loop (stacked q/k/v and gate/up kernel calls, static KV cache, no per-layer module calls; each
+  token one C++ call through all blocks where every projection has a fused layout: group-quantised
+  or seed basis; what ``reality-stone generate`` runs). Its tokens equal ``generate``'s (tests/models/test_decoder.py).
 llama.cpp: ``llama-cpp-python`` built from its sdist (``pip install '.[bench]'``; benchmark-only, never
 a runtime dependency) on the Q4_1 GGUF itself, ``n_threads`` = torch's thread count.
 
@@ -41,7 +42,8 @@ from fused_matmul import random_seedbasis
 from harness import arguments, environment, parse, write_json, write_markdown
 
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
-HEAD_ROWS = ("RTN int4 g128 + int8 head, fp32 x", "RTN int4 g128 + int8 head, int8 x")  # Decoder loop only
+HEAD_ROWS = ("RTN int4 g128 + int8 head, fp32 x", "RTN int4 g128 + int8 head, int8 x",
+             "seed basis 3.5 + int8 head, fp32 x")  # Decoder loop only
 
 
 def head_config():
@@ -102,14 +104,16 @@ def models(which: str = "smollm2") -> tuple[dict, object, str]:
     set_activations(head8_a8, "int8")
     nets = {"dense fp32": dense, "RTN int4 g128, fp32 x": int4, "RTN int4 g128, int8 x": int4_a8,
             "RTN int4 g128 + int8 head, fp32 x": head8, "RTN int4 g128 + int8 head, int8 x": head8_a8}
-    if which == "qwen":
-        return nets, loaded.tokenizer, str(qwen_coder_gguf())
-    sb = copy.deepcopy(int4)
-    g = torch.Generator().manual_seed(0)
-    for m in sb.modules():
-        if isinstance(m, CompressedLinear):
-            m.encoded = random_seedbasis(m.out_features, m.in_features, "3.5", g)
-    return nets | {"seed basis 3.5, fp32 x": sb}, loaded.tokenizer, str(smollm2_gguf())
+    def seed_basis(net):  # every compressed body layer swapped (the same fields for both models)
+        g = torch.Generator().manual_seed(0)
+        for name, m in net.named_modules():
+            if isinstance(m, CompressedLinear) and name != "lm_head":
+                m.encoded = random_seedbasis(m.out_features, m.in_features, "3.5", g)
+        return net
+
+    nets |= {"seed basis 3.5, fp32 x": seed_basis(copy.deepcopy(int4)),
+             "seed basis 3.5 + int8 head, fp32 x": seed_basis(copy.deepcopy(head8))}
+    return nets, loaded.tokenizer, str(smollm2_gguf() if which == "smollm2" else qwen_coder_gguf())
 
 
 def main() -> None:
@@ -132,9 +136,11 @@ def main() -> None:
         compile_config._compile_all_devices = True  # transformers compiles only on GPUs unless told
         loops["static + compile"] = dict(pad, cache_implementation="static", compile_config=compile_config)
 
+    # Qwen's seed-basis model in transformers' loops would take most of the run: Decoder only
+    decoder_only = set(HEAD_ROWS) | ({"seed basis 3.5, fp32 x"} if args.model == "qwen" else set())
     compile_seconds = {}
     if "static + compile" in loops:  # the first call compiles: time it once, apart
-        for name, net in ((n, m) for n, m in nets.items() if n not in HEAD_ROWS):
+        for name, net in ((n, m) for n, m in nets.items() if n not in decoder_only):
             t0 = time.perf_counter()
             hf_prompt_and_decode(net, ids, **loops["static + compile"])
             compile_seconds[name] = time.perf_counter() - t0
@@ -143,7 +149,8 @@ def main() -> None:
 
     decoders = {name: Decoder(net) for name, net in nets.items()}
     for name, net in nets.items():  # warm-up of the eager loops
-        hf_prompt_and_decode(net, ids[:, :8], **loops["dynamic cache"])
+        if name not in decoder_only:
+            hf_prompt_and_decode(net, ids[:, :8], **loops["dynamic cache"])
         decoders[name].generate(ids[0, :8], 4)
 
     best: dict[tuple[str, str], tuple[float, float]] = {}
@@ -157,7 +164,7 @@ def main() -> None:
         llama_error = f"llama-cpp-python is not installed here ({e}); `pip install '.[bench]'` builds it"
     for _ in range(args.reps):
         for name, net in nets.items():
-            for loop, gen in (loops if name not in HEAD_ROWS else {}).items():
+            for loop, gen in (loops if name not in decoder_only else {}).items():
                 r = hf_prompt_and_decode(net, ids, **gen)
                 best[name, loop] = max(best.get((name, loop), r), r, key=lambda t: t[1])
             r = prompt_and_decode(lambda n: decoders[name].generate(ids[0], n), ids.shape[1])

@@ -17,10 +17,11 @@ model's own forward pass — the model's modules and weights, its rotary tables 
   query as two small matmuls, grouped-query heads without copying the cache;
 * the rotary cos/sin tables come from the model's own ``rotary_emb`` (so every RoPE scaling type
   the model supports is reproduced), computed once per call;
-* where every projection is such a layout (group a multiple of 64; int8 activations need AVX-512
-  VNNI), each single-token step is one C++ call through all blocks
-  (`kernels/decode_step_cpu.cpp`, ``native``); the prefill, embedding, final norm and head stay in
-  torch.
+* where every projection has a fused layout the C++ step reads — group-affine (group a multiple
+  of 64; int8 activations need AVX-512 VNNI) or seed basis (fp32 activations), mixed freely —
+  each single-token step is one C++ call through all blocks (`kernels/decode_step_cpu.cpp`,
+  ``native``); there, seed-basis q/k/v and gate/up of one configuration share one kernel call
+  (x's sign-sum tables built once). The prefill, embedding, final norm and head stay in torch.
 
 The logits are those of the model's forward pass up to float32 rounding (tests compare both on
 random models of each family, dense and compressed). Sliding-window layers are refused when the
