@@ -349,9 +349,6 @@ def compress_cmd(
         _fail(str(exc))
     path = Path(model)
     if path.exists() and (stream or not (is_model_folder(path) or path.suffix == ".gguf")):
-        if head is not None and calib is not None:
-            _fail("--head-bits is not available with calibrated streaming yet: drop --stream (the model is loaded "
-                  "whole) or compress the head in a data-free streamed run")
         if (calib is not None or config.calibration == "required") and not (is_model_folder(path) or
                                                                              path.suffix == ".gguf"):
             _fail(f"{model}: calibration runs the model, which needs its architecture: give a Hugging Face model "

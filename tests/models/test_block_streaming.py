@@ -20,6 +20,7 @@ import transformers
 import reality_stone as rs
 from reality_stone.codecs import codec_config
 from reality_stone.models import block_streaming, streaming
+from reality_stone.models import read_metadata
 from reality_stone.models.streaming import compress_checkpoint
 
 GPTQ = codec_config("gptq", bits=3, group=32)
@@ -58,10 +59,10 @@ def _tiny_folder(root: Path, family: str, tied: bool = True) -> Path:
     return folder
 
 
-def _in_memory(folder: Path, out: Path, config=GPTQ, skip=("lm_head",)) -> Path:
+def _in_memory(folder: Path, out: Path, config=GPTQ, skip=("lm_head",), head=None) -> Path:
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
-        rs.compress(model, config, calibration=IDS, tokens=N * L, seq_len=L, skip=skip)
+        rs.compress(model, config, calibration=IDS, tokens=N * L, seq_len=L, skip=skip, head=head)
     return rs.save(model, out, source="tiny")
 
 
@@ -90,6 +91,30 @@ def test_streamed_equals_in_memory(family, hidden_in, tmp_path):
     assert len(rows) == 7 * blocks and all(0 < r["output_error"] < r["rel_error"] for r in rows)  # GPTQ's point
     model = rs.load(out)
     assert model(IDS[:1]).logits.isfinite().all()
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_head_is_compressed_after_the_blocks_as_the_in_memory_call_does(tied, tmp_path):
+    head = codec_config("rtn", bits=8, group=64, symmetric=True)
+    folder = _tiny_folder(tmp_path, "llama", tied=tied)
+    ref = _in_memory(folder, tmp_path / "ref.safetensors", head=head)
+    out = tmp_path / "streamed.safetensors"
+    summary = compress_checkpoint(folder, out, GPTQ, head=head, **KW)
+    assert summary["compressed_layers"] == 7 * 3 + 1 and summary["report"]["layers"][-1]["name"] == "lm_head"
+    assert _sha(out) == _sha(ref)
+    meta = read_metadata(out)
+    assert meta["embeddings"] == ({"model.embed_tokens": "lm_head"} if tied else {})
+    # tied: the embedding reads the compressed head, so its dense matrix is gone from the file
+    assert "lm_head.weight" not in meta["aliases"] and ("model.embed_tokens.weight" in meta["tensors"]) == (not tied)
+    # a run stopped after the blocks resumes with the head alone
+    def stop(k):
+        if k == 2:
+            raise KeyboardInterrupt
+    out2 = tmp_path / "resumed.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        compress_checkpoint(folder, out2, GPTQ, head=head, on_block=stop, **KW)
+    summary = compress_checkpoint(folder, out2, GPTQ, head=head, **KW)
+    assert summary["resumed_blocks"] == 3 and _sha(out2) == _sha(ref)
 
 
 def test_a_bf16_checkpoint_keeps_its_dense_dtype_and_gets_the_same_encodings(tmp_path):

@@ -332,22 +332,24 @@ def compress_checkpoint_calibrated(
     seq_len: int = 512, include: str = "*", skip: tuple[str, ...] = ("lm_head",),
     per_layer: dict[str, CodecConfig] | None = None, max_memory: int = DEFAULT_MAX_MEMORY, workers: int = 1,
     ray_address: str | None = None, resume: bool = True, source: str | None = None, progress: bool = False,
-    on_block: Callable[[int], None] | None = None,
+    on_block: Callable[[int], None] | None = None, head: CodecConfig | None = None,
 ) -> dict:
     """Block-by-block calibrated compression of a model folder (see the module docstring).
 
     ``calibration`` / ``tokenizer`` / ``tokens`` / ``seq_len`` as in `reality_stone.compress`
     (the folder's own tokenizer when ``tokenizer`` is None and the calibration is text; it is also
     stored in the file). ``max_memory``: bytes of hidden states kept in RAM. ``on_block(k)`` runs
-    after block k is durable (tests, progress). Returns a summary with the per-layer report.
+    after block k is durable (tests, progress). ``head``: a config for the LM head, encoded data-free
+    after the blocks (as `reality_stone.compress(head=...)`; a tied head stored as the embeddings
+    becomes the compressed layer the embedding reads). Returns a summary with the per-layer report.
     """
     import fnmatch
 
     from reality_stone.calibration import _Accumulator, _hooked, block_input, calibration_ids, call_block
     from reality_stone.models.compress import CompressionReport, check_calibration, encode_layer
     from reality_stone.models.selection import select_layers
-    from reality_stone.models.streaming import (MANIFEST_VERSION, _fingerprint, _PartStore, _process, _read,
-                                                checkpoint_tensors)
+    from reality_stone.models.streaming import (MANIFEST_VERSION, _checkpoint_head, _fingerprint, _PartStore,
+                                                _process, _read, checkpoint_tensors)
     from reality_stone.nn.compressed import CompressedLinear, decoded_weights
 
     t_start = time.perf_counter()
@@ -391,10 +393,13 @@ def compress_checkpoint_calibrated(
     if rest_layers and not all(name == "lm_head" for name in rest_layers):
         raise ValueError(f"layer {rest_layers[0]!r} lies outside the decoder blocks: only lm_head can be calibrated "
                          "there; keep it dense with skip")
+    head_tensor, head_layer, embeddings = _checkpoint_head(src, list(by_name.values()), head, set(selected), aliases)
     calib_sha = hashlib.sha256(tensor_bytes(ids)).hexdigest()
     key = {"version": MANIFEST_VERSION, "mode": "calibrated-blocks", "source": _fingerprint(sources),
            "codecs": {name: {"codec": c.codec_name, "config": c.to_dict()} for name, c in sorted(configs.items())},
            "calibration": {"sha256": calib_sha, "shape": [n, L]}, "include": include, "skip": list(skip)}
+    if head is not None:  # absent without a head: parts from before the option still resume
+        key["head"] = {"codec": head.codec_name, "config": head.to_dict(), "tensor": head_tensor}
     out.parent.mkdir(parents=True, exist_ok=True)
     store = _PartStore(out.with_name(out.name + ".parts"), key, resume)
     hidden = _HiddenStates(store.folder, n, L, H, max_memory)
@@ -417,7 +422,7 @@ def compress_checkpoint_calibrated(
         with torch.no_grad():
             # tensors outside the blocks that stay dense (embeddings, final norm, a dense lm_head)
             for t in sorted(by_name):
-                if t not in in_blocks and t not in selected and t not in store.done:
+                if t not in in_blocks and t not in selected and t != head_tensor and t not in store.done:
                     store.add(_process(by_name[t], None))
             with torch.device("cpu"):  # rotary cos/sin tables: non-persistent, computed from the config
                 base.rotary_emb = type(base.rotary_emb)(config=model.config)
@@ -506,6 +511,11 @@ def compress_checkpoint_calibrated(
                 store.add(_encoded_record(name, enc, row.seconds))
                 report.layers.append(row)
                 store.set_state(store.state | {"layers": [asdict(r) for r in report.layers]})
+            if head_tensor is not None and f"{head_layer}.weight" not in store.done:  # data-free, after the blocks
+                enc, row = encode_layer(head_layer, _read(by_name[head_tensor]).float(), head, None)
+                store.add(_encoded_record(head_layer, enc, row.seconds))
+                report.layers.append(row)
+                store.set_state(store.state | {"layers": [asdict(r) for r in report.layers]})
     finally:
         hidden.close()
         if bar is not None:
@@ -517,9 +527,11 @@ def compress_checkpoint_calibrated(
 
     # the file: parts + tokenizer, with the metadata `reality_stone.save` writes for the same model
     extra = {TOKENIZER_TENSOR: _tokenizer_tensor(tokenizer)} if tokenizer is not None else {}
+    if embeddings:  # the head's matrix is the compressed layer now: no alias re-ties it to the embedding
+        aliases = {a: t for a, t in aliases.items() if t != head_tensor}
     n_records, n_compressed = store.assemble(
         out, architecture=architecture_record(model), aliases=aliases,
-        source=source, extra=extra)
+        source=source, extra=extra, embeddings=embeddings)
     in_bytes = sum(Path(s).stat().st_size for s in {t.shard for t in sources})
     return dict(output=str(out), tensors=n_records, compressed_layers=n_compressed, input_bytes=in_bytes,
                 output_bytes=out.stat().st_size, seconds=time.perf_counter() - t_start,

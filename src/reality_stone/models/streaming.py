@@ -401,8 +401,8 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
 
     ``head``: a config for the LM head (data-free, as `reality_stone.compress(head=...)`); a head
     tied to the embeddings — stored once, as the embeddings — becomes the compressed layer the
-    embedding reads (format v3 ``embeddings``). Needs the checkpoint's architecture; not with
-    ``calibration`` yet.
+    embedding reads (format v3 ``embeddings``). Needs the checkpoint's architecture; with
+    ``calibration`` it is encoded after the blocks, still data-free.
     """
     from reality_stone.models.compress import check_calibration
 
@@ -412,16 +412,13 @@ def compress_checkpoint(src: str | Path, out: str | Path, config: CodecConfig, *
     if calibration is not None:
         from reality_stone.models.block_streaming import DEFAULT_MAX_MEMORY, compress_checkpoint_calibrated
 
-        if head is not None:
-            raise ValueError("head= is not available with calibrated checkpoint compression yet: compress the head "
-                             "of a model loaded whole (rs.compress), or stream without calibration")
         if select is not None or not streaming:
             raise ValueError("calibrated checkpoint compression selects layers by include/skip and always streams")
         return compress_checkpoint_calibrated(
             src, out, config, calibration=calibration, tokenizer=tokenizer, tokens=tokens, seq_len=seq_len,
             include=include, skip=tuple(skip), max_memory=DEFAULT_MAX_MEMORY if max_memory is None else max_memory,
             workers=workers, ray_address=ray_address, resume=resume, source=source, progress=progress,
-            on_block=on_block)
+            on_block=on_block, head=head)
     tensors = checkpoint_tensors(src)
     select = select or checkpoint_selector(src, include, tuple(skip))
     cfg_dict = {"codec": config.codec_name, "config": config.to_dict()}
