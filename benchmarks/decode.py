@@ -22,7 +22,9 @@ Decode loops, all transformers' ``generate`` (greedy):
 * ``reality_stone Decoder`` — `reality_stone.models.decoder.Decoder`, the library's lean batch-1
   loop (stacked q/k/v and gate/up kernel calls, static KV cache, no per-layer module calls; each
   token one C++ call through all blocks where every projection has a fused layout: group-quantised
-  or seed basis; what ``reality-stone generate`` runs). Its tokens equal ``generate``'s (tests/models/test_decoder.py).
+  or seed basis; what ``reality-stone generate`` runs). Its tokens equal ``generate``'s
+  (tests/models/test_decoder.py). For the seed basis also ``reality_stone Decoder, eager step``
+  (``Decoder(native=False)``: the same loop in torch ops, one kernel call per layer).
 llama.cpp: ``llama-cpp-python`` built from its sdist (``pip install '.[bench]'``; benchmark-only, never
 a runtime dependency) on the Q4_1 GGUF itself, ``n_threads`` = torch's thread count.
 
@@ -44,6 +46,7 @@ from harness import arguments, environment, parse, write_json, write_markdown
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
 HEAD_ROWS = ("RTN int4 g128 + int8 head, fp32 x", "RTN int4 g128 + int8 head, int8 x",
              "seed basis 3.5 + int8 head, fp32 x")  # Decoder loop only
+EAGER_ROWS = ("seed basis 3.5, fp32 x",)  # also the Decoder without its native (C++) step
 
 
 def head_config():
@@ -148,10 +151,14 @@ def main() -> None:
     from reality_stone.models.decoder import Decoder
 
     decoders = {name: Decoder(net) for name, net in nets.items()}
+    # what the native step buys, in the same run: the seed basis's Decoder without it
+    eager = {name: Decoder(nets[name], native=False) for name in EAGER_ROWS if name in nets}
     for name, net in nets.items():  # warm-up of the eager loops
         if name not in decoder_only:
             hf_prompt_and_decode(net, ids[:, :8], **loops["dynamic cache"])
         decoders[name].generate(ids[0, :8], 4)
+        if name in eager:
+            eager[name].generate(ids[0, :8], 4)
 
     best: dict[tuple[str, str], tuple[float, float]] = {}
     llm, llama_error = None, None
@@ -167,9 +174,12 @@ def main() -> None:
             for loop, gen in (loops if name not in decoder_only else {}).items():
                 r = hf_prompt_and_decode(net, ids, **gen)
                 best[name, loop] = max(best.get((name, loop), r), r, key=lambda t: t[1])
-            r = prompt_and_decode(lambda n: decoders[name].generate(ids[0], n), ids.shape[1])
-            key = (name, "reality_stone Decoder")
-            best[key] = max(best.get(key, r), r, key=lambda t: t[1])
+            runs = [("reality_stone Decoder", decoders[name])]
+            runs += [("reality_stone Decoder, eager step", eager[name])] if name in eager else []
+            for loop, dec in runs:
+                r = prompt_and_decode(lambda n: dec.generate(ids[0], n), ids.shape[1])
+                key = (name, loop)
+                best[key] = max(best.get(key, r), r, key=lambda t: t[1])
         if llm is not None:
             r = llama_cpp_prompt_and_decode(llm, ids[0].tolist())
             key = ("llama.cpp, Q4_1 GGUF" if args.model == "smollm2" else "llama.cpp, Q4_K_M GGUF", "llama.cpp")
