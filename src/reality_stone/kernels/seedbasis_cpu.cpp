@@ -240,13 +240,19 @@ float* scratch(int64_t n) {
 // The batch-1 loops' per-thread tile buffers — sign sums (tile × 257 floats), then z (tile ×
 // z_stride) — from the thread's grow-only scratch: per-call vectors were up to 256 KB of fresh,
 // zeroed pages each call (a tenth of a SmolLM2-sized call).
-float* tile_scratch(int64_t tile, int64_t z_stride) { return scratch(tile * (kPatterns + 1 + z_stride)); }
+float* tile_scratch(int64_t tile, int64_t z_stride);
 
 // ------------------------------------------------------------------ batch 1: lanes = coefficients
 
-// one batch row's v for one column block, 257 entries: entry 256 is 0 (the padding coefficients'
-// pattern, so an Inf in x never meets a zero code)
-void sign_sums_row(const float* x, int64_t K, int64_t j, float* out) {
+// One column block's row of the batch-1 tile buffer: v (257 entries: entry 256 is 0, the padding
+// coefficients' pattern, so an Inf in x never meets a zero code), then its two halves lo[16] and
+// hi[16] (v[k] = lo[k & 15] + hi[k >> 4]: the sums of inputs 0-3 and 4-7) — each 16 entries, one
+// AVX-512 register, so a lookup of v is two in-register permutes and an add instead of a gather.
+constexpr int64_t kRow = kPatterns + 1 + 32;
+constexpr int64_t kLo = kPatterns + 1, kHi = kLo + 16;
+
+// one batch row's sign sums for column block j into out[kRow] (v only when `full`)
+void sign_sums_row(const float* x, int64_t K, int64_t j, float* out, bool full = true) {
   float xc[8];
   for (int c = 0; c < 8; ++c) xc[c] = 8 * j + c < K ? x[8 * j + c] : 0.f;
   float lo[16], hi[16];
@@ -256,9 +262,10 @@ void sign_sums_row(const float* x, int64_t K, int64_t j, float* out) {
       sl += (k >> c) & 1 ? xc[c] : -xc[c];
       sh += (k >> c) & 1 ? xc[c + 4] : -xc[c + 4];
     }
-    lo[k] = sl;
-    hi[k] = sh;
+    out[kLo + k] = lo[k] = sl;
+    out[kHi + k] = hi[k] = sh;
   }
+  if (!full) return;
   for (int k = 0; k < kPatterns; ++k) out[k] = lo[k & 15] + hi[k >> 4];
   out[kPatterns] = 0.f;
 }
@@ -310,15 +317,18 @@ inline __m256 z_rows(const uint32_t* seed, int v, const float* z, const float* v
   }
 }
 
+float* tile_scratch(int64_t tile, int64_t z_stride) { return scratch(tile * (kRow + z_stride)); }
+
 // One tile's prologue, shared by both batch-1 loops: each column block's sign sums (vbuf, one
-// row of kPatterns + 1 per block) and, when z != nullptr, their products per seed and coefficient
-// slot (z, `z_stride` per block) filled by `expand(vj, zj)` — a plain copy, or AVX-512 gathers.
+// row of kRow per block; v itself only when `full`) and, when z != nullptr, their products per
+// seed and coefficient slot (z, `z_stride` per block) filled by `expand(vj, zj)` — a plain copy,
+// or AVX-512 permutes of lo/hi.
 template <typename Expand>
 void tile_prologue(const float* x, int64_t K, int64_t t0, int64_t t1, int64_t z_stride, float* vbuf, float* z,
-                   const Expand& expand) {
+                   bool full, const Expand& expand) {
   for (int64_t j = t0; j < t1; ++j) {
-    float* vj = vbuf + (j - t0) * (kPatterns + 1);
-    sign_sums_row(x, K, j, vj);
+    float* vj = vbuf + (j - t0) * kRow;
+    sign_sums_row(x, K, j, vj, full);
     if (z != nullptr) expand(vj, z + (j - t0) * z_stride);
   }
 }
@@ -346,11 +356,11 @@ void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, 
                 const Format& f, const CoeffReader<PL>& rd, int64_t nb, int64_t j0, int64_t j1) {
   const int64_t tile = kTile;  // the record order's tiles (z: 256 KB at S = 10, P ≤ 4)
   float* vbuf = tile_scratch(tile, expand ? n_seeds * PL : 0);
-  float* z = vbuf + tile * (kPatterns + 1);
+  float* z = vbuf + tile * kRow;
   alignas(32) uint32_t seed[8];
   for (int64_t t0 = j0; t0 < j1; t0 += tile) {
     const int64_t t1 = std::min(j1, t0 + tile);
-    tile_prologue(x, K, t0, t1, n_seeds * PL, vbuf, expand ? z : nullptr, ExpandByCopy{pat, n_seeds * PL});
+    tile_prologue(x, K, t0, t1, n_seeds * PL, vbuf, expand ? z : nullptr, true, ExpandByCopy{pat, n_seeds * PL});
     for (const Part* part = parts; part < parts + n_parts; ++part)
     for (int64_t g = 0, G = part->G; g < G; ++g) {
       const uint8_t* rec = part->rec;
@@ -361,7 +371,7 @@ void single_row(const float* x, int64_t K, const int32_t* pat, int64_t n_seeds, 
         const uint8_t* r = record_at(rec, g, j, G, nb, f.R);
         _mm256_store_si256(reinterpret_cast<__m256i*>(seed), rd.seed.one(r));
         const __m256i e = f.E ? rd.exp.one(r) : _mm256_setzero_si256();
-        const float* vj = vbuf + (j - t0) * (kPatterns + 1);
+        const float* vj = vbuf + (j - t0) * kRow;
         const float* zj = expand ? z + (j - t0) * n_seeds * PL : nullptr;
         for (int v = 0; v < PL; ++v) {
           const __m256i q = _mm256_and_si256(_mm256_sub_epi32(rd.code[v].one(r), rd.half), rd.valid[v]);
@@ -419,13 +429,25 @@ RS_AVX512 Codes512 codes512(const Format& f) {
   return c;
 }
 
-struct ExpandByGather512 {
+// v at 16 pattern ids (padding: 256 → 0) from the block's lo/hi registers: the same float sum
+// sign_sums_row forms for v, so the result is bit-identical to reading v
+RS_AVX512 inline __m512 lookup512(__m512i ids, __m512 lo, __m512 hi, __mmask16 valid) {
+  return _mm512_maskz_add_ps(valid, _mm512_permutexvar_ps(ids, lo),  // permutes read the low 4 bits
+                             _mm512_permutexvar_ps(_mm512_srli_epi32(ids, 4), hi));
+}
+
+struct ExpandByPermute512 {
   const int32_t* pat;
-  int64_t n;  // n_seeds · 4: a multiple of 16 from S = 2, so 16 entries per gather
+  int64_t n;  // n_seeds · 4: a multiple of 16 from S = 2
   RS_AVX512 void operator()(const float* vj, float* zj) const {
+    const __m512 lo = _mm512_loadu_ps(vj + kLo), hi = _mm512_loadu_ps(vj + kHi);
+    const __m512i pad = _mm512_set1_epi32(kPatterns);
     int64_t k = 0;
-    for (; k + 16 <= n; k += 16) _mm512_storeu_ps(zj + k, _mm512_i32gather_ps(_mm512_loadu_si512(pat + k), vj, 4));
-    for (; k < n; ++k) zj[k] = vj[pat[k]];
+    for (; k + 16 <= n; k += 16) {
+      const __m512i ids = _mm512_loadu_si512(pat + k);
+      _mm512_storeu_ps(zj + k, lookup512(ids, lo, hi, _mm512_cmplt_epu32_mask(ids, pad)));
+    }
+    for (; k < n; ++k) zj[k] = pat[k] < kPatterns ? vj[kLo + (pat[k] & 15)] + vj[kHi + (pat[k] >> 4)] : 0.f;
   }
 };
 
@@ -436,11 +458,11 @@ RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, 
   const Codes512 c = codes512(f);
   const int64_t tile = kTile;
   float* vbuf = tile_scratch(tile, expand ? n_seeds * 4 : 0);
-  float* z = vbuf + tile * (kPatterns + 1);
+  float* z = vbuf + tile * kRow;
   alignas(32) uint32_t seed[8];
   for (int64_t t0 = j0; t0 < j1; t0 += tile) {
     const int64_t t1 = std::min(j1, t0 + tile);
-    tile_prologue(x, K, t0, t1, n_seeds * 4, vbuf, expand ? z : nullptr, ExpandByGather512{pat, n_seeds * 4});
+    tile_prologue(x, K, t0, t1, n_seeds * 4, vbuf, expand ? z : nullptr, false, ExpandByPermute512{pat, n_seeds * 4});
     for (const Part* part = parts; part < parts + n_parts; ++part)
     for (int64_t g = 0, G = part->G; g < G; ++g) {
       const uint8_t* rec = part->rec;
@@ -451,8 +473,13 @@ RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, 
         _mm_prefetch(reinterpret_cast<const char*>(r) + 1024, _MM_HINT_T0);  // the stream, ~1 µs ahead
         _mm256_store_si256(reinterpret_cast<__m256i*>(seed), rd.seed.one(r));
         const __m512i e = _mm512_castsi256_si512(f.E ? rd.exp.one(r) : _mm256_setzero_si256());
-        const float* vj = vbuf + (j - t0) * (kPatterns + 1);
+        const float* vj = vbuf + (j - t0) * kRow;
         const float* zj = expand ? z + (j - t0) * n_seeds * 4 : nullptr;
+        __m512 lo, hi;
+        if constexpr (!expand) {
+          lo = _mm512_loadu_ps(vj + kLo);
+          hi = _mm512_loadu_ps(vj + kHi);
+        }
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
           const __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + c.window[h])));
@@ -471,7 +498,7 @@ RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, 
             idx = _mm512_inserti32x4(idx, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * sh[1])), 1);
             idx = _mm512_inserti32x4(idx, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * sh[2])), 2);
             idx = _mm512_inserti32x4(idx, _mm_loadu_si128(reinterpret_cast<const __m128i*>(pat + 4 * sh[3])), 3);
-            zv = _mm512_i32gather_ps(idx, vj, 4);
+            zv = lookup512(idx, lo, hi, c.valid);  // padding lanes (ids 256) are the invalid ones
           }
           a[h] = _mm512_fmadd_ps(qe, zv, a[h]);
         }
