@@ -5,7 +5,7 @@
 // Why: at batch 1 the weight kernels of a small model take less time than the ~190 eager torch
 // ops per block around them (norms, rotary, cache writes, attention, residuals), each a few µs of
 // dispatch. Here those are plain loops over a few thousand floats, and each projection is one
-// `lowbit_gemv_row` / `seedbasis_gemv_row` into a preallocated buffer. The arithmetic is the
+// `lowbit_gemv_row` / `seedbasis_gemv_rows` call into a preallocated buffer. The arithmetic is the
 // Python Decoder's (reality_stone/models/decoder.py, `_step` with T = 1); tests compare both with
 // the model's own forward pass and `generate` (tests/models/test_decoder.py).
 //

@@ -237,11 +237,6 @@ float* scratch(int64_t n) {
   return buf.get();
 }
 
-// The batch-1 loops' per-thread tile buffers — sign sums (tile × 257 floats), then z (tile ×
-// z_stride) — from the thread's grow-only scratch: per-call vectors were up to 256 KB of fresh,
-// zeroed pages each call (a tenth of a SmolLM2-sized call).
-float* tile_scratch(int64_t tile, int64_t z_stride);
-
 // ------------------------------------------------------------------ batch 1: lanes = coefficients
 
 // One column block's row of the batch-1 tile buffer: v (257 entries: entry 256 is 0, the padding
@@ -317,6 +312,9 @@ inline __m256 z_rows(const uint32_t* seed, int v, const float* z, const float* v
   }
 }
 
+// The batch-1 loops' per-thread tile buffers — sign-sum rows (tile × kRow floats), then z (tile ×
+// z_stride) — from the thread's grow-only scratch: per-call vectors were up to 256 KB of fresh,
+// zeroed pages each call (a tenth of a SmolLM2-sized call).
 float* tile_scratch(int64_t tile, int64_t z_stride) { return scratch(tile * (kRow + z_stride)); }
 
 // One tile's prologue, shared by both batch-1 loops: each column block's sign sums (vbuf, one
