@@ -235,3 +235,59 @@ def test_siblings_share_one_product_and_each_sum_is_its_own():
     torch.testing.assert_close(acc["q"].stats("q").xtx, 3 * xtx / 45, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(acc["k"].stats("k").xtx, xtx / 15, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(acc["v"].stats("v").xtx, vin.T @ vin / 15, rtol=1e-5, atol=1e-8)
+
+
+def _heldout_kl(model, base, rows):
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        t = F.log_softmax(base(rows).logits, -1)
+        s = F.log_softmax(model(rows).logits, -1)
+    return float((t.exp() * (t - s)).sum(-1).mean())
+
+
+def test_tuning_fits_only_the_norms_and_biases_and_keeps_the_best_epoch():
+    import copy
+
+    from reality_stone.calibration import tunable_parameters
+
+    base = _tiny_causal_lm("qwen2")  # q/k/v biases: compressed layers with biases
+    calib = ids(16, 32, seed=3)
+    plain, tuned, again = copy.deepcopy(base), copy.deepcopy(base), copy.deepcopy(base)
+    cfg = codec_config("seedbasis", preset="2.5")
+    rs.compress(plain, cfg, calibration=calib)
+    report = rs.compress(tuned, cfg, calibration=calib, tune_epochs=4)
+    rs.compress(again, cfg, calibration=calib, tune_epochs=4)
+    info = report.calibration["tuning"]
+    names = {n for n, _ in tunable_parameters(tuned)}
+    assert any(n.endswith("q_proj.bias") for n in names) and any(n.endswith("input_layernorm.weight") for n in names)
+    assert info["parameters"] == sum(p.numel() for n, p in tuned.named_parameters() if n in names)
+    # the held-out sequences are the last ⌈16/8⌉ = 2; what the model holds is the best epoch
+    held = calib[-2:]
+    assert info["heldout_sequences"] == 2 and 1 <= info["epochs"] <= 4
+    assert _heldout_kl(tuned, base, held) == pytest.approx(min(info["heldout_kl"]), rel=1e-4)
+    assert info["heldout_kl"][0] == pytest.approx(_heldout_kl(plain, base, held), rel=1e-4)
+    assert min(info["heldout_kl"]) < 0.98 * info["heldout_kl"][0]
+    moved = set()
+    for (n, p), (_, q), (_, r) in zip(tuned.named_parameters(), plain.named_parameters(), again.named_parameters()):
+        assert torch.equal(p, r), f"{n}: tuning is not deterministic"
+        if not torch.equal(p, q):
+            moved.add(n)
+        assert p.requires_grad == q.requires_grad  # flags restored
+    assert moved and moved <= names
+    for (n, m), (_, m0) in zip(tuned.named_modules(), plain.named_modules()):
+        if isinstance(m, CompressedLinear):  # the codes are not touched
+            assert torch.equal(m.encoded.decode(), m0.encoded.decode()), n
+
+
+def test_tuning_bad_input():
+    calib = ids(4, 16)
+    cfg = codec_config("seedbasis", preset="2.5")
+    with pytest.raises(ValueError, match="give calibration"):
+        rs.compress(tiny_llama(), cfg, tune_epochs=1)
+    with pytest.raises(ValueError, match="non-negative integer"):
+        rs.compress(tiny_llama(), cfg, calibration=calib, tune_epochs=-1)
+    with pytest.raises(ValueError, match="at least 2 sequences of 16 tokens, the calibration set has 1"):
+        rs.compress(tiny_llama(), cfg, calibration=ids(1, 16), seq_len=16, tune_epochs=1)
+    with pytest.raises(ValueError, match="output head"):
+        rs.compress(tiny_bert(), cfg, calibration=calib, tune_epochs=1)

@@ -107,6 +107,7 @@ def test_calibration_bad_input_is_clear(tmp_path):
         (["--codec", "gptq"], "need calibration"),
         (["--codec", "seedbasis", "--preset", "9"], "unknown preset"),
         (["--codec", "seedbasis", "--calibration", str(tmp_path / "missing.txt")], "no such file"),
+        (["--codec", "seedbasis", "--tune-epochs", "1"], "give --calibration"),
     ]
     for args, msg in cases:
         r = runner.invoke(app, ["compress", "smollm2", *args, "-o", str(out)])
@@ -135,10 +136,18 @@ def test_hf_model_folder_calibrated_with_own_text(tmp_path):
     out = tmp_path / "my-model.rs.safetensors"
     r = runner.invoke(app, ["compress", str(folder), "--codec", "seedbasis", "--preset", "4.25", "--calibration",
                             str(text), "--calibration-tokens", "512", "--seq-len", "128", "--one-pass", "-o", str(out),
-                            "--json"])
+                            "--tune-epochs", "2", "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["calibration"]["mode"] == "one-pass" and summary["calibration"]["sequences"] == 4
+    tuning = summary["calibration"]["tuning"]  # 3 sequences trained on, 1 held out
+    assert tuning["heldout_sequences"] == 1 and 1 <= tuning["epochs"] <= 2 and tuning["parameters"] == 5 * 64
+    # the file holds the tuned gains (the random model's are all 1 before)
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        gains = [f.get_tensor(k) for k in f.keys() if k.endswith("layernorm.weight")]
+    assert gains and (min(tuning["heldout_kl"]) == tuning["heldout_kl"][0] or any(bool((g != 1).any()) for g in gains))
     r = runner.invoke(app, ["eval", str(out), "--text-file", str(text), "--base", str(folder), "--tokens", "200",
                             "--no-speed", "--json"])
     assert r.exit_code == 0, r.output

@@ -39,6 +39,9 @@ __all__ = [
     "hessian_of",
     "output_error",
     "sequential_stats",
+    "teacher_outputs",
+    "tunable_parameters",
+    "tune_float_parameters",
 ]
 
 BUNDLED_CORPORA = ("shakespeare", "news")
@@ -346,3 +349,153 @@ def sequential_stats(model: nn.Module, ids: Tensor, layers: Sequence[str]) -> It
     rest = [n for n in layers if not n.startswith(prefix)]
     if rest:
         yield collect_stats(model, ids, rest)
+
+
+# ----------------------------------------------------------------------------- tuning
+
+
+def tunable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """The float parameters `tune_float_parameters` may change: weights and biases of the
+    normalisation layers (any module whose class name contains "Norm": RMSNorm, LayerNorm, …)
+    and the biases of compressed layers — the model's remaining continuous degrees of freedom
+    once its weights sit on a codec's grid."""
+    from reality_stone.nn.compressed import CompressedLinear
+
+    out: dict[int, tuple[str, nn.Parameter]] = {}
+    for name, mod in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if "norm" in type(mod).__name__.lower():
+            for pname, p in mod.named_parameters(recurse=False):
+                out.setdefault(id(p), (prefix + pname, p))
+        elif isinstance(mod, CompressedLinear) and mod.bias is not None:
+            out.setdefault(id(mod.bias), (f"{prefix}bias", mod.bias))
+    return list(out.values())
+
+
+def _head(model: nn.Module) -> nn.Module:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is None:
+        raise ValueError("tuning distils the model's next-token distributions: it needs a causal LM with an output "
+                         f"head (get_output_embeddings()), and {type(model).__name__} has none")
+    return head
+
+
+def _head_input(model: nn.Module, head: nn.Module, row: Tensor) -> Tensor:
+    """(seq_len, hidden) input of the output head for one sequence; the head itself is not run."""
+    got: list[Tensor] = []
+
+    def hook(_module, inputs):
+        got.append(inputs[0])
+        raise _Captured
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        _run(model, row)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not got:
+        raise ValueError("the model's forward pass never called its output head")
+    return got[0].reshape(-1, got[0].shape[-1])
+
+
+@dataclass
+class Teacher:
+    """The uncompressed model's next-token distributions on the calibration set, kept as the
+    output head's inputs (n × seq_len × hidden floats) and the head's dense weight — the logits
+    are recomputed from them, so no (tokens × vocab) table is held."""
+
+    hidden: list[Tensor]
+    weight: Tensor
+    bias: Tensor | None
+
+    def log_probs(self, i: int) -> Tensor:
+        return torch.log_softmax(torch.nn.functional.linear(self.hidden[i], self.weight, self.bias).float(), -1)
+
+
+@torch.no_grad()
+def teacher_outputs(model: nn.Module, ids: Tensor) -> Teacher:
+    """`Teacher` of ``model`` (still uncompressed) on every row of ``ids`` (n, seq_len)."""
+    head = _head(model)
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"tuning needs a dense nn.Linear output head to take the teacher from, got {type(head).__name__}")
+    return Teacher([_head_input(model, head, row).detach() for row in ids], head.weight.detach(),
+                   None if head.bias is None else head.bias.detach())
+
+
+def tune_float_parameters(model: nn.Module, ids: Tensor, teacher: Teacher, *, epochs: int, lr: float = 5e-3,
+                          seed: int = 0) -> dict:
+    """Fit the compressed ``model``'s `tunable_parameters` to the uncompressed model's next-token
+    distributions on the calibration set: mean KL(teacher ‖ model) per token, Adam, one sequence
+    per step, at most ``epochs`` passes.
+
+    Norm tweaking (Li et al. 2023) with the whole model's output as the target: the codes stay
+    as encoded, the gains and biases around them absorb part of their error. The last ⌈n/8⌉
+    sequences are held out; the parameters kept are those with the lowest held-out KL (the
+    untouched ones if no epoch improves it), and training stops at the first epoch that does
+    not improve it. Each tensor's step is ``lr`` × its RMS (gains near 0.04 and near 2 move by
+    the same fraction). Deterministic under ``seed``. Returns a summary: epochs run, held-out
+    KL before / after each epoch, parameter count, seconds.
+    """
+    import time
+
+    from reality_stone.nn.compressed import decoded_weights
+
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    if len(ids) < 2:
+        raise ValueError(f"tuning holds calibration sequences out to stop on: it needs at least 2 sequences, got "
+                         f"{len(ids)} (give more calibration tokens or a smaller seq_len)")
+    params = tunable_parameters(model)
+    if not params:
+        raise ValueError("the model has no normalisation layers nor compressed-layer biases to tune")
+    t0 = time.perf_counter()
+    head = _head(model)
+    n_val = -(-len(ids) // 8)
+    train, val = range(len(ids) - n_val), range(len(ids) - n_val, len(ids))
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for _, p in params:
+        p.requires_grad_(True)
+    groups = [dict(params=[p], lr=lr * max(float(p.detach().pow(2).mean().sqrt()), 1e-3)) for _, p in params]
+    opt = torch.optim.Adam(groups)
+    gen = torch.Generator().manual_seed(seed)
+
+    def kl(i: int) -> Tensor:
+        s = torch.log_softmax(head(_head_input(model, head, ids[i])).float(), -1)
+        t = teacher.log_probs(i)
+        return (t.exp() * (t - s)).sum(-1).mean()
+
+    def held_out() -> float:
+        with torch.no_grad():
+            return sum(float(kl(i)) for i in val) / len(val)
+
+    saved: list[Tensor] | None = None
+    try:
+        # (callers such as the CLI run under no_grad; decoded weights: each decoded once for all steps)
+        with torch.enable_grad(), decoded_weights(model):
+            best = held_out()
+            history = [best]
+            saved = [p.detach().clone() for _, p in params]
+            for _ in range(epochs):
+                for j in torch.randperm(len(train), generator=gen).tolist():
+                    loss = kl(train[j])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                history.append(held_out())
+                if not history[-1] < best:
+                    break
+                best = history[-1]
+                saved = [p.detach().clone() for _, p in params]
+    finally:
+        with torch.no_grad():  # the best parameters seen (also when interrupted)
+            for (_, p), s in zip(params, saved or []):
+                p.copy_(s)
+        for p in model.parameters():
+            p.requires_grad_(flags.get(id(p), False))
+    return dict(epochs=len(history) - 1, heldout_kl=history, heldout_sequences=len(val), lr=lr,
+                parameters=sum(p.numel() for _, p in params), seconds=time.perf_counter() - t0)

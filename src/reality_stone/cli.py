@@ -311,6 +311,10 @@ def compress_cmd(
     seq_len: int = typer.Option(512, "--seq-len", min=8, help="calibration sequence length (tokens)"),
     sequential: bool = typer.Option(True, "--sequential/--one-pass", help="calibrate block by block through the "
                                     "already-compressed blocks (default), or in one pass over the dense model"),
+    tune_epochs: int = typer.Option(0, "--tune-epochs", min=0, help="with --calibration: after encoding, fit the norm "
+                                    "gains and biases to the uncompressed model's next-token distributions on the "
+                                    "calibration text for at most N epochs (held-out early stop; the codes do not "
+                                    "change; ~2.5 forward passes per sequence and epoch). Not with --stream"),
     stream: bool = typer.Option(False, "--stream", help="stream a model folder or .gguf file: tensor by tensor "
                                 "(data-free codecs) or, with --calibration, decoder block by decoder block (one "
                                 "block's weights in memory)"),
@@ -347,8 +351,13 @@ def compress_cmd(
         check_calibration([config], calib is not None)
     except ValueError as exc:
         _fail(str(exc))
+    if tune_epochs and calib is None:
+        _fail("--tune-epochs fits the compressed model to the uncompressed one on the calibration text: give --calibration")
     path = Path(model)
     if path.exists() and (stream or not (is_model_folder(path) or path.suffix == ".gguf")):
+        if tune_epochs:
+            _fail("--tune-epochs needs the whole uncompressed model in memory as the teacher: not with --stream "
+                  "or a safetensors checkpoint")
         if (calib is not None or config.calibration == "required") and not (is_model_folder(path) or
                                                                              path.suffix == ".gguf"):
             _fail(f"{model}: calibration runs the model, which needs its architecture: give a Hugging Face model "
@@ -370,7 +379,7 @@ def compress_cmd(
     try:
         report = compress(loaded.model, config, skip=tuple(p for p in skip if p), progress=not as_json, calibration=calib,
                           tokenizer=loaded.tokenizer, tokens=calibration_tokens, seq_len=seq_len, sequential=sequential,
-                          head=head)
+                          head=head, tune_epochs=tune_epochs)
     except ValueError as exc:
         _fail(str(exc))
     save(loaded.model, output, source=loaded.name, tokenizer=loaded.tokenizer)
@@ -396,6 +405,10 @@ def _print_report(report: dict, title: str, output: Path) -> None:
         console.print(f"calibration: {how}, {c['tokens']} tokens ({c['sequences']} × {c['seq_len']}), "
                       + (f"{c['seconds']:.1f} s including compression; " if "seconds" in c else "")
                       + f"mean output rel. error {report['output_error']:.4f}")
+        if c.get("tuning"):
+            t = c["tuning"]
+            console.print(f"tuning: {t['parameters']} norm/bias parameters, {t['epochs']} epoch(s), held-out KL "
+                          f"{t['heldout_kl'][0]:.4f} → {min(t['heldout_kl']):.4f} nats/token, {t['seconds']:.1f} s")
     console.print(f"total: {report['bits_per_weight']:.3f} bits/weight over compressed layers, "
                   f"{report['dense_bytes_fp32'] / report['compressed_bytes']:.2f}× smaller than fp32; "
                   f"kept dense: {', '.join(report['skipped']) or 'none'}; file {output} ({output.stat().st_size / 1e6:.1f} MB)")
