@@ -7,9 +7,10 @@ Per model, one run, 2 threads, nothing else running: calibrate on `--calibration
 bundled "shakespeare" set: The Tempest, The Comedy of Errors, Paradise Lost; 8192 tokens in
 sequences of 512) and score on disjoint held-out texts (Hamlet and the Lee news corpus, first
 `--tokens` tokens each, context 512, stride 256). Rows per budget: RTN, HQQ, the library's
-GPTQ (sequential calibration), the seed basis data-free, data-aware with one-pass statistics
-and data-aware with sequential statistics. Columns: perplexity, its ratio to fp32, mean
-KL(fp32 ‖ compressed) of the next-token distributions (nats/token), top-1 agreement with fp32,
+GPTQ (sequential calibration), the seed basis data-free, data-aware with one-pass statistics,
+data-aware with sequential statistics, and the latter with its norm gains (and biases) then
+fitted to the fp32 model's outputs on the calibration text (`tune_epochs=3`). Columns:
+perplexity, its ratio to fp32, mean KL(fp32 ‖ compressed) of the next-token distributions (nats/token), top-1 agreement with fp32,
 compression seconds (calibration included, measured in this process) and the file size of
 `rs.save` (tokenizer and fp32 embeddings included). Baselines use groups of 64/128, never 32
 (SmolLM2 ships on a Q4_1 group-32 grid).
@@ -32,6 +33,7 @@ from reality_stone.nn.compressed import decoded_weights
 from harness import RESULTS, arguments, parse, write_json, write_markdown
 
 TEXTS = ("shakespeare", "news")
+TUNE_EPOCHS = 3  # the "+ tuned norms" rows: rs.compress(..., tune_epochs=3)
 BASELINES = {"4.25": dict(bits=4, group=128), "3.5": dict(bits=3, group=64), "2.5": dict(bits=2, group=64)}
 
 
@@ -46,6 +48,8 @@ def rows_for(budget: str) -> list[tuple[str, object, dict]]:
         (f"seedbasis {budget} data-free", codec_config("seedbasis", preset=budget), {}),
         (f"seedbasis {budget} one-pass", codec_config("seedbasis", preset=budget), dict(calibrated=True, sequential=False)),
         (f"seedbasis {budget} sequential", codec_config("seedbasis", preset=budget), dict(calibrated=True, sequential=True)),
+        (f"seedbasis {budget} sequential + tuned norms", codec_config("seedbasis", preset=budget),
+         dict(calibrated=True, sequential=True, tune_epochs=TUNE_EPOCHS)),
     ]
 
 
@@ -134,7 +138,7 @@ def main() -> None:
                     continue
                 model = copy.deepcopy(base)
                 calib = dict(calibration=args.calibration, tokenizer=tok, tokens=args.calibration_tokens,
-                             sequential=kw["sequential"]) if kw.get("calibrated") else {}
+                             sequential=kw["sequential"], tune_epochs=kw.get("tune_epochs", 0)) if kw.get("calibrated") else {}
                 t0 = time.perf_counter()
                 report = rs.compress(model, config, **calib)
                 seconds = time.perf_counter() - t0

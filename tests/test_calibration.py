@@ -264,8 +264,12 @@ def test_tuning_fits_only_the_norms_and_biases_and_keeps_the_best_epoch():
     assert info["parameters"] == sum(p.numel() for n, p in tuned.named_parameters() if n in names)
     # the held-out sequences are the last ⌈16/8⌉ = 2; what the model holds is the best epoch
     held = calib[-2:]
-    assert info["heldout_sequences"] == 2 and 1 <= info["epochs"] <= 4
-    assert _heldout_kl(tuned, base, held) == pytest.approx(min(info["heldout_kl"]), rel=1e-4)
+    kl, lr = info["heldout_kl"], info["epoch_lr"]
+    assert info["heldout_sequences"] == 2 and info["epochs"] == len(lr) == 4 and len(kl) == 5
+    assert kl[info["kept_epoch"]] == min(kl)
+    assert _heldout_kl(tuned, base, held) == pytest.approx(min(kl), rel=1e-4)
+    for e in range(1, 4):  # an epoch that did not lower the held-out KL halves the next one's step
+        assert lr[e] == (lr[e - 1] if kl[e] < min(kl[:e]) else lr[e - 1] / 2)
     assert info["heldout_kl"][0] == pytest.approx(_heldout_kl(plain, base, held), rel=1e-4)
     assert min(info["heldout_kl"]) < 0.98 * info["heldout_kl"][0]
     moved = set()

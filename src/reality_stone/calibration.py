@@ -434,10 +434,11 @@ def tune_float_parameters(model: nn.Module, ids: Tensor, teacher: Teacher, *, ep
     Norm tweaking (Li et al. 2023) with the whole model's output as the target: the codes stay
     as encoded, the gains and biases around them absorb part of their error. The last ⌈n/8⌉
     sequences are held out; the parameters kept are those with the lowest held-out KL (the
-    untouched ones if no epoch improves it), and training stops at the first epoch that does
-    not improve it. Each tensor's step is ``lr`` × its RMS (gains near 0.04 and near 2 move by
-    the same fraction). Deterministic under ``seed``. Returns a summary: epochs run, held-out
-    KL before / after each epoch, parameter count, seconds.
+    untouched ones if no epoch improves it); an epoch that does not lower it is undone and the
+    step halved for the next. Each tensor's step is ``lr`` × its RMS (gains near 0.04 and near 2
+    move by the same fraction). Deterministic under ``seed``. Returns a summary: epochs run,
+    held-out KL before and after each epoch, the epoch kept (0: none), each epoch's ``lr``,
+    parameter count, seconds.
     """
     import time
 
@@ -460,8 +461,13 @@ def tune_float_parameters(model: nn.Module, ids: Tensor, teacher: Teacher, *, ep
         p.requires_grad_(False)
     for _, p in params:
         p.requires_grad_(True)
-    groups = [dict(params=[p], lr=lr * max(float(p.detach().pow(2).mean().sqrt()), 1e-3)) for _, p in params]
-    opt = torch.optim.Adam(groups)
+    rates = [lr * max(float(p.detach().pow(2).mean().sqrt()), 1e-3) for _, p in params]
+
+    def adam(scale: float) -> torch.optim.Adam:
+        return torch.optim.Adam([dict(params=[p], lr=r * scale) for (_, p), r in zip(params, rates)])
+
+    scale = 1.0
+    opt = adam(scale)
     gen = torch.Generator().manual_seed(seed)
 
     def kl(i: int) -> Tensor:
@@ -478,24 +484,31 @@ def tune_float_parameters(model: nn.Module, ids: Tensor, teacher: Teacher, *, ep
         # (callers such as the CLI run under no_grad; decoded weights: each decoded once for all steps)
         with torch.enable_grad(), decoded_weights(model):
             best = held_out()
-            history = [best]
+            history, steps, kept = [best], [], 0
             saved = [p.detach().clone() for _, p in params]
-            for _ in range(epochs):
+            for epoch in range(1, epochs + 1):
+                steps.append(scale * lr)
                 for j in torch.randperm(len(train), generator=gen).tolist():
                     loss = kl(train[j])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                 history.append(held_out())
-                if not history[-1] < best:
-                    break
-                best = history[-1]
-                saved = [p.detach().clone() for _, p in params]
+                if history[-1] < best:
+                    best, kept = history[-1], epoch
+                    saved = [p.detach().clone() for _, p in params]
+                else:  # overshot: back to the best parameters, half the step, fresh moments
+                    with torch.no_grad():
+                        for (_, p), b in zip(params, saved):
+                            p.copy_(b)
+                    scale /= 2
+                    opt = adam(scale)
     finally:
         with torch.no_grad():  # the best parameters seen (also when interrupted)
             for (_, p), s in zip(params, saved or []):
                 p.copy_(s)
         for p in model.parameters():
             p.requires_grad_(flags.get(id(p), False))
-    return dict(epochs=len(history) - 1, heldout_kl=history, heldout_sequences=len(val), lr=lr,
-                parameters=sum(p.numel() for _, p in params), seconds=time.perf_counter() - t0)
+    return dict(epochs=len(history) - 1, heldout_kl=history, kept_epoch=kept, epoch_lr=steps,
+                heldout_sequences=len(val), parameters=sum(p.numel() for _, p in params),
+                seconds=time.perf_counter() - t0)
