@@ -429,7 +429,7 @@ def tune_float_parameters(model: nn.Module, ids: Tensor, teacher: Teacher, *, ep
                           seed: int = 0) -> dict:
     """Fit the compressed ``model``'s `tunable_parameters` to the uncompressed model's next-token
     distributions on the calibration set: mean KL(teacher ‖ model) per token, Adam, one sequence
-    per step, at most ``epochs`` passes.
+    per step, ``epochs`` passes.
 
     Norm tweaking (Li et al. 2023) with the whole model's output as the target: the codes stay
     as encoded, the gains and biases around them absorb part of their error. The last ⌈n/8⌉
@@ -457,6 +457,8 @@ def tune_float_parameters(model: nn.Module, ids: Tensor, teacher: Teacher, *, ep
     n_val = -(-len(ids) // 8)
     train, val = range(len(ids) - n_val), range(len(ids) - n_val, len(ids))
     flags = {id(p): p.requires_grad for p in model.parameters()}
+    training = model.training
+    model.eval()  # no dropout: the held-out KL must be the model's own
     for p in model.parameters():
         p.requires_grad_(False)
     for _, p in params:
@@ -509,6 +511,7 @@ def tune_float_parameters(model: nn.Module, ids: Tensor, teacher: Teacher, *, ep
                 p.copy_(s)
         for p in model.parameters():
             p.requires_grad_(flags.get(id(p), False))
+        model.train(training)
     return dict(epochs=len(history) - 1, heldout_kl=history, kept_epoch=kept, epoch_lr=steps,
                 heldout_sequences=len(val), parameters=sum(p.numel() for _, p in params),
                 seconds=time.perf_counter() - t0)

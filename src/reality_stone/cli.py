@@ -313,8 +313,9 @@ def compress_cmd(
                                     "already-compressed blocks (default), or in one pass over the dense model"),
     tune_epochs: int = typer.Option(0, "--tune-epochs", min=0, help="with --calibration: after encoding, fit the norm "
                                     "gains and biases to the uncompressed model's next-token distributions on the "
-                                    "calibration text for at most N epochs (held-out early stop; the codes do not "
-                                    "change; ~2.5 forward passes per sequence and epoch). Not with --stream"),
+                                    "calibration text for N epochs (the best on held-out calibration sequences is kept; "
+                                    "the codes do not change; ~2.5 forward passes per sequence and epoch). Not with "
+                                    "--stream"),
     stream: bool = typer.Option(False, "--stream", help="stream a model folder or .gguf file: tensor by tensor "
                                 "(data-free codecs) or, with --calibration, decoder block by decoder block (one "
                                 "block's weights in memory)"),

@@ -167,8 +167,8 @@ def compress(
 
     ``tune_epochs`` (needs ``calibration``; 0 = off): after the layers are encoded, fit the norm
     gains and compressed-layer biases to the uncompressed model's next-token distributions on
-    the calibration set for at most this many epochs (`reality_stone.calibration.tune_float_parameters`:
-    held-out early stopping; the codes do not change). Costs about 2.5 forward passes of the
+    the calibration set for this many epochs (`reality_stone.calibration.tune_float_parameters`:
+    the best epoch on held-out calibration sequences is kept; the codes do not change). Costs about 2.5 forward passes of the
     model per calibration sequence and epoch; the report's ``tuning`` entry says what it did.
 
     ``head``: a config for the output head (``get_output_embeddings()``, an ``nn.Linear``), encoded
@@ -222,7 +222,7 @@ def compress(
                                       sequences=int(ids.shape[0]), seq_len=int(ids.shape[1]))
             if tune_epochs and len(ids) < 2:
                 raise ValueError(f"tune_epochs holds calibration sequences out: it needs at least 2 sequences of "
-                                 f"{seq_len} tokens, the calibration set has {len(ids)}")
+                                 f"{ids.shape[1]} tokens, the calibration set has {len(ids)}")
             teacher = teacher_outputs(model, ids) if tune_epochs else None  # before any layer changes
             # every selected layer gets statistics (cheap; the report's output error uses them too)
             steps = sequential_stats(model, ids, names) if sequential else iter([collect_stats(model, ids, names)])
