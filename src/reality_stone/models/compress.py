@@ -168,8 +168,9 @@ def compress(
     ``tune_epochs`` (needs ``calibration``; 0 = off): after the layers are encoded, fit the norm
     gains and compressed-layer biases to the uncompressed model's next-token distributions on
     the calibration set for this many epochs (`reality_stone.calibration.tune_float_parameters`:
-    the best epoch on held-out calibration sequences is kept; the codes do not change). Costs about 2.5 forward passes of the
-    model per calibration sequence and epoch; the report's ``tuning`` entry says what it did.
+    the best epoch on held-out calibration sequences is kept; the codes do not change). Costs
+    about 2.5 forward passes of the model per calibration sequence and epoch; the report's
+    ``tuning`` entry says what it did.
 
     ``head``: a config for the output head (``get_output_embeddings()``, an ``nn.Linear``), encoded
     data-free after the other layers (None: it stays dense, as selected by ``skip``). When it is
