@@ -408,8 +408,10 @@ def _print_report(report: dict, title: str, output: Path) -> None:
                       + f"mean output rel. error {report['output_error']:.4f}")
         if c.get("tuning"):
             t = c["tuning"]
-            console.print(f"tuning: {t['parameters']} norm/bias parameters, {t['epochs']} epoch(s), held-out KL "
-                          f"{t['heldout_kl'][0]:.4f} → {min(t['heldout_kl']):.4f} nats/token, {t['seconds']:.1f} s")
+            console.print(f"tuning: {t['parameters']} norm/bias parameters, {t['epochs']} epoch(s), kept "
+                          + (f"epoch {t['kept_epoch']}" if t["kept_epoch"] else "none (the untuned model)")
+                          + f"; held-out KL {t['heldout_kl'][0]:.4g} → {min(t['heldout_kl']):.4g} nats/token, "
+                          f"{t['seconds']:.1f} s")
     console.print(f"total: {report['bits_per_weight']:.3f} bits/weight over compressed layers, "
                   f"{report['dense_bytes_fp32'] / report['compressed_bytes']:.2f}× smaller than fp32; "
                   f"kept dense: {', '.join(report['skipped']) or 'none'}; file {output} ({output.stat().st_size / 1e6:.1f} MB)")
