@@ -10,8 +10,8 @@ sequences of 512) and score on disjoint held-out texts (Hamlet and the Lee news 
 GPTQ (sequential calibration), the seed basis data-free, data-aware with one-pass statistics,
 data-aware with sequential statistics, and the latter with its norm gains (and biases) then
 fitted to the fp32 model's outputs on the calibration text (`tune_epochs=3`). Columns:
-perplexity, its ratio to fp32, mean KL(fp32 ‖ compressed) of the next-token distributions (nats/token), top-1 agreement with fp32,
-compression seconds (calibration included, measured in this process) and the file size of
+perplexity, its ratio to fp32, mean KL(fp32 ‖ compressed) of the next-token distributions
+(nats/token), top-1 agreement with fp32, compression seconds (calibration included, measured in this process) and the file size of
 `rs.save` (tokenizer and fp32 embeddings included). Baselines use groups of 64/128, never 32
 (SmolLM2 ships on a Q4_1 group-32 grid).
 """
@@ -138,7 +138,8 @@ def main() -> None:
                     continue
                 model = copy.deepcopy(base)
                 calib = dict(calibration=args.calibration, tokenizer=tok, tokens=args.calibration_tokens,
-                             sequential=kw["sequential"], tune_epochs=kw.get("tune_epochs", 0)) if kw.get("calibrated") else {}
+                             sequential=kw["sequential"], tune_epochs=kw.get("tune_epochs", 0)
+                             ) if kw.get("calibrated") else {}
                 t0 = time.perf_counter()
                 report = rs.compress(model, config, **calib)
                 seconds = time.perf_counter() - t0

@@ -415,9 +415,20 @@ class Teacher:
         return torch.log_softmax(torch.nn.functional.linear(self.hidden[i], self.weight, self.bias).float(), -1)
 
 
+def _heldout_split(ids: Tensor) -> tuple[range, range]:
+    """(training rows, held-out rows) of ``ids`` (n, seq_len): the last ⌈n/8⌉ are held out."""
+    if len(ids) < 2:
+        raise ValueError(f"tuning holds calibration sequences out: it needs at least 2 sequences of {ids.shape[-1]} "
+                         f"tokens, the calibration set has {len(ids)} (give more tokens or a smaller seq_len)")
+    n_val = -(-len(ids) // 8)
+    return range(len(ids) - n_val), range(len(ids) - n_val, len(ids))
+
+
 @torch.no_grad()
 def teacher_outputs(model: nn.Module, ids: Tensor) -> Teacher:
-    """`Teacher` of ``model`` (still uncompressed) on every row of ``ids`` (n, seq_len)."""
+    """`Teacher` of ``model`` (still uncompressed) on every row of ``ids`` (n, seq_len); refuses a
+    calibration set too small to hold sequences out of (before any expensive work)."""
+    _heldout_split(ids)
     head = _head(model)
     if not isinstance(head, nn.Linear):
         raise ValueError(f"tuning needs a dense nn.Linear output head to take the teacher from, got {type(head).__name__}")
@@ -446,16 +457,12 @@ def tune_float_parameters(model: nn.Module, ids: Tensor, teacher: Teacher, *, ep
 
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-    if len(ids) < 2:
-        raise ValueError(f"tuning holds calibration sequences out to stop on: it needs at least 2 sequences, got "
-                         f"{len(ids)} (give more calibration tokens or a smaller seq_len)")
+    train, val = _heldout_split(ids)
     params = tunable_parameters(model)
     if not params:
         raise ValueError("the model has no normalisation layers nor compressed-layer biases to tune")
     t0 = time.perf_counter()
     head = _head(model)
-    n_val = -(-len(ids) // 8)
-    train, val = range(len(ids) - n_val), range(len(ids) - n_val, len(ids))
     flags = {id(p): p.requires_grad for p in model.parameters()}
     training = model.training
     model.eval()  # no dropout: the held-out KL must be the model's own

@@ -221,9 +221,6 @@ def compress(
                                   vocab_size=_model_vocab_size(model))
             report.calibration = dict(mode="sequential" if sequential else "one-pass", tokens=int(ids.numel()),
                                       sequences=int(ids.shape[0]), seq_len=int(ids.shape[1]))
-            if tune_epochs and len(ids) < 2:
-                raise ValueError(f"tune_epochs holds calibration sequences out: it needs at least 2 sequences of "
-                                 f"{ids.shape[1]} tokens, the calibration set has {len(ids)}")
             teacher = teacher_outputs(model, ids) if tune_epochs else None  # before any layer changes
             # every selected layer gets statistics (cheap; the report's output error uses them too)
             steps = sequential_stats(model, ids, names) if sequential else iter([collect_stats(model, ids, names)])
