@@ -100,7 +100,7 @@ def tabular() -> list[dict]:
 
 def wordnet() -> list[dict]:
     h = wordnet_closure()
-    emb = embed_hierarchy(h, 2, "poincare", hard_negatives=0, seed=0).embedding.float()
+    emb = embed_hierarchy(h, 2, "poincare", init="random", hard_negatives=0, seed=0).embedding.float()
     n = h.num_nodes
     anc = [set() for _ in range(n)]
     for d, a in h.edges.tolist():

@@ -67,8 +67,17 @@ def embed_cmd(
     hard_negatives: int = typer.Option(None, min=0, help="how many of the negatives are drawn two closure hops from "
                                        "the anchor (cousins) instead of uniformly [default: a fifth on the Poincaré "
                                        "ball, 0 otherwise]"),
-    lr: float = typer.Option(0.05),
-    burn_in: int = typer.Option(20, min=0, help="epochs at lr/10 first"),
+    lr: float = typer.Option(None, help="Adam step [default: 0.5 per epoch with the tree start, 0.05 with the "
+                             "random one]"),
+    burn_in: int = typer.Option(None, min=0, help="epochs at lr/10 first [default: 0 with the tree start, 20 with "
+                                "the random one]"),
+    init: str = typer.Option(None, help="tree (a construction from the hierarchy; the ball's default) or random "
+                             "(the paper's start; the default elsewhere)"),
+    both_directions: bool = typer.Option(None, "--both-directions/--directed", help="train both directions of each "
+                                         "edge, or descendant → ancestor only [default: directed with the tree "
+                                         "start]", show_default=False),
+    patience: int = typer.Option(10, min=1, help="with the tree start: stop after this many epochs without a better "
+                                 "sampled MAP (the best epoch is returned)"),
     schedule: str = typer.Option("constant", help="learning rate after the burn-in: constant, or linear (decays to 0 "
                                  "at the last epoch)"),
     curvature: float = typer.Option(1.0, "--c", help="curvature magnitude c > 0"),
@@ -104,13 +113,15 @@ def embed_cmd(
         hierarchy, label = _hierarchy(source, instances)
         t0 = time.perf_counter()
         r = embed(hierarchy, dim, geometry, epochs=epochs, batch_size=batch_size, negatives=negatives,
-                  hard_negatives=hard_negatives, lr=lr,
+                  hard_negatives=hard_negatives, lr=lr, init=init, patience=patience,
+                  directed=None if both_directions is None else not both_directions,
                   burn_in=burn_in, schedule=schedule, c=curvature, seed=seed, holdout=holdout, checkpoint=checkpoint,
                   max_seconds=None if max_minutes is None else 60 * max_minutes, progress=not as_json)
     except (ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
     row = dict(hierarchy=label, nodes=hierarchy.num_nodes, closure_edges=len(hierarchy.edges), geometry=geometry,
-               dim=dim, epochs=r.epochs, mean_rank=r.mean_rank, map=r.map, link_mean_rank=r.link_mean_rank,
+               dim=dim, epochs=r.epochs, best_epoch=r.best_epoch, mean_rank=r.mean_rank, map=r.map,
+               mean_rank_both=r.mean_rank_both, map_both=r.map_both, link_mean_rank=r.link_mean_rank,
                link_map=r.link_map, loss=r.final_loss, seconds=time.perf_counter() - t0, threads=torch.get_num_threads())
     if out is not None:
         _write_embedding(out, r.embedding, hierarchy, row)
@@ -123,7 +134,8 @@ def embed_cmd(
         return
     _print_rows([row], f"{label}: {row['nodes']} nodes, {row['closure_edges']} closure edges",
                 [("geometry", "geometry", "{}"), ("dim", "dim", "{}"), ("epochs", "epochs", "{}"),
-                 ("mean rank ↓", "mean_rank", "{:.2f}"), ("MAP ↑", "map", "{:.3f}"),
+                 ("best epoch", "best_epoch", "{}"), ("mean rank ↓", "mean_rank", "{:.2f}"), ("MAP ↑", "map", "{:.3f}"),
+                 ("MAP, both directions ↑", "map_both", "{:.3f}"),
                  ("link mean rank ↓", "link_mean_rank", "{:.2f}"), ("link MAP ↑", "link_map", "{:.3f}"),
                  ("loss", "loss", "{:.4f}"), ("seconds", "seconds", "{:.1f}")])
 
@@ -218,7 +230,8 @@ def hyperbolic_demo(
             for geometry in ("poincare", "euclidean"):
                 progress.update(task, description=f"{geometry} d={dim}")
                 t0 = time.perf_counter()
-                r = embed_hierarchy(hierarchy, dim, geometry, epochs=epochs, batch_size=batch, seed=0)
+                r = embed_hierarchy(hierarchy, dim, geometry, epochs=epochs, batch_size=batch, seed=0,
+                                       init="random")  # the same start: the comparison is of geometries
                 rows.append(
                     dict(geometry=geometry, dim=dim, mean_rank=r.mean_rank, map=r.map,
                          loss=r.final_loss, seconds=time.perf_counter() - t0)

@@ -2,8 +2,19 @@
 
 Training follows Nickel & Kiela (2017, "Poincaré Embeddings for Learning Hierarchical
 Representations"): for each closure edge (u, v), a softmax over −d(u, ·) against sampled
-non-neighbours of u; a burn-in phase at lr/10. Geometries: ``poincare`` (ball), ``lorentz``
-(hyperboloid, d+1 coordinates) and the ``euclidean`` baseline (same loss, Adam).
+non-neighbours of u. Geometries: ``poincare`` (ball), ``lorentz`` (hyperboloid, d+1
+coordinates) and the ``euclidean`` baseline (same loss, Adam).
+
+The ball's default (``init="tree"``) starts from a construction instead of noise: each node
+hangs off one parent (its ancestor with the most ancestors), at hyperbolic radius 2·depth − 1,
+in the parent's direction perturbed by a random angle that shrinks as e^{−R/2} with the
+parent's radius R — the scale at which two siblings are still farther apart than a descendant
+is from the root. That alone ranks WordNet nouns' ancestors at MAP 0.81 (10-d); training then
+runs on the directed pairs (descendant → ancestor, as the reference code), keeps the epoch
+with the best reconstruction MAP on a fixed sample of anchors and stops when it has not
+improved for ``patience`` epochs (MAP peaks within a few epochs; the loss keeps falling after
+it while MAP falls too). ``init="random"`` is the paper's start (uniform in ±1e-3, a burn-in
+phase at lr/10, both directions of each edge trained).
 
 The ball trains with a compiled step (`kernels.poincare_embedding`: loss, gradient and lazy
 Riemannian Adam update in one pass) when the kernels are built. The plain-torch step — the
@@ -15,10 +26,14 @@ sorted key table, not an N×N matrix).
 
 Evaluation (`rank_metrics`), for every node u with neighbours:
 * reconstruction (Nickel & Kiela's task): rank of each closure neighbour v of u among u's
-  non-neighbours ordered by distance (mean rank, 1 is perfect) and the mean average precision;
+  non-neighbours ordered by distance (mean rank, 1 is perfect) and the mean average precision.
+  ``mean_rank``/``map`` follow the reference implementation (facebookresearch/poincare-embeddings,
+  whose numbers the paper reports): u's neighbours are its ancestors, every other node competes.
+  ``mean_rank_both``/``map_both`` count both directions (u's ancestors and descendants) — the
+  harder variant this project reported before 2026-12-07;
 * link prediction (``holdout`` > 0): a random ``holdout`` share of the closure edges is never
-  trained on; each held-out neighbour is ranked among all nodes that are not u's training
-  neighbours (the filtered setting).
+  trained on; each held-out ancestor is ranked among all nodes that are not u's training
+  ancestors (the filtered setting).
 Both are computed in row chunks from one matrix product per chunk (a score monotone in the
 distance), so 82k nodes fit in memory and take about a minute.
 
@@ -42,13 +57,17 @@ from torch import Tensor
 
 from reality_stone.data.wordnet import Hierarchy
 from reality_stone.geometry import Lorentz, ManifoldParameter, PoincareBall, lorentz, poincare
+from reality_stone.geometry.conversions import poincare_to_lorentz
+from reality_stone.geometry.validation import boundary_eps
 from reality_stone.kernels.poincare_embedding import fused_step_available, poincare_embedding_step
 from reality_stone.optim import RiemannianAdam
 
-__all__ = ["GEOMETRIES", "EmbeddingResult", "embed", "embed_hierarchy", "rank_metrics", "reconstruction_metrics"]
+__all__ = ["GEOMETRIES", "INITS", "EmbeddingResult", "embed", "embed_hierarchy", "rank_metrics", "reconstruction_metrics",
+           "tree_initialisation"]
 
 GEOMETRIES = ("poincare", "lorentz", "euclidean")
 SCHEDULES = ("constant", "linear")
+INITS = ("tree", "random")
 
 
 @dataclass(frozen=True)
@@ -63,6 +82,9 @@ class EmbeddingResult:
     link_map: float | None = None
     epochs: int = 0
     seconds: float = 0.0
+    mean_rank_both: float = float("nan")
+    map_both: float = float("nan")
+    best_epoch: int | None = None
 
 
 def _distance_fn(geometry: str, c: float) -> Callable[[Tensor, Tensor], Tensor]:
@@ -226,21 +248,24 @@ class _EdgeSet:
 
 
 def _sample_negatives(u: Tensor, n: int, negatives: int, hard: int, ptr: Tensor | None, cols: Tensor | None,
-                      g: torch.Generator) -> Tensor:
+                      g: torch.Generator, back: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """(B, negatives) candidate negatives for anchors ``u`` (B,): ``negatives − hard`` uniform over
     the nodes, ``hard`` two closure hops from u (w, a neighbour of v, a neighbour of u; ``ptr``,
     ``cols``: the training closure's CSR). Uniform negatives soon lie far from u and stop moving
     it; what the ranking metrics count against u are the nodes that end up near it — cousins,
     reached through a shared ancestor — so part of the softmax is spent on them. A draw that is
-    u or a neighbour of u is left out of the softmax by the caller, as for uniform ones."""
+    u or a neighbour of u is left out of the softmax by the caller, as for uniform ones.
+    ``back``: (ptr, cols) of the reversed pairs, for directed training, where ``ptr``/``cols``
+    lead only to ancestors: the second hop goes down from the ancestor instead."""
     neg = torch.randint(0, n, (len(u), negatives - hard), generator=g)
     if hard == 0:
         return neg
-    def random_neighbour(x: Tensor) -> Tensor:  # degrees of the batch's rows only, not the table's
-        lo = ptr[x]
-        return cols[lo + (torch.rand(x.shape, generator=g, dtype=torch.float64) * (ptr[x + 1] - lo)).long()]
+    def random_neighbour(x: Tensor, p: Tensor = ptr, c: Tensor = cols) -> Tensor:  # the batch rows' degrees only
+        lo = p[x]
+        return c[lo + (torch.rand(x.shape, generator=g, dtype=torch.float64) * (p[x + 1] - lo)).long()]
 
-    return torch.cat([neg, random_neighbour(random_neighbour(u[:, None].expand(-1, hard)))], dim=1)
+    first = random_neighbour(u[:, None].expand(-1, hard))
+    return torch.cat([neg, random_neighbour(first) if back is None else random_neighbour(first, *back)], dim=1)
 
 
 def _split(edges: Tensor, holdout: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -271,7 +296,7 @@ def _fingerprint(hierarchy: Hierarchy, settings: dict) -> str:
 
 
 def _save_checkpoint(path: Path, weight: Tensor, opt: RiemannianAdam, g: torch.Generator, epoch: int,
-                     fingerprint: str, loss: float) -> None:
+                     fingerprint: str, loss: float, best: dict) -> None:
     from safetensors.torch import save_file
 
     from reality_stone.models.format import atomic_path
@@ -281,11 +306,15 @@ def _save_checkpoint(path: Path, weight: Tensor, opt: RiemannianAdam, g: torch.G
     meta = {"epoch": str(epoch), "fingerprint": fingerprint, "loss": repr(loss), "step": str(state.get("step", 0))}
     if state:
         tensors |= {"exp_avg": state["exp_avg"].clone(), "exp_avg_sq": state["exp_avg_sq"].clone()}
+    if best["table"] is not None:  # keep_best: the best epoch so far, so a resumed run returns the same
+        tensors["best"] = best["table"].clone()
+        meta |= {"best_score": repr(best["score"]), "best_epoch": str(best["epoch"]), "stale": str(best["stale"])}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
 
 
-def _load_checkpoint(path: Path, weight: Tensor, opt: RiemannianAdam, g: torch.Generator, fingerprint: str):
+def _load_checkpoint(path: Path, weight: Tensor, opt: RiemannianAdam, g: torch.Generator, fingerprint: str,
+                     best: dict):
     from safetensors import safe_open
 
     try:
@@ -303,8 +332,104 @@ def _load_checkpoint(path: Path, weight: Tensor, opt: RiemannianAdam, g: torch.G
         weight.copy_(t["weight"])
     if "exp_avg" in t:
         opt.state[weight] = {"step": int(meta["step"]), "exp_avg": t["exp_avg"], "exp_avg_sq": t["exp_avg_sq"]}
+    if "best" in t:
+        if t["best"].shape != weight.shape or t["best"].dtype != weight.dtype:
+            raise ValueError(f"{path}: checkpoint's best table {tuple(t['best'].shape)} does not match "
+                             f"{tuple(weight.shape)}")
+        try:
+            best.update(table=t["best"], score=float(meta["best_score"]), epoch=int(meta["best_epoch"]),
+                        stale=int(meta["stale"]))
+        except (KeyError, ValueError):
+            raise ValueError(f"{path}: checkpoint holds a best table without its score, epoch and count") from None
     g.set_state(t["rng"])
     return int(meta["epoch"]), float(meta["loss"])
+
+
+def _tree_parents(edges: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """(parent (n,), depth (n,)) of a spanning tree of the closure ``edges`` (E, 2) (descendant,
+    ancestor): each node's parent is its ancestor with the most ancestors (in a tree, the direct
+    parent; with several parents, the deepest; ties to the lowest index); −1 and depth 0 for roots."""
+    n_anc = torch.bincount(edges[:, 0], minlength=n)
+    key = n_anc[edges[:, 1]] * n + (n - 1 - edges[:, 1])  # most ancestors first, then the lowest index
+    best = torch.full((n,), -1, dtype=torch.int64).scatter_reduce_(0, edges[:, 0], key, reduce="amax")
+    parent = torch.where(best >= 0, n - 1 - best % n, -1)
+    depth = torch.zeros(n, dtype=torch.int64)
+    has = parent >= 0
+    for _ in range(n):  # depth = parent's depth + 1, a level per pass (the chain is at most n long)
+        nxt = torch.where(has, depth[parent.clamp_min(0)] + 1, 0)
+        if torch.equal(nxt, depth):
+            break
+        depth = nxt
+    return parent, depth
+
+
+# The tree start's radial step per level and the angle's decay: siblings at radius R whose
+# directions differ by θ are farther apart than a node at R is from the root when θ ≳ 2e^{−R/2},
+# so the perturbation of a child's direction scales as e^{−R_parent/2} (β = 1/2). Measured on the
+# WordNet noun closure, 10-d, before any training (reference-protocol MAP): τ = 2, β = 0.5 gives
+# 0.815; τ = 1.5: 0.788; τ = 3: 0.745; β = 0.4 / 0.6 (τ = 2): 0.799 / 0.578.
+TREE_STEP = 2.0
+TREE_ANGLE_DECAY = 0.5
+
+
+def tree_initialisation(hierarchy: Hierarchy, dim: int, *, c: float = 1.0, dtype: torch.dtype = torch.float64,
+                        seed: int = 0, max_radius: float | None = None) -> Tensor:
+    """(N, dim) points in the Poincaré ball of curvature −c laid out from the hierarchy's tree.
+
+    A node at tree depth k ≥ 1 (`_tree_parents`) sits at distance d from the origin with
+    R = √c·d = min(2k − 1, ``max_radius``), in direction normalise(dir(parent) + σ ξ), ξ a random
+    unit vector and σ = max(e^{−(k−1)}, 1e-10) — e^{−(R_parent + 1)/2} with the radius before the
+    clamp; 1 for children of a root. Roots lie at R = 0.05 in random directions. ``max_radius`` defaults to
+    the largest R the dtype keeps apart from the boundary margin, less 2 (28 in float64, 10 in
+    float32). Deterministic under ``seed``; O(N·dim) after the closure's parents are found.
+    """
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
+        raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
+    if not c > 0:
+        raise ValueError(f"curvature c must be positive, got {c}")
+    n = hierarchy.num_nodes
+    limit = 2 * math.atanh(1 - boundary_eps(dtype)) - 2
+    max_radius = min(28.0, limit) if max_radius is None else float(max_radius)
+    if not 0 < max_radius <= limit:
+        raise ValueError(f"max_radius must be in (0, {limit:.1f}] for {dtype}, got {max_radius}")
+    parent, depth = _tree_parents(hierarchy.edges, n)
+    g = torch.Generator().manual_seed(seed)
+    xi = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    xi /= xi.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    radius = (TREE_STEP * depth.double() - 1).clamp(0.05, max_radius)
+    radius[depth == 0] = 0.05
+    dirs = xi.clone()
+    for k in range(1, int(depth.max()) + 1):  # a level at a time: parents are placed first
+        m = depth == k
+        p = parent[m]
+        # e^{−(R_parent + 1)/2} with the unclamped R; floored so that children below depth 24
+        # still differ from their parent in float64 (WordNet's deepest noun is at depth 19)
+        sigma = max(math.exp(-TREE_ANGLE_DECAY * TREE_STEP * (k - 1)), 1e-10)
+        d = dirs[p] + sigma * xi[m]
+        dirs[m] = d / d.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    sc = math.sqrt(c)
+    return (torch.tanh(radius / 2) / sc)[:, None].mul(dirs).to(dtype)  # √c·dist0 = radius
+
+
+class _SampledMAP:
+    """Reconstruction MAP (`rank_metrics`, the reference protocol) over a fixed random sample of
+    at most ``size`` anchors of ``pairs`` (E, 2): the anchors' rows are moved to the front of the
+    table so that only their row chunks are scored (seconds on 82k nodes instead of minutes)."""
+
+    def __init__(self, pairs: Tensor, n: int, geometry: str, c: float, size: int, seed: int):
+        anchors = torch.unique(pairs[:, 0])
+        g = torch.Generator().manual_seed(seed)
+        pick = anchors[torch.randperm(len(anchors), generator=g)[:size]]
+        chosen = torch.zeros(n, dtype=torch.bool)
+        chosen[pick] = True
+        self.perm = torch.cat([pick, torch.nonzero(~chosen).flatten()])
+        inv = torch.empty(n, dtype=torch.int64)
+        inv[self.perm] = torch.arange(n)
+        self.pairs = inv[pairs[chosen[pairs[:, 0]]]]
+        self.geometry, self.c = geometry, c
+
+    def __call__(self, weight: Tensor) -> float:
+        return rank_metrics(weight.detach()[self.perm], self.geometry, self.pairs, c=self.c)[1]
 
 
 # Far from the origin the hyperboloid's float64 arithmetic loses digits as eps·x₀² (⟨x, y⟩_L and
@@ -334,8 +459,8 @@ def embed(
     batch_size: int = 512,
     negatives: int = 50,
     hard_negatives: int | None = None,
-    lr: float = 0.05,
-    burn_in: int = 20,
+    lr: float | None = None,
+    burn_in: int | None = None,
     schedule: str = "constant",
     c: float = 1.0,
     seed: int = 0,
@@ -348,6 +473,10 @@ def embed(
     max_seconds: float | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     fused: bool | None = None,
+    init: str | None = None,
+    directed: bool | None = None,
+    keep_best: bool | None = None,
+    patience: int | None = 10,
 ) -> EmbeddingResult:
     """Train an embedding of ``hierarchy`` in ``dim`` dimensions and evaluate it.
 
@@ -360,10 +489,26 @@ def embed(
     ``hard_negatives``: how many of the ``negatives`` per pair are drawn two closure hops from u
     (through a random neighbour: mostly cousins under a shared ancestor) instead of uniformly;
     they are the nodes the ranking metrics count against u once uniform ones lie far away.
-    None: a fifth of them on the Poincaré ball (10 of 50 raised mammal 5-d MAP from 0.918 to
-    0.932 over 3 seeds, and noun 10-d MAP at 40 epochs from 0.742 to 0.754; 25 of 50 lowered
-    both: `benchmarks/hard_negatives.py`), 0 — uniform, as Nickel & Kiela — elsewhere, where it
-    has not been measured.
+    None: with the random start on the ball, a fifth of them (10 of 50 raised mammal 5-d MAP,
+    both directions, from 0.918 to 0.932 over 3 seeds, and noun 10-d MAP at 40 epochs from
+    0.742 to 0.754; 25 of 50 lowered both: `benchmarks/hard_negatives.py`); with the tree start
+    0 (directed, 10 of 50 lowered the nouns' 10-d peak MAP from 0.926 to 0.920 and it fell
+    faster after); 0 — uniform, as Nickel & Kiela — elsewhere, where it has not been measured.
+    In directed training the second hop goes down from the ancestor (a cousin, not an ancestor).
+    ``init``: "tree" (`tree_initialisation`; the default on the ball) or "random" (the paper's
+    start; the default elsewhere). ``directed``: train only descendant → ancestor pairs, every
+    non-ancestor a negative (the reference code; default with the tree start), or both directions
+    of each edge (default with the random start, which it needs: directed training from noise
+    reached mammal 5-d MAP 0.73 against 0.92). ``keep_best``: after each epoch, score the
+    reconstruction MAP of a fixed sample of 1,000 anchors on the training pairs, return the best
+    epoch's table and stop after ``patience`` epochs without a better one (None: never stop
+    early); default with the tree start. Defaults that follow the start, when None: ``lr`` 0.5 per
+    epoch (0.5 / batches per epoch, measured on nouns and mammals; 0.05 with the random start),
+    ``burn_in`` 0 (20), ``hard_negatives`` 0 (see above). With ``holdout``, selection sees only
+    the training pairs. `EmbeddingResult.map`/``mean_rank``: the reference implementation's
+    reconstruction (each node's ancestors ranked against all other nodes); ``map_both``/
+    ``mean_rank_both``: ancestors and descendants. ``best_epoch``: the epoch returned (None
+    without ``keep_best``).
     ``fused``: the Poincaré ball's compiled training step (`kernels.poincare_embedding`: the
     same loss and lazy Riemannian Adam update, ~5x faster per WordNet-noun epoch); None uses it
     when the kernels are built, False keeps the plain-torch step (the reference; for the ball on
@@ -378,8 +523,25 @@ def embed(
     for name, v in (("epochs", epochs), ("batch_size", batch_size), ("negatives", negatives)):
         if not (isinstance(v, int) and v >= 1):
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    if init is None:
+        init = "tree" if geometry == "poincare" else "random"
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "tree" and geometry == "euclidean":
+        raise ValueError("init='tree' is a hyperbolic construction; the euclidean baseline starts at random")
+    tree = init == "tree"
+    directed = tree if directed is None else bool(directed)
+    keep_best = tree if keep_best is None else bool(keep_best)
+    if patience is not None and not (isinstance(patience, int) and not isinstance(patience, bool) and patience >= 1):
+        raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
+    if burn_in is None:
+        burn_in = 0 if tree else 20
+    if not (isinstance(burn_in, int) and burn_in >= 0):
+        raise ValueError(f"burn_in must be a non-negative integer, got {burn_in!r}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be positive and finite, got {lr!r}")
     if hard_negatives is None:  # measured on the ball only (benchmarks/hard_negatives.py)
-        hard_negatives = negatives // 5 if geometry == "poincare" else 0
+        hard_negatives = negatives // 5 if geometry == "poincare" and not tree else 0
     if not (isinstance(hard_negatives, int) and 0 <= hard_negatives <= negatives):
         raise ValueError(f"hard_negatives must be an integer in [0, negatives={negatives}], got {hard_negatives!r}")
     n = hierarchy.num_nodes
@@ -388,30 +550,47 @@ def embed(
     t_start = time.perf_counter()
     distance = _distance_fn(geometry, c)
     g = torch.Generator().manual_seed(seed)
-    closure = torch.cat([hierarchy.edges, hierarchy.edges.flip(1)])  # both directions, as in the paper
-    train, held = _split(hierarchy.edges, holdout, g)
-    train = torch.cat([train, train.flip(1)])
-    held = torch.cat([held, held.flip(1)])
-    init = (torch.rand(n, dim, generator=g, dtype=dtype) - 0.5) * 2e-3
+    train_pairs, held = _split(hierarchy.edges, holdout, g)  # (descendant, ancestor)
+    if directed:  # anchors are descendants; every non-ancestor is a negative
+        closure, train, back = hierarchy.edges, train_pairs, _csr(train_pairs.flip(1), n)
+    else:  # both directions, as the paper's text
+        closure = torch.cat([hierarchy.edges, hierarchy.edges.flip(1)])
+        train, back = torch.cat([train_pairs, train_pairs.flip(1)]), None
+    steps_per_epoch = -(-len(train) // batch_size)
+    if lr is None:
+        lr = 0.5 / steps_per_epoch if tree else 0.05
+    init_table = (torch.rand(n, dim, generator=g, dtype=dtype) - 0.5) * 2e-3
+    if tree:
+        max_radius = None  # the ball's float limit; the hyperboloid's trainer keeps rows within its own
+        if geometry == "lorentz":
+            max_radius = min(LORENTZ_MAX_RADIUS - 1, 2 * math.atanh(1 - boundary_eps(dtype)) - 2)
+        init_table = tree_initialisation(hierarchy, dim, c=c, dtype=dtype, seed=seed, max_radius=max_radius)
     if geometry == "poincare":
-        weight = ManifoldParameter(init, PoincareBall(c, check=False, dtype=dtype))
+        weight = ManifoldParameter(init_table, PoincareBall(c, check=False, dtype=dtype))
     elif geometry == "lorentz":
-        tangent = torch.cat([torch.zeros(n, 1, dtype=dtype), init], dim=1)
-        weight = ManifoldParameter(lorentz.expmap0(tangent, c=c), Lorentz(c, check=False, dtype=dtype))
+        if tree:
+            start = poincare_to_lorentz(init_table, c=c, check=False)
+        else:
+            start = lorentz.expmap0(torch.cat([torch.zeros(n, 1, dtype=dtype), init_table], dim=1), c=c)
+        weight = ManifoldParameter(start, Lorentz(c, check=False, dtype=dtype))
     else:
-        weight = torch.nn.Parameter(init)
+        weight = torch.nn.Parameter(init_table)
     optimiser = RiemannianAdam([weight], lr=lr)
     settings = dict(dim=dim, geometry=geometry, batch_size=batch_size, negatives=negatives, lr=lr, burn_in=burn_in,
                     c=c, seed=seed, dtype=str(dtype), holdout=holdout, epochs=epochs, schedule=schedule)
     if hard_negatives:  # absent when 0: a checkpoint from before the option resumes with hard_negatives=0
         settings["hard_negatives"] = hard_negatives
+    if tree or directed or keep_best:  # likewise: absent for the settings before these options
+        settings |= dict(init=init, directed=directed, keep_best=keep_best, patience=patience)
     # a run with a constant rate may be resumed with more epochs; a decaying one depends on them
     fingerprint = _fingerprint(hierarchy, {k: v for k, v in settings.items() if k != "epochs" or schedule != "constant"})
+    selector = _SampledMAP(train_pairs, n, geometry, c, size=1000, seed=seed + 1) if keep_best else None
+    best = dict(score=-math.inf, epoch=0, table=None, stale=0)
     start_epoch, loss_value = 0, float("nan")
     epochs_run = start_epoch
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.is_file():
-        start_epoch, loss_value = _load_checkpoint(ckpt, weight, optimiser, g, fingerprint)
+        start_epoch, loss_value = _load_checkpoint(ckpt, weight, optimiser, g, fingerprint, best)
         epochs_run = start_epoch
     bar = None
     if progress:
@@ -433,9 +612,10 @@ def embed(
     # step is 4x faster. The two differ: a dense Adam step also moves rows by their momentum.
     # (The fused Poincaré step is always sparse: its cost is the batch's either way.)
     sparse = batch_size * (negatives + 2) < n
-    steps_per_epoch = -(-len(train) // batch_size)
     decay_steps = max(1, (epochs - burn_in) * steps_per_epoch)
     for epoch in range(start_epoch, epochs):
+        if selector is not None and patience is not None and best["stale"] >= patience:
+            break  # resumed from the checkpoint written when the run settled
         perm = torch.randperm(len(train), generator=g)
         total = 0.0
         for i, s in enumerate(range(0, len(train), batch_size)):
@@ -449,7 +629,7 @@ def embed(
                 group["lr"] = step_lr
             batch = train[perm[s : s + batch_size]]
             u, v = batch[:, 0], batch[:, 1]
-            neg = _sample_negatives(u, n, negatives, hard_negatives, train_ptr, train_cols, g)
+            neg = _sample_negatives(u, n, negatives, hard_negatives, train_ptr, train_cols, g, back)
             cand = torch.cat([v[:, None], neg], dim=1)
             if use_fused:
                 moments["step"] += 1
@@ -478,23 +658,32 @@ def embed(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.4f}")
+        if selector is not None:
+            score = selector(weight)
+            if score > best["score"]:
+                best.update(score=score, epoch=epoch + 1, table=weight.detach().clone(), stale=0)
+            else:
+                best["stale"] += 1
         out_of_time = max_seconds is not None and time.perf_counter() - t_start > max_seconds
-        if ckpt is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or out_of_time):
-            _save_checkpoint(ckpt, weight, optimiser, g, epoch + 1, fingerprint, loss_value)
+        settled = selector is not None and patience is not None and best["stale"] >= patience
+        if ckpt is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or out_of_time or settled):
+            _save_checkpoint(ckpt, weight, optimiser, g, epoch + 1, fingerprint, loss_value, best)
         epochs_run = epoch + 1
-        if out_of_time:
+        if out_of_time or settled:
             break
     if bar is not None:
         bar.close()
-    w = weight.detach().clone()
-    mean_rank = mean_ap = float("nan")
+    w = best["table"] if best["table"] is not None else weight.detach().clone()
+    mean_rank = mean_ap = rank_both = map_both = float("nan")
     link_rank = link_ap = None
     if evaluate:
-        mean_rank, mean_ap = rank_metrics(w, geometry, closure, c=c)
+        mean_rank, mean_ap = rank_metrics(w, geometry, hierarchy.edges, c=c)
+        rank_both, map_both = rank_metrics(w, geometry, torch.cat([hierarchy.edges, hierarchy.edges.flip(1)]), c=c)
         if len(held):
-            link_rank, link_ap = rank_metrics(w, geometry, held, excluded=train, c=c)
+            link_rank, link_ap = rank_metrics(w, geometry, held, excluded=train_pairs, c=c)
     return EmbeddingResult(geometry, dim, mean_rank, mean_ap, loss_value, w, link_rank, link_ap, epochs_run,
-                           time.perf_counter() - t_start)
+                           time.perf_counter() - t_start, rank_both, map_both,
+                           best["epoch"] if best["table"] is not None else None)
 
 
 def embed_hierarchy(hierarchy: Hierarchy, dim: int, geometry: str = "poincare", **kwargs) -> EmbeddingResult:

@@ -174,7 +174,11 @@ def _gyration(u: Tensor, v: Tensor, w: Tensor, c: Tensor) -> Tensor:
     c2 = c * c
     a = -c2 * uw * v2 + c * vw + 2 * c2 * uv * vw
     b = -c2 * vw * u2 - c * uw
-    d = 1 + 2 * c * uv + c2 * u2 * v2
+    # d = 1 + 2c⟨u, v⟩ + c²‖u‖²‖v‖², written as (1 − c‖u‖²)(1 − c‖v‖²) + c‖u + v‖²: two
+    # non-negative terms. The expanded sum cancels to (1 − c‖x‖²)² when v ≈ −u (transport over a
+    # short step near the rim): in float32 at ‖x‖ = 1 − 1e-5 it came out ≤ 0 and Adam's moments
+    # turned to NaN.
+    d = (1 - c * u2) * (1 - c * v2) + c * sq_norm(u + v)
     return w + 2 * (a * u + b * v) / d.clamp_min(MIN_NORM)
 
 
@@ -301,6 +305,14 @@ def gyration(u: Tensor, v: Tensor, w: Tensor, *, c: float | Tensor, check: bool 
 def parallel_transport(x: Tensor, y: Tensor, v: Tensor, *, c: float | Tensor, check: bool = True) -> Tensor:
     """Parallel transport of ``v`` ∈ T_x along the geodesic to ``y``: gyr[y, -x] v · λ_x/λ_y."""
     c = _prep(c, check, {"x": x, "y": y}, {"v": v})
+    if x.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        # near the rim the gyration divides by (1 − c‖x‖²)² ~ 1e-10 in float32: its rounding
+        # error grew ~100× per call and Adam's transported moments overflowed within a few
+        # hundred steps (hierarchy training from the tree start). float64 inside, as the fused
+        # kernels do; the result is rounded once.
+        xd, yd, cd = x.double(), y.double(), c.double()
+        out = _gyration(yd, -xd, v.double(), cd) * _lambda(xd, cd) / _lambda(yd, cd)
+        return out.to(v.dtype)
     return _gyration(y, -x, v, c) * _lambda(x, c) / _lambda(y, c)
 
 
