@@ -65,8 +65,8 @@ def embed_cmd(
     batch_size: int = typer.Option(512, min=1),
     negatives: int = typer.Option(50, min=1),
     hard_negatives: int = typer.Option(None, min=0, help="how many of the negatives are drawn two closure hops from "
-                                       "the anchor (cousins) instead of uniformly [default: a fifth on the Poincaré "
-                                       "ball, 0 otherwise]"),
+                                       "the anchor (cousins) instead of uniformly [default: a fifth with the random "
+                                       "start on the Poincaré ball, 0 otherwise]"),
     lr: float = typer.Option(None, help="Adam step [default: 0.5 per epoch with the tree start, 0.05 with the "
                              "random one]"),
     burn_in: int = typer.Option(None, min=0, help="epochs at lr/10 first [default: 0 with the tree start, 20 with "
@@ -233,7 +233,7 @@ def hyperbolic_demo(
                 r = embed_hierarchy(hierarchy, dim, geometry, epochs=epochs, batch_size=batch, seed=0,
                                        init="random")  # the same start: the comparison is of geometries
                 rows.append(
-                    dict(geometry=geometry, dim=dim, mean_rank=r.mean_rank, map=r.map,
+                    dict(geometry=geometry, dim=dim, mean_rank=r.mean_rank_both, map=r.map_both,
                          loss=r.final_loss, seconds=time.perf_counter() - t0)
                 )
                 progress.advance(task)
@@ -244,7 +244,7 @@ def hyperbolic_demo(
         return
     table = Table(title=f"WordNet {meta['hierarchy']} closure: {meta['nodes']} nodes, "
                         f"{meta['closure_edges']} edges, {epochs} epochs")
-    for col in ("geometry", "dim", "mean rank ↓", "MAP ↑", "loss", "seconds"):
+    for col in ("geometry", "dim", "mean rank ↓ (both directions)", "MAP ↑ (both directions)", "loss", "seconds"):
         table.add_column(col, justify="right" if col != "geometry" else "left")
     for r in rows:
         table.add_row(r["geometry"], str(r["dim"]), f"{r['mean_rank']:.2f}", f"{r['map']:.3f}",
