@@ -265,7 +265,7 @@ def _sample_negatives(u: Tensor, n: int, negatives: int, hard: int, ptr: Tensor 
         return c[lo + (torch.rand(x.shape, generator=g, dtype=torch.float64) * (p[x + 1] - lo)).long()]
 
     first = random_neighbour(u[:, None].expand(-1, hard))
-    return torch.cat([neg, random_neighbour(first) if back is None else random_neighbour(first, *back)], dim=1)
+    return torch.cat([neg, random_neighbour(first, *(back if back is not None else (ptr, cols)))], dim=1)
 
 
 def _split(edges: Tensor, holdout: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -372,6 +372,11 @@ TREE_STEP = 2.0
 TREE_ANGLE_DECAY = 0.5
 
 
+def _tree_radius_limit(dtype: torch.dtype) -> float:
+    """The largest √c·d of the tree start in ``dtype``: 2 below the radius of the boundary margin."""
+    return 2 * math.atanh(1 - boundary_eps(dtype)) - 2
+
+
 def tree_initialisation(hierarchy: Hierarchy, dim: int, *, c: float = 1.0, dtype: torch.dtype = torch.float64,
                         seed: int = 0, max_radius: float | None = None) -> Tensor:
     """(N, dim) points in the Poincaré ball of curvature −c laid out from the hierarchy's tree.
@@ -388,7 +393,7 @@ def tree_initialisation(hierarchy: Hierarchy, dim: int, *, c: float = 1.0, dtype
     if not c > 0:
         raise ValueError(f"curvature c must be positive, got {c}")
     n = hierarchy.num_nodes
-    limit = 2 * math.atanh(1 - boundary_eps(dtype)) - 2
+    limit = _tree_radius_limit(dtype)
     max_radius = min(28.0, limit) if max_radius is None else float(max_radius)
     if not 0 < max_radius <= limit:
         raise ValueError(f"max_radius must be in (0, {limit:.1f}] for {dtype}, got {max_radius}")
@@ -396,8 +401,7 @@ def tree_initialisation(hierarchy: Hierarchy, dim: int, *, c: float = 1.0, dtype
     g = torch.Generator().manual_seed(seed)
     xi = torch.randn(n, dim, generator=g, dtype=torch.float64)
     xi /= xi.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    radius = (TREE_STEP * depth.double() - 1).clamp(0.05, max_radius)
-    radius[depth == 0] = 0.05
+    radius = (TREE_STEP * depth.double() - 1).clamp(0.05, max_radius)  # roots (depth 0) at the floor
     dirs = xi.clone()
     for k in range(1, int(depth.max()) + 1):  # a level at a time: parents are placed first
         m = depth == k
@@ -563,7 +567,7 @@ def embed(
     if tree:
         max_radius = None  # the ball's float limit; the hyperboloid's trainer keeps rows within its own
         if geometry == "lorentz":
-            max_radius = min(LORENTZ_MAX_RADIUS - 1, 2 * math.atanh(1 - boundary_eps(dtype)) - 2)
+            max_radius = min(LORENTZ_MAX_RADIUS - 1, _tree_radius_limit(dtype))
         init_table = tree_initialisation(hierarchy, dim, c=c, dtype=dtype, seed=seed, max_radius=max_radius)
     if geometry == "poincare":
         weight = ManifoldParameter(init_table, PoincareBall(c, check=False, dtype=dtype))
@@ -586,6 +590,10 @@ def embed(
     fingerprint = _fingerprint(hierarchy, {k: v for k, v in settings.items() if k != "epochs" or schedule != "constant"})
     selector = _SampledMAP(train_pairs, n, geometry, c, size=1000, seed=seed + 1) if keep_best else None
     best = dict(score=-math.inf, epoch=0, table=None, stale=0)
+
+    def settled() -> bool:  # keep_best's stop: `patience` epochs without a better sampled MAP
+        return selector is not None and patience is not None and best["stale"] >= patience
+
     start_epoch, loss_value = 0, float("nan")
     epochs_run = start_epoch
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -614,7 +622,7 @@ def embed(
     sparse = batch_size * (negatives + 2) < n
     decay_steps = max(1, (epochs - burn_in) * steps_per_epoch)
     for epoch in range(start_epoch, epochs):
-        if selector is not None and patience is not None and best["stale"] >= patience:
+        if settled():
             break  # resumed from the checkpoint written when the run settled
         perm = torch.randperm(len(train), generator=g)
         total = 0.0
@@ -665,11 +673,11 @@ def embed(
             else:
                 best["stale"] += 1
         out_of_time = max_seconds is not None and time.perf_counter() - t_start > max_seconds
-        settled = selector is not None and patience is not None and best["stale"] >= patience
-        if ckpt is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or out_of_time or settled):
+        stop = out_of_time or settled()
+        if ckpt is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or stop):
             _save_checkpoint(ckpt, weight, optimiser, g, epoch + 1, fingerprint, loss_value, best)
         epochs_run = epoch + 1
-        if out_of_time or settled:
+        if stop:
             break
     if bar is not None:
         bar.close()
