@@ -235,23 +235,57 @@ def test_tree_parents_pick_the_deepest_ancestor():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_tree_initialisation_layout(dtype):
     from reality_stone.geometry import poincare
+    from reality_stone.hierarchy import TREE_CONE, TREE_RADIUS_OFFSET
 
     h = _binary_tree(8)  # 255 nodes, depth 7
     x = tree_initialisation(h, 4, c=2.0, dtype=dtype, seed=0)
     assert x.dtype == dtype and x.shape == (255, 4) and torch.isfinite(x).all()
-    _, depth = _tree_parents(h.edges, h.num_nodes)
+    parent, depth = _tree_parents(h.edges, h.num_nodes)
     radius = poincare.dist0(x.double(), c=2.0, check=False) * 2.0 ** 0.5  # √c·d, the hyperbolic radius at c = 1
     cap = 28.0 if dtype == torch.float64 else 2 * math.atanh(1 - 1e-5) - 2
-    want = (2 * depth.double() - 1).clamp(0.05, cap)
+    # two siblings spread over a sphere end up antipodal (chord 2, counted as 1): the width
+    # shrinks by TREE_CONE per level and R = 2 ln(1/width) + offset
+    want = (2 * depth.double() * math.log(1 / TREE_CONE) + TREE_RADIUS_OFFSET).clamp(0.05, cap)
     want[depth == 0] = 0.05
     torch.testing.assert_close(radius, want, rtol=1e-4 if dtype == torch.float32 else 1e-9, atol=1e-4)
+    if dtype == torch.float64:
+        u = x / x.norm(dim=1, keepdim=True)
+        kids = torch.nonzero(parent >= 0).flatten()
+        # a child leaves its parent's direction at angle atan(parent's width), width = TREE_CONE^depth
+        angle = torch.acos((u[kids] * u[parent[kids]]).sum(1).clamp(-1, 1))
+        torch.testing.assert_close(angle, torch.atan(TREE_CONE ** depth[parent[kids]].double()), rtol=1e-6, atol=1e-9)
+        sib = torch.nonzero(depth == 1).flatten()  # the root's two children: opposite sides of its direction
+        t = u[sib] - (u[sib] * u[0]).sum(1, keepdim=True) * u[0]
+        assert torch.nn.functional.cosine_similarity(t[0], t[1], dim=0) == pytest.approx(-1, abs=1e-3)
     assert torch.equal(x, tree_initialisation(h, 4, c=2.0, dtype=dtype, seed=0))
     assert not torch.equal(x, tree_initialisation(h, 4, c=2.0, dtype=dtype, seed=1))
     # before any training, the construction already ranks most ancestors first (random points:
-    # 0.05); measured 0.88 in float64 and 0.69 in float32, whose cap (√c·d ≤ 10) merges depths 6–7
+    # 0.05); measured 1.000 in float64 and 0.63 in float32, whose cap (√c·d ≤ 10) merges depths 5–7
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.3
-    floor = 0.8 if dtype == torch.float64 else 0.6
+    floor = 0.95 if dtype == torch.float64 else 0.55
     assert rank_metrics(x, "poincare", h.edges, c=2.0)[1] > max(floor, 3 * rank_metrics(noise, "poincare", h.edges)[1])
+
+
+@pytest.mark.parametrize("k, n", [(1, 5), (2, 7), (3, 12), (4, 24)])
+def test_spread_directions_are_even(k, n):
+    from reality_stone.hierarchy import _spread_directions
+
+    # three families (ids interleaved) of n, 2 and 1 members
+    family = torch.tensor([0, 1, 2] + [0] * (n - 2) + [1] + [0])
+    out, chord = _spread_directions(family, k, torch.Generator().manual_seed(3))
+    big = torch.nonzero(family == 0).flatten()
+    d = torch.cdist(out[big], out[big]).fill_diagonal_(math.inf)
+    torch.testing.assert_close(chord[big], d.amin(1), rtol=0, atol=1e-12)
+    assert chord[2] == 2.0  # an only child
+    if k == 1:  # the interval's equal spacing
+        assert sorted(out[big, 0].tolist()) == pytest.approx([-0.8, -0.4, 0.0, 0.4, 0.8])
+        return
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(len(family), dtype=torch.float64))
+    assert torch.cdist(out[family == 1], out[family == 1])[0, 1] == pytest.approx(2.0, abs=1e-3)  # antipodes
+    # the best packing's nearest-neighbour chord: the regular 7-gon; the icosahedron (1.0515); for
+    # 24 points on S³ the 24-cell (1.0). Random points come nowhere near (≈ 0.3–0.5).
+    best = {2: 2 * math.sin(math.pi / 7), 3: 1.0515, 4: 1.0}[k]
+    assert chord[big].min() > 0.9 * best
 
 
 @pytest.mark.parametrize("kw, match", [(dict(dim=1), "dim must be an integer >= 2"), (dict(c=0.0), "curvature"),
@@ -270,9 +304,10 @@ def test_metrics_follow_the_reference_protocol_and_both_directions(tree):
     assert (r.mean_rank_both, r.map_both) == pytest.approx(both, rel=1e-12)
 
 
-def test_keep_best_returns_the_best_sampled_epoch_and_stops_on_patience():
+@pytest.mark.parametrize("init", ["random", "tree"])
+def test_keep_best_returns_the_best_sampled_epoch_and_stops_on_patience(init):
     h = _binary_tree(7)
-    scores = []
+    scores = []  # the sampled MAP of the start (epoch 0), then after each epoch
     selector = _SampledMAP(h.edges, h.num_nodes, "poincare", 1.0, size=1000, seed=1)
     holder = {}
     import reality_stone.hierarchy as H
@@ -281,18 +316,22 @@ def test_keep_best_returns_the_best_sampled_epoch_and_stops_on_patience():
 
     def grab(x, m):
         holder["w"] = real(x, m)
+        scores.append(selector(holder["w"]))
         return holder["w"]
 
     H.ManifoldParameter = grab
-    try:
-        r = embed(h, 3, epochs=200, batch_size=8, lr=0.2, patience=3, seed=0,  # a rate high enough to pass the peak
+    try:  # from noise a rate high enough to pass the peak; the tree start is the peak (MAP 1 here)
+        r = embed(h, 3, epochs=200, batch_size=8, lr=0.2, patience=3, seed=0, init=init, keep_best=True,
                   on_epoch=lambda e, loss: scores.append(selector(holder["w"])))
     finally:
         H.ManifoldParameter = real
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-    assert r.best_epoch == best + 1 and r.epochs == best + 1 + 3 < 200, (scores, r.best_epoch, r.epochs)
+    assert r.best_epoch == best and r.epochs == best + 3 < 200, (scores, r.best_epoch, r.epochs)
+    assert (best > 0) == (init == "random")
     assert selector(r.embedding) == scores[best]
-    plain = embed(h, 3, epochs=r.epochs, batch_size=8, lr=0.2, keep_best=False, seed=0)
+    if init == "tree":
+        assert torch.equal(r.embedding, tree_initialisation(h, 3))
+    plain = embed(h, 3, epochs=r.epochs, batch_size=8, lr=0.2, keep_best=False, seed=0, init=init)
     assert plain.best_epoch is None and torch.equal(plain.embedding, holder["w"].detach())
 
 

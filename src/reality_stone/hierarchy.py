@@ -363,13 +363,23 @@ def _tree_parents(edges: Tensor, n: int) -> tuple[Tensor, Tensor]:
     return parent, depth
 
 
-# The tree start's radial step per level and the angle's decay: siblings at radius R whose
-# directions differ by θ are farther apart than a node at R is from the root when θ ≳ 2e^{−R/2},
-# so the perturbation of a child's direction scales as e^{−R_parent/2} (β = 1/2). Measured on the
-# WordNet noun closure, 10-d, before any training (reference-protocol MAP): τ = 2, β = 0.5 gives
-# 0.815; τ = 1.5: 0.788; τ = 3: 0.745; β = 0.4 / 0.6 (τ = 2): 0.799 / 0.578.
-TREE_STEP = 2.0
-TREE_ANGLE_DECAY = 0.5
+# The tree start, a Sarkar-style construction spread for low dimensions. A node's children leave its
+# direction at the angle w — its cone's width; the root's is 1 — in directions spread evenly over the
+# sphere of tangent directions (`_spread_directions`). A child whose nearest sibling lies at chord s
+# on that unit sphere gets the width TREE_CONE · w · min(s, 1) (< s/2: sibling cones stay disjoint)
+# and the radius √c·d = 2 ln(1/w_child) + TREE_RADIUS_OFFSET. Why that radius: two siblings
+# θ = w_child / TREE_CONE apart at radius R are 2R + 2 ln(θ/2) ≈ R + TREE_RADIUS_OFFSET −
+# 2 ln(2·TREE_CONE) ≈ R + 1.7 apart — farther than either is from the origin, so their ancestors
+# (at smaller radii, on the way in) rank before them. A large family thus pushes its subtree out
+# (less angle for each child) as far as the dimension requires. Measured before any training
+# (reference-protocol MAP; `benchmarks/tree_start.py`): WordNet nouns 5-d 0.94 / 10-d 0.96, against
+# 0.55 / 0.81 for the construction before it (random offsets of angle e^{−(depth−1)}, radius
+# 2·depth − 1). On nouns 5-d a cone of 0.25 / 0.5 gave 0.84 / 0.92, an offset of 0 / 2 gave
+# 0.94 / 0.93; the mammal and animal closures and two synthetic trees at 2, 3, 5 and 10
+# dimensions chose the same constants (the benchmark prints them all).
+TREE_CONE = 0.35
+TREE_RADIUS_OFFSET = 1.0
+TREE_SPREAD_STEPS = 60  # repulsion steps per family; the layout's MAP settles well before
 
 
 def _tree_radius_limit(dtype: torch.dtype) -> float:
@@ -377,16 +387,88 @@ def _tree_radius_limit(dtype: torch.dtype) -> float:
     return 2 * math.atanh(1 - boundary_eps(dtype)) - 2
 
 
+def _spread_directions(family: Tensor, k: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Unit vectors in R^k, spread evenly within each family, and each one's chord to its nearest
+    family member (2 for an only child).
+
+    ``family`` (m,): a family id per member (members of one family need not be adjacent).
+    Returns (m, k) float64 directions and (m,) chords. k = 1: the points of the interval [−1, 1]
+    at equal spacing (1-d has no sphere to spread over); k = 2: equal angles on the circle from a
+    random phase; k ≥ 3: random points moved ``TREE_SPREAD_STEPS`` times along the tangential
+    force of the Riesz (k − 1)-energy with a shrinking step — families of similar size are
+    padded to a power of two and moved together, so the work is O(Σ size²·k) per step.
+    """
+    m = len(family)
+    order = torch.argsort(family, stable=True)
+    fam_sorted = family[order]
+    _, counts = torch.unique_consecutive(fam_sorted, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    size = torch.repeat_interleave(counts, counts)  # per sorted member
+    pos = torch.arange(m) - torch.repeat_interleave(starts, counts)  # index within the family
+    fam_index = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    out = torch.empty(m, k, dtype=torch.float64)
+    chord = torch.full((m,), 2.0, dtype=torch.float64)
+    caps = torch.where(size > 1, 2 ** torch.ceil(torch.log2(size.double())).long(), size)
+    for cap in torch.unique(caps).tolist():
+        sel = torch.nonzero(caps == cap).flatten()  # sorted members in families of this padded size
+        fams, slot = torch.unique(fam_index[sel], return_inverse=True)
+        b = len(fams)
+        x = torch.randn(b, cap, k, generator=g, dtype=torch.float64)
+        valid = torch.zeros(b, cap, dtype=torch.bool)
+        valid[slot, pos[sel]] = True
+        if k == 1:
+            x[slot, pos[sel], 0] = -1 + (2 * pos[sel].double() + 1) / size[sel]
+        elif k == 2:
+            phase = torch.rand(b, generator=g, dtype=torch.float64)[slot] * 2 * math.pi
+            angle = phase + 2 * math.pi * pos[sel].double() / size[sel]
+            x[slot, pos[sel], 0], x[slot, pos[sel], 1] = angle.cos(), angle.sin()
+        else:
+            x /= x.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        pair = valid[:, :, None] & valid[:, None, :] & ~torch.eye(cap, dtype=torch.bool)
+        if k >= 3 and cap > 1:
+            step = 0.6 * cap ** (-1.0 / (k - 1))  # ~0.3 of the spacing of cap points on S^{k−1}
+            for t in range(TREE_SPREAD_STEPS):
+                # on the unit sphere ‖x_i − x_j‖² = 2 − 2⟨x_i, x_j⟩, and the force
+                # Σ_j w_ij (x_i − x_j) = x_i Σ_j w_ij − (W x)_i loses its first term to the projection
+                r2 = (2 - 2 * torch.bmm(x, x.transpose(1, 2))).clamp_min(1e-24)
+                w = torch.where(pair, r2 ** (-(k + 1) / 2), 0.0)
+                force = -torch.bmm(w, x)
+                force -= (force * x).sum(-1, keepdim=True) * x  # along the sphere
+                force /= force.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+                x = x + step * (1 - t / TREE_SPREAD_STEPS) * force
+                x /= x.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+        if cap > 1:
+            dist = torch.cdist(x, x).masked_fill(~pair, math.inf).amin(-1)
+            chord[order[sel]] = dist[slot, pos[sel]]
+        out[order[sel]] = x[slot, pos[sel]]
+    return out, chord
+
+
+def _tangent_at(direction: Tensor, offset: Tensor) -> Tensor:
+    """(m, d) vectors tangent to the unit sphere at ``direction`` (m, d): the Householder
+    reflection that takes e₀ to the direction applied to (0, ``offset``) ((m, d − 1))."""
+    e0 = torch.zeros_like(direction)
+    e0[:, 0] = 1.0
+    v = e0 - direction
+    nv = v.norm(dim=1, keepdim=True)
+    v = torch.where(nv > 1e-12, v / nv.clamp_min(1e-300), 0.0)  # direction = e₀: the identity
+    z = torch.cat([torch.zeros(len(offset), 1, dtype=offset.dtype), offset], dim=1)
+    return z - 2 * (z * v).sum(1, keepdim=True) * v
+
+
 def tree_initialisation(hierarchy: Hierarchy, dim: int, *, c: float = 1.0, dtype: torch.dtype = torch.float64,
                         seed: int = 0, max_radius: float | None = None) -> Tensor:
     """(N, dim) points in the Poincaré ball of curvature −c laid out from the hierarchy's tree.
 
-    A node at tree depth k ≥ 1 (`_tree_parents`) sits at distance d from the origin with
-    R = √c·d = min(2k − 1, ``max_radius``), in direction normalise(dir(parent) + σ ξ), ξ a random
-    unit vector and σ = max(e^{−(k−1)}, 1e-10) — e^{−(R_parent + 1)/2} with the radius before the
-    clamp; 1 for children of a root. Roots lie at R = 0.05 in random directions. ``max_radius`` defaults to
-    the largest R the dtype keeps apart from the boundary margin, less 2 (28 in float64, 10 in
-    float32). Deterministic under ``seed``; O(N·dim) after the closure's parents are found.
+    Every node hangs off one parent (`_tree_parents`: its ancestor with the most ancestors). A
+    node of cone width w places its children at angle w from its own direction, spread evenly
+    over the tangent directions (`_spread_directions`); a child whose nearest sibling is at chord
+    s (unit tangent sphere) gets the width TREE_CONE · w · min(s, 1) and sits at
+    R = √c·d = 2 ln(1/width) + TREE_RADIUS_OFFSET, clamped to ``max_radius`` (the constants'
+    derivation and measurements are beside them). Roots: width 1, R = 0.05, random directions.
+    ``max_radius`` defaults to the largest R the dtype keeps apart from the boundary margin, less
+    2 (capped at 28: float64; 10 in float32). Deterministic under ``seed``. Cost: seconds for
+    82k WordNet nouns, most of it spreading the largest families.
     """
     if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
         raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
@@ -399,18 +481,23 @@ def tree_initialisation(hierarchy: Hierarchy, dim: int, *, c: float = 1.0, dtype
         raise ValueError(f"max_radius must be in (0, {limit:.1f}] for {dtype}, got {max_radius}")
     parent, depth = _tree_parents(hierarchy.edges, n)
     g = torch.Generator().manual_seed(seed)
-    xi = torch.randn(n, dim, generator=g, dtype=torch.float64)
-    xi /= xi.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    radius = (TREE_STEP * depth.double() - 1).clamp(0.05, max_radius)  # roots (depth 0) at the floor
-    dirs = xi.clone()
+    dirs = torch.randn(n, dim, generator=g, dtype=torch.float64)  # the roots' directions
+    dirs /= dirs.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    child = torch.nonzero(parent >= 0).flatten()
+    offset = torch.zeros(n, dim - 1, dtype=torch.float64)
+    chord = torch.full((n,), 2.0, dtype=torch.float64)
+    if len(child):
+        offset[child], chord[child] = _spread_directions(parent[child], dim - 1, g)
+    width = torch.ones(n, dtype=torch.float64)
+    radius = torch.full((n,), 0.05, dtype=torch.float64)
     for k in range(1, int(depth.max()) + 1):  # a level at a time: parents are placed first
         m = depth == k
         p = parent[m]
-        # e^{−(R_parent + 1)/2} with the unclamped R; floored so that children below depth 24
-        # still differ from their parent in float64 (WordNet's deepest noun is at depth 19)
-        sigma = max(math.exp(-TREE_ANGLE_DECAY * TREE_STEP * (k - 1)), 1e-10)
-        d = dirs[p] + sigma * xi[m]
+        d = dirs[p] + width[p, None] * _tangent_at(dirs[p], offset[m])
         dirs[m] = d / d.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        # floored so that the deepest children still differ from their parent in float64
+        width[m] = (TREE_CONE * width[p] * chord[m].clamp(max=1.0)).clamp_min(1e-10)
+        radius[m] = (2 * torch.log(1 / width[m]) + TREE_RADIUS_OFFSET).clamp(0.05, max_radius)
     sc = math.sqrt(c)
     return (torch.tanh(radius / 2) / sc)[:, None].mul(dirs).to(dtype)  # √c·dist0 = radius
 
@@ -511,7 +598,7 @@ def embed(
     ``burn_in`` 0 (20), ``hard_negatives`` 0 (see above). With ``holdout``, selection sees only
     the training pairs. `EmbeddingResult.map`/``mean_rank``: the reference implementation's
     reconstruction (each node's ancestors ranked against all other nodes); ``map_both``/
-    ``mean_rank_both``: ancestors and descendants. ``best_epoch``: the epoch returned (None
+    ``mean_rank_both``: ancestors and descendants. ``best_epoch``: the epoch returned (0: the start; None
     without ``keep_best``).
     ``fused``: the Poincaré ball's compiled training step (`kernels.poincare_embedding`: the
     same loss and lazy Riemannian Adam update, ~5x faster per WordNet-noun epoch); None uses it
@@ -600,6 +687,8 @@ def embed(
     if ckpt is not None and ckpt.is_file():
         start_epoch, loss_value = _load_checkpoint(ckpt, weight, optimiser, g, fingerprint, best)
         epochs_run = start_epoch
+    if selector is not None and start_epoch == 0:  # the start competes too: epoch 0
+        best.update(score=selector(weight), epoch=0, table=weight.detach().clone(), stale=0)
     bar = None
     if progress:
         from tqdm.auto import tqdm

@@ -26,22 +26,37 @@ KW = dict(epochs=3, batch_size=4, negatives=10, burn_in=1, seed=0, evaluate=Fals
                          ids=["random start, both directions", "tree start, directed"])
 def test_matches_the_reference_float64_and_float32(tree, start, monkeypatch):
     KW = globals()["KW"] | start
-    ref64 = embed(tree, 5, **KW, fused=False).embedding
+    if start["init"] == "tree":
+        # at the construction's full reach (√c·d up to 22 on this tree) one ulp at the start moves
+        # the reference's own table by 6e-3 and its loss by 17 % in 3 epochs: the comparison says
+        # nothing there. Capped at 19, the rim still amplifies rounding, by a measured amount.
+        import reality_stone.hierarchy as H
+
+        capped = H.tree_initialisation
+        monkeypatch.setattr(H, "tree_initialisation", lambda *a, **k: capped(
+            *a, **(k | dict(max_radius=min(k.get("max_radius") or 19.0, 19.0,
+                                           H._tree_radius_limit(k.get("dtype", torch.float64)))))))
+    ref64_run = embed(tree, 5, **KW, fused=False)
+    ref64 = ref64_run.embedding
     fused64 = embed(tree, 5, **KW, fused=True)
     if start["init"] == "random":
         # ~1,300 steps: float64 rounding only (the two order their arithmetic differently)
         torch.testing.assert_close(fused64.embedding, ref64, rtol=0, atol=1e-11)
     else:
-        # the tree start puts rows at √c·d up to 19, where 1 − ‖x‖² ~ 1e-8 and every rounding
+        # the tree start puts rows at √c·d = 19, where 1 − ‖x‖² ~ 1e-8 and every rounding
         # difference grows over the steps: the reference itself, started one ulp away, ends
-        # ~5e-5 away. The kernel must stay within a few times that (measured: about 1×).
+        # ~2e-3 away (loss 14 % off). The kernel must stay within a few times that (measured:
+        # 1.3× in the table, 0.05× in the loss).
         import reality_stone.hierarchy as H
 
         real = H.tree_initialisation
         monkeypatch.setattr(H, "tree_initialisation", lambda *a, **k: real(*a, **k) * (1 - 2e-16))
-        own = (embed(tree, 5, **KW, fused=False).embedding - ref64).abs().max()
+        nudged = embed(tree, 5, **KW, fused=False)
+        own = (nudged.embedding - ref64).abs().max()
+        own_loss = abs(nudged.final_loss - ref64_run.final_loss)
         monkeypatch.setattr(H, "tree_initialisation", real)
         assert 0 < (fused64.embedding - ref64).abs().max() <= 4 * own
+        assert abs(fused64.final_loss - ref64_run.final_loss) <= 4 * own_loss
     ref32 = embed(tree, 5, **KW, fused=False, dtype=torch.float32).embedding
     fused32 = embed(tree, 5, **KW, fused=True, dtype=torch.float32).embedding
     assert fused32.dtype == torch.float32 and torch.isfinite(ref32).all()
@@ -56,9 +71,8 @@ def test_matches_the_reference_float64_and_float32(tree, start, monkeypatch):
     # twice the reference's own float32 error (both measured against the float64 run)
     own = (ref32.double() - ref64).abs().max()
     assert 0 < (fused32.double() - ref64).abs().max() <= 2 * own
-    monkeypatch.undo()
-    loss_tol = 1e-10 if start["init"] == "random" else 1e-3  # the rim's amplified rounding, as above
-    assert fused64.final_loss == pytest.approx(embed(tree, 5, **KW, fused=False).final_loss, rel=loss_tol)
+    if start["init"] == "random":
+        assert fused64.final_loss == pytest.approx(ref64_run.final_loss, rel=1e-10)
 
 
 def test_deterministic_for_any_thread_count(tree):
