@@ -652,7 +652,8 @@ def embed(
     if lr is None:
         lr = 0.5 / steps_per_epoch if tree else 0.05
     init_table = (torch.rand(n, dim, generator=g, dtype=dtype) - 0.5) * 2e-3
-    if tree:
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if tree and not (ckpt is not None and ckpt.is_file()):  # a resumed run loads its table instead
         max_radius = None  # the ball's float limit; the hyperboloid's trainer keeps rows within its own
         if geometry == "lorentz":
             max_radius = min(LORENTZ_MAX_RADIUS - 1, _tree_radius_limit(dtype))
@@ -684,7 +685,6 @@ def embed(
 
     start_epoch, loss_value = 0, float("nan")
     epochs_run = start_epoch
-    ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.is_file():
         start_epoch, loss_value = _load_checkpoint(ckpt, weight, optimiser, g, fingerprint, best)
         epochs_run = start_epoch
