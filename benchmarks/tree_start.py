@@ -5,9 +5,10 @@ construction it replaced and beside other values of its two constants.
     python benchmarks/tree_start.py            # -> benchmarks/results/tree_start.{json,md}
     python benchmarks/tree_start.py --quick    # without the 82k-node noun closure
 
-Hierarchies: WordNet nouns (82,115 nodes, instance hypernyms included), the mammal (1,180) and
-animal (3,999) closures, a balanced 4-ary tree of depth 6 (5,461 nodes) and a heavy-tailed random
-tree (~6,000 nodes, Pareto(1.2) family sizes up to 300). MAP: the reference protocol (each node's
+Hierarchies: WordNet nouns (82,115 nodes, instance hypernyms included), the mammal (1,170) and
+animal (3,999) closures, a balanced 4-ary tree of depth 6 (5,461 nodes), a heavy-tailed random
+tree (~6,000 nodes, Pareto(1.2) family sizes up to 300), and two forests: the nouns below tree
+depth 5 (80,325 nodes, 4,573 roots) and the mammal, bird, fish and insect closures side by side. MAP: the reference protocol (each node's
 ancestors ranked among all other nodes) over a fixed sample of 3,000 anchors (the same sample in
 every column); float64, c = 1, seed 0. "previous": the construction before 2026-12-07 (random
 direction offsets of size e^{−(depth−1)}, radius 2·depth − 1), rebuilt here for the comparison.
@@ -24,7 +25,7 @@ import torch
 
 import reality_stone.hierarchy as H
 from reality_stone.data.edges import closure_of_parents
-from reality_stone.data.wordnet import wordnet_closure
+from reality_stone.data.wordnet import Hierarchy, wordnet_closure
 from harness import arguments, parse, write_json, write_markdown
 
 DIMS = (2, 3, 5, 10)
@@ -68,13 +69,35 @@ def heavy_tailed_tree(size: int = 6000, seed: int = 0):
     return closure_of_parents(parents)
 
 
+def restrict(h, keep: torch.Tensor):
+    """The closure ``h`` restricted to the nodes ``keep`` (a forest when ``keep`` cuts the top off)."""
+    index = torch.full((h.num_nodes,), -1, dtype=torch.int64)
+    index[keep] = torch.arange(len(keep))
+    edges = index[h.edges]
+    return Hierarchy(tuple(h.names[i] for i in keep.tolist()), edges[(edges >= 0).all(1)], 0)
+
+
+def side_by_side(hierarchies):
+    names, edges, offset = [], [], 0
+    for h in hierarchies:
+        names += h.names
+        edges.append(h.edges + offset)
+        offset += h.num_nodes
+    return Hierarchy(tuple(names), torch.cat(edges), 0)
+
+
 def main() -> None:
     ap = arguments(__doc__, threads=None)
     ap.add_argument("--quick", action="store_true", help="skip the WordNet noun closure")
     args = parse(ap)
-    hierarchies = {} if args.quick else {"WordNet nouns": wordnet_closure("entity", instances=True)}
+    hierarchies = {}
+    if not args.quick:
+        nouns = wordnet_closure("entity", instances=True)
+        depth = H._tree_parents(nouns.edges, nouns.num_nodes)[1]
+        hierarchies |= {"WordNet nouns": nouns, "nouns below depth 5 (forest)": restrict(nouns, torch.nonzero(depth >= 5).flatten())}
     hierarchies |= {"mammals": wordnet_closure("mammal"), "animals": wordnet_closure("animal"),
-                    "balanced 4-ary": balanced_tree(), "heavy-tailed": heavy_tailed_tree()}
+                    "balanced 4-ary": balanced_tree(), "heavy-tailed": heavy_tailed_tree(),
+                    "mammal+bird+fish+insect (forest)": side_by_side([wordnet_closure(r) for r in ("mammal", "bird", "fish", "insect")])}
     rows = []
     default = (H.TREE_CONE, H.TREE_RADIUS_OFFSET)
     try:
