@@ -266,6 +266,26 @@ def test_tree_initialisation_layout(dtype):
     assert rank_metrics(x, "poincare", h.edges, c=2.0)[1] > max(floor, 3 * rank_metrics(noise, "poincare", h.edges)[1])
 
 
+def test_tree_initialisation_of_a_forest():
+    from reality_stone.geometry import poincare
+    from reality_stone.hierarchy import TREE_CONE, TREE_RADIUS_OFFSET
+
+    # six binary trees side by side: six roots, spread over the sphere as one family
+    h = closure_of_parents({f"{t}.{i}": [f"{t}.{(i - 1) // 2}"] if i else [] for t in range(6) for i in range(31)})
+    x = tree_initialisation(h, 3, seed=0)
+    parent, _ = _tree_parents(h.edges, h.num_nodes)
+    roots = torch.nonzero(parent < 0).flatten()
+    assert len(roots) == 6
+    u = x[roots] / x[roots].norm(dim=1, keepdim=True)
+    chord = torch.cdist(u, u).fill_diagonal_(math.inf).amin(1)
+    assert chord.min() > 0.9 * 2 ** 0.5  # the octahedron's (√2); random directions: ≈ 0.5
+    # placed as children of a virtual root at the origin: R = 2 ln(1/width) + offset, width from the chord
+    radius = poincare.dist0(x[roots], c=1.0, check=False)
+    torch.testing.assert_close(radius, 2 * torch.log(1 / (TREE_CONE * chord.clamp(max=1.0))) + TREE_RADIUS_OFFSET,
+                               rtol=1e-9, atol=1e-9)
+    assert rank_metrics(x, "poincare", h.edges)[1] > 0.95  # the previous construction (random roots at the origin): 0.55
+
+
 @pytest.mark.parametrize("k, n", [(1, 5), (2, 7), (3, 12), (4, 24)])
 def test_spread_directions_are_even(k, n):
     from reality_stone.hierarchy import _spread_directions
