@@ -365,19 +365,19 @@ def _tree_parents(edges: Tensor, n: int) -> tuple[Tensor, Tensor]:
 
 
 # The tree start, a Sarkar-style construction spread for low dimensions. A node's children leave its
-# direction at the angle w — its cone's width; the root's is 1 — in directions spread evenly over the
-# sphere of tangent directions (`_spread_directions`). A child whose nearest sibling lies at chord s
+# direction along tangent offsets of length w — its cone's width (angle atan w); a single root's is
+# 1 — in directions spread evenly over the sphere of tangent directions (`_spread_directions`). A child whose nearest sibling lies at chord s
 # on that unit sphere gets the width TREE_CONE · w · min(s, 1) (< s/2: sibling cones stay disjoint)
 # and the radius √c·d = 2 ln(1/w_child) + TREE_RADIUS_OFFSET. Why that radius: two siblings
 # θ = w_child / TREE_CONE apart at radius R are 2R + 2 ln(θ/2) ≈ R + TREE_RADIUS_OFFSET −
 # 2 ln(2·TREE_CONE) ≈ R + 1.7 apart — farther than either is from the origin, so their ancestors
 # (at smaller radii, on the way in) rank before them. A large family thus pushes its subtree out
 # (less angle for each child) as far as the dimension requires. Measured before any training
-# (reference-protocol MAP; `benchmarks/tree_start.py`): WordNet nouns 5-d 0.94 / 10-d 0.96, against
+# (reference-protocol MAP; `benchmarks/tree_start.py`): WordNet nouns 5-d 0.94 / 10-d 0.95, against
 # 0.55 / 0.81 for the construction before it (random offsets of angle e^{−(depth−1)}, radius
-# 2·depth − 1). On nouns 5-d a cone of 0.25 / 0.5 gave 0.84 / 0.92, an offset of 0 / 2 gave
-# 0.94 / 0.93; the mammal and animal closures and two synthetic trees at 2, 3, 5 and 10
-# dimensions chose the same constants (the benchmark prints them all).
+# 2·depth − 1). On nouns 5-d a cone of 0.25 / 0.5 gave 0.79 / 0.92, an offset of 0 / 2 gave
+# 0.94 / 0.93. On the benchmark's six other hierarchies (two of them forests) the constants stay
+# within 0.03 of the best value tried at 5 and 10 dimensions.
 TREE_CONE = 0.35
 TREE_RADIUS_OFFSET = 1.0
 TREE_SPREAD_STEPS = 60  # repulsion steps per family; the layout's MAP settles well before
@@ -470,8 +470,8 @@ def tree_initialisation(hierarchy: Hierarchy, dim: int, *, c: float = 1.0, dtype
     """(N, dim) points in the Poincaré ball of curvature −c laid out from the hierarchy's tree.
 
     Every node hangs off one parent (`_tree_parents`: its ancestor with the most ancestors). A
-    node of cone width w places its children at angle w from its own direction, spread evenly
-    over the tangent directions (`_spread_directions`); a child whose nearest sibling is at chord
+    node of cone width w places its children at angle atan(w) from its own direction, spread
+    evenly over the tangent directions (`_spread_directions`); a child whose nearest sibling is at chord
     s (unit tangent sphere) gets the width TREE_CONE · w · min(s, 1) and sits at
     R = √c·d = 2 ln(1/width) + TREE_RADIUS_OFFSET, clamped to ``max_radius`` (the constants'
     derivation and measurements are beside them). A single root: width 1, R = 0.05, a random
