@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from reality_stone.data.wordnet import wordnet_closure
-from reality_stone.hierarchy import embed, rank_metrics, tree_initialisation
+from reality_stone.hierarchy import _SampledMAP, embed, rank_metrics, tree_initialisation
 from reality_stone.kernels.poincare_embedding import fused_step_available
 from harness import arguments, parse, write_json, write_markdown
 
@@ -44,18 +44,11 @@ def both(edges: torch.Tensor) -> torch.Tensor:
     return torch.cat([edges, edges.flip(1)])
 
 
-def trace(h, dim: int, epochs: int, sample: int = 1000) -> list[dict]:
+def trace(h, dim: int, epochs: int, size: int = 1000) -> list[dict]:
     """Sampled (mean rank, MAP) of the start and after each of ``epochs`` epochs of `embed`'s
     default training, never stopped early: epoch e resumes epoch e − 1's checkpoint (the run is
     the same as one uninterrupted run, bit for bit: tests/test_embed.py)."""
-    anchors = torch.unique(h.edges[:, 0])
-    pick = anchors[torch.randperm(len(anchors), generator=torch.Generator().manual_seed(1))[:sample]]
-    chosen = torch.zeros(h.num_nodes, dtype=torch.bool)
-    chosen[pick] = True
-    perm = torch.cat([pick, torch.nonzero(~chosen).flatten()])  # anchors first: only their rows are scored
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(len(perm))
-    pairs = inv[h.edges[chosen[h.edges[:, 0]]]]
+    sample = _SampledMAP(h.edges, h.num_nodes, "poincare", 1.0, size, seed=1)  # embed's own selection sample
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "trace.safetensors"
@@ -65,7 +58,7 @@ def trace(h, dim: int, epochs: int, sample: int = 1000) -> list[dict]:
             else:
                 table = embed(h, dim, "poincare", epochs=e, seed=0, keep_best=False, evaluate=False,
                               checkpoint=ckpt, checkpoint_every=1).embedding
-            mean_rank, mean_ap = rank_metrics(table[perm], "poincare", pairs)
+            mean_rank, mean_ap = sample.metrics(table)
             rows.append(dict(epoch=e, mean_rank=mean_rank, map=mean_ap))
             print(f"trace d={dim} epoch {e}: sampled mean rank {mean_rank:.2f}, MAP {mean_ap:.4f}", flush=True)
     return rows

@@ -380,7 +380,7 @@ def _tree_parents(edges: Tensor, n: int) -> tuple[Tensor, Tensor]:
 # within 0.03 of the best value tried at 5 and 10 dimensions.
 TREE_CONE = 0.35
 TREE_RADIUS_OFFSET = 1.0
-TREE_SPREAD_STEPS = 60  # repulsion steps per family; the layout's MAP settles well before
+TREE_SPREAD_STEPS = 60  # repulsion steps per family (with a step shrinking linearly to 0)
 TREE_SPREAD_MAX = 4096  # larger families keep random directions: the repulsion is O(size²) per step
 
 
@@ -503,11 +503,11 @@ def tree_initialisation(hierarchy: Hierarchy, dim: int, *, c: float = 1.0, dtype
         offset[child], chord[child] = _spread_directions(parent[child], dim - 1, g)
     width = torch.ones(n, dtype=torch.float64)
     roots = torch.nonzero(parent < 0).flatten()
-    if len(roots) > 1:  # a forest: the roots are one family spread over the whole sphere
+    radius = torch.full((n,), 0.05, dtype=torch.float64)
+    if len(roots) > 1:  # a forest: its roots are one family spread over the whole sphere, placed as
+        # the children of a virtual root at the origin (width and radius by the rule below)
         dirs[roots], root_chord = _spread_directions(torch.zeros(len(roots), dtype=torch.int64), dim, g)
         width[roots] = TREE_CONE * root_chord.clamp(max=1.0)
-    radius = torch.full((n,), 0.05, dtype=torch.float64)
-    if len(roots) > 1:  # as children of a virtual root at the origin: the radius from the width
         radius[roots] = (2 * torch.log(1 / width[roots]) + TREE_RADIUS_OFFSET).clamp(0.05, max_radius)
     for k in range(1, int(depth.max()) + 1):  # a level at a time: parents are placed first
         m = depth == k
@@ -538,8 +538,12 @@ class _SampledMAP:
         self.pairs = inv[pairs[chosen[pairs[:, 0]]]]
         self.geometry, self.c = geometry, c
 
+    def metrics(self, weight: Tensor) -> tuple[float, float]:
+        """(mean rank, MAP) over the sampled anchors."""
+        return rank_metrics(weight.detach()[self.perm], self.geometry, self.pairs, c=self.c)
+
     def __call__(self, weight: Tensor) -> float:
-        return rank_metrics(weight.detach()[self.perm], self.geometry, self.pairs, c=self.c)[1]
+        return self.metrics(weight)[1]
 
 
 # Far from the origin the hyperboloid's float64 arithmetic loses digits as eps·x₀² (⟨x, y⟩_L and
