@@ -103,7 +103,9 @@ inline void prefetch_lines(const uint8_t* p, int64_t bytes) {
 // Weights by table: a group's 2^bits dequantised values q·s + o (fp32) sit in one zmm, and one
 // vpermps with the codes as indices turns 16 codes into 16 weights (it reads only bits 3..0 of
 // each lane, so a nibble needs no mask, and the 2-bit table repeats its 4 values so that the next
-// part's bits above bit 1 select the same value). The offset lives in the table, so there is no
+// part's bits above bit 1 select the same value; 3 bits: the 2-bit crumb indexes the table of
+// codes 0..3, and a masked vpermps where the high bit is set overwrites from the table of 4..7,
+// no masking of the index either). The offset lives in the table, so there is no
 // separate Σx pass and no per-chunk scale chain: each weight is one FMA into its (row, batch)
 // accumulator. 8-bit codes: cvt + one FMA with the row's s and o instead.
 //
@@ -112,12 +114,15 @@ inline void prefetch_lines(const uint8_t* p, int64_t bytes) {
 // (one chain per row was latency-bound: 4 dependent FMAs per chunk).
 constexpr int64_t kF32MaxBatch = 4;  // batch rows per pass (larger batches: slices, see gemv_f32_into)
 template <int B>
-constexpr int kF32Rows = B <= 4 ? 4 : 2;  // R·B accumulators + R tables + R weights ≤ 24 of 32 zmm
+constexpr int kF32Rows = B <= 4 ? 4 : 2;  // R·B accumulators + 2R tables + R weights ≤ 28 of 32 zmm
 
+// Lane j holds the weight of code j (4 bits) or of code (j & 3) + base (2 bits; 3 bits: base 0 for
+// codes 0..3, base 4 for 4..7 — the high bit picks the table by mask, see f32_chunk).
 template <int BITS>
-RS_AVX512 inline __m512 dequant_table(float s, float o) {
-  const __m512 code = BITS == 2 ? _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3)
-                                : _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+RS_AVX512 inline __m512 dequant_table(float s, float o, float base = 0.f) {
+  const __m512 code = BITS == 4 ? _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+                                : _mm512_add_ps(_mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3),
+                                                _mm512_set1_ps(base));
   return _mm512_fmadd_ps(code, _mm512_set1_ps(s), _mm512_set1_ps(o));
 }
 
@@ -134,8 +139,8 @@ RS_AVX512 inline void fma_rows(const __m512 (&w)[R], const float* xi, int64_t K,
 // scale and offset for 8-bit codes). Inputs are visited in 16-input segments in layout order.
 template <int BITS, int B, int R>
 RS_AVX512 inline void f32_chunk(const uint8_t* const (&row)[R], int64_t c, int64_t n_chunks, const float* xp,
-                                int64_t K, const __m512 (&t)[R], const __m512 (&s)[R], const __m512 (&o)[R],
-                                __m512 (&acc)[R][B]) {
+                                int64_t K, const __m512 (&t)[R], const __m512 (&th)[R], const __m512 (&s)[R],
+                                const __m512 (&o)[R], __m512 (&acc)[R][B]) {
   const float* xc = xp + c * kChunk;
   __m512 w[R];
   if constexpr (BITS == 4) {  // byte k = code k | code k+32 << 4; 16 bytes → inputs 16h.. and 32+16h..
@@ -162,13 +167,12 @@ RS_AVX512 inline void f32_chunk(const uint8_t* const (&row)[R], int64_t c, int64
     for (int r = 0; r < R; ++r) q[r] = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row[r] + lo)));
     for (int p = 0; p < 4; ++p) {
       for (int r = 0; r < R; ++r) {
-        __m512i idx = p == 0 ? q[r] : _mm512_srli_epi32(q[r], 2 * p);
-        if constexpr (BITS == 3) {  // mask p of the block: bit 16·(c − start) + k = input 16p + k
-          const __mmask16 h = _load_mask16(reinterpret_cast<__mmask16*>(const_cast<uint8_t*>(row[r] + hi + p * 2 * nc)));
-          idx = _mm512_and_si512(idx, _mm512_set1_epi32(3));
-          idx = _mm512_mask_or_epi32(idx, h, idx, _mm512_set1_epi32(4));
-        }
+        const __m512i idx = p == 0 ? q[r] : _mm512_srli_epi32(q[r], 2 * p);  // bits 1..0: the crumb
         w[r] = _mm512_permutexvar_ps(idx, t[r]);
+        if constexpr (BITS == 3) {  // mask p of the block (bit 16·(c − start) + k = input 16p + k): codes 4..7
+          const __mmask16 h = _load_mask16(reinterpret_cast<__mmask16*>(const_cast<uint8_t*>(row[r] + hi + p * 2 * nc)));
+          w[r] = _mm512_mask_permutexvar_ps(w[r], h, idx, th[r]);
+        }
       }
       fma_rows<B, R>(w, xc + 16 * p, K, acc);
     }
@@ -199,7 +203,7 @@ RS_AVX512 void rows_f32_avx512(const float* xp, const uint8_t* cp, const uint16_
         _mm512_mask_storeu_ps(a + NG + g0, m, ov);
       }
     }
-    __m512 acc[R][B], t[R], s[R], o[R];
+    __m512 acc[R][B], t[R], th[R], s[R], o[R];
     for (int r = 0; r < R; ++r)
       for (int b = 0; b < B; ++b) acc[r][b] = _mm512_setzero_ps();
     // The next block's codes, prefetched over this block's chunks (prefetch_lines).
@@ -213,11 +217,12 @@ RS_AVX512 void rows_f32_avx512(const float* xp, const uint8_t* cp, const uint16_
           const float sg = affine[2 * r * NG + g], og = affine[(2 * r + 1) * NG + g];
           if constexpr (BITS == 8) s[r] = _mm512_set1_ps(sg), o[r] = _mm512_set1_ps(og);
           else t[r] = dequant_table<BITS>(sg, og);
+          if constexpr (BITS == 3) th[r] = dequant_table<BITS>(sg, og, 4.f);
         }
         ++g, left = cpg;
       }
       --left;
-      f32_chunk<BITS, B, R>(row, c, n_chunks, xp, K, t, s, o, acc);
+      f32_chunk<BITS, B, R>(row, c, n_chunks, xp, K, t, th, s, o, acc);
     }
     for (int r = 0; r < valid; ++r)
       for (int b = 0; b < B; ++b) yp[b * N + rb + r] = _mm512_reduce_add_ps(acc[r][b]);
