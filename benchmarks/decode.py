@@ -88,6 +88,27 @@ def llama_cpp_prompt_and_decode(llm, ids: list[int]) -> tuple[float, float]:
     return len(ids) / prefill, (NEW_TOKENS - 1) / (time.perf_counter() - t0)
 
 
+def llama_cpp_probe(gguf: str, threads: int) -> str | None:
+    """Load the GGUF in llama.cpp and evaluate a few tokens in a child process: None if that works,
+    else why. A llama.cpp built for instructions this CPU or VM refuses dies of a signal (seen: a
+    general-protection fault in libggml-cpu built with GGML_NATIVE on a VM exposing AMX), which would
+    otherwise take the whole run with it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from llama_cpp import Llama; "
+            "llm = Llama(model_path=sys.argv[1], n_threads=int(sys.argv[2]), n_ctx=64, verbose=False); "
+            "llm.eval([1, 2, 3, 4])")
+    r = subprocess.run([sys.executable, "-c", code, gguf, str(threads)], capture_output=True, text=True)
+    if r.returncode == 0:
+        return None
+    if r.returncode < 0 or "ModuleNotFoundError" not in r.stderr:
+        return (f"llama.cpp failed in a probe process (exit {r.returncode}: {r.stderr.strip()[-300:]}); rebuild "
+                "llama-cpp-python for this CPU, e.g. CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX512=ON' pip install "
+                "--no-cache-dir --force-reinstall --no-deps llama-cpp-python")
+    return None  # not installed: the import below says so
+
+
 def models(which: str = "smollm2") -> tuple[dict, object, str]:
     import reality_stone as rs
     from reality_stone.codecs import codec_config
@@ -161,14 +182,18 @@ def main() -> None:
             eager[name].generate(ids[0, :8], 4)
 
     best: dict[tuple[str, str], tuple[float, float]] = {}
-    llm, llama_error = None, None
+    llm, llama_error = None, llama_cpp_probe(gguf, threads)
     try:
         from llama_cpp import Llama
 
+        if llama_error is not None:
+            raise RuntimeError(llama_error)
         llm = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
         llama_cpp_prompt_and_decode(llm, ids[0, :8].tolist())
     except ImportError as e:
         llama_error = f"llama-cpp-python is not installed here ({e}); `pip install '.[bench]'` builds it"
+    except RuntimeError:
+        pass  # the probe's message
     for _ in range(args.reps):
         for name, net in nets.items():
             for loop, gen in (loops if name not in decoder_only else {}).items():
