@@ -30,8 +30,10 @@ __all__ = ["KERNELS", "MAX_FUSED_BATCH", "LinearKernel", "linear_kernel"]
 # Up to this many rows of x (the flattened batch) the fused C++ kernel runs; beyond, tiles of W
 # decoded into BLAS are as fast. Measured on 4096² weights, 2 threads (benchmarks/fused_matmul.py):
 # * lowbit: the kernel walks 4 batch rows at a time (AVX-512; AVX2: 8, kernels.h kMaxBatch) over
-#   L2-sized blocks of weight rows, so the codes come from memory once per call: 25 ms vs dense
-#   30 ms at 128 rows, 101 vs 88 ms at 512 (measured before the table kernel). The int8-activation kernel has no limit (5.7 ms at 128, 23 ms at 512).
+#   L2-sized blocks of weight rows, so the codes come from memory once per call. int4 g128, AVX-512
+#   (table kernel): fused 21.6 ms vs dense 19.2 at 128 rows, fused 48.8 vs tiled 62.0 at 256, 93.9 vs
+#   94.7 at 512 (dense 70.4): the tiles take over from there. The int8-activation kernel has no
+#   limit (5.7 ms at 128, 23 ms at 512).
 # * packed64: every leaf is generated once per call and used for the whole batch.
 # * seedbasis: batch ≥ 2 multiplies 8 batch rows per table lookup; its cost grows linearly with the
 #   batch but stays far below the tiled decode (whose seed-basis decode is ~0.8 s per 4096² tile

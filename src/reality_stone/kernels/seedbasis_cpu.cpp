@@ -19,8 +19,8 @@
 //    table, when there are more rows than seeds to repay it) or gathered per row. Threads split the
 //    column blocks (private accumulators, summed at the end).
 //  * batch ≥ 2 — lanes are 8 batch rows (16 — two groups — with AVX-512 from batch 9): v is laid
-//    out [j][pattern][batch group][8], and a block's P codes multiply whole rows of it. Threads split the output rows; columns go in tiles whose v
-//    stays in L2.
+//    out [j][pattern][batch group][8], and a block's P codes multiply whole rows of it. Threads
+//    split the output rows; columns go in tiles whose v stays in L2.
 #include "kernels.h"
 
 #include <algorithm>
