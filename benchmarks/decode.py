@@ -183,17 +183,14 @@ def main() -> None:
 
     best: dict[tuple[str, str], tuple[float, float]] = {}
     llm, llama_error = None, llama_cpp_probe(gguf, threads)
-    try:
-        from llama_cpp import Llama
+    if llama_error is None:
+        try:
+            from llama_cpp import Llama
 
-        if llama_error is not None:
-            raise RuntimeError(llama_error)
-        llm = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
-        llama_cpp_prompt_and_decode(llm, ids[0, :8].tolist())
-    except ImportError as e:
-        llama_error = f"llama-cpp-python is not installed here ({e}); `pip install '.[bench]'` builds it"
-    except RuntimeError:
-        pass  # the probe's message
+            llm = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=512, verbose=False)
+            llama_cpp_prompt_and_decode(llm, ids[0, :8].tolist())
+        except ImportError as e:
+            llama_error = f"llama-cpp-python is not installed here ({e}); `pip install '.[bench]'` builds it"
     for _ in range(args.reps):
         for name, net in nets.items():
             for loop, gen in (loops if name not in decoder_only else {}).items():

@@ -142,6 +142,14 @@ struct RecordReader {
 // rows, 32 KB, stays in L1) and folds the sign into the code.
 constexpr int kHalf = 128;
 
+// Row group g's records of column blocks [j0, j1) into buf[0 .. j1 − j0), offsets into the tile's v.
+inline void read_records(const RecordReader& rd, const uint8_t* rec, const Format& f, const int32_t* pat32, int64_t nb,
+                         int64_t G, int64_t g, int64_t j0, int64_t j1, int log2_stride, Record* buf) {
+  for (int64_t j = j0; j < j1; ++j)
+    rd.read(record_at(rec, g, j, G, nb, f.R), f, pat32, static_cast<int32_t>((j - j0) * kHalf), log2_stride,
+            buf[j - j0]);
+}
+
 // v_tile: [J][128][n_bg][8] fp32 for column blocks [j0, j0 + J); acc: [Np][n_bg][8]. Row groups
 // [g0, g1). Register block: RB rows × BB batch groups (RB·BB = 8 independent accumulators, so the
 // P dependent FMAs a block adds to each overlap); a group's records are read once into `buf`.
@@ -151,9 +159,7 @@ void batch_rows(const float* vt, const int32_t* pat32, const uint8_t* rec, const
                 Record* buf) {
   const int log2_stride = __builtin_ctzll(n_bg * kLanes);  // floats per pattern (n_bg a power of two)
   for (int64_t g = g0; g < g1; ++g) {
-    for (int64_t j = j0; j < j1; ++j)
-      rd.read(record_at(rec, g, j, G, nb, f.R), f, pat32, static_cast<int32_t>((j - j0) * kHalf), log2_stride,
-              buf[j - j0]);
+    read_records(rd, rec, f, pat32, nb, G, g, j0, j1, log2_stride, buf);
     for (int r0 = 0; r0 < 8; r0 += RB) {
       for (int64_t bg0 = 0; bg0 < n_bg; bg0 += BB) {
         __m256 a[RB][BB];
@@ -510,16 +516,16 @@ RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, 
 
 // batch_rows with 16-lane vectors (n_bg ≥ 2): a zmm holds batch groups 2z and 2z + 1, adjacent in
 // v and acc, so one broadcast code multiplies 16 batch rows per FMA and v load — half the FMAs and
-// v loads of the 8-lane loop. Register block: RB rows × BZ zmm (RB·BZ = 8 accumulators).
+// v loads of the 8-lane loop. Register block: RB rows × BZ zmm (RB·BZ = 8 accumulators). A body of
+// its own, as single_row_avx512 beside single_row: GCC gives a template one target for all its
+// instantiations, and the 8-lane loop must stay free of AVX-512 encodings for AVX2-only CPUs.
 template <int P, int RB, int BZ>
 RS_AVX512 void batch_rows_avx512(const float* vt, const int32_t* pat32, const uint8_t* rec, const Format& f,
                                  const RecordReader& rd, int64_t nb, int64_t G, int64_t n_bg, int64_t g0, int64_t g1,
                                  int64_t j0, int64_t j1, float* acc, Record* buf) {
   const int log2_stride = __builtin_ctzll(n_bg * kLanes);
   for (int64_t g = g0; g < g1; ++g) {
-    for (int64_t j = j0; j < j1; ++j)
-      rd.read(record_at(rec, g, j, G, nb, f.R), f, pat32, static_cast<int32_t>((j - j0) * kHalf), log2_stride,
-              buf[j - j0]);
+    read_records(rd, rec, f, pat32, nb, G, g, j0, j1, log2_stride, buf);
     for (int r0 = 0; r0 < 8; r0 += RB) {
       for (int64_t bg0 = 0; bg0 < n_bg; bg0 += 2 * BZ) {
         __m512 a[RB][BZ];
