@@ -47,6 +47,8 @@ def _cases():
             out.append((f"{name}-{cfg.codec_name}{cfg.bits}", name, lambda cfg=cfg: (_lowbit(cfg), 256)))
     for budget in ("4.25", "2.5"):
         out.append((f"seedbasis-{budget}", "seedbasis_linear", lambda b=budget: _seedbasis(b)))
+    for budget in ("3.5", "2.5"):  # int8 activations take ≤ 4 coefficients (not the 4.25 preset's 6)
+        out.append((f"seedbasis_a8-{budget}", "seedbasis_linear_a8", lambda b=budget: _seedbasis(b)))
     for args in ((37, 51, 8, None, "polar"), (70, 45, 16, 1, "polar"), (20, 30, 8, 2, "hash")):
         out.append((f"packed64-{args[0]}x{args[1]}-{args[4]}", "packed64_linear", lambda a=args: _packed64(*a)))
     return out
@@ -83,8 +85,8 @@ def test_forward_within_twice_the_references_own_error(case):
         y = kernel(x, *args)
         assert y.shape == (batch, kernel.rows(*args)) and y.dtype == torch.float32
         assert torch.equal(y, kernel.op(x, *args))  # the fast path is the op minus its dispatch
-        if name == "lowbit_linear_a8":
-            continue  # quantises x: its accuracy is test_int_lowbit's (against the a8 reference)
+        if name.endswith("_a8") and batch <= (MAX_FUSED_BATCH[name] or batch):
+            continue  # quantises x: its accuracy is its family's test (against the a8 reference)
         exact = x.double() @ W64.T
         ref_err = ((x @ W32.T).double() - exact).abs().max()
         err = (y.double() - exact).abs().max()
@@ -106,7 +108,7 @@ def test_backward_within_twice_the_references_own_error(case):
 def test_gradcheck_float64(case):
     kernel, name, args, in_f = case
     x = torch.randn(1, in_f, dtype=torch.float64, requires_grad=True, generator=torch.Generator().manual_seed(4))
-    if name == "lowbit_linear_a8":
+    if name.endswith("_a8"):
         pytest.skip("int8 activations take float32 inputs; their gradient is checked above")
     assert torch.autograd.gradcheck(lambda x: kernel(x, *args), (x,))
 
@@ -123,6 +125,7 @@ LARGE = {  # 4096² weights: the dense fp32 weight is 64 MiB
     "lowbit_linear": lambda: (_lowbit(codec_config("rtn", bits=4, group=128), 4096, 4096), 4096),
     "lowbit_linear_a8": lambda: (_lowbit(codec_config("rtn", bits=2, group=128), 4096, 4096), 4096),
     "seedbasis_linear": lambda: _seedbasis("4.25", 4096, 4096),
+    "seedbasis_linear_a8": lambda: _seedbasis("3.5", 4096, 4096),
     "packed64_linear": lambda: _packed64(4096, 4096, 32, None, "polar"),
 }
 
@@ -130,11 +133,12 @@ LARGE = {  # 4096² weights: the dense fp32 weight is 64 MiB
 @pytest.mark.parametrize("name", sorted(LARGE))
 def test_forward_never_allocates_the_dense_weight(allocated_bytes, name):
     kernel = KERNELS[name]
-    if name == "lowbit_linear_a8":
+    if name.endswith("_a8"):
         from reality_stone.kernels.extension import load_extension
 
         ext = load_extension(quiet=True)
-        if ext is None or not ext.has_avx512_vnni():
+        if ext is None or not ext.has_avx512_vnni() or (name == "seedbasis_linear_a8" and
+                                                        not ext.seedbasis_a8_supported(10, 2, 4, 4)):
             pytest.skip("no AVX-512 VNNI: int8 activations run the plain-torch tiles (every tile decoded in turn)")
     args, in_f = LARGE[name]()
     x = torch.randn(1, in_f)

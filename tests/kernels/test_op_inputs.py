@@ -15,7 +15,7 @@ import reality_stone.kernels.int_lowbit_ops  # noqa: F401  (registers the ops)
 import reality_stone.kernels.packed64_ops  # noqa: F401
 import reality_stone.kernels.seedbasis_ops  # noqa: F401
 from reality_stone.codecs import codec_config
-from reality_stone.kernels.seedbasis import seedbasis_linear_reference
+from reality_stone.kernels.seedbasis import seedbasis_linear_a8_reference, seedbasis_linear_reference
 
 OPS = torch.ops.reality_stone
 
@@ -29,20 +29,36 @@ def seedbasis_layout():
 FIELDS = ("pattern", "records", "row_exp", "seed_bits", "exp_bits", "coeff_bits", "rows")
 
 
-def _call(a):
-    return OPS.seedbasis_linear(a["x"], *(a[k] for k in FIELDS))
+def _call(a, op="seedbasis_linear"):
+    return getattr(OPS, op)(a["x"], *(a[k] for k in FIELDS))
 
 
+@pytest.mark.parametrize("op", ["seedbasis_linear", "seedbasis_linear_a8"])
 @pytest.mark.parametrize("batch", [1, 3, 8, 9, 64])
-def test_seedbasis_truncated_or_oversized_records_raise(seedbasis_layout, batch):
+def test_seedbasis_truncated_or_oversized_records_raise(seedbasis_layout, batch, op):
     lay = seedbasis_layout
     x = torch.randn(batch, 64)
     args = dict(x=x, **{k: getattr(lay, k) for k in FIELDS})
     for records in (lay.records[:-1], lay.records[:-17], torch.cat([lay.records, lay.records[:1]])):
         with pytest.raises(ValueError, match="records"):
-            _call(args | dict(records=records))
+            _call(args | dict(records=records), op)
     with pytest.raises(ValueError, match="pattern"):  # a table too short for S-bit seeds
-        _call(args | dict(pattern=lay.pattern[:-1]))
+        _call(args | dict(pattern=lay.pattern[:-1]), op)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 8])
+def test_seedbasis_a8_any_record_bytes_are_a_valid_weight(seedbasis_layout, batch):
+    """The same for int8 activations: every random record computes the a8 reference's numbers."""
+    from reality_stone.kernels.seedbasis import SeedBasisLayout
+
+    g = torch.Generator().manual_seed(100 + batch)
+    lay = seedbasis_layout
+    records = torch.randint(0, 256, lay.records.shape, dtype=torch.uint8, generator=g)
+    bad = SeedBasisLayout(lay.pattern, records, lay.row_exp, lay.seed_bits, lay.exp_bits, lay.coeff_bits, lay.rows)
+    x = torch.randn(batch, 64, generator=g)
+    ref = seedbasis_linear_a8_reference(x, bad, 64)
+    y = OPS.seedbasis_linear_a8(x, *(getattr(bad, k) for k in FIELDS))
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
 
 
 @pytest.mark.parametrize("batch", [1, 2, 9, 64])
@@ -89,7 +105,8 @@ def _mutations(lay, rng: random.Random):
     return field, args
 
 
-def test_random_malformed_seedbasis_layouts_raise_or_are_right(seedbasis_layout):
+@pytest.mark.parametrize("op", ["seedbasis_linear", "seedbasis_linear_a8"])
+def test_random_malformed_seedbasis_layouts_raise_or_are_right(seedbasis_layout, op):
     from reality_stone.kernels.seedbasis import SeedBasisLayout
 
     rng = random.Random(0)
@@ -97,13 +114,17 @@ def test_random_malformed_seedbasis_layouts_raise_or_are_right(seedbasis_layout)
     for _ in range(400):
         field, a = _mutations(seedbasis_layout, rng)
         try:
-            y = _call(a)
+            y = _call(a, op)
         except ValueError:
             outcomes["error"] += 1
             continue
-        # accepted: then it must be the reference's answer for exactly these inputs
+        # accepted: then it must be the reference's answer for exactly these inputs (int8
+        # activations: the a8 reference's up to batch 8, the fp32 kernel's above)
         lay = SeedBasisLayout(*(a[k] for k in FIELDS))
-        ref = seedbasis_linear_reference(a["x"].double(), lay, a["x"].shape[-1])
+        if op == "seedbasis_linear_a8" and a["x"].shape[0] <= 8:
+            ref = seedbasis_linear_a8_reference(a["x"], lay, a["x"].shape[-1])
+        else:
+            ref = seedbasis_linear_reference(a["x"].double(), lay, a["x"].shape[-1])
         assert y.shape == ref.shape, field
         torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max() + 1))
         outcomes["right"] += 1

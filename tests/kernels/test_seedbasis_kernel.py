@@ -6,8 +6,8 @@ import torch
 
 from layouts import seedbasis_weight as _encoded
 from reality_stone.codecs.seedbasis import preset
-from reality_stone.kernels.seedbasis import decode_rows, seedbasis_linear_reference
-from reality_stone.nn import CompressedLinear
+from reality_stone.kernels.seedbasis import decode_rows, seedbasis_linear_a8_reference, seedbasis_linear_reference
+from reality_stone.nn import CompressedLinear, set_activations
 
 
 @pytest.mark.parametrize("budget", ["4.25", "3.5", "2.5"])
@@ -92,3 +92,98 @@ def test_avx2_loops_on_avx512_machines():
                          env={**os.environ, "REALITY_STONE_NO_AVX512": "1"}, cwd=os.path.dirname(__file__))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "36 passed" in out.stdout, out.stdout[-500:]
+
+
+# ---------------------------------------------------------------- int8 activations
+
+
+def _a8_kernel_here() -> bool:
+    from reality_stone.kernels.extension import load_extension
+
+    ext = load_extension(quiet=True)
+    return ext is not None and ext.seedbasis_a8_supported(10, 2, 4, 4)
+
+
+@pytest.mark.parametrize("rows,cols", [(37, 51), (300, 96), (64, 1000), (24, 300), (16, 4096)])
+@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("budget", ["3.5", "2.5"])
+def test_int8_activation_path_matches_its_reference(rows, cols, batch, budget):
+    """The VNNI kernel (or, without one, its torch arithmetic) computes the reference's integers:
+    within 2× the float32 rounding the reference itself adds to them."""
+    enc = _encoded(rows, cols, budget)
+    lay = enc.kernel_layout()
+    x = torch.randn(batch, cols, generator=torch.Generator().manual_seed(4)) * torch.linspace(0.1, 3, cols)
+    exact = seedbasis_linear_a8_reference(x, lay, cols)  # float64 scaling of the exact integer sums
+    ref32 = seedbasis_linear_a8_reference(x, lay, cols, torch.float32).double()
+    y = enc.matmul_int8_activations(x).double()
+    tol = 2 * (ref32 - exact).abs().max() + 1e-6 * exact.abs().max()
+    assert (y - exact).abs().max() <= tol
+    # and it really quantised: not the fp32 product, but close to it (int8 per 64 inputs)
+    fp = x.double() @ enc.decode(torch.float64).T
+    err = (y - fp).norm() / fp.norm()
+    assert 1e-5 < err < 2e-2, err
+
+
+def test_int8_activations_quantise_each_64_inputs_on_their_own_scale():
+    """One group of large inputs must not flatten the others (per-64 scales, not per row)."""
+    enc = _encoded(32, 256, "3.5")
+    x = torch.randn(1, 256, generator=torch.Generator().manual_seed(5))
+    x[0, :64] *= 1e4
+    fp = x.double() @ enc.decode(torch.float64).T
+    rest = x.clone()
+    rest[0, :64] = 0  # the other three groups alone: their error is their own rounding's
+    fp_rest = rest.double() @ enc.decode(torch.float64).T
+    err_rest = (enc.matmul_int8_activations(rest).double() - fp_rest).norm() / fp_rest.norm()
+    assert err_rest < 2e-2
+    assert (enc.matmul_int8_activations(x).double() - fp).norm() / fp.norm() < 2e-2
+
+
+def test_int8_activations_keep_non_finite_inputs_non_finite():
+    enc = _encoded(24, 200, "3.5")
+    x = torch.randn(3, 200, generator=torch.Generator().manual_seed(6))
+    x[0, 7], x[1, 150] = float("nan"), float("inf")
+    y = enc.matmul_int8_activations(x)
+    assert y[0].isnan().all() and y[1].isnan().all()  # never a finite number from a NaN or Inf input
+    assert y[2].isfinite().all()
+    assert not enc.matmul_int8_activations(torch.zeros(2, 200)).any()
+
+
+def test_int8_activations_above_batch_8_run_the_fp32_kernel():
+    enc = _encoded(40, 120, "2.5")
+    x = torch.randn(9, 120, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(enc.matmul_int8_activations(x), enc.matmul(x), rtol=0, atol=0)
+
+
+def test_int8_activations_are_declared_and_refused_per_config():
+    assert preset("3.5").capabilities.int8_activations and preset("2.5").capabilities.int8_activations
+    assert not preset("4.25").capabilities.int8_activations  # 6 coefficients: more than one int32 of codes
+    with pytest.raises(ValueError, match="int8 activations"):
+        _encoded(8, 16, "4.25").matmul_int8_activations(torch.randn(1, 16))
+    with pytest.raises(ValueError, match="float32"):
+        _encoded(8, 16, "3.5").matmul_int8_activations(torch.randn(1, 16, dtype=torch.float64))
+
+
+def test_compressed_linear_with_int8_activations():
+    enc = _encoded(20, 40, "3.5")
+    layer = CompressedLinear(enc, torch.zeros(20))
+    model = torch.nn.Sequential(layer)
+    assert set_activations(model, "int8") == 1 and layer.activations == "int8"
+    x = torch.randn(4, 40, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(layer(x), enc.matmul_int8_activations(x), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not _a8_kernel_here(), reason="needs AVX-512 VNNI + VBMI")
+def test_int8_kernel_threads_give_the_same_numbers():
+    """Threads split the column tiles (one accumulator each, summed at the end): the result moves
+    only by float32 summation order, never by a quantisation step."""
+    enc = _encoded(64, 2048, "3.5")
+    x = torch.randn(2, 2048, generator=torch.Generator().manual_seed(9))
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = enc.matmul_int8_activations(x)
+        torch.set_num_threads(max(2, n))
+        many = enc.matmul_int8_activations(x)
+    finally:
+        torch.set_num_threads(n)
+    torch.testing.assert_close(one, many, rtol=1e-5, atol=1e-5 * float(one.abs().max()))

@@ -143,20 +143,37 @@ def test_bad_input_is_refused():
     ("llama", codec_config("seedbasis", preset="3.5")),  # seed basis: one slot per layer
     ("qwen2", codec_config("seedbasis", preset="2.5")),  # … with q/k/v biases
     ("qwen3", codec_config("seedbasis", preset="4.25")),  # … 6 coefficients (the kernel's 8-lane form)
+    ("qwen2", "seedbasis int8"),  # seed basis with int8 activations (AVX-512 VNNI + VBMI)
 ])
 def test_the_native_decode_step_matches_the_model(family, config):
     from reality_stone.kernels.extension import load_extension
 
     ext = load_extension(quiet=True)
-    if ext is None or (config == "int8" and not ext.has_avx512_vnni()):
+    if ext is None or (config == "int8" and not ext.has_avx512_vnni()) or (
+            config == "seedbasis int8" and not ext.seedbasis_a8_supported(10, 2, 4, 4)):
         pytest.skip("no compiled kernels (or no VNNI) here: the eager loop runs instead (covered above)")
     model = _tiny(family)
-    rs.compress(model, codec_config("gptq", bits=4, group=64) if config == "int8" else config,
-                **(dict(calibration=_ids(128, seed=4)[None], tokens=128, seq_len=64) if config == "int8" else {}))
+    if config == "seedbasis int8":
+        rs.compress(model, codec_config("seedbasis", preset="3.5"))
+    else:
+        rs.compress(model, codec_config("gptq", bits=4, group=64) if config == "int8" else config,
+                    **(dict(calibration=_ids(128, seed=4)[None], tokens=128, seq_len=64) if config == "int8" else {}))
     ids = _ids(24)
-    if config == "int8":
+    if config in ("int8", "seedbasis int8"):
         # int8 activations round x per group, so float32-level differences in x (another summation order
         # of a norm) move a few codes: compare within a fraction of what int8 rounding itself changes
+        if config == "seedbasis int8":
+            # the seed basis rounds x to int8 at batch ≤ 8 only (a prefill runs the fp32 kernel): the
+            # step (row 1 of `logits`) against the eager decoder's step, which calls the same op
+            exact = Decoder(model, native=False).logits(ids)
+            set_activations(model, "int8")
+            dec = Decoder(model)
+            assert dec.native and set(dec._native[1][0][::6]) == {3}  # every slot the int8 seed-basis kind
+            rounded, native = Decoder(model, native=False).logits(ids), dec.logits(ids)
+            _close(native[0], exact[0])
+            assert (rounded[1] - exact[1]).abs().max() > 0
+            assert (native[1] - rounded[1]).abs().max() <= 0.25 * (rounded[1] - exact[1]).abs().max()
+            return
         exact = _model_logits(model, ids)
         set_activations(model, "int8")
         dec = Decoder(model)

@@ -157,7 +157,8 @@ class Capabilities:
     calibration: "unused" (``stats`` ignored), "optional" (data-free without, output-error-aware
       with) or "required" (ValueError without).
     fused_matmul: ``Encoded.matmul`` runs a kernel that never builds the dense weight.
-    int8_activations: ``Encoded.matmul_int8_activations(x)`` exists (x quantised to int8 per group).
+    int8_activations: ``Encoded.matmul_int8_activations(x)`` exists (x quantised to int8 per group; the
+    seed basis: per 64 inputs, batch ≤ 8).
     trainable: ``Encoded.to_module()`` gives an ``nn.Module`` whose parameters are the stored values.
     """
 

@@ -166,6 +166,23 @@ class SeedBasisEncoded(Encoded):
 
         return seedbasis_matmul(x, lay)
 
+    def matmul_int8_activations(self, x: Tensor) -> Tensor:
+        """``x @ Wᵀ`` with x quantised to int8 per 64 inputs (`kernels.seedbasis_ops.seedbasis_linear_a8`:
+        the VNNI kernel at batch ≤ 8, the fp32 kernel above). float32 x; configs whose capabilities
+        declare ``int8_activations``."""
+        if not self.config.capabilities.int8_activations:
+            raise ValueError(f"int8 activations need ≤ 4 coefficients of Q + E ≤ 6 bits (block 8, lfsr basis); "
+                             f"this config has P={self.config.coeffs}, Q={self.config.coeff_bits}, "
+                             f"E={self.config.exp_bits}")
+        if x.shape[-1] != self.shape[1]:
+            raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
+        lay = self.kernel_layout()
+        if lay is None:  # a row exponent outside the kernels' range: decode → matmul (fp32)
+            return super().matmul(x)
+        from reality_stone.kernels.seedbasis_ops import seedbasis_matmul
+
+        return seedbasis_matmul(x, lay, int8_activations=True)
+
     def decode(self, dtype: torch.dtype = torch.float32) -> Tensor:
         out_f, in_f = self.shape
         e_top, seeds, e_off, codes = self.fields()
@@ -270,13 +287,14 @@ class SeedBasisConfig(CodecConfig):
 
     @property
     def capabilities(self) -> Capabilities:
-        from reality_stone.kernels.seedbasis import fusable
+        from reality_stone.kernels.seedbasis import a8_fusable, fusable
 
         # the kernel's exponent range is checked per weight (a decoded exponent outside it takes
         # decode → matmul); every exponent a finite float32 weight produces is inside it
-        return Capabilities(calibration=self.calibration,
-                            fused_matmul=fusable(self.block, self.coeffs, self.coeff_bits, self.exp_bits,
-                                                 self.seed_bits, self.basis))
+        fused = fusable(self.block, self.coeffs, self.coeff_bits, self.exp_bits, self.seed_bits, self.basis)
+        return Capabilities(calibration=self.calibration, fused_matmul=fused,
+                            int8_activations=fused and a8_fusable(self.coeffs, self.coeff_bits, self.exp_bits,
+                                                                  self.seed_bits))
 
     @property
     def block_bits(self) -> int:

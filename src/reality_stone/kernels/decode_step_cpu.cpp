@@ -19,6 +19,8 @@
 //   1 group-quantised: tensors codes, scale, offset, bias; ints {1, zero_point, group, bits, int8, 0}
 //   2 seed basis: tensors records, pattern table (`seedbasis_gemv_table`), row scales fp32 [Np],
 //     bias; ints {2, S, E, Q, P, rows}
+//   3 seed basis, int8 activations: the same, with the pattern ids as uint8 [2^S, 4] (padded
+//     with any id) for the table; ints {3, S, E, Q, P, rows}
 #include "kernels.h"
 
 #include <algorithm>
@@ -43,7 +45,7 @@ void rope(float* x, const float* cos, const float* sin, int64_t d) {
 }
 
 struct Projection {
-  int kind = 0;  // 0 absent, 1 group-quantised, 2 seed basis
+  int kind = 0;  // 0 absent, 1 group-quantised, 2 seed basis, 3 seed basis with int8 activations
   const torch::Tensor *a = nullptr, *b = nullptr, *c = nullptr, *bias = nullptr;
   bool zero_point = false, int8 = false;
   int64_t group = 0, bits = 0, in_padded = 0, out = 0;
@@ -77,7 +79,7 @@ Projection projection(const std::vector<torch::Tensor>& t, const std::vector<int
                     p.c->is_contiguous(),
                 "decode_step: scale/offset must be contiguous fp16");
     TORCH_CHECK(in <= p.in_padded, "decode_step: input wider than the layout");
-  } else if (p.kind == 2) {
+  } else if (p.kind == 2 || p.kind == 3) {
     p.S = static_cast<int>(v[1]);
     p.E = static_cast<int>(v[2]);
     p.Q = static_cast<int>(v[3]);
@@ -86,13 +88,21 @@ Projection projection(const std::vector<torch::Tensor>& t, const std::vector<int
     TORCH_CHECK(p.S >= 1 && p.S <= 16 && p.E >= 0 && p.E <= 4 && p.Q >= 1 && p.Q <= 4 && p.P >= 1 && p.P <= 8,
                 "decode_step: seed-basis field widths out of range");
     const int64_t PL = p.P <= 4 ? 4 : 8;
-    TORCH_CHECK(p.b->scalar_type() == torch::kInt && p.b->is_contiguous() && p.b->dim() == 2 &&
-                    p.b->size(0) == (int64_t{1} << p.S) && p.b->size(1) == PL,
-                "decode_step: seed-basis pattern table must be contiguous int32 [2^S, ", PL, "]");
+    if (p.kind == 3) {  // every uint8 id indexes the 256 sign sums
+      TORCH_CHECK(reality_stone::seedbasis_a8_supported(p.S, p.E, p.P, p.Q),
+                  "decode_step: the seed-basis int8-activation kernel does not take this format or CPU");
+      TORCH_CHECK(p.b->scalar_type() == torch::kUInt8 && p.b->is_contiguous() && p.b->dim() == 2 &&
+                      p.b->size(0) == (int64_t{1} << p.S) && p.b->size(1) == 4,
+                  "decode_step: seed-basis int8 pattern table must be contiguous uint8 [2^S, 4]");
+    } else {
+      TORCH_CHECK(p.b->scalar_type() == torch::kInt && p.b->is_contiguous() && p.b->dim() == 2 &&
+                      p.b->size(0) == (int64_t{1} << p.S) && p.b->size(1) == PL,
+                  "decode_step: seed-basis pattern table must be contiguous int32 [2^S, ", PL, "]");
+    }
     // the kernel indexes 257 sign sums with them (one table serves every layer of a configuration:
     // checked once per call, in one vectorisable pass)
     const std::pair<const void*, int64_t> key{p.b->data_ptr(), p.b->numel()};
-    if (std::find(checked.begin(), checked.end(), key) == checked.end()) {
+    if (p.kind == 2 && std::find(checked.begin(), checked.end(), key) == checked.end()) {
       const uint32_t* pat = reinterpret_cast<const uint32_t*>(p.b->data_ptr<int32_t>());
       const int64_t n = p.b->numel();
       uint32_t worst = 0;
@@ -139,7 +149,7 @@ struct Group {
     TORCH_CHECK(!parts.empty() && n == width, "decode_step: projection widths do not match the configuration");
   }
   static bool same_seedbasis(const Projection& a, const Projection& b) {
-    return a.kind == 2 && b.kind == 2 && a.b->data_ptr() == b.b->data_ptr() && a.b->numel() == b.b->numel() &&
+    return a.kind >= 2 && a.kind == b.kind && a.b->data_ptr() == b.b->data_ptr() && a.b->numel() == b.b->numel() &&
            a.S == b.S && a.E == b.E && a.Q == b.Q && a.P == b.P;
   }
   // y = [W_1 x | W_2 x | …] (+ biases); group-quantised: x copied into a zero-padded buffer of the
@@ -161,8 +171,12 @@ struct Group {
       for (float* yk = y; k < parts.size() && (k == i || same_seedbasis(p, parts[k])); yk += parts[k].out, ++k)
         run.push_back({parts[k].a->data_ptr<uint8_t>(), parts[k].c->data_ptr<float>(), parts[k].c->size(0),
                        parts[k].out, yk});
-      reality_stone::seedbasis_gemv_rows(x, in, run.data(), static_cast<int>(run.size()), p.b->data_ptr<int32_t>(),
-                                         p.b->size(1), p.S, p.E, p.P, p.Q);
+      if (p.kind == 3)
+        reality_stone::seedbasis_gemm_a8_rows(x, 1, in, run.data(), static_cast<int>(run.size()), 0,
+                                              p.b->data_ptr<uint8_t>(), p.S, p.E, p.P, p.Q);
+      else
+        reality_stone::seedbasis_gemv_rows(x, in, run.data(), static_cast<int>(run.size()), p.b->data_ptr<int32_t>(),
+                                           p.b->size(1), p.S, p.E, p.P, p.Q);
       for (; i < k; ++i) {
         add_bias(parts[i], y);
         y += parts[i].out;

@@ -40,6 +40,13 @@ struct SeedbasisWeight {
 torch::Tensor seedbasis_gemv_table(const torch::Tensor& pattern);
 void seedbasis_gemv_rows(const float* x, int64_t K, const SeedbasisWeight* weights, int n_weights, const int32_t* pat,
                          int64_t PL, int S, int E, int P, int Q);
+// The same weights with x [B, K] (rows K apart) quantised to int8 per 64 inputs (the numbers of
+// seedbasis.py's `seedbasis_linear_a8_reference`): weight w's row r of batch row b goes to
+// y[b·ldy + r]. pat8: the pattern ids as uint8 [2^S][4] (padding coefficients any id). Needs
+// seedbasis_a8_supported(S, E, P, Q).
+void seedbasis_gemm_a8_rows(const float* x, int64_t B, int64_t K, const SeedbasisWeight* weights, int n_weights,
+                            int64_t ldy, const uint8_t* pat8, int S, int E, int P, int Q);
+bool seedbasis_a8_supported(int S, int E, int P, int Q);
 
 // Each kernel source registers its own Python bindings beside its definitions (bindings.cpp runs
 // them all), so adding a kernel is its .cpp, its ops module and its conformance case.

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["SeedBasisLayout", "decode_rows", "fusable", "pattern_ids", "seedbasis_layout",
-           "seedbasis_linear_reference", "unpack_all", "unpack_records"]
+__all__ = ["A8_GROUP", "SeedBasisLayout", "a8_fusable", "decode_rows", "fusable", "pattern_ids", "seedbasis_layout",
+           "seedbasis_linear_a8_reference", "seedbasis_linear_reference", "unpack_all", "unpack_records"]
 
 BLOCK = 8
 PAD_BYTES = 16
@@ -33,6 +33,8 @@ TILE = 16  # column blocks per tile of the record order (seedbasis_cpu.cpp kTile
 # row exponents the kernel takes: 2^t a normal float32, and a block (≤ 8 codes of magnitude ≤ 8,
 # shifted by ≤ 15) times it finite
 EXP_MIN, EXP_MAX = -126, 100
+# int8 activations: column blocks per activation scale (64 inputs, seedbasis_cpu.cpp kA8Group)
+A8_GROUP = 8
 
 
 @lru_cache(maxsize=1)
@@ -75,6 +77,15 @@ def fusable(block: int, coeffs: int, coeff_bits: int, exp_bits: int, seed_bits: 
     """Whether a config's weights can take the kernel (row exponents are checked per weight)."""
     return (block == BLOCK and basis == "lfsr" and coeffs <= 8 and coeff_bits <= 4 and exp_bits <= 4
             and seed_bits <= 16)
+
+
+def a8_fusable(coeffs: int, coeff_bits: int, exp_bits: int, seed_bits: int) -> bool:
+    """Whether the int8-activation kernel reads this format (besides `fusable`): one int32 of ≤ 4
+    int8 codes per row and block, |(q − 2^(Q−1)) << e| ≤ 127, code + offset bits one 6-bit table
+    index, two records in 64 bytes (seedbasis_cpu.cpp ``a8_format_ok``)."""
+    R = seed_bits + exp_bits + coeffs * coeff_bits
+    return (coeffs <= 4 and coeff_bits + exp_bits <= 6 and (2 ** (coeff_bits - 1) << (2**exp_bits - 1)) <= 127
+            and 2 * R <= 64)
 
 
 def _bits(values: np.ndarray, width: int) -> np.ndarray:
@@ -176,3 +187,69 @@ def decode_rows(lay: SeedBasisLayout, r0: int, r1: int, in_features: int, dtype=
 def seedbasis_linear_reference(x: Tensor, lay: SeedBasisLayout, in_features: int) -> Tensor:
     """The oracle: decode the whole weight from the layout, then matmul. x (..., in) -> (..., rows)."""
     return x @ decode_rows(lay, 0, lay.rows, in_features, x.dtype).T
+
+
+def _sign_sum_halves(xb: Tensor) -> tuple[Tensor, Tensor]:
+    """xb (..., nb, 8) float32 -> lo, hi (..., nb, 16): the signed sums of inputs 0-3 and 4-7 for
+    every sign pattern, added in the kernel's order (so v = lo + hi rounds as it does there)."""
+    k = torch.arange(16)
+    signs = (2 * ((k[:, None] >> torch.arange(4)) & 1) - 1).to(xb.dtype)  # (16, 4)
+    lo = torch.zeros(*xb.shape[:-1], 16, dtype=xb.dtype)
+    hi = torch.zeros_like(lo)
+    for c in range(4):
+        lo = lo + signs[:, c] * xb[..., c, None]
+        hi = hi + signs[:, c] * xb[..., c + 4, None]
+    return lo, hi
+
+
+def a8_tables(x: Tensor, nb: int) -> tuple[Tensor, Tensor]:
+    """The int8 path's activation tables for x (B, K) float32: v (B, nb, 256) rounded to int8
+    per group of `A8_GROUP` column blocks, and the groups' scales (B, ⌈nb/8⌉) float32 — v ≈
+    v_q · scale (NaN for a group with a non-finite input). The scale is m / 127 with m = max over the group's blocks of max|lo| + max|hi|
+    (a bound on |v| that holds after rounding too)."""
+    B, K = x.shape
+    xb = torch.nn.functional.pad(x, (0, 8 * nb - K)).reshape(B, nb, 8)
+    lo, hi = _sign_sum_halves(xb)
+    m_block = lo.abs().amax(-1) + hi.abs().amax(-1)
+    ng = -(-nb // A8_GROUP)
+    m = torch.nn.functional.pad(m_block, (0, ng * A8_GROUP - nb)).reshape(B, ng, A8_GROUP).amax(-1)
+    # a group with a NaN or Inf input: codes 0, scale NaN (its rows' outputs NaN, never finite)
+    finite = torch.nn.functional.pad(xb.isfinite().all(-1), (0, ng * A8_GROUP - nb), value=True) \
+        .reshape(B, ng, A8_GROUP).all(-1)
+    m = torch.where(finite, m, torch.zeros_like(m))
+    inv = torch.where(m > 0, torch.tensor(127.0) / m, torch.zeros_like(m))
+    k = torch.arange(256)
+    v = lo[..., k & 15] + hi[..., k >> 4]
+    v = torch.where(finite.repeat_interleave(A8_GROUP, 1)[:, :nb, None], v, torch.zeros_like(v))
+    vq = torch.round(v * inv.repeat_interleave(A8_GROUP, 1)[:, :nb, None]).clamp(-127, 127).to(torch.int8)
+    return vq, torch.where(finite, m / 127, torch.full_like(m, float("nan")))
+
+
+def seedbasis_linear_a8_reference(x: Tensor, lay: SeedBasisLayout, in_features: int,
+                                  dtype: torch.dtype = torch.float64, rows_per_chunk: int = 256) -> Tensor:
+    """The int8-activation path's numbers: x (..., in) float32 quantised as in `a8_tables`, the
+    integer block sums Σ_p (q_p << e)·v_q[pattern[s, p]] per group of `A8_GROUP` blocks exact, then
+    scaled in ``dtype`` (float64: the "exact" result of these integers; float32: the rounding a
+    float32 computation adds). Row chunks of ``rows_per_chunk``: never the dense weight.
+    Returns (..., rows) in ``dtype``."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, in_features).to(torch.float32)
+    nb, P = -(-in_features // BLOCK), lay.pattern.shape[1]
+    ng = -(-nb // A8_GROUP)
+    vq, scale = a8_tables(x2, nb)
+    pattern = lay.pattern.to(torch.int64)
+    row_scale = torch.exp2(lay.row_exp[: lay.rows].to(dtype))
+    out = torch.empty(x2.shape[0], lay.rows, dtype=dtype)
+    for r0 in range(0, lay.rows, rows_per_chunk):
+        r1 = min(lay.rows, r0 + rows_per_chunk)
+        seeds, e_off, codes = unpack_records(lay, r0 // 8, -(-r1 // 8), nb)
+        seeds, e_off, codes = seeds[r0 % 8 : r0 % 8 + r1 - r0], e_off[r0 % 8 : r0 % 8 + r1 - r0], \
+            codes[r0 % 8 : r0 % 8 + r1 - r0]
+        qe = codes.to(torch.int64) << e_off[..., None].to(torch.int64)  # (rows, nb, P)
+        ids = pattern[seeds.long()]  # (rows, nb, P)
+        for b in range(x2.shape[0]):
+            z = vq[b].to(torch.int64).gather(1, ids.permute(1, 0, 2).reshape(nb, -1)).reshape(nb, r1 - r0, P)
+            sums = (qe * z.permute(1, 0, 2)).sum(-1)  # (rows, nb), exact
+            sums = torch.nn.functional.pad(sums, (0, ng * A8_GROUP - nb)).reshape(r1 - r0, ng, A8_GROUP).sum(-1)
+            out[b, r0:r1] = (sums.to(dtype) * scale[b].to(dtype)).sum(-1) * row_scale[r0:r1]
+    return out.reshape(*lead, lay.rows)

@@ -24,7 +24,9 @@
 #include "kernels.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <cstring>
 #include <memory>
 #include <vector>
@@ -596,6 +598,237 @@ void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const
   else if (n_bg == 4) run_batch<P, 2, 4>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
   else run_batch<P, 1, 8>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
 }
+
+// ------------------------------------------------- int8 activations (AVX-512 VNNI + VBMI), batch ≤ 8
+// Lanes are the 16 (row, block) pairs of two adjacent records — 8 rows × column blocks j, j + 1 —
+// and each lane's P ≤ 4 codes are the 4 bytes of one int32: a lane's whole block sum
+// Σ_p (q_p << e) · z[s, p] is one VNNI dot product (vpdpbusd) once z is int8. Per 8 column blocks
+// (64 inputs, one activation scale) and batch row, v is rounded to int8 (scale max|v| / 127) and
+// expanded into z tables [block][seed] of 4 bytes (z + 128, the unsigned operand); one vpgatherdd
+// fetches the 16 lanes' z. The signed codes come from the record in 3 byte permutes and a table:
+// vpermb brings each lane pair's bytes into its qword, vpmultishiftqb picks every code (and its
+// row's exponent offset) at its bit offset, and a 64-entry table maps (code, e) to (q − half) << e.
+// Σ (z + 128)·qe − 128·Σ qe = Σ z·qe: the second sum is one more vpdpbusd per record pair. Exact
+// integer arithmetic per 8-block group; the float rounding is that of the scale products.
+#define RS_A8 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi")))
+const bool kSeedbasisA8 = kSeedbasisAvx512 && __builtin_cpu_supports("avx512vnni") &&
+                          __builtin_cpu_supports("avx512vbmi");
+constexpr int64_t kA8Group = 8;  // column blocks per activation scale (64 inputs: the int kernels' group 64)
+// row groups ahead whose records a8_rows prefetches (measured at 4096², batch 1, one thread:
+// none 1.06 ms, 1 ahead 1.01, 2 0.98, 4 0.85, 8 0.84)
+constexpr int64_t kPrefetchGroups = 8;
+
+// formats the int8 path reads: ≤ 4 codes (one int32 lane), code and offset bits one table index
+// (≤ 6 bits), |(q − half) << e| ≤ 127 (int8), two records in one 64-byte load
+bool a8_format_ok(const Format& f) {
+  return f.P <= 4 && f.Q + f.E <= 6 && ((1 << (f.Q - 1)) << ((1 << f.E) - 1)) <= 127 && 2 * f.R <= 64;
+}
+
+struct A8Ctl {
+  __m512i seed_ctl, seed_shift, seed_mask, seed_block, code_ctl, exp_ctl, code_at, exp_at, table, low;
+  __mmask64 valid, valid_lo;  // code bytes of real coefficients (both records / the first only)
+  __mmask64 load2, load1;     // the bytes of two records / one
+};
+
+RS_A8 A8Ctl a8_ctl(const Format& f) {
+  A8Ctl c;
+  alignas(64) uint8_t sc[64], cc[64], ec[64], cm[64], em[64], tb[64];
+  alignas(64) int32_t ssh[16], blk[16];
+  uint64_t valid = 0;
+  for (int l = 0; l < 16; ++l) {  // lane l: row l % 8 of block l / 8
+    const int bit = l / 8 * 8 * f.R + l % 8 * f.S;
+    for (int k = 0; k < 4; ++k) sc[4 * l + k] = static_cast<uint8_t>(std::min(63, (bit >> 3) + k));
+    ssh[l] = bit & 7;
+    blk[l] = l / 8 << f.S;  // block j + 1's z table follows block j's
+  }
+  for (int q = 0; q < 8; ++q) {  // qword q: lanes 2q, 2q + 1 — rows r, r + 1 of one record
+    const int b = q / 4, r = 2 * q % 8;
+    const int cbit = b * 8 * f.R + 8 * (f.S + f.E) + r * f.P * f.Q, ebit = b * 8 * f.R + 8 * f.S + r * f.E;
+    for (int k = 0; k < 8; ++k) {
+      cc[8 * q + k] = static_cast<uint8_t>(std::min(63, (cbit >> 3) + k));
+      ec[8 * q + k] = static_cast<uint8_t>(std::min(63, (ebit >> 3) + k));
+    }
+    for (int i = 0; i < 8; ++i) {  // byte i: coefficient i % 4 of row r + i / 4
+      const int rr = i / 4, p = i % 4;
+      cm[8 * q + i] = static_cast<uint8_t>((cbit % 8 + (rr * f.P + p) * f.Q) & 63);
+      em[8 * q + i] = static_cast<uint8_t>((ebit % 8 + rr * f.E - f.Q) & 63);  // e lands at bits Q…
+      if (p < f.P) valid |= uint64_t{1} << (8 * q + i);
+    }
+  }
+  // index bits: code (Q), then e (E); higher bits are other fields' — the table repeats
+  for (int i = 0; i < 64; ++i) {
+    const int u = i & ((1 << f.Q) - 1), e = f.E ? (i >> f.Q) & ((1 << f.E) - 1) : 0;
+    tb[i] = static_cast<uint8_t>(static_cast<int8_t>((u - (1 << (f.Q - 1))) * (1 << e)));
+  }
+  c.seed_ctl = _mm512_load_si512(sc);
+  c.seed_shift = _mm512_load_si512(ssh);
+  c.seed_mask = _mm512_set1_epi32((1 << f.S) - 1);
+  c.seed_block = _mm512_load_si512(blk);
+  c.code_ctl = _mm512_load_si512(cc);
+  c.exp_ctl = _mm512_load_si512(ec);
+  c.code_at = _mm512_load_si512(cm);
+  c.exp_at = _mm512_load_si512(em);
+  c.table = _mm512_load_si512(tb);
+  c.low = _mm512_set1_epi8(static_cast<char>((1 << f.Q) - 1));
+  c.valid = valid;
+  c.valid_lo = valid & 0xFFFFFFFFull;
+  c.load2 = 2 * f.R == 64 ? ~uint64_t{0} : (uint64_t{1} << (2 * f.R)) - 1;
+  c.load1 = (uint64_t{1} << f.R) - 1;
+  return c;
+}
+
+// Batch row x's z tables for column blocks [t0, t1) (≤ kA8Group): zt[j − t0][s] = 4 bytes
+// v_q[pattern[s, p]] + 128, v_q = round(v · 127 / m) clamped to ±127, m the largest |v| bound
+// max|lo| + max|hi| over the blocks (|lo + hi| rounds to at most it). Returns m / 127 (0: all
+// zero; NaN: a non-finite input).
+// pat8: [2^S][4] pattern ids (padding coefficients any id: their codes are 0).
+RS_A8 float a8_tables(const float* x, int64_t K, int64_t t0, int64_t t1, const uint8_t* pat8, int64_t n_seeds,
+                      uint8_t* zt) {
+  alignas(64) float lh[kA8Group][kRow];
+  float m = 0.f;
+  bool finite = true;
+  for (int64_t j = t0; j < t1; ++j) {
+    float* o = lh[j - t0];
+    for (int64_t i = 8 * j; i < std::min(K, 8 * j + 8); ++i) finite = finite && std::isfinite(x[i]);
+    sign_sums_row(x, K, j, o, false);
+    const __m512 sign = _mm512_set1_ps(-0.f);
+    m = std::max(m, _mm512_reduce_max_ps(_mm512_andnot_ps(sign, _mm512_loadu_ps(o + kLo))) +
+                        _mm512_reduce_max_ps(_mm512_andnot_ps(sign, _mm512_loadu_ps(o + kHi))));
+  }
+  // a NaN or Inf input: the group's codes 0 and its scale NaN, so the row's outputs are NaN (as the
+  // fp32 kernel's and the int kernels' are), never a finite number
+  if (!finite) m = 0.f;
+  const float inv = m > 0.f ? 127.f / m : 0.f;
+  const __m512 vinv = _mm512_set1_ps(inv);
+  const __m512i lim = _mm512_set1_epi32(127), bias = _mm512_set1_epi32(128);
+  for (int64_t j = t0; j < t1; ++j) {
+    const float* o = lh[j - t0];
+    alignas(64) uint8_t vq[kPatterns];
+    const __m512 lo = _mm512_loadu_ps(o + kLo);
+    for (int h = 0; h < 16; ++h) {  // v[16h + i] = lo[i] + hi[h], as sign_sums_row forms it
+      const __m512 v = _mm512_mul_ps(_mm512_add_ps(lo, _mm512_set1_ps(o[kHi + h])), vinv);
+      __m512i q = _mm512_cvtps_epi32(v);  // round to nearest even (MXCSR default), as torch.round
+      q = _mm512_add_epi32(_mm512_max_epi32(_mm512_min_epi32(q, lim), _mm512_sub_epi32(_mm512_setzero_si512(), lim)),
+                           bias);
+      _mm_store_si128(reinterpret_cast<__m128i*>(vq + 16 * h), _mm512_cvtepi32_epi8(q));
+    }
+    const __m512i T0 = _mm512_load_si512(vq), T1 = _mm512_load_si512(vq + 64), T2 = _mm512_load_si512(vq + 128),
+                  T3 = _mm512_load_si512(vq + 192);
+    uint8_t* z = zt + (j - t0) * n_seeds * 4;
+    int64_t k = 0;
+    for (; k + 64 <= n_seeds * 4; k += 64) {  // 16 seeds: ids < 128 from T0|T1, the others from T2|T3
+      const __m512i id = _mm512_loadu_si512(pat8 + k);
+      const __m512i a = _mm512_permutex2var_epi8(T0, id, T1), b = _mm512_permutex2var_epi8(T2, id, T3);
+      _mm512_storeu_si512(z + k, _mm512_mask_blend_epi8(_mm512_movepi8_mask(id), a, b));
+    }
+    for (; k < n_seeds * 4; ++k) z[k] = vq[pat8[k]];
+  }
+  return finite ? m / 127.f : std::numeric_limits<float>::quiet_NaN();
+}
+
+// The records of one weight's row groups for column blocks [t0, t1) (t0 even, one record tile)
+// against BC batch rows' z tables (zt + b·zb bytes; block j's at (j − t0)·2^S·4): acc[b·ldacc + row]
+// += scale[b] · Σ_j (the group's integer sums).
+template <int BC>
+RS_A8 void a8_rows(const A8Ctl& c, const Format& f, const uint8_t* rec, int64_t G, int64_t nb, int64_t t0,
+                   int64_t t1, const uint8_t* zt, int64_t zb, const float* scale, float* acc, int64_t ldacc) {
+  const __m512i k128 = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int64_t zblock = int64_t{4} << f.S;
+  for (int64_t g = 0; g < G; ++g) {
+    const uint8_t* r = record_at(rec, g, t0, G, nb, f.R);  // (g, t0 … t1 − 1): consecutive records
+    {  // the records of a group kPrefetchGroups ahead: the hardware prefetcher does not follow runs of ~4 lines
+      const char* ahead = reinterpret_cast<const char*>(record_at(rec, std::min(g + kPrefetchGroups, G - 1), t0, G, nb, f.R));
+      for (int64_t o = 0; o < (t1 - t0) * f.R; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+    }
+    __m512i a[BC], corr = _mm512_setzero_si512();
+    for (int b = 0; b < BC; ++b) a[b] = _mm512_setzero_si512();
+    for (int64_t j = t0; j < t1; j += 2, r += 2 * f.R) {
+      const bool pair = j + 1 < t1;
+      const __m512i w = _mm512_maskz_loadu_epi8(pair ? c.load2 : c.load1, r);
+      __m512i sd = _mm512_srlv_epi32(_mm512_permutexvar_epi8(c.seed_ctl, w), c.seed_shift);
+      sd = _mm512_ternarylogic_epi32(sd, c.seed_mask, c.seed_block, 0xEA);  // (sd & mask) | block
+      const __m512i codes = _mm512_multishift_epi64_epi8(c.code_at, _mm512_permutexvar_epi8(c.code_ctl, w));
+      const __m512i exps = _mm512_multishift_epi64_epi8(c.exp_at, _mm512_permutexvar_epi8(c.exp_ctl, w));
+      const __m512i idx = _mm512_ternarylogic_epi32(codes, exps, c.low, 0xE4);  // code bits from codes, e above
+      const __m512i qe = _mm512_maskz_permutexvar_epi8(pair ? c.valid : c.valid_lo, idx, c.table);
+      corr = _mm512_dpbusd_epi32(corr, k128, qe);
+      const uint8_t* zj = zt + (j - t0) * zblock;
+      for (int b = 0; b < BC; ++b) {
+        const __m512i z = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), pair ? 0xFFFF : 0x00FF, sd, zj + b * zb, 4);
+        a[b] = _mm512_dpbusd_epi32(a[b], z, qe);
+      }
+    }
+    for (int b = 0; b < BC; ++b) {
+      const __m512i s = _mm512_sub_epi32(a[b], corr);
+      const __m256i rows = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+      float* o = acc + b * ldacc + g * 8;
+      _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows), _mm256_set1_ps(scale[b]), _mm256_loadu_ps(o)));
+    }
+  }
+}
+
+// One weight for the int8 path: records, row groups, its accumulator (per batch row, ldacc apart)
+struct A8Part {
+  const uint8_t* rec;
+  int64_t G;
+  float* acc;
+};
+
+// column blocks [j0, j1) (j0 a multiple of kTile) of x's rows [b0, b0 + BC) into every part's acc
+template <int BC>
+RS_A8 void a8_range(const float* x, int64_t K, int64_t b0, const uint8_t* pat8, const A8Part* parts, int n_parts,
+                    int64_t ldacc, const Format& f, const A8Ctl& c, int64_t nb, int64_t j0, int64_t j1) {
+  const int64_t n_seeds = int64_t{1} << f.S, zb = kA8Group * n_seeds * 4;
+  uint8_t* zt = reinterpret_cast<uint8_t*>(scratch((BC * zb + 63) / 4));
+  float scale[BC];
+  for (int64_t t0 = j0; t0 < j1; t0 += kA8Group) {
+    const int64_t t1 = std::min(j1, t0 + kA8Group);
+    for (int b = 0; b < BC; ++b) scale[b] = a8_tables(x + (b0 + b) * K, K, t0, t1, pat8, n_seeds, zt + b * zb);
+    for (const A8Part* p = parts; p < parts + n_parts; ++p)
+      a8_rows<BC>(c, f, p->rec, p->G, nb, t0, t1, zt, zb, scale, p->acc + b0 * ldacc, ldacc);
+  }
+}
+
+template <int BC>
+void a8_range_dispatch(const float* x, int64_t K, int64_t b0, int64_t bc, const uint8_t* pat8, const A8Part* parts,
+                       int n_parts, int64_t ldacc, const Format& f, const A8Ctl& c, int64_t nb, int64_t j0, int64_t j1) {
+  if constexpr (BC > 1)
+    if (bc < BC) return a8_range_dispatch<BC - 1>(x, K, b0, bc, pat8, parts, n_parts, ldacc, f, c, nb, j0, j1);
+  a8_range<BC>(x, K, b0, pat8, parts, n_parts, ldacc, f, c, nb, j0, j1);
+}
+// The public ops' input checks (shapes, dtypes, widths, the records' size)
+void check_gemm_inputs(const torch::Tensor& x, const torch::Tensor& pattern, const torch::Tensor& records,
+                       const torch::Tensor& row_exp, int64_t seed_bits, int64_t exp_bits, int64_t coeff_bits) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous fp32 [B, K]");
+  TORCH_CHECK(seed_bits >= 1 && seed_bits <= 16 && exp_bits >= 0 && exp_bits <= 4 && coeff_bits >= 1 && coeff_bits <= 4,
+              "field widths out of range");
+  TORCH_CHECK(pattern.scalar_type() == torch::kByte && pattern.is_contiguous() && pattern.dim() == 2 &&
+                  pattern.size(0) == (int64_t{1} << seed_bits) && pattern.size(1) >= 1 && pattern.size(1) <= 8,
+              "pattern must be contiguous uint8 [2^S, P ≤ 8]");
+  TORCH_CHECK(row_exp.scalar_type() == torch::kChar && row_exp.is_contiguous() && row_exp.dim() == 1 &&
+                  row_exp.size(0) % 8 == 0,
+              "row_exp must be contiguous int8 [Np], Np a multiple of 8");
+  TORCH_CHECK(x.size(0) >= 1 && x.size(1) >= 1, "x must have at least one row and one feature");
+  const int64_t R = seed_bits + exp_bits + pattern.size(1) * coeff_bits, nb = (x.size(1) + 7) / 8,
+                G = row_exp.size(0) / 8;
+  TORCH_CHECK(records.scalar_type() == torch::kByte && records.is_contiguous() && records.dim() == 1 &&
+                  records.numel() == G * nb * R + 16,
+              "records must be contiguous uint8 of G·nb·R + 16 = ", G * nb * R + 16, " bytes");
+}
+
+// Each row's scale 2^t as a float. 2^t a normal float, and a block (≤ 8 codes of magnitude ≤
+// 8·2^15) times it finite. Plain loops here and in the epilogues: small layers (SmolLM2's) take
+// ~0.1 ms, and each torch op on the side costs µs.
+std::vector<float> row_scales(const torch::Tensor& row_exp) {
+  const int8_t* ep = row_exp.data_ptr<int8_t>();
+  std::vector<float> scale(row_exp.numel());
+  for (int64_t r = 0; r < row_exp.numel(); ++r) {
+    TORCH_CHECK(ep[r] >= -126 && ep[r] <= 100, "row exponents must be in [-126, 100]");
+    const uint32_t bits = static_cast<uint32_t>(ep[r] + 127) << 23;  // 2^e, exactly
+    std::memcpy(&scale[r], &bits, 4);
+  }
+  return scale;
+}
 }  // namespace
 
 torch::Tensor reality_stone::seedbasis_gemv_table(const torch::Tensor& pattern) {
@@ -659,33 +892,12 @@ void reality_stone::seedbasis_gemv_rows(const float* x, int64_t K, const Seedbas
 // [G·nb·R + 16]; row_exp int8 [Np = 8G] (row scale 2^row_exp). Returns y [B, Np].
 torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tensor records, torch::Tensor row_exp,
                              int64_t seed_bits, int64_t exp_bits, int64_t coeff_bits) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous fp32 [B, K]");
-  TORCH_CHECK(seed_bits >= 1 && seed_bits <= 16 && exp_bits >= 0 && exp_bits <= 4 && coeff_bits >= 1 && coeff_bits <= 4,
-              "field widths out of range");
-  TORCH_CHECK(pattern.scalar_type() == torch::kByte && pattern.is_contiguous() && pattern.dim() == 2 &&
-                  pattern.size(0) == (int64_t{1} << seed_bits) && pattern.size(1) >= 1 && pattern.size(1) <= 8,
-              "pattern must be contiguous uint8 [2^S, P ≤ 8]");
-  TORCH_CHECK(row_exp.scalar_type() == torch::kChar && row_exp.is_contiguous() && row_exp.dim() == 1 &&
-                  row_exp.size(0) % 8 == 0,
-              "row_exp must be contiguous int8 [Np], Np a multiple of 8");
-  // 2^t a normal float, and a block (≤ 8 codes of magnitude ≤ 8·2^15) times it finite. Plain loops
-  // here and in the epilogues: small layers (SmolLM2's) take ~0.1 ms, and each torch op on the
-  // side costs µs.
-  const int8_t* ep = row_exp.data_ptr<int8_t>();
-  std::vector<float> scale(row_exp.numel());
-  for (int64_t r = 0; r < row_exp.numel(); ++r) {
-    TORCH_CHECK(ep[r] >= -126 && ep[r] <= 100, "row exponents must be in [-126, 100]");
-    const uint32_t bits = static_cast<uint32_t>(ep[r] + 127) << 23;  // 2^e, exactly
-    std::memcpy(&scale[r], &bits, 4);
-  }
+  check_gemm_inputs(x, pattern, records, row_exp, seed_bits, exp_bits, coeff_bits);
+  const std::vector<float> scale = row_scales(row_exp);
   const Format f{static_cast<int>(seed_bits), static_cast<int>(exp_bits), static_cast<int>(pattern.size(1)),
                  static_cast<int>(coeff_bits),
                  static_cast<int>(seed_bits + exp_bits + pattern.size(1) * coeff_bits)};
   const int64_t B = x.size(0), K = x.size(1), nb = (K + 7) / 8, Np = row_exp.size(0), G = Np / 8;
-  TORCH_CHECK(B >= 1 && K >= 1, "x must have at least one row and one feature");
-  TORCH_CHECK(records.scalar_type() == torch::kByte && records.is_contiguous() && records.dim() == 1 &&
-                  records.numel() == G * nb * f.R + 16,
-              "records must be contiguous uint8 of G·nb·R + 16 = ", G * nb * f.R + 16, " bytes");
   const float* xp = x.data_ptr<float>();
   const uint8_t* rec = records.data_ptr<uint8_t>();
   const int64_t n_seeds = pattern.size(0), P = f.P;
@@ -729,6 +941,70 @@ torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tens
   return y;
 }
 
+void reality_stone::seedbasis_gemm_a8_rows(const float* x, int64_t B, int64_t K, const SeedbasisWeight* weights,
+                                           int n_weights, int64_t ldy, const uint8_t* pat8, int S, int E, int P, int Q) {
+  const Format f{S, E, P, Q, S + E + P * Q};
+  TORCH_CHECK(kSeedbasisA8 && a8_format_ok(f), "the seed-basis int8-activation kernel needs AVX-512 VNNI + VBMI and "
+              "P ≤ 4, Q + E ≤ 6, |code << e| ≤ 127, records ≤ 32 bytes");
+  const int64_t nb = (K + 7) / 8;
+  const int64_t n_tiles = (nb + kTile - 1) / kTile, n_parts = std::min<int64_t>(at::get_num_threads(), n_tiles);
+  int64_t rows_padded = 0;
+  for (int w = 0; w < n_weights; ++w) rows_padded += weights[w].Np;
+  const int64_t ldacc = rows_padded;  // per thread: [B][rows_padded], the weights side by side
+  std::vector<float> acc(n_parts * B * ldacc, 0.f);
+  const A8Ctl c = a8_ctl(f);
+  at::parallel_for(0, n_parts, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<A8Part> parts(n_weights);
+    for (int64_t t = p0; t < p1; ++t) {
+      float* a = acc.data() + t * B * ldacc;
+      for (int w = 0; w < n_weights; ++w) {
+        parts[w] = A8Part{weights[w].rec, weights[w].Np / 8, a};
+        a += weights[w].Np;
+      }
+      const int64_t j0 = n_tiles * t / n_parts * kTile, j1 = std::min(nb, n_tiles * (t + 1) / n_parts * kTile);
+      for (int64_t b0 = 0; b0 < B; b0 += reality_stone::kMaxBatch)
+        a8_range_dispatch<reality_stone::kMaxBatch>(x, K, b0, std::min<int64_t>(reality_stone::kMaxBatch, B - b0), pat8,
+                                                    parts.data(), n_weights, ldacc, f, c, nb, j0, j1);
+    }
+  });
+  int64_t off = 0;
+  for (int w = 0; w < n_weights; ++w) {
+    const SeedbasisWeight& wt = weights[w];
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t r = 0; r < wt.rows; ++r) {
+        float sum = 0.f;
+        for (int64_t t = 0; t < n_parts; ++t) sum += acc[(t * B + b) * ldacc + off + r];
+        wt.y[b * ldy + r] = sum * wt.scale[r];
+      }
+    off += wt.Np;
+  }
+}
+
+bool reality_stone::seedbasis_a8_supported(int S, int E, int P, int Q) {
+  return kSeedbasisA8 && a8_format_ok(Format{S, E, P, Q, S + E + P * Q});
+}
+
+// The int8-activation kernel (see "int8 activations" above): x [B, K] fp32, the layout as for
+// seedbasis_gemm. Returns y [B, Np].
+torch::Tensor seedbasis_gemm_a8(torch::Tensor x, torch::Tensor pattern, torch::Tensor records, torch::Tensor row_exp,
+                                int64_t seed_bits, int64_t exp_bits, int64_t coeff_bits) {
+  check_gemm_inputs(x, pattern, records, row_exp, seed_bits, exp_bits, coeff_bits);
+  const int S = static_cast<int>(seed_bits), E = static_cast<int>(exp_bits), Q = static_cast<int>(coeff_bits),
+            P = static_cast<int>(pattern.size(1));
+  TORCH_CHECK(reality_stone::seedbasis_a8_supported(S, E, P, Q),
+              "the seed-basis int8-activation kernel does not take this format or CPU");
+  const std::vector<float> scale = row_scales(row_exp);
+  const int64_t n_seeds = int64_t{1} << S, Np = row_exp.size(0);
+  std::vector<uint8_t> pat8(n_seeds * 4, 0);  // [2^S][4], padding coefficients id 0 (their codes are 0)
+  const uint8_t* p8 = pattern.data_ptr<uint8_t>();
+  for (int64_t s = 0; s < n_seeds; ++s)
+    for (int p = 0; p < P; ++p) pat8[s * 4 + p] = p8[s * P + p];
+  torch::Tensor y = torch::empty({x.size(0), Np}, x.options());
+  const reality_stone::SeedbasisWeight w{records.data_ptr<uint8_t>(), scale.data(), Np, Np, y.data_ptr<float>()};
+  reality_stone::seedbasis_gemm_a8_rows(x.data_ptr<float>(), x.size(0), x.size(1), &w, 1, Np, pat8.data(), S, E, P, Q);
+  return y;
+}
+
 static reality_stone::RegisterBindings bind_seedbasis([](pybind11::module_& m) {
   m.def(
       "seedbasis_gemv_table",
@@ -740,6 +1016,10 @@ static reality_stone::RegisterBindings bind_seedbasis([](pybind11::module_& m) {
         return reality_stone::seedbasis_gemv_table(pattern);
       },
       "the batch-1 kernel's pattern table (int32 [2^S, 4 or 8], padding coefficients → 256) for the decode step");
+  m.def("seedbasis_gemm_a8", &seedbasis_gemm_a8, "the seed-basis matmul with x quantised to int8 per 64 inputs "
+                                                 "(AVX-512 VNNI + VBMI; `seedbasis_a8_supported`)");
+  m.def("seedbasis_a8_supported", &reality_stone::seedbasis_a8_supported,
+        "whether the int8-activation kernel runs this format (S, E, P, Q) on this CPU");
   m.def("seedbasis_gemm", &seedbasis_gemm, "fused seed-basis matmul from the packed records (batch 1: expanded z; "
                                            "batch ≥ 2: 8 batch rows per vector)");
 });

@@ -5,7 +5,13 @@
 * otherwise: the tiled torch path (`kernels.tiled`: decode 256 rows at a time from the
   layout and multiply; never the whole dense weight).
 
-`seedbasis_linear` is a ``torch.library.custom_op`` (traced by ``torch.compile``), registered
+`seedbasis_linear_a8` (x quantised to int8 per 64 inputs — the numbers of
+`seedbasis.seedbasis_linear_a8_reference`): the VNNI kernel at batch ≤ 8 on CPUs with AVX-512
+VNNI + VBMI, for formats `seedbasis.a8_fusable` admits; otherwise the same arithmetic in torch.
+Batches above 8 (a prompt) run the fp32 path: there the fp32 kernel (8 or 16 batch rows per table
+lookup) is the faster one, and it is exact. Its backward is the straight-through estimator.
+
+Both are ``torch.library.custom_op`` (traced by ``torch.compile``), registered
 with its fake, backward (the input gradient by the same tiled decode) and dispatch by
 `reality_stone.kernels.linear_op`.
 """
@@ -16,11 +22,12 @@ import torch
 from torch import Tensor
 
 from reality_stone.kernels.extension import load_extension
-from reality_stone.kernels.seedbasis import EXP_MAX, EXP_MIN, PAD_BYTES, SeedBasisLayout, decode_rows
+from reality_stone.kernels.seedbasis import (EXP_MAX, EXP_MIN, PAD_BYTES, SeedBasisLayout, a8_fusable, decode_rows,
+                                             seedbasis_linear_a8_reference)
 from reality_stone.kernels.linear_op import MAX_FUSED_BATCH, linear_kernel
 from reality_stone.kernels.tiled import tiled_linear
 
-__all__ = ["seedbasis_linear", "seedbasis_matmul"]
+__all__ = ["seedbasis_linear", "seedbasis_linear_a8", "seedbasis_matmul"]
 
 
 def _layout(pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows) -> SeedBasisLayout:
@@ -90,10 +97,48 @@ def seedbasis_linear(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tenso
     return _forward(x, *(t.contiguous() for t in (pattern, records, row_exp)), seed_bits, exp_bits, coeff_bits, rows)
 
 
-_KERNEL = linear_kernel(seedbasis_linear, forward=_forward, check=_check, rows=lambda *lay: lay[-1], decoder=_decoder)
+def _forward_a8(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tensor, seed_bits: int, exp_bits: int,
+                coeff_bits: int, rows: int) -> Tensor:
+    if x.dtype != torch.float32:
+        raise ValueError(f"seedbasis_linear_a8: int8 activation quantisation takes float32 inputs, got {x.dtype}")
+    lead, in_f = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, in_f).contiguous()
+    if x2.shape[0] > MAX_FUSED_BATCH["seedbasis_linear_a8"]:
+        return _forward(x, pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows)
+    P = pattern.shape[1]
+    ext = load_extension() if x2.shape[0] > 0 else None
+    if ext is not None and ext.seedbasis_a8_supported(seed_bits, exp_bits, P, coeff_bits):
+        try:
+            y = ext.seedbasis_gemm_a8(x2, pattern, records, row_exp, seed_bits, exp_bits, coeff_bits)[:, :rows]
+        except RuntimeError as exc:  # the kernel's value check (row exponents)
+            raise ValueError(f"seedbasis_linear_a8: {str(exc).splitlines()[0]}") from None
+    else:
+        if row_exp.numel() and not (EXP_MIN <= int(row_exp.min()) and int(row_exp.max()) <= EXP_MAX):
+            raise ValueError(f"seedbasis_linear_a8: row exponents must be in [{EXP_MIN}, {EXP_MAX}]")
+        if not a8_fusable(P, coeff_bits, exp_bits, seed_bits):
+            raise ValueError(f"seedbasis_linear_a8: int8 activations take ≤ 4 coefficients with Q + E ≤ 6 and "
+                             f"|code << e| ≤ 127; got P={P}, Q={coeff_bits}, E={exp_bits}")
+        lay = _layout(pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows)
+        y = seedbasis_linear_a8_reference(x2, lay, in_f, torch.float32)
+    return y.reshape(*lead, rows)
 
 
-def seedbasis_matmul(x: Tensor, lay: SeedBasisLayout) -> Tensor:
+@torch.library.custom_op("reality_stone::seedbasis_linear_a8", mutates_args=())
+def seedbasis_linear_a8(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tensor, seed_bits: int, exp_bits: int,
+                        coeff_bits: int, rows: int) -> Tensor:
+    """x (..., in) float32 @ Wᵀ with x quantised to int8 per 64 inputs (see the module docstring).
+    Malformed inputs raise ValueError, as for `seedbasis_linear`."""
+    _check(x, pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows)
+    return _forward_a8(x, *(t.contiguous() for t in (pattern, records, row_exp)), seed_bits, exp_bits, coeff_bits,
+                       rows)
+
+
+_KERNELS = {op: linear_kernel(op, forward=fwd, check=_check, rows=lambda *lay: lay[-1], decoder=_decoder)
+            for op, fwd in ((seedbasis_linear, _forward), (seedbasis_linear_a8, _forward_a8))}
+
+
+def seedbasis_matmul(x: Tensor, lay: SeedBasisLayout, *, int8_activations: bool = False) -> Tensor:
     """``x @ Wᵀ`` for a layout the codec built (`LinearKernel`: the custom op only where autograd
-    or ``torch.compile`` needs it)."""
-    return _KERNEL(x, lay.pattern, lay.records, lay.row_exp, lay.seed_bits, lay.exp_bits, lay.coeff_bits, lay.rows)
+    or ``torch.compile`` needs it); ``int8_activations``: `seedbasis_linear_a8`."""
+    return _KERNELS[seedbasis_linear_a8 if int8_activations else seedbasis_linear](
+        x, lay.pattern, lay.records, lay.row_exp, lay.seed_bits, lay.exp_bits, lay.coeff_bits, lay.rows)

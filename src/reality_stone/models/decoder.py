@@ -18,7 +18,8 @@ model's own forward pass — the model's modules and weights, its rotary tables 
 * the rotary cos/sin tables come from the model's own ``rotary_emb`` (so every RoPE scaling type
   the model supports is reproduced), computed once per call;
 * where every projection has a fused layout the C++ step reads — group-affine (group a multiple
-  of 64; int8 activations need AVX-512 VNNI) or seed basis (fp32 activations), mixed freely —
+  of 64; int8 activations need AVX-512 VNNI) or seed basis (int8 activations: AVX-512 VNNI + VBMI,
+  at most 4 coefficients), mixed freely —
   each single-token step is one C++ call through all blocks (`kernels/decode_step_cpu.cpp`,
   ``native``); there, seed-basis q/k/v and gate/up of one configuration share one kernel call
   (x's sign-sum tables built once). The prefill, embedding, final norm and head stay in torch.
@@ -129,14 +130,19 @@ def _native_parts(proj: _Projection, ext, tables: dict) -> list[tuple[list[Tenso
         bias = None if enc is None or m.bias is None else m.bias.detach().float().contiguous()
         if isinstance(enc, GroupAffineEncoded):
             part = group_affine(enc.kernel_layout(), bias, m.activations == "int8")
-        elif isinstance(enc, SeedBasisEncoded) and m.activations == "fp32" and enc.kernel_layout() is not None:
+        elif isinstance(enc, SeedBasisEncoded) and enc.kernel_layout() is not None:
             lay = enc.kernel_layout()
-            key = (lay.pattern.data_ptr(), tuple(lay.pattern.shape))
-            if key not in tables:
-                tables[key] = ext.seedbasis_gemv_table(lay.pattern)
+            S, E, Q, P = lay.seed_bits, lay.exp_bits, lay.coeff_bits, int(lay.pattern.shape[1])
+            int8 = m.activations == "int8"
+            if int8 and not ext.seedbasis_a8_supported(S, E, P, Q):
+                return None
+            key = (lay.pattern.data_ptr(), tuple(lay.pattern.shape), int8)
+            if key not in tables:  # int8: the ids as uint8 [2^S, 4]
+                tables[key] = (torch.nn.functional.pad(lay.pattern, (0, 4 - P)).contiguous() if int8
+                               else ext.seedbasis_gemv_table(lay.pattern))
             scale = torch.exp2(lay.row_exp.to(torch.float32)).contiguous()
             part = [lay.records, tables[key], scale, none if bias is None else bias], \
-                [2, lay.seed_bits, lay.exp_bits, lay.coeff_bits, int(lay.pattern.shape[1]), lay.rows]
+                [3 if int8 else 2, S, E, Q, P, lay.rows]
         else:
             part = None
         if part is None:
