@@ -105,11 +105,12 @@ def _a8_kernel_here() -> bool:
 
 
 @pytest.mark.parametrize("rows,cols", [(37, 51), (300, 96), (64, 1000), (24, 300), (16, 4096)])
-@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize("batch", [1, 3, 5, 8, 17, 40])
 @pytest.mark.parametrize("budget", ["3.5", "2.5"])
 def test_int8_activation_path_matches_its_reference(rows, cols, batch, budget):
     """The VNNI kernel (or, without one, its torch arithmetic) computes the reference's integers:
-    within 2× the float32 rounding the reference itself adds to them."""
+    within 2× the float32 rounding the reference itself adds to them — the gather loop (batch ≤ 4),
+    the 8-row lines (5, 8) and the 16-row lines with a padded last chunk (17, 40)."""
     enc = _encoded(rows, cols, budget)
     lay = enc.kernel_layout()
     x = torch.randn(batch, cols, generator=torch.Generator().manual_seed(4)) * torch.linspace(0.1, 3, cols)
@@ -138,20 +139,25 @@ def test_int8_activations_quantise_each_64_inputs_on_their_own_scale():
     assert (enc.matmul_int8_activations(x).double() - fp).norm() / fp.norm() < 2e-2
 
 
-def test_int8_activations_keep_non_finite_inputs_non_finite():
+@pytest.mark.parametrize("batch", [3, 9])  # the gather loop, the lines
+def test_int8_activations_keep_non_finite_inputs_non_finite(batch):
     enc = _encoded(24, 200, "3.5")
-    x = torch.randn(3, 200, generator=torch.Generator().manual_seed(6))
+    x = torch.randn(batch, 200, generator=torch.Generator().manual_seed(6))
     x[0, 7], x[1, 150] = float("nan"), float("inf")
     y = enc.matmul_int8_activations(x)
     assert y[0].isnan().all() and y[1].isnan().all()  # never a finite number from a NaN or Inf input
-    assert y[2].isfinite().all()
-    assert not enc.matmul_int8_activations(torch.zeros(2, 200)).any()
+    assert y[2:].isfinite().all()
+    assert not enc.matmul_int8_activations(torch.zeros(batch, 200)).any()
 
 
-def test_int8_activations_above_batch_8_run_the_fp32_kernel():
-    enc = _encoded(40, 120, "2.5")
-    x = torch.randn(9, 120, generator=torch.Generator().manual_seed(7))
-    torch.testing.assert_close(enc.matmul_int8_activations(x), enc.matmul(x), rtol=0, atol=0)
+def test_int8_activations_give_a_row_the_same_numbers_at_every_batch():
+    """Each row of x is quantised on its own, so the gather loop and both line widths agree."""
+    enc = _encoded(40, 520, "3.5")
+    x = torch.randn(20, 520, generator=torch.Generator().manual_seed(7))
+    alone = torch.cat([enc.matmul_int8_activations(x[i : i + 1]) for i in range(20)])
+    for batch in (3, 8, 20):
+        torch.testing.assert_close(enc.matmul_int8_activations(x[:batch]), alone[:batch], rtol=1e-5,
+                                   atol=1e-5 * float(alone.abs().max()))
 
 
 def test_int8_activations_are_declared_and_refused_per_config():

@@ -158,7 +158,7 @@ class Capabilities:
       with) or "required" (ValueError without).
     fused_matmul: ``Encoded.matmul`` runs a kernel that never builds the dense weight.
     int8_activations: ``Encoded.matmul_int8_activations(x)`` exists (x quantised to int8 per group; the
-    seed basis: per 64 inputs, batch ≤ 8).
+    seed basis: per 64 inputs).
     trainable: ``Encoded.to_module()`` gives an ``nn.Module`` whose parameters are the stored values.
     """
 

@@ -167,9 +167,8 @@ class SeedBasisEncoded(Encoded):
         return seedbasis_matmul(x, lay)
 
     def matmul_int8_activations(self, x: Tensor) -> Tensor:
-        """``x @ Wᵀ`` with x quantised to int8 per 64 inputs (`kernels.seedbasis_ops.seedbasis_linear_a8`:
-        the VNNI kernel at batch ≤ 8, the fp32 kernel above). float32 x; configs whose capabilities
-        declare ``int8_activations``."""
+        """``x @ Wᵀ`` with x quantised to int8 per 64 inputs (`kernels.seedbasis_ops.seedbasis_linear_a8`).
+        float32 x; configs whose capabilities declare ``int8_activations``."""
         if not self.config.capabilities.int8_activations:
             raise ValueError(f"int8 activations need ≤ 4 coefficients of Q + E ≤ 6 bits (block 8, lfsr basis); "
                              f"this config has P={self.config.coeffs}, Q={self.config.coeff_bits}, "

@@ -38,11 +38,11 @@ __all__ = ["KERNELS", "MAX_FUSED_BATCH", "LinearKernel", "linear_kernel"]
 # * seedbasis: batch ≥ 2 multiplies 8 batch rows per table lookup; its cost grows linearly with the
 #   batch but stays far below the tiled decode (whose seed-basis decode is ~0.8 s per 4096² tile
 #   sweep): no limit.
-# * seedbasis_a8: one gather of 16 (row, block) lanes per batch row, so its cost grows with the
-#   batch faster than the fp32 kernel's (4096², 2 threads: 0.51 vs 1.40 ms at batch 1, 4.2 vs 3.8
-#   at 8, 35 vs 14 at 64): beyond 8 rows the fp32 kernel runs.
+# * seedbasis_a8: per-row gathers up to batch 4, then 8 or 16 batch rows per table line; faster
+#   than the fp32 kernel at every batch measured (4096², 2 threads: 0.51 vs 1.40 ms at batch 1,
+#   2.1 vs 4.2 at 8, 9.0 vs 13.1 at 64): no limit.
 MAX_FUSED_BATCH = {"lowbit_linear": 256, "lowbit_linear_a8": None, "packed64_linear": 64, "seedbasis_linear": None,
-                   "seedbasis_linear_a8": 8}
+                   "seedbasis_linear_a8": None}
 
 
 @dataclass(frozen=True)

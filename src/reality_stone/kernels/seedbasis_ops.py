@@ -6,10 +6,9 @@
   layout and multiply; never the whole dense weight).
 
 `seedbasis_linear_a8` (x quantised to int8 per 64 inputs — the numbers of
-`seedbasis.seedbasis_linear_a8_reference`): the VNNI kernel at batch ≤ 8 on CPUs with AVX-512
+`seedbasis.seedbasis_linear_a8_reference`): the VNNI kernel (any batch) on CPUs with AVX-512
 VNNI + VBMI, for formats `seedbasis.a8_fusable` admits; otherwise the same arithmetic in torch.
-Batches above 8 (a prompt) run the fp32 path: there the fp32 kernel (8 or 16 batch rows per table
-lookup) is the faster one, and it is exact. Its backward is the straight-through estimator.
+Its backward is the straight-through estimator.
 
 Both are ``torch.library.custom_op`` (traced by ``torch.compile``), registered
 with its fake, backward (the input gradient by the same tiled decode) and dispatch by
@@ -103,8 +102,6 @@ def _forward_a8(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tensor, se
         raise ValueError(f"seedbasis_linear_a8: int8 activation quantisation takes float32 inputs, got {x.dtype}")
     lead, in_f = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, in_f).contiguous()
-    if x2.shape[0] > MAX_FUSED_BATCH["seedbasis_linear_a8"]:
-        return _forward(x, pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows)
     P = pattern.shape[1]
     ext = load_extension() if x2.shape[0] > 0 else None
     if ext is not None and ext.seedbasis_a8_supported(seed_bits, exp_bits, P, coeff_bits):
