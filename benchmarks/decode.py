@@ -13,7 +13,8 @@ Models: dense fp32 (the GGUF's weights as transformers dequantises them), RTN in
 and with int8 activations, the same with the LM head compressed too (``head=``: RTN 8-bit symmetric
 g128; the tied embedding reads it; Decoder rows only), and the seed basis at the 3.5-bit preset
 (random fields: decoding speed does not depend on the values; every body layer of the RTN int4
-model swapped, as in fused_matmul.py), with the dense and with the int8 head.
+model swapped, as in fused_matmul.py), with the dense and with the int8 head, with fp32 and with
+int8 activations (Decoder rows only for int8 x).
 Decode loops, all transformers' ``generate`` (greedy):
 * ``dynamic cache`` — its default;
 * ``static cache`` — ``cache_implementation="static"`` (preallocated KV tensors);
@@ -44,8 +45,9 @@ from fused_matmul import random_seedbasis
 from harness import arguments, environment, parse, write_json, write_markdown
 
 PROMPT_TOKENS, NEW_TOKENS = 128, 64
-HEAD_ROWS = ("RTN int4 g128 + int8 head, fp32 x", "RTN int4 g128 + int8 head, int8 x",
-             "seed basis 3.5 + int8 head, fp32 x")  # Decoder loop only
+DECODER_ONLY_ROWS = ("RTN int4 g128 + int8 head, fp32 x", "RTN int4 g128 + int8 head, int8 x",
+             "seed basis 3.5 + int8 head, fp32 x", "seed basis 3.5, int8 x",
+             "seed basis 3.5 + int8 head, int8 x")  # Decoder loop only
 EAGER_ROWS = ("seed basis 3.5, fp32 x",)  # also the Decoder without its native (C++) step
 
 
@@ -137,6 +139,9 @@ def models(which: str = "smollm2") -> tuple[dict, object, str]:
 
     nets |= {"seed basis 3.5, fp32 x": seed_basis(copy.deepcopy(int4)),
              "seed basis 3.5 + int8 head, fp32 x": seed_basis(copy.deepcopy(head8))}
+    for name in ("seed basis 3.5", "seed basis 3.5 + int8 head"):  # int8 activations (AVX-512 VNNI + VBMI)
+        nets[f"{name}, int8 x"] = copy.deepcopy(nets[f"{name}, fp32 x"])
+        set_activations(nets[f"{name}, int8 x"], "int8")
     return nets, loaded.tokenizer, str(smollm2_gguf() if which == "smollm2" else qwen_coder_gguf())
 
 
@@ -161,7 +166,7 @@ def main() -> None:
         loops["static + compile"] = dict(pad, cache_implementation="static", compile_config=compile_config)
 
     # Qwen's seed-basis model in transformers' loops would take most of the run: Decoder only
-    decoder_only = set(HEAD_ROWS) | ({"seed basis 3.5, fp32 x"} if args.model == "qwen" else set())
+    decoder_only = set(DECODER_ONLY_ROWS) | ({"seed basis 3.5, fp32 x"} if args.model == "qwen" else set())
     compile_seconds = {}
     if "static + compile" in loops:  # the first call compiles: time it once, apart
         for name, net in ((n, m) for n, m in nets.items() if n not in decoder_only):

@@ -14,8 +14,8 @@ int2 group 64 (2.5) — each with fp32 activations (exact) and with int8 activat
 (fp32 x and bf16 x). "limit" = the weight's bytes at the read bandwidth measured in the same
 run (sum over a 512 MiB array), i.e. the memory-bound floor.
 
-Other fused paths in the same run: the seed-basis kernel at the 3.5 and 2.5 bpw presets
-(random seeds/exponents/codes — speed does not depend on the values, and a real search on
+Other fused paths in the same run: the seed-basis kernel at the 3.5 and 2.5 bpw presets, with
+fp32 and with int8 activations (quantised per 64 inputs; AVX-512 VNNI + VBMI) (random seeds/exponents/codes — speed does not depend on the values, and a real search on
 11008×4096 would dominate the run; the quality of real encodings is in calibrated.md; its
 compute layout reads exactly the stored S + E + P·Q bits per 8 weights plus 8 per row),
 low-rank (x Bᵀ) Aᵀ in fp16 at the rank that stores 4.25 bits per weight (alone, and with 2 %
@@ -112,8 +112,9 @@ def paths_for_shape(out_f: int, in_f: int, g: torch.Generator) -> tuple[dict, di
     for budget in ("3.5", "2.5"):
         sb = random_seedbasis(out_f, in_f, budget, g)
         lay = sb.kernel_layout()  # the bits it reads: records + row exponents (the pattern table is per config)
-        paths[f"seedbasis {budget} fused"] = (sb, 8 * (lay.records.numel() + lay.row_exp.numel()) / (out_f * in_f),
-                                              lambda w, x, xp, xb: w.matmul(x))
+        bpw = 8 * (lay.records.numel() + lay.row_exp.numel()) / (out_f * in_f)
+        paths[f"seedbasis {budget} fused"] = (sb, bpw, lambda w, x, xp, xb: w.matmul(x))
+        paths[f"seedbasis {budget} int8 x"] = (sb, bpw, lambda w, x, xp, xb: w.matmul_int8_activations(x))
     p64 = random_packed64(out_f, in_f, g)
     paths["packed64 fused"] = (p64, 8 * p64.nbytes / (out_f * in_f), lambda w, x, xp, xb: w.matmul(x))
     paths["low-rank 4.25 bpw"] = (codec_config("lowrank", rank=rank).encode(W), 4.25, lambda w, x, xp, xb: w.matmul(x))
@@ -181,15 +182,17 @@ def markdown(rows: list[dict], bw: float, e2e: dict) -> str:
         cells.append(f"{r['achieved_over_limit']['ours int4 g128 (int8 x)']:.2f}")
         lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['batch']} | " + " | ".join(cells) + " |")
     lines += ["", "Other fused paths, same run (ms; speedup vs dense fp32 in brackets; for the seed basis also vs "
-              "ours int3 g64 with fp32 x, the same activation mode and 3.5 bits):", "",
-              "| shape (out×in) | batch | seed basis 3.5 bpw | seed basis 2.5 bpw | low-rank (x Bᵀ) Aᵀ, 4.25 bpw "
+              "ours int3 g64 in the same activation mode, fp32 x or int8 x — 3.5 bits):", "",
+              "| shape (out×in) | batch | seed basis 3.5 bpw, fp32 x | seed basis 3.5 bpw, int8 x "
+              "| seed basis 2.5 bpw, fp32 x | seed basis 2.5 bpw, int8 x | low-rank (x Bᵀ) Aᵀ, 4.25 bpw "
               "| low-rank + 2 % sparse, 4.25 bpw | RBE block-DCT (sparse), 4.25 bpw "
               "| Packed64, one seed per 32² block (0.08 bpw) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         m, s = r["ms"], r["speedup_vs_dense"]
-        int3 = m["ours int3 g64 (fp32 x)"]
-        cells = [f"{m[k]:.3f} ({s[k]:.2f}×; {int3 / m[k]:.2f}× int3)" for k in ("seedbasis 3.5 fused", "seedbasis 2.5 fused")]
+        int3 = {"fused": m["ours int3 g64 (fp32 x)"], "int8 x": m["ours int3 g64 (int8 x)"]}
+        cells = [f"{m[k]:.3f} ({s[k]:.2f}×; {int3[k.split(' ', 2)[2]] / m[k]:.2f}× int3)"
+                 for k in ("seedbasis 3.5 fused", "seedbasis 3.5 int8 x", "seedbasis 2.5 fused", "seedbasis 2.5 int8 x")]
         cells += [f"{m[k]:.3f} ({s[k]:.2f}×)" for k in ("low-rank 4.25 bpw", "low-rank + 2 % sparse 4.25 bpw",
                                                         "rbe block-DCT 4.25 bpw", "packed64 fused")]
         lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['batch']} | " + " | ".join(cells) + " |")
@@ -223,6 +226,9 @@ def end_to_end() -> dict:
         if isinstance(m, CompressedLinear):
             m.encoded = random_seedbasis(m.out_features, m.in_features, "3.5", g)
     models["seed basis 3.5 (random fields), fp32 x"] = sb
+    sb8 = copy.deepcopy(sb)
+    set_activations(sb8, "int8")
+    models["seed basis 3.5 (random fields), int8 x"] = sb8
     res = {k: [] for k in models}
     for _ in range(2):  # alternate, keep the best of two for each
         for k, m in models.items():

@@ -96,6 +96,21 @@ def seedbasis_linear(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tenso
     return _forward(x, *(t.contiguous() for t in (pattern, records, row_exp)), seed_bits, exp_bits, coeff_bits, rows)
 
 
+_WARNED_A8 = False
+
+
+def _warn_slow_a8(no_extension: bool) -> None:
+    """Once per process: the int8 path is running its torch arithmetic, far slower than either kernel."""
+    global _WARNED_A8
+    if not _WARNED_A8 and not no_extension:  # no extension at all: extension.py has warned already
+        import warnings
+
+        warnings.warn("seed-basis int8 activations need AVX-512 VNNI + VBMI, which this CPU lacks: they run "
+                      "their torch arithmetic, far slower than the fp32 kernel — use activations='fp32' here",
+                      RuntimeWarning, stacklevel=3)
+        _WARNED_A8 = True
+
+
 def _forward_a8(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tensor, seed_bits: int, exp_bits: int,
                 coeff_bits: int, rows: int) -> Tensor:
     if x.dtype != torch.float32:
@@ -115,6 +130,7 @@ def _forward_a8(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tensor, se
         if not a8_fusable(P, coeff_bits, exp_bits, seed_bits):
             raise ValueError(f"seedbasis_linear_a8: int8 activations take ≤ 4 coefficients with Q + E ≤ 6 and "
                              f"|code << e| ≤ 127; got P={P}, Q={coeff_bits}, E={exp_bits}")
+        _warn_slow_a8(ext is None)
         lay = _layout(pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows)
         y = seedbasis_linear_a8_reference(x2, lay, in_f, torch.float32)
     return y.reshape(*lead, rows)
