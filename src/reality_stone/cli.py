@@ -515,7 +515,8 @@ def eval_cmd(
     context: int = typer.Option(512, min=8),
     stride: int = typer.Option(256, min=1),
     activations: str = typer.Option("fp32", help="fp32 (exact) or int8 (quantised per group on the fly; "
-                                                  "group codecs rtn/hqq/gptq, AVX-512 VNNI kernel)"),
+                                                  "rtn/hqq/gptq: AVX-512 VNNI kernel; seed basis 3.5/2.5: "
+                                                  "VNNI + VBMI)"),
     speed: bool = typer.Option(True, "--speed/--no-speed", help="causal LMs: measure decode tokens/s at batch 1"),
     as_json: bool = typer.Option(False, "--json"),
     threads: int = THREADS,
@@ -615,7 +616,7 @@ def generate_cmd(
                               "(when it has one)"),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy (deterministic)"),
     seed: int = typer.Option(0, help="sampling seed (temperature > 0)"),
-    activations: str = typer.Option("fp32", help="fp32 or int8 (group codecs rtn/hqq/gptq)"),
+    activations: str = typer.Option("fp32", help="fp32 or int8 (rtn/hqq/gptq; seed basis with ≤ 4 coefficients)"),
     lean: bool = typer.Option(True, "--lean/--transformers", help="the lean decode loop for llama/mistral/qwen2/qwen3 "
                               "(same tokens, faster), or transformers' generate"),
     as_json: bool = typer.Option(False, "--json"),
