@@ -224,6 +224,15 @@ def test_the_native_decode_step_refuses_bad_seed_basis_slots():
                dict(ints=[[2, 10, 2, 4, 9] + i[5:] for i in ints])):  # P = 9
         with pytest.raises(RuntimeError):
             step(**kw)
+    if dec._ext.seedbasis_a8_supported(10, 2, 4, 4):  # the int8 kind: its own table, its formats only
+        set_activations(model, "int8")
+        tensors, ints = Decoder(model)._native
+        step(tensors, ints)
+        for kw in (dict(tensors=swap(slot_q + 1, tensors[0][slot_q + 1].int())),  # an int32 table
+                   dict(tensors=swap(slot_q + 1, tensors[0][slot_q + 1][:, :3].contiguous())),  # 3 ids per seed
+                   dict(ints=[[3, 10, 2, 4, 6] + i[5:] for i in ints])):  # 6 coefficients: no int8 kernel
+            with pytest.raises(RuntimeError):
+                step(**({"tensors": tensors, "ints": ints} | kw))
 
 
 def test_the_native_decode_step_refuses_inconsistent_inputs():

@@ -18,8 +18,8 @@ model's own forward pass — the model's modules and weights, its rotary tables 
 * the rotary cos/sin tables come from the model's own ``rotary_emb`` (so every RoPE scaling type
   the model supports is reproduced), computed once per call;
 * where every projection has a fused layout the C++ step reads — group-affine (group a multiple
-  of 64; int8 activations need AVX-512 VNNI) or seed basis (int8 activations: AVX-512 VNNI + VBMI,
-  at most 4 coefficients), mixed freely —
+  of 64; int8 activations need AVX-512 VNNI) or seed basis (fp32 activations, or int8 with AVX-512
+  VNNI + VBMI and ≤ 4 coefficients), mixed freely —
   each single-token step is one C++ call through all blocks (`kernels/decode_step_cpu.cpp`,
   ``native``); there, seed-basis q/k/v and gate/up of one configuration share one kernel call
   (x's sign-sum tables built once). The prefill, embedding, final norm and head stay in torch.
@@ -197,8 +197,8 @@ class Decoder:
     def _native_blocks(self) -> tuple[list[list[Tensor]], list[list[int]]] | None:
         """The per-block tensors and ints of the C++ decode step (kernels/decode_step_cpu.cpp), or
         None where it cannot run: a projection with no fused layout the step reads (dense, a codec
-        without one, a group not a multiple of 64), int8 activations on a CPU without AVX-512 VNNI,
-        or no extension."""
+        without one, a group not a multiple of 64), int8 activations on a CPU without AVX-512 VNNI
+        (the seed basis: VNNI + VBMI), or no extension."""
         from reality_stone.kernels.extension import load_extension
 
         ext = load_extension(quiet=True)
