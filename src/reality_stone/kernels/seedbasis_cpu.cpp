@@ -599,7 +599,7 @@ void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const
   else run_batch<P, 1, 8>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
 }
 
-// ------------------------------------------------- int8 activations (AVX-512 VNNI + VBMI), batch ≤ 8
+// ------------------------------------------------- int8 activations (AVX-512 VNNI + VBMI)
 // Lanes are the 16 (row, block) pairs of two adjacent records — 8 rows × column blocks j, j + 1 —
 // and each lane's P ≤ 4 codes are the 4 bytes of one int32: a lane's whole block sum
 // Σ_p (q_p << e) · z[s, p] is one VNNI dot product (vpdpbusd) once z is int8. Per 8 column blocks
@@ -677,6 +677,27 @@ RS_A8 A8Ctl a8_ctl(const Format& f) {
   return c;
 }
 
+// The record at r and, when `pair`, the next one (column blocks j, j + 1 of one row group) as 16
+// lanes (row l % 8 of block l / 8): `seeds` the lane's seed | (its block << S), `qe` its 4 signed
+// codes (q − half) << e as int8 (lanes of a missing second record: 0).
+RS_A8 inline void a8_decode(const A8Ctl& c, const uint8_t* r, bool pair, __m512i& seeds, __m512i& qe) {
+  const __m512i w = _mm512_maskz_loadu_epi8(pair ? c.load2 : c.load1, r);
+  seeds = _mm512_srlv_epi32(_mm512_permutexvar_epi8(c.seed_ctl, w), c.seed_shift);
+  seeds = _mm512_ternarylogic_epi32(seeds, c.seed_mask, c.seed_block, 0xEA);  // (seeds & mask) | block
+  const __m512i codes = _mm512_multishift_epi64_epi8(c.code_at, _mm512_permutexvar_epi8(c.code_ctl, w));
+  const __m512i exps = _mm512_multishift_epi64_epi8(c.exp_at, _mm512_permutexvar_epi8(c.exp_ctl, w));
+  const __m512i idx = _mm512_ternarylogic_epi32(codes, exps, c.low, 0xE4);  // code bits from codes, e above
+  qe = _mm512_maskz_permutexvar_epi8(pair ? c.valid : c.valid_lo, idx, c.table);
+}
+
+// 16 products v·(127/m), rounded to nearest even (MXCSR default, as torch.round), clamped to
+// ±127, + 128 (vpdpbusd's unsigned operand), as bytes
+RS_A8 inline __m128i a8_round_biased(__m512 v) {
+  const __m512i lim = _mm512_set1_epi32(127);
+  const __m512i q = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvtps_epi32(v), lim), _mm512_sub_epi32(_mm512_setzero_si512(), lim));
+  return _mm512_cvtepi32_epi8(_mm512_add_epi32(q, _mm512_set1_epi32(128)));
+}
+
 // Batch row x's z tables for column blocks [t0, t1) (≤ kA8Group): zt[j − t0][s] = 4 bytes
 // v_q[pattern[s, p]] + 128, v_q = round(v · 127 / m) clamped to ±127, m the largest |v| bound
 // max|lo| + max|hi| over the blocks (|lo + hi| rounds to at most it). Returns m / 127 (0: all
@@ -700,18 +721,13 @@ RS_A8 float a8_tables(const float* x, int64_t K, int64_t t0, int64_t t1, const u
   if (!finite) m = 0.f;
   const float inv = m > 0.f ? 127.f / m : 0.f;
   const __m512 vinv = _mm512_set1_ps(inv);
-  const __m512i lim = _mm512_set1_epi32(127), bias = _mm512_set1_epi32(128);
   for (int64_t j = t0; j < t1; ++j) {
     const float* o = lh[j - t0];
     alignas(64) uint8_t vq[kPatterns];
     const __m512 lo = _mm512_loadu_ps(o + kLo);
-    for (int h = 0; h < 16; ++h) {  // v[16h + i] = lo[i] + hi[h], as sign_sums_row forms it
-      const __m512 v = _mm512_mul_ps(_mm512_add_ps(lo, _mm512_set1_ps(o[kHi + h])), vinv);
-      __m512i q = _mm512_cvtps_epi32(v);  // round to nearest even (MXCSR default), as torch.round
-      q = _mm512_add_epi32(_mm512_max_epi32(_mm512_min_epi32(q, lim), _mm512_sub_epi32(_mm512_setzero_si512(), lim)),
-                           bias);
-      _mm_store_si128(reinterpret_cast<__m128i*>(vq + 16 * h), _mm512_cvtepi32_epi8(q));
-    }
+    for (int h = 0; h < 16; ++h)  // v[16h + i] = lo[i] + hi[h], as sign_sums_row forms it
+      _mm_store_si128(reinterpret_cast<__m128i*>(vq + 16 * h),
+                      a8_round_biased(_mm512_mul_ps(_mm512_add_ps(lo, _mm512_set1_ps(o[kHi + h])), vinv)));
     const __m512i T0 = _mm512_load_si512(vq), T1 = _mm512_load_si512(vq + 64), T2 = _mm512_load_si512(vq + 128),
                   T3 = _mm512_load_si512(vq + 192);
     uint8_t* z = zt + (j - t0) * n_seeds * 4;
@@ -744,13 +760,8 @@ RS_A8 void a8_rows(const A8Ctl& c, const Format& f, const uint8_t* rec, int64_t 
     for (int b = 0; b < BC; ++b) a[b] = _mm512_setzero_si512();
     for (int64_t j = t0; j < t1; j += 2, r += 2 * f.R) {
       const bool pair = j + 1 < t1;
-      const __m512i w = _mm512_maskz_loadu_epi8(pair ? c.load2 : c.load1, r);
-      __m512i sd = _mm512_srlv_epi32(_mm512_permutexvar_epi8(c.seed_ctl, w), c.seed_shift);
-      sd = _mm512_ternarylogic_epi32(sd, c.seed_mask, c.seed_block, 0xEA);  // (sd & mask) | block
-      const __m512i codes = _mm512_multishift_epi64_epi8(c.code_at, _mm512_permutexvar_epi8(c.code_ctl, w));
-      const __m512i exps = _mm512_multishift_epi64_epi8(c.exp_at, _mm512_permutexvar_epi8(c.exp_ctl, w));
-      const __m512i idx = _mm512_ternarylogic_epi32(codes, exps, c.low, 0xE4);  // code bits from codes, e above
-      const __m512i qe = _mm512_maskz_permutexvar_epi8(pair ? c.valid : c.valid_lo, idx, c.table);
+      __m512i sd, qe;
+      a8_decode(c, r, pair, sd, qe);
       corr = _mm512_dpbusd_epi32(corr, k128, qe);
       const uint8_t* zj = zt + (j - t0) * zblock;
       for (int b = 0; b < BC; ++b) {
@@ -849,7 +860,6 @@ RS_A8 void a8_batch_tables(const float* x, int64_t B, int64_t K, int64_t b0, int
   _mm512_store_ps(sc16, _mm512_mask_blend_ps(finite, _mm512_set1_ps(std::numeric_limits<float>::quiet_NaN()),
                                              _mm512_div_ps(m, k127)));
   std::copy(sc16, sc16 + L, scale);
-  const __m512i lim = _mm512_set1_epi32(127), bias = _mm512_set1_epi32(128);
   // byte 4b + p of a line ← byte L·p + b of the 4 V rows (p = 0 … 3) it is built from
   alignas(64) uint8_t il[64] = {};
   for (int b = 0; b < L; ++b)
@@ -857,14 +867,10 @@ RS_A8 void a8_batch_tables(const float* x, int64_t B, int64_t K, int64_t b0, int
   const __m512i interleave = _mm512_load_si512(il);
   for (int64_t j = t0; j < t1; ++j) {
     alignas(64) uint8_t V[kPatterns][16];  // [pattern][batch row]: z + 128
-    for (int k = 0; k < kPatterns; ++k) {
-      const __m512 v = _mm512_mul_ps(_mm512_add_ps(_mm512_load_ps(lo[j - t0][k & 15]), _mm512_load_ps(hi[j - t0][k >> 4])),
-                                     inv);
-      __m512i q = _mm512_cvtps_epi32(v);
-      q = _mm512_add_epi32(_mm512_max_epi32(_mm512_min_epi32(q, lim), _mm512_sub_epi32(_mm512_setzero_si512(), lim)),
-                           bias);
-      _mm_store_si128(reinterpret_cast<__m128i*>(V[k]), _mm512_cvtepi32_epi8(q));
-    }
+    for (int k = 0; k < kPatterns; ++k)
+      _mm_store_si128(reinterpret_cast<__m128i*>(V[k]),
+                      a8_round_biased(_mm512_mul_ps(
+                          _mm512_add_ps(_mm512_load_ps(lo[j - t0][k & 15]), _mm512_load_ps(hi[j - t0][k >> 4])), inv)));
     uint8_t* Tj = T + (j - t0) * n_seeds * 4 * L;
     for (int64_t s = 0; s < n_seeds; ++s) {
       const uint8_t* id = pat8 + 4 * s;
@@ -904,14 +910,9 @@ RS_A8 void a8_batch_rows(const A8Ctl& c, const Format& f, const uint8_t* rec, in
     for (int k = 0; k < 8; ++k) a[k] = Acc::zero();
     for (int64_t j = t0; j < t1; j += 2, r += 2 * f.R) {
       const bool pair = j + 1 < t1;
-      const __m512i w = _mm512_maskz_loadu_epi8(pair ? c.load2 : c.load1, r);
-      __m512i s = _mm512_srlv_epi32(_mm512_permutexvar_epi8(c.seed_ctl, w), c.seed_shift);
-      s = _mm512_ternarylogic_epi32(s, c.seed_mask, c.seed_block, 0xEA);
-      s = _mm512_add_epi32(s, _mm512_set1_epi32(static_cast<int32_t>((j - t0) << f.S)));
-      const __m512i codes = _mm512_multishift_epi64_epi8(c.code_at, _mm512_permutexvar_epi8(c.code_ctl, w));
-      const __m512i exps = _mm512_multishift_epi64_epi8(c.exp_at, _mm512_permutexvar_epi8(c.exp_ctl, w));
-      const __m512i q = _mm512_maskz_permutexvar_epi8(pair ? c.valid : c.valid_lo,
-                                                      _mm512_ternarylogic_epi32(codes, exps, c.low, 0xE4), c.table);
+      __m512i s, q;
+      a8_decode(c, r, pair, s, q);
+      s = _mm512_add_epi32(s, _mm512_set1_epi32(static_cast<int32_t>((j - t0) << f.S)));  // the line's block
       corr = _mm512_dpbusd_epi32(corr, k128, q);
       // the lines' byte offsets and the codes, read back as scalars and broadcasts (load ports):
       // left to itself GCC extracts every lane with shuffles, all on port 5 (4096², batch 16, 2
@@ -939,27 +940,28 @@ struct A8Part {
   float* acc;
 };
 
-// column blocks [j0, j1) (j0 a multiple of kTile) of x's rows [b0, b0 + BC) into every part's acc
+// column blocks [j0, j1) (j0 a multiple of kTile) of x's BC rows into every part's acc
 template <int BC>
-RS_A8 void a8_range(const float* x, int64_t K, int64_t b0, const uint8_t* pat8, const A8Part* parts, int n_parts,
+RS_A8 void a8_range(const float* x, int64_t K, const uint8_t* pat8, const A8Part* parts, int n_parts,
                     int64_t ldacc, const Format& f, const A8Ctl& c, int64_t nb, int64_t j0, int64_t j1) {
   const int64_t n_seeds = int64_t{1} << f.S, zb = kA8Group * n_seeds * 4;
   uint8_t* zt = reinterpret_cast<uint8_t*>(scratch((BC * zb + 63) / 4));
   float scale[BC];
   for (int64_t t0 = j0; t0 < j1; t0 += kA8Group) {
     const int64_t t1 = std::min(j1, t0 + kA8Group);
-    for (int b = 0; b < BC; ++b) scale[b] = a8_tables(x + (b0 + b) * K, K, t0, t1, pat8, n_seeds, zt + b * zb);
+    for (int b = 0; b < BC; ++b) scale[b] = a8_tables(x + b * K, K, t0, t1, pat8, n_seeds, zt + b * zb);
     for (const A8Part* p = parts; p < parts + n_parts; ++p)
-      a8_rows<BC>(c, f, p->rec, p->G, nb, t0, t1, zt, zb, scale, p->acc + b0 * ldacc, ldacc);
+      a8_rows<BC>(c, f, p->rec, p->G, nb, t0, t1, zt, zb, scale, p->acc, ldacc);
   }
 }
 
-template <int BC>
-void a8_range_dispatch(const float* x, int64_t K, int64_t b0, int64_t bc, const uint8_t* pat8, const A8Part* parts,
-                       int n_parts, int64_t ldacc, const Format& f, const A8Ctl& c, int64_t nb, int64_t j0, int64_t j1) {
+// a8_range for bc (1 … kA8GatherBatch) rows
+template <int BC = kA8GatherBatch>
+void a8_range_dispatch(const float* x, int64_t K, int64_t bc, const uint8_t* pat8, const A8Part* parts, int n_parts,
+                       int64_t ldacc, const Format& f, const A8Ctl& c, int64_t nb, int64_t j0, int64_t j1) {
   if constexpr (BC > 1)
-    if (bc < BC) return a8_range_dispatch<BC - 1>(x, K, b0, bc, pat8, parts, n_parts, ldacc, f, c, nb, j0, j1);
-  a8_range<BC>(x, K, b0, pat8, parts, n_parts, ldacc, f, c, nb, j0, j1);
+    if (bc < BC) return a8_range_dispatch<BC - 1>(x, K, bc, pat8, parts, n_parts, ldacc, f, c, nb, j0, j1);
+  a8_range<BC>(x, K, pat8, parts, n_parts, ldacc, f, c, nb, j0, j1);
 }
 
 // column blocks [j0, j1) of all x's rows, L at a time, into every part's acc ([chunk][Np][L],
@@ -1134,8 +1136,8 @@ void reality_stone::seedbasis_gemm_a8_rows(const float* x, int64_t B, int64_t K,
   const int64_t n_tiles = (nb + kTile - 1) / kTile, n_parts = std::min<int64_t>(at::get_num_threads(), n_tiles);
   int64_t rows_padded = 0;
   for (int w = 0; w < n_weights; ++w) rows_padded += weights[w].Np;
-  // batch 1 … kA8GatherBatch: per-row gathers (a8_rows); above: 16 batch rows per table line
-  // (a8_batch_rows), chunks of 16 rows, the last padded with zero rows
+  // batch 1 … kA8GatherBatch: per-row gathers (a8_rows); above: 8 (to batch 8) or 16 batch rows
+  // per table line (a8_batch_rows), in chunks of that many rows, the last padded with zero rows
   const bool lines = B > kA8GatherBatch;
   const int L = B <= 8 ? 8 : kA8Lanes;
   const int64_t chunks = (B + L - 1) / L;
@@ -1157,9 +1159,7 @@ void reality_stone::seedbasis_gemm_a8_rows(const float* x, int64_t B, int64_t K,
       else if (lines)
         a8_batch_range<16>(x, B, K, pat8, parts.data(), n_weights, rows_padded * L, f, c, nb, j0, j1);
       else
-        for (int64_t b0 = 0; b0 < B; b0 += reality_stone::kMaxBatch)
-          a8_range_dispatch<reality_stone::kMaxBatch>(x, K, b0, std::min<int64_t>(reality_stone::kMaxBatch, B - b0),
-                                                      pat8, parts.data(), n_weights, rows_padded, f, c, nb, j0, j1);
+        a8_range_dispatch(x, K, B, pat8, parts.data(), n_weights, rows_padded, f, c, nb, j0, j1);
     }
   });
   int64_t off = 0;
