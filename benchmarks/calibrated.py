@@ -50,6 +50,10 @@ def rows_for(budget: str) -> list[tuple[str, object, dict]]:
         (f"seedbasis {budget} sequential", codec_config("seedbasis", preset=budget), dict(calibrated=True, sequential=True)),
         (f"seedbasis {budget} sequential + tuned norms", codec_config("seedbasis", preset=budget),
          dict(calibrated=True, sequential=True, tune_epochs=TUNE_EPOCHS)),
+        (f"seedbasis {budget} sequential mixed", codec_config("seedbasis", preset=budget),
+         dict(calibrated=True, sequential=True, mixed=True)),
+        (f"seedbasis {budget} sequential mixed + tuned norms", codec_config("seedbasis", preset=budget),
+         dict(calibrated=True, sequential=True, mixed=True, tune_epochs=TUNE_EPOCHS)),
     ]
 
 
@@ -138,8 +142,8 @@ def main() -> None:
                     continue
                 model = copy.deepcopy(base)
                 calib = dict(calibration=args.calibration, tokenizer=tok, tokens=args.calibration_tokens,
-                             sequential=kw["sequential"], tune_epochs=kw.get("tune_epochs", 0)
-                             ) if kw.get("calibrated") else {}
+                             sequential=kw["sequential"], tune_epochs=kw.get("tune_epochs", 0),
+                             mixed=kw.get("mixed", False)) if kw.get("calibrated") else {}
                 t0 = time.perf_counter()
                 report = rs.compress(model, config, **calib)
                 seconds = time.perf_counter() - t0

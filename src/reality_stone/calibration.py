@@ -34,6 +34,7 @@ __all__ = [
     "ActivationStats",
     "BUNDLED_CORPORA",
     "calibration_ids",
+    "collect_fisher",
     "collect_stats",
     "decoder_blocks",
     "hessian_of",
@@ -228,6 +229,61 @@ def collect_stats(model: nn.Module, ids: Tensor, layers: Sequence[str]) -> dict[
         for h in handles:
             h.remove()
     return {name: acc[name].stats(name) for name in layers}
+
+
+def collect_fisher(model: nn.Module, ids: Tensor, layers: Sequence[str], *, seed: int = 0,
+                   ) -> tuple[dict[str, ActivationStats], dict[str, Tensor]]:
+    """One pass with gradients over every row of ``ids`` (n, seq_len): each named layer's input
+    statistics (as `collect_stats`) and the diagonal Fisher information of its outputs, F (out,)
+    float64 = Σ over tokens of (∂ log p(y) / ∂ output)², with y drawn from the model's own
+    next-token distribution (seeded by ``seed``).
+
+    F is the curvature of the KL divergence to the model at its outputs — the quantity a
+    compression error should be weighed with: an output error δ of the layer costs about
+    ½ Σ_r F_r δ_r² / tokens nats. The *sampled* label matters: the gradient of the loss on the
+    text's own next tokens (the "empirical Fisher") ranked layers worse (README, mixed allocation).
+    The model's parameters get no gradients; the input embedding's output is the leaf.
+    """
+    embed = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+    if not isinstance(embed, nn.Module):
+        raise ValueError(f"the Fisher pass needs a model with get_input_embeddings(), {type(model).__name__} has none")
+    head = _head(model)
+    acc, handles = _hooked(model, layers)
+    fisher = {name: torch.zeros(model.get_submodule(name).weight.shape[0], dtype=torch.float64) for name in layers}
+    logits: list[Tensor] = []
+
+    def on_output(name: str):
+        def hook(_module, _inputs, out):
+            def grad(g):
+                fisher[name].add_(g.detach().reshape(-1, g.shape[-1]).double().square().sum(0))
+            if out.requires_grad:
+                out.register_hook(grad)
+        return hook
+
+    handles += [model.get_submodule(name).register_forward_hook(on_output(name)) for name in layers]
+    handles.append(embed.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True)))
+    handles.append(head.register_forward_hook(lambda _m, _i, out: logits.append(out)))
+    flags = {id(p): p.requires_grad for p in model.parameters()}
+    gen = torch.Generator().manual_seed(seed)
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            for row in ids:
+                logits.clear()
+                _run(model, row)
+                lp = torch.log_softmax(logits[-1].reshape(-1, logits[-1].shape[-1]).float(), -1)
+                y = torch.multinomial(lp.detach().exp(), 1, generator=gen)
+                (-lp.gather(1, y).sum()).backward()
+    finally:
+        for h in handles:
+            h.remove()
+        for p in model.parameters():
+            p.requires_grad_(flags.get(id(p), False))
+    for name, f in fisher.items():
+        if not bool(f.any()):
+            raise ValueError(f"layer {name!r} got no gradient in the Fisher pass (is its output used?)")
+    return {name: acc[name].stats(name) for name in layers}, fisher
 
 
 def _run(model: nn.Module, row: Tensor) -> None:

@@ -329,6 +329,9 @@ def compress_cmd(
                                     "calibration text for N epochs (the best on held-out calibration sequences is kept; "
                                     "the codes do not change; ~2.5 forward passes per sequence and epoch). Not with "
                                     "--stream"),
+    mixed: bool = typer.Option(False, "--mixed", help="with --calibration: spread the codec's bits over the layers by "
+                               "their measured sensitivity (output Fisher × output error), same total bits; each layer "
+                               "gets a rung of the codec's ladder (seedbasis 2.0-5.0 bits, rtn/hqq/gptq ±1 bit)"),
     stream: bool = typer.Option(False, "--stream", help="stream a model folder or .gguf file: tensor by tensor "
                                 "(data-free codecs) or, with --calibration, decoder block by decoder block (one "
                                 "block's weights in memory)"),
@@ -362,16 +365,22 @@ def compress_cmd(
         raise typer.BadParameter(f"--head-bits (0 for a dense head): {exc}") from None
     calib = _calibration_arg(calibration)
     try:  # before loading anything: a codec/calibration mismatch fails at once
-        check_calibration([config], calib is not None)
+        check_calibration([config], calib is not None, mixed=mixed)
     except ValueError as exc:
         _fail(str(exc))
     if tune_epochs and calib is None:
         _fail("--tune-epochs fits the compressed model to the uncompressed one on the calibration text: give --calibration")
+    if mixed and calib is None:
+        _fail("--mixed weighs each layer's error by its effect on the model's output on calibration text: "
+              "give --calibration")
+    if mixed and len(config.ladder()) < 2:
+        _fail(f"--mixed: codec {config.codec_name!r} has no ladder of configs to allocate bits from "
+              "(seedbasis, rtn, hqq, gptq)")
     path = Path(model)
     if path.exists() and (stream or not (is_model_folder(path) or path.suffix == ".gguf")):
-        if tune_epochs:
-            _fail("--tune-epochs needs the whole uncompressed model in memory as the teacher: not with --stream "
-                  "or a safetensors checkpoint")
+        if tune_epochs or mixed:
+            _fail(f"{'--tune-epochs' if tune_epochs else '--mixed'} needs the whole uncompressed model in memory "
+                  "(a backward pass over the calibration text): not with --stream or a safetensors checkpoint")
         if (calib is not None or config.calibration == "required") and not (is_model_folder(path) or
                                                                              path.suffix == ".gguf"):
             _fail(f"{model}: calibration runs the model, which needs its architecture: give a Hugging Face model "
@@ -393,7 +402,7 @@ def compress_cmd(
     try:
         report = compress(loaded.model, config, skip=tuple(p for p in skip if p), progress=not as_json, calibration=calib,
                           tokenizer=loaded.tokenizer, tokens=calibration_tokens, seq_len=seq_len, sequential=sequential,
-                          head=head, tune_epochs=tune_epochs)
+                          head=head, tune_epochs=tune_epochs, mixed=mixed)
     except ValueError as exc:
         _fail(str(exc))
     save(loaded.model, output, source=loaded.name, tokenizer=loaded.tokenizer)
@@ -419,6 +428,13 @@ def _print_report(report: dict, title: str, output: Path) -> None:
         console.print(f"calibration: {how}, {c['tokens']} tokens ({c['sequences']} × {c['seq_len']}), "
                       + (f"{c['seconds']:.1f} s including compression; " if "seconds" in c else "")
                       + f"mean output rel. error {report['output_error']:.4f}")
+        if c.get("allocation"):
+            a = c["allocation"]
+            console.print("mixed allocation: layers per bits " + ", ".join(f"{b}: {n}" for b, n in
+                                                                       a["layers_per_bits"].items())
+                          + f" (mean {a['nominal_bits_per_weight']:.3f}); predicted loss "
+                          f"{a['predicted_loss']['uniform']:.4g} → {a['predicted_loss']['mixed']:.4g} nats/token, "
+                          f"{a['seconds']:.1f} s")
         if c.get("tuning"):
             t = c["tuning"]
             console.print(f"tuning: {t['parameters']} norm/bias parameters, {t['epochs']} epoch(s), kept "

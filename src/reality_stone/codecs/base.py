@@ -197,6 +197,12 @@ class CodecConfig:
         """Bits per weight before headers and padding (None where it depends on the weight)."""
         return None
 
+    def ladder(self) -> tuple["CodecConfig", ...]:
+        """Configs a mixed bit allocation (`reality_stone.models.allocation`) may give a layer in
+        place of this one — this one included, each with a ``nominal_bits_per_weight`` — or ()
+        where the codec offers none."""
+        return ()
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 

@@ -21,6 +21,8 @@ holds the stored bits (2, 3, 4 or 8 bits per code; 5- to 7-bit codes take a byte
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import torch
@@ -70,6 +72,11 @@ class GroupAffineConfig(CodecConfig):
 
     def nominal_bits_per_weight(self) -> float:
         return self.bits + 16 * (1 + (self.affine_form != "symmetric")) / self.group
+
+    def ladder(self) -> tuple["GroupAffineConfig", ...]:
+        """One bit fewer, this config, one bit more (within 2…8 bits), same group and options."""
+        return tuple(dataclasses.replace(self, bits=b) for b in (self.bits - 1, self.bits, self.bits + 1)
+                     if max(self.MIN_BITS, 2) <= b <= 8 or b == self.bits)
 
 
 class GroupAffineEncoded(Encoded):

@@ -31,6 +31,7 @@ with U_s U_sᵀ → U_s K U_sᵀ and U_s w → U_s K w.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -310,6 +311,13 @@ class SeedBasisConfig(CodecConfig):
     def nominal_bits_per_weight(self) -> float:
         return self.nominal_bpw()
 
+    def ladder(self) -> tuple["SeedBasisConfig", ...]:
+        """This config and the `LADDER` configs within one bit per weight of it (same basis)."""
+        own = self.nominal_bpw()
+        rungs = [SeedBasisConfig(**kw, basis=self.basis) for kw in LADDER.values()]
+        return (self, *sorted((c for c in rungs if abs(c.nominal_bpw() - own) <= 1 and c != dataclasses.replace(
+            self, chunk=0)), key=SeedBasisConfig.nominal_bpw))
+
     def table(self) -> Tensor:
         fn = lfsr_basis if self.basis == "lfsr" else packed64_basis
         return fn(self.seed_bits, self.block, self.coeffs)
@@ -508,6 +516,22 @@ PRESETS = {
     "2.5": dict(block=8, seed_bits=10, coeffs=3, coeff_bits=3, exp_bits=1),
 }
 SeedBasisConfig.PRESETS.update(PRESETS)
+
+# Rungs a mixed allocation picks from (`SeedBasisConfig.ladder`): blocks of 8, 16 … 40 bits. The
+# presets, and between them more coefficients (P) at 4 bits with 10 seed bits; at 3.0 and 2.0
+# two ways to spend the bits (the allocation measures each rung on the model and keeps the better).
+LADDER = {
+    "2.0": dict(block=8, seed_bits=9, coeffs=2, coeff_bits=3, exp_bits=1),
+    "2.0b": dict(block=8, seed_bits=8, coeffs=2, coeff_bits=3, exp_bits=2),
+    "2.5": PRESETS["2.5"],
+    "3.0": dict(block=8, seed_bits=10, coeffs=3, coeff_bits=4, exp_bits=2),
+    "3.0b": dict(block=8, seed_bits=10, coeffs=4, coeff_bits=3, exp_bits=2),
+    "3.5": PRESETS["3.5"],
+    "4.0": dict(block=8, seed_bits=10, coeffs=5, coeff_bits=4, exp_bits=2),
+    "4.25": PRESETS["4.25"],
+    "4.5": dict(block=8, seed_bits=10, coeffs=6, coeff_bits=4, exp_bits=2),
+    "5.0": dict(block=8, seed_bits=10, coeffs=7, coeff_bits=4, exp_bits=2),
+}
 
 
 def preset(bpw: str, **overrides) -> SeedBasisConfig:

@@ -106,14 +106,14 @@ def encode_layer(name: str, weight: torch.Tensor, config: CodecConfig, stats=Non
         output_error=output_error(weight, D, stats) if stats is not None else None)
 
 
-def check_calibration(configs: list[CodecConfig], calibrated: bool) -> None:
+def check_calibration(configs: list[CodecConfig], calibrated: bool, *, mixed: bool = False) -> None:
     """ValueError if a codec that requires calibration gets none, or calibration is given and no
-    codec would use it (it would be silently ignored)."""
+    codec would use it (it would be silently ignored; a ``mixed`` allocation uses it for any codec)."""
     required = sorted({c.codec_name for c in configs if c.calibration == "required"})
     if not calibrated and required:
         raise ValueError(f"codec(s) {', '.join(required)} need calibration data: pass calibration= (texts, a file, "
                          "token ids or 'shakespeare'/'news') and tokenizer=")
-    if calibrated and all(c.calibration == "unused" for c in configs):
+    if calibrated and not mixed and all(c.calibration == "unused" for c in configs):
         names = sorted({c.codec_name for c in configs})
         raise ValueError(f"calibration was given but codec(s) {', '.join(names)} do not use it; drop it or pick a "
                          "data-aware codec (gptq, seedbasis)")
@@ -154,6 +154,7 @@ def compress(
     sequential: bool = True,
     head: CodecConfig | None = None,
     tune_epochs: int = 0,
+    mixed: bool = False,
 ) -> CompressionReport:
     """Replace the selected ``nn.Linear`` layers of ``model`` with `CompressedLinear`, in place.
 
@@ -172,13 +173,20 @@ def compress(
     about 2.5 forward passes of the model per calibration sequence and epoch; the report's
     ``tuning`` entry says what it did.
 
+    ``mixed`` (needs ``calibration``; a codec with a `ladder`: seedbasis, rtn, hqq, gptq): spread
+    ``config``'s bits over the layers it applies to by their measured sensitivity — each gets a
+    rung of ``config.ladder()``, the total stored bits at most the uniform config's
+    (`reality_stone.models.allocation`; one extra pass with gradients over the calibration set
+    and a sampled encode per layer). The report's ``allocation`` entry says what was chosen.
+
     ``head``: a config for the output head (``get_output_embeddings()``, an ``nn.Linear``), encoded
     data-free after the other layers (None: it stays dense, as selected by ``skip``). When it is
     tied to the input embeddings, the embedding becomes a `CompressedEmbedding` reading the same
     encoded matrix — one copy, in memory and in the file (`reality_stone.models.format`).
     """
-    from reality_stone.calibration import (calibration_ids, collect_stats, sequential_stats, teacher_outputs,
-                                           tune_float_parameters)
+    from reality_stone.calibration import (calibration_ids, collect_fisher, collect_stats, sequential_stats,
+                                           teacher_outputs, tune_float_parameters)
+    from reality_stone.models.allocation import allocate
 
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -188,11 +196,23 @@ def compress(
         raise ValueError("no nn.Linear layer matched: nothing to compress (check include/skip patterns)")
     configs = {name: next((c for pat, c in (per_layer or {}).items() if fnmatch.fnmatchcase(name, pat)), config)
                for name, _ in chosen}
-    check_calibration(list(configs.values()), calibration is not None)
+    check_calibration(list(configs.values()), calibration is not None, mixed=bool(mixed))
     if not (isinstance(tune_epochs, int) and not isinstance(tune_epochs, bool) and tune_epochs >= 0):
         raise ValueError(f"tune_epochs must be a non-negative integer, got {tune_epochs!r}")
     if tune_epochs and calibration is None:
         raise ValueError("tune_epochs fits the model to its uncompressed outputs on calibration text: give calibration=…")
+    if not isinstance(mixed, bool):
+        raise ValueError(f"mixed must be True or False, got {mixed!r}")
+    allocated = [name for name in configs if configs[name] is config] if mixed else []
+    if mixed:
+        if calibration is None:
+            raise ValueError("mixed allocation weighs each layer's error by its effect on the model's output on "
+                             "calibration text: give calibration=…")
+        if len(config.ladder()) < 2:
+            raise ValueError(f"codec {config.codec_name!r} has no ladder of configs to allocate bits from "
+                             "(mixed allocation: seedbasis, rtn, hqq, gptq)")
+        if not allocated:
+            raise ValueError("mixed=True, but per_layer gives every selected layer its own config: nothing to allocate")
     report = CompressionReport(skipped=skipped)
     layers = dict(chosen)  # popped as each is replaced: a replaced Linear's dense weight is freed at once
     names = list(layers)
@@ -222,8 +242,21 @@ def compress(
             report.calibration = dict(mode="sequential" if sequential else "one-pass", tokens=int(ids.numel()),
                                       sequences=int(ids.shape[0]), seq_len=int(ids.shape[1]))
             teacher = teacher_outputs(model, ids) if tune_epochs else None  # before any layer changes
+            dense_stats = None
+            if mixed:
+                t1 = time.perf_counter()
+                dense_stats, fisher = collect_fisher(model, ids, names)
+                alloc = allocate({n: layers[n].weight for n in allocated}, dense_stats, fisher, config)
+                configs.update(alloc.configs)
+                report.calibration["allocation"] = alloc.summary() | dict(seconds=time.perf_counter() - t1)
+                del fisher
             # every selected layer gets statistics (cheap; the report's output error uses them too)
-            steps = sequential_stats(model, ids, names) if sequential else iter([collect_stats(model, ids, names)])
+            if sequential and any(c.calibration != "unused" for c in configs.values()):
+                dense_stats = None  # freed: block k's statistics come from the compressed blocks before it
+                steps = sequential_stats(model, ids, names)
+            else:  # the Fisher pass collected the one-pass statistics already
+                report.calibration["mode"] = "one-pass"  # (data-free codecs, mixed: the statistics only report)
+                steps = iter([dense_stats or collect_stats(model, ids, names)])
             for block_stats in steps:
                 for name in block_stats:
                     encode(name, block_stats[name])
