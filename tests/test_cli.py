@@ -108,6 +108,8 @@ def test_calibration_bad_input_is_clear(tmp_path):
         (["--codec", "seedbasis", "--preset", "9"], "unknown preset"),
         (["--codec", "seedbasis", "--calibration", str(tmp_path / "missing.txt")], "no such file"),
         (["--codec", "seedbasis", "--tune-epochs", "1"], "give --calibration"),
+        (["--codec", "seedbasis", "--mixed"], "give --calibration"),
+        (["--codec", "lowrank", "--mixed", "--calibration", "shakespeare"], "no ladder"),
     ]
     for args, msg in cases:
         r = runner.invoke(app, ["compress", "smollm2", *args, "-o", str(out)])
@@ -136,10 +138,13 @@ def test_hf_model_folder_calibrated_with_own_text(tmp_path):
     out = tmp_path / "my-model.rs.safetensors"
     r = runner.invoke(app, ["compress", str(folder), "--codec", "seedbasis", "--preset", "4.25", "--calibration",
                             str(text), "--calibration-tokens", "512", "--seq-len", "128", "--one-pass", "-o", str(out),
-                            "--tune-epochs", "2", "--json"])
+                            "--tune-epochs", "2", "--mixed", "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["calibration"]["mode"] == "one-pass" and summary["calibration"]["sequences"] == 4
+    alloc = summary["calibration"]["allocation"]  # --mixed: the 4.25 budget spread over the 14 layers
+    assert sum(alloc["layers_per_bits"].values()) == 14 and alloc["nominal_bits_per_weight"] <= 4.25
+    assert len({round(x["bits_per_weight"], 3) for x in summary["layers"]}) > 1
     tuning = summary["calibration"]["tuning"]  # 3 sequences trained on, 1 held out
     assert tuning["heldout_sequences"] == 1 and tuning["epochs"] == 2 and tuning["parameters"] == 5 * 64
     # the file holds the tuned gains (the random model's are all 1 before)
