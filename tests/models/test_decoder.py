@@ -144,6 +144,7 @@ def test_bad_input_is_refused():
     ("qwen2", codec_config("seedbasis", preset="2.5")),  # … with q/k/v biases
     ("qwen3", codec_config("seedbasis", preset="4.25")),  # … 6 coefficients (the kernel's 8-lane form)
     ("qwen2", "seedbasis int8"),  # seed basis with int8 activations (AVX-512 VNNI + VBMI)
+    ("llama", "seedbasis mixed"),  # a mixed allocation: 3 … 6 coefficients, one config per layer
 ])
 def test_the_native_decode_step_matches_the_model(family, config):
     from reality_stone.kernels.extension import load_extension
@@ -155,6 +156,10 @@ def test_the_native_decode_step_matches_the_model(family, config):
     model = _tiny(family)
     if config == "seedbasis int8":
         rs.compress(model, codec_config("seedbasis", preset="3.5"))
+    elif config == "seedbasis mixed":
+        report = rs.compress(model, codec_config("seedbasis", preset="3.5"), calibration=_ids(128, seed=4).reshape(4, 32),
+                             mixed=True)
+        assert len({r.bits_per_weight for r in report.layers}) > 1
     else:
         rs.compress(model, codec_config("gptq", bits=4, group=64) if config == "int8" else config,
                     **(dict(calibration=_ids(128, seed=4)[None], tokens=128, seq_len=64) if config == "int8" else {}))
