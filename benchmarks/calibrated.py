@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--calibration", default="shakespeare")
     ap.add_argument("--calibration-tokens", type=int, default=8192)
     ap.add_argument("--only", default="", help="comma-separated label prefixes: run only these rows")
+    ap.add_argument("--exact", action="store_true", help="--only names whole labels, not prefixes")
     ap.add_argument("--redo", action="store_true", help="with --resume: re-run rows already in the file "
                     "(those --only and --budgets select)")
     ap.add_argument("--resume", action="store_true", help="keep the rows of calibrated.json and add/replace")
@@ -121,7 +122,11 @@ def main() -> None:
         return
     threads = args.threads
     only = tuple(p for p in args.only.split(",") if p)
-    rows = [r for r in old if not (args.redo and r["label"].startswith(only or ("",)) and r["label"] != "fp32"
+
+    def selected(label: str) -> bool:
+        return not only or (label in only if args.exact else label.startswith(only))
+
+    rows = [r for r in old if not (args.redo and selected(r["label"]) and r["label"] != "fp32"
                                    and r["model"] in args.models.split(",") and r["budget"] in args.budgets.split(","))]
     for model_name in args.models.split(","):
         loaded = load_model(model_name)
@@ -138,7 +143,7 @@ def main() -> None:
             print(rows[-1], flush=True)
         for budget in args.budgets.split(","):
             for label, config, kw in rows_for(budget):
-                if label in done or (only and not label.startswith(only)):
+                if label in done or not selected(label):
                     continue
                 model = copy.deepcopy(base)
                 calib = dict(calibration=args.calibration, tokenizer=tok, tokens=args.calibration_tokens,
