@@ -240,8 +240,8 @@ def collect_fisher(model: nn.Module, ids: Tensor, layers: Sequence[str], *, seed
 
     F is the curvature of the KL divergence to the model at its outputs — the quantity a
     compression error should be weighed with: an output error δ of the layer costs about
-    ½ Σ_r F_r δ_r² / tokens nats. The *sampled* label matters: the gradient of the loss on the
-    text's own next tokens (the "empirical Fisher") ranked layers worse (README, mixed allocation).
+    ½ Σ_r F_r δ_r² / tokens nats. That holds for labels drawn from the model itself; the text's
+    own next tokens would give the "empirical Fisher", which is not the KL's curvature.
     The model's parameters get no gradients; the input embedding's output is the leaf.
     """
     embed = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None

@@ -22,7 +22,6 @@ holds the stored bits (2, 3, 4 or 8 bits per code; 5- to 7-bit codes take a byte
 from __future__ import annotations
 
 import dataclasses
-
 import math
 
 import torch
