@@ -108,7 +108,7 @@ def test_calibration_bad_input_is_clear(tmp_path):
         (["--codec", "seedbasis", "--preset", "9"], "unknown preset"),
         (["--codec", "seedbasis", "--calibration", str(tmp_path / "missing.txt")], "no such file"),
         (["--codec", "seedbasis", "--tune-epochs", "1"], "give --calibration"),
-        (["--codec", "seedbasis", "--mixed"], "give --calibration"),
+        (["--codec", "seedbasis", "--mixed"], "give calibration= (--calibration)"),
         (["--codec", "lowrank", "--mixed", "--calibration", "shakespeare"], "no ladder"),
     ]
     for args, msg in cases:

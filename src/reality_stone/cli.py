@@ -354,7 +354,7 @@ def compress_cmd(
     from reality_stone.codecs import codec_config
     from reality_stone.models import compress, save
     from reality_stone.models.block_streaming import parse_size
-    from reality_stone.models.compress import check_calibration
+    from reality_stone.models.compress import check_calibration, check_mixed
     from reality_stone.evaluation.loaders import is_model_folder, load_model
 
     n_threads = _threads(threads)
@@ -370,12 +370,11 @@ def compress_cmd(
         _fail(str(exc))
     if tune_epochs and calib is None:
         _fail("--tune-epochs fits the compressed model to the uncompressed one on the calibration text: give --calibration")
-    if mixed and calib is None:
-        _fail("--mixed weighs each layer's error by its effect on the model's output on calibration text: "
-              "give --calibration")
-    if mixed and len(config.ladder()) < 2:
-        _fail(f"--mixed: codec {config.codec_name!r} has no ladder of configs to allocate bits from "
-              "(seedbasis, rtn, hqq, gptq)")
+    if mixed:
+        try:
+            check_mixed(config, calib is not None)
+        except ValueError as exc:
+            _fail(f"--mixed: {exc}")
     path = Path(model)
     if path.exists() and (stream or not (is_model_folder(path) or path.suffix == ".gguf")):
         if tune_epochs or mixed:

@@ -1,8 +1,7 @@
 """Mixed bit allocation: spread a codec config's bits over the layers by their measured sensitivity.
 
 Uniform compression gives every layer the same bits per weight, but an error costs the model
-very different amounts in different layers (a few projections of SmolLM2 carry most of the
-KL divergence). `allocate` keeps the total stored bits of the uniform config and moves them:
+very different amounts in different layers. `allocate` keeps the total stored bits of the uniform config and moves them:
 each layer gets a rung of the config's `ladder()` (for the seed basis 2.0 … 5.0 bits per
 weight) so that the predicted loss
 
@@ -16,8 +15,7 @@ layer's statistics): the weighted error at the uniform config, scaled to the who
 ratio estimate (Σ_rows F_r e_r with e_r = w_r H w_rᵀ, the output energy, over all rows).
 How the error moves with the rung — the ratio of each rung's weighted error to the uniform
 config's — is measured on ``probes`` layers spread through the model and taken as their median
-(on SmolLM2 the ratios vary little between layers; a per-layer table of all rungs chose 196 of
-210 layers alike and predicted 1 % lower loss, for 5× the encodes). The choice is a Lagrangian
+(one sampled encode per layer, not one per layer and rung). The choice is a Lagrangian
 knapsack (bisection on the bit price), its slack then spent greedily, largest predicted gain
 per bit first.
 """
@@ -25,7 +23,6 @@ per bit first.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -42,21 +39,24 @@ class Allocation:
     """The chosen config per layer and what the choice was based on."""
 
     configs: dict[str, CodecConfig]
-    bits: dict[str, float]  # nominal bits per weight per layer
     weights: dict[str, int]  # weights per layer
     budget_bits: float  # Σ weights × nominal bits of the uniform config
     used_bits: float  # the same for the chosen configs (≤ budget_bits)
     predicted_loss: dict[str, float]  # "uniform" / "mixed": Σ ½ F δ H δ / tokens, nats per token
     rung_ratios: dict[str, float] = field(default_factory=dict)  # rung -> error ratio to the uniform config
-    seconds: float = 0.0
+
+    @property
+    def bits(self) -> dict[str, float]:
+        """Nominal bits per weight per layer."""
+        return {n: float(c.nominal_bits_per_weight()) for n, c in self.configs.items()}
 
     def summary(self) -> dict:
-        """JSON-ready: layers per nominal bits, the mean nominal bits, predicted losses, rung ratios, seconds."""
+        """JSON-ready: layers per nominal bits, the mean nominal bits, predicted losses, rung ratios."""
         counts: dict[str, int] = {}
         for b in sorted(self.bits.values()):
             counts[f"{b:g}"] = counts.get(f"{b:g}", 0) + 1
         return dict(layers_per_bits=counts, nominal_bits_per_weight=self.used_bits / sum(self.weights.values()),
-                    predicted_loss=self.predicted_loss, rung_ratios=self.rung_ratios, seconds=self.seconds)
+                    predicted_loss=self.predicted_loss, rung_ratios=self.rung_ratios)
 
 
 def _label(config: CodecConfig) -> str:
@@ -79,7 +79,6 @@ def allocate(weights: dict[str, Tensor], stats: dict[str, ActivationStats], fish
     `reality_stone.calibration.collect_fisher`. Deterministic under ``seed``. ValueError for a
     config without a ladder or a layer whose statistics are missing or mis-shaped.
     """
-    t0 = time.perf_counter()
     ladder = tuple(config.ladder())
     if len(ladder) < 2:
         raise ValueError(f"codec {config.codec_name!r} has no ladder of configs to allocate bits from "
@@ -99,8 +98,8 @@ def allocate(weights: dict[str, Tensor], stats: dict[str, ActivationStats], fish
     gen = torch.Generator().manual_seed(seed)
     numel = {n: weights[n].numel() for n in names}
     tokens = {n: stats[n].tokens for n in names}
-    sample: dict[str, tuple[Tensor, Tensor, float]] = {}  # rows, their Fisher, scale to the whole layer
-    base_err: dict[str, float] = {}
+    sample: dict[str, tuple[Tensor, Tensor, float]] = {}  # rows, their Fisher, their error at the config
+    base_err: dict[str, float] = {}  # the error scaled to the whole layer
     for name in names:
         w, H, f = weights[name].detach().float(), stats[name].xtx.double(), fisher[name].double()
         energy = ((w.double() @ H) * w.double()).sum(1)
@@ -108,8 +107,8 @@ def allocate(weights: dict[str, Tensor], stats: dict[str, ActivationStats], fish
         ws, fs = w[pick].contiguous(), f[pick]
         denom = float((fs * energy[pick]).sum())
         scale = float((f * energy).sum()) / denom if denom > 0 else w.shape[0] / len(pick)
-        sample[name] = (ws, fs, scale)
-        base_err[name] = _weighted_error(config, ws, stats[name], fs) * scale
+        err = _weighted_error(config, ws, stats[name], fs)
+        sample[name], base_err[name] = (ws, fs, err), err * scale
     # how the error moves along the ladder: median ratio over probe layers spread through the model
     step = max(1, len(names) // probes)
     probe_names = names[step // 2 :: step][:probes] or names[:1]
@@ -119,9 +118,9 @@ def allocate(weights: dict[str, Tensor], stats: dict[str, ActivationStats], fish
             continue
         rs = []
         for name in probe_names:
-            ws, fs, scale = sample[name]
-            if base_err[name] > 0:
-                rs.append(_weighted_error(rung, ws, stats[name], fs) * scale / base_err[name])
+            ws, fs, err = sample[name]
+            if err > 0:
+                rs.append(_weighted_error(rung, ws, stats[name], fs) / err)
         ratios[rung] = statistics.median(rs) if rs else 1.0
     bits = {c: float(c.nominal_bits_per_weight()) for c in ladder}
     # a rung costing more bits and erring more than another is never worth it
@@ -145,9 +144,7 @@ def allocate(weights: dict[str, Tensor], stats: dict[str, ActivationStats], fish
     for _ in range(100):  # the smallest bit price that meets the budget
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if used(choose(mid)) > budget else (lo, mid)
-    choice = choose(hi)
-    if used(choice) > budget:  # no price met it (cannot happen: the uniform config is a rung)
-        choice = {n: config for n in names}
+    choice = choose(hi)  # fits: at a high enough price every layer takes the cheapest rung, ≤ the config's bits
     # spend the slack: upgrades by predicted gain per bit while they fit
     spare = budget - used(choice)
     while True:
@@ -165,7 +162,6 @@ def allocate(weights: dict[str, Tensor], stats: dict[str, ActivationStats], fish
         choice[n], spare = o, spare - extra
     half = lambda n, c: 0.5 * cost(n, c) / tokens[n]  # noqa: E731  (nats per token)
     return Allocation(
-        configs=choice, bits={n: bits[c] for n, c in choice.items()}, weights=numel, budget_bits=budget,
-        used_bits=used(choice),
+        configs=choice, weights=numel, budget_bits=budget, used_bits=used(choice),
         predicted_loss=dict(uniform=sum(half(n, config) for n in names), mixed=sum(half(n, c) for n, c in choice.items())),
-        rung_ratios={_label(c): r for c, r in ratios.items()}, seconds=time.perf_counter() - t0)
+        rung_ratios={_label(c): r for c, r in ratios.items()})

@@ -29,8 +29,8 @@ from reality_stone.codecs.base import CodecConfig
 from reality_stone.models.selection import DEFAULT_SKIP, select_layers
 from reality_stone.nn.compressed import CompressedEmbedding, CompressedLinear
 
-__all__ = ["CompressionReport", "LayerReport", "check_calibration", "compress", "compressible_layers", "encode_layer",
-           "guard_save_pretrained", "output_head_name"]
+__all__ = ["CompressionReport", "LayerReport", "check_calibration", "check_mixed", "compress", "compressible_layers",
+           "encode_layer", "guard_save_pretrained", "output_head_name"]
 
 
 @dataclass
@@ -119,6 +119,16 @@ def check_calibration(configs: list[CodecConfig], calibrated: bool, *, mixed: bo
                          "data-aware codec (gptq, seedbasis)")
 
 
+def check_mixed(config: CodecConfig, calibrated: bool) -> None:
+    """ValueError unless a mixed allocation can run: calibration given, a codec with a ladder."""
+    if not calibrated:
+        raise ValueError("mixed allocation weighs each layer's error by its effect on the model's output on "
+                         "calibration text: give calibration= (--calibration)")
+    if len(config.ladder()) < 2:
+        raise ValueError(f"codec {config.codec_name!r} has no ladder of configs to allocate bits from "
+                         "(mixed allocation: seedbasis, rtn, hqq, gptq)")
+
+
 def _refuse_save_pretrained(*_args, **_kwargs):
     raise ValueError("this model holds compressed layers (CompressedLinear): save_pretrained would write only its "
                      "dense tensors and from_pretrained would fill every compressed projection with random weights. "
@@ -205,12 +215,7 @@ def compress(
         raise ValueError(f"mixed must be True or False, got {mixed!r}")
     allocated = [name for name in configs if configs[name] is config] if mixed else []
     if mixed:
-        if calibration is None:
-            raise ValueError("mixed allocation weighs each layer's error by its effect on the model's output on "
-                             "calibration text: give calibration=…")
-        if len(config.ladder()) < 2:
-            raise ValueError(f"codec {config.codec_name!r} has no ladder of configs to allocate bits from "
-                             "(mixed allocation: seedbasis, rtn, hqq, gptq)")
+        check_mixed(config, calibration is not None)
         if not allocated:
             raise ValueError("mixed=True, but per_layer gives every selected layer its own config: nothing to allocate")
     report = CompressionReport(skipped=skipped)
@@ -248,6 +253,7 @@ def compress(
                 dense_stats, fisher = collect_fisher(model, ids, names)
                 alloc = allocate({n: layers[n].weight for n in allocated}, dense_stats, fisher, config)
                 configs.update(alloc.configs)
+                # seconds: the Fisher pass and the allocation
                 report.calibration["allocation"] = alloc.summary() | dict(seconds=time.perf_counter() - t1)
                 del fisher
             # every selected layer gets statistics (cheap; the report's output error uses them too)
