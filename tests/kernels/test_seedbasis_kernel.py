@@ -125,6 +125,33 @@ def test_int8_activation_path_matches_its_reference(rows, cols, batch, budget):
     assert 1e-5 < err < 2e-2, err
 
 
+@pytest.mark.parametrize("batch", [1, 3, 8, 17])
+@pytest.mark.parametrize("table", ["one id changed", "rows swapped"])
+def test_int8_activations_on_a_pattern_table_that_is_not_gf2_linear(batch, table):
+    """The kernel derives pattern ids from s + 1 by GF(2) matrices only for a table that is linear
+    (the LFSR's, checked seed by seed): one changed id, or two seeds' rows swapped, must send it to
+    the table-gather loops, which still compute the reference's integers."""
+    from dataclasses import replace
+
+    from reality_stone.kernels.seedbasis_ops import seedbasis_matmul
+
+    enc = _encoded(40, 300, "3.5")
+    lay = enc.kernel_layout()
+    a, b = int(enc.seeds[0, 0]), int(enc.seeds[3, 7])  # seeds the weight uses
+    assert a != b
+    pattern = lay.pattern.clone()
+    if table == "one id changed":
+        pattern[a, 2] ^= 0x5A
+    else:
+        pattern[[a, b]] = pattern[[b, a]]
+    lay = replace(lay, pattern=pattern)
+    x = torch.randn(batch, 300, generator=torch.Generator().manual_seed(10))
+    exact = seedbasis_linear_a8_reference(x, lay, 300)
+    ref32 = seedbasis_linear_a8_reference(x, lay, 300, torch.float32).double()
+    y = seedbasis_matmul(x, lay, int8_activations=True).double()
+    assert (y - exact).abs().max() <= 2 * (ref32 - exact).abs().max() + 1e-6 * exact.abs().max()
+
+
 def test_int8_activations_quantise_each_64_inputs_on_their_own_scale():
     """One group of large inputs must not flatten the others (per-64 scales, not per row)."""
     enc = _encoded(32, 256, "3.5")

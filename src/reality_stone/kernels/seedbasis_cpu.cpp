@@ -630,20 +630,23 @@ struct A8Ctl {
   __mmask64 load2, load1;     // the bytes of two records / one
 };
 
-RS_A8 A8Ctl a8_ctl(const Format& f) {
+// `groups`: the second record of a pair is the next row group's at byte 32 of the loaded vector
+// (a8_rows_gf) — else the next column block's, right after the first (a8_rows, a8_batch_rows)
+RS_A8 A8Ctl a8_ctl(const Format& f, bool groups = false) {
   A8Ctl c;
   alignas(64) uint8_t sc[64], cc[64], ec[64], cm[64], em[64], tb[64];
   alignas(64) int32_t ssh[16], blk[16];
   uint64_t valid = 0;
-  for (int l = 0; l < 16; ++l) {  // lane l: row l % 8 of block l / 8
-    const int bit = l / 8 * 8 * f.R + l % 8 * f.S;
+  const int second = groups ? 32 : f.R;  // the second record's byte in the loaded vector
+  for (int l = 0; l < 16; ++l) {  // lane l: row l % 8 of the pair's record l / 8
+    const int bit = l / 8 * 8 * second + l % 8 * f.S;
     for (int k = 0; k < 4; ++k) sc[4 * l + k] = static_cast<uint8_t>(std::min(63, (bit >> 3) + k));
     ssh[l] = bit & 7;
-    blk[l] = l / 8 << f.S;  // block j + 1's z table follows block j's
+    blk[l] = groups ? 0 : l / 8 << f.S;  // block j + 1's z table follows block j's
   }
   for (int q = 0; q < 8; ++q) {  // qword q: lanes 2q, 2q + 1 — rows r, r + 1 of one record
     const int b = q / 4, r = 2 * q % 8;
-    const int cbit = b * 8 * f.R + 8 * (f.S + f.E) + r * f.P * f.Q, ebit = b * 8 * f.R + 8 * f.S + r * f.E;
+    const int cbit = b * 8 * second + 8 * (f.S + f.E) + r * f.P * f.Q, ebit = b * 8 * second + 8 * f.S + r * f.E;
     for (int k = 0; k < 8; ++k) {
       cc[8 * q + k] = static_cast<uint8_t>(std::min(63, (cbit >> 3) + k));
       ec[8 * q + k] = static_cast<uint8_t>(std::min(63, (ebit >> 3) + k));
@@ -677,17 +680,20 @@ RS_A8 A8Ctl a8_ctl(const Format& f) {
   return c;
 }
 
-// The record at r and, when `pair`, the next one (column blocks j, j + 1 of one row group) as 16
-// lanes (row l % 8 of block l / 8): `seeds` the lane's seed | (its block << S), `qe` its 4 signed
+// A pair of records loaded into w (a8_ctl's layout) as 16 lanes (row l % 8 of record l / 8):
+// `seeds` the lane's seed (| its block << S when the pair is blocks j, j + 1), `qe` its 4 signed
 // codes (q − half) << e as int8 (lanes of a missing second record: 0).
-RS_A8 inline void a8_decode(const A8Ctl& c, const uint8_t* r, bool pair, __m512i& seeds, __m512i& qe) {
-  const __m512i w = _mm512_maskz_loadu_epi8(pair ? c.load2 : c.load1, r);
+RS_A8 inline void a8_fields(const A8Ctl& c, __m512i w, bool pair, __m512i& seeds, __m512i& qe) {
   seeds = _mm512_srlv_epi32(_mm512_permutexvar_epi8(c.seed_ctl, w), c.seed_shift);
   seeds = _mm512_ternarylogic_epi32(seeds, c.seed_mask, c.seed_block, 0xEA);  // (seeds & mask) | block
   const __m512i codes = _mm512_multishift_epi64_epi8(c.code_at, _mm512_permutexvar_epi8(c.code_ctl, w));
   const __m512i exps = _mm512_multishift_epi64_epi8(c.exp_at, _mm512_permutexvar_epi8(c.exp_ctl, w));
   const __m512i idx = _mm512_ternarylogic_epi32(codes, exps, c.low, 0xE4);  // code bits from codes, e above
   qe = _mm512_maskz_permutexvar_epi8(pair ? c.valid : c.valid_lo, idx, c.table);
+}
+// the record at r and, when `pair`, the next one (column blocks j, j + 1 of one row group)
+RS_A8 inline void a8_decode(const A8Ctl& c, const uint8_t* r, bool pair, __m512i& seeds, __m512i& qe) {
+  a8_fields(c, _mm512_maskz_loadu_epi8(pair ? c.load2 : c.load1, r), pair, seeds, qe);
 }
 
 // 16 products v·(127/m), rounded to nearest even (MXCSR default, as torch.round), clamped to
@@ -698,13 +704,12 @@ RS_A8 inline __m128i a8_round_biased(__m512 v) {
   return _mm512_cvtepi32_epi8(_mm512_add_epi32(q, _mm512_set1_epi32(128)));
 }
 
-// Batch row x's z tables for column blocks [t0, t1) (≤ kA8Group): zt[j − t0][s] = 4 bytes
-// v_q[pattern[s, p]] + 128, v_q = round(v · 127 / m) clamped to ±127, m the largest |v| bound
-// max|lo| + max|hi| over the blocks (|lo + hi| rounds to at most it). Returns m / 127 (0: all
-// zero; NaN: a non-finite input).
-// pat8: [2^S][4] pattern ids (padding coefficients any id: their codes are 0).
-RS_A8 float a8_tables(const float* x, int64_t K, int64_t t0, int64_t t1, const uint8_t* pat8, int64_t n_seeds,
-                      uint8_t* zt) {
+// Batch row x's sign sums of column blocks [t0, t1) (≤ kA8Group) rounded to int8 + 128:
+// vq[j − t0][k] = round(v[k] · 127 / m) clamped to ±127, + 128, m the largest |v| bound max|lo| +
+// max|hi| over the blocks (|lo + hi| rounds to at most it). Returns m / 127 (0: all zero; NaN: a
+// non-finite input). v[255 − k] = −v[k] exactly (sign_sums_row's sums are sign-symmetric, the
+// rounding too), so vq[255 − k] = 256 − vq[k].
+RS_A8 float a8_rounded_sums(const float* x, int64_t K, int64_t t0, int64_t t1, uint8_t (*vq)[kPatterns]) {
   alignas(64) float lh[kA8Group][kRow];
   float m = 0.f;
   bool finite = true;
@@ -723,13 +728,25 @@ RS_A8 float a8_tables(const float* x, int64_t K, int64_t t0, int64_t t1, const u
   const __m512 vinv = _mm512_set1_ps(inv);
   for (int64_t j = t0; j < t1; ++j) {
     const float* o = lh[j - t0];
-    alignas(64) uint8_t vq[kPatterns];
     const __m512 lo = _mm512_loadu_ps(o + kLo);
     for (int h = 0; h < 16; ++h)  // v[16h + i] = lo[i] + hi[h], as sign_sums_row forms it
-      _mm_store_si128(reinterpret_cast<__m128i*>(vq + 16 * h),
-                      a8_round_biased(_mm512_mul_ps(_mm512_add_ps(lo, _mm512_set1_ps(o[kHi + h])), vinv)));
-    const __m512i T0 = _mm512_load_si512(vq), T1 = _mm512_load_si512(vq + 64), T2 = _mm512_load_si512(vq + 128),
-                  T3 = _mm512_load_si512(vq + 192);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(vq[j - t0] + 16 * h),
+                       a8_round_biased(_mm512_mul_ps(_mm512_add_ps(lo, _mm512_set1_ps(o[kHi + h])), vinv)));
+  }
+  return finite ? m / 127.f : std::numeric_limits<float>::quiet_NaN();
+}
+
+// Batch row x's z tables for column blocks [t0, t1) (≤ kA8Group): zt[j − t0][s] = 4 bytes
+// vq[pattern[s, p]] (a8_rounded_sums). Returns its scale.
+// pat8: [2^S][4] pattern ids (padding coefficients any id: their codes are 0).
+RS_A8 float a8_tables(const float* x, int64_t K, int64_t t0, int64_t t1, const uint8_t* pat8, int64_t n_seeds,
+                      uint8_t* zt) {
+  alignas(64) uint8_t vq[kA8Group][kPatterns];
+  const float scale = a8_rounded_sums(x, K, t0, t1, vq);
+  for (int64_t j = t0; j < t1; ++j) {
+    const uint8_t* vj = vq[j - t0];
+    const __m512i T0 = _mm512_load_si512(vj), T1 = _mm512_load_si512(vj + 64), T2 = _mm512_load_si512(vj + 128),
+                  T3 = _mm512_load_si512(vj + 192);
     uint8_t* z = zt + (j - t0) * n_seeds * 4;
     int64_t k = 0;
     for (; k + 64 <= n_seeds * 4; k += 64) {  // 16 seeds: ids < 128 from T0|T1, the others from T2|T3
@@ -737,9 +754,9 @@ RS_A8 float a8_tables(const float* x, int64_t K, int64_t t0, int64_t t1, const u
       const __m512i a = _mm512_permutex2var_epi8(T0, id, T1), b = _mm512_permutex2var_epi8(T2, id, T3);
       _mm512_storeu_si512(z + k, _mm512_mask_blend_epi8(_mm512_movepi8_mask(id), a, b));
     }
-    for (; k < n_seeds * 4; ++k) z[k] = vq[pat8[k]];
+    for (; k < n_seeds * 4; ++k) z[k] = vj[pat8[k]];
   }
-  return finite ? m / 127.f : std::numeric_limits<float>::quiet_NaN();
+  return scale;
 }
 
 // The records of one weight's row groups for column blocks [t0, t1) (t0 even, one record tile)
@@ -964,6 +981,185 @@ void a8_range_dispatch(const float* x, int64_t K, int64_t bc, const uint8_t* pat
   a8_range<BC>(x, K, pat8, parts, n_parts, ldacc, f, c, nb, j0, j1);
 }
 
+// ---------------------------------------- int8 activations, batch ≤ 8: pattern ids by GF(2)
+// The LFSR basis is linear over GF(2) in the generator's initial state s + 1 (every output bit is
+// an XOR of state bits), so each basis row's pattern id is an 8 × 16 bit matrix times s + 1: two
+// gf2p8affineqb (the low and the high byte of s + 1) give the 4 ids of 16 (row, block) lanes
+// without a memory access — no seed table, no gather, and no seed can index out of anything.
+// The ids come folded onto the half table (bit 7: negate, bits 0-6: pattern k or 255 − k; the
+// fold is linear too, so it is in the matrices); the sign goes into the codes, shared by every
+// batch row, and each batch row's z is one vpermi2b from its block's 128-byte table (vq[0, 128)).
+// Lanes are 8 rows of two row groups at one column block, so all 16 read the same table.
+// Arithmetic identical to a8_rows': the same rounded v, the same integer sums.
+#define RS_A8GF __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,gfni")))
+const bool kSeedbasisA8Gf = kSeedbasisA8 && __builtin_cpu_supports("gfni");
+constexpr int kA8GfBatch = 16;  // the most batch rows per pass (accumulators in registers)
+
+struct A8Gf {
+  __m512i lo_ctl, hi_ctl, m_lo, m_hi, transpose;
+};
+
+// The matrices when pat8 ([2^S][4], P real ids per seed) is linear in s + 1 over GF(2), checked
+// for every seed; false otherwise (e.g. the packed64 basis: the gather loop runs).
+RS_A8GF bool a8_gf_build(const uint8_t* pat8, int S, int P, A8Gf& g) {
+  if (S > 15) return false;  // s + 1 in 16 bits
+  const uint32_t keep = P >= 4 ? 0xFFFFFFFFu : (uint32_t{1} << (8 * P)) - 1;
+  auto ids = [&](int64_t s) {
+    uint32_t w;
+    std::memcpy(&w, pat8 + 4 * s, 4);
+    return w & keep;
+  };
+  uint32_t col[16] = {};  // col[i]: the ids of s + 1 = 2^i
+  for (int i = 0; i <= S; ++i) col[i] = ids((int64_t{1} << i) - 1);
+  const int64_t n = int64_t{1} << S;
+  std::vector<uint32_t> lin(n + 1, 0);
+  for (int64_t t = 1; t <= n; ++t) {
+    lin[t] = lin[t & (t - 1)] ^ col[__builtin_ctzll(t)];
+    if (lin[t] != ids(t - 1)) return false;
+  }
+  // fold each id byte: bits 0-6 ^= bit 7 (k ≥ 128 → 0x80 | (255 − k))
+  for (int i = 0; i <= S; ++i) {
+    const uint32_t top = (col[i] >> 7) & 0x01010101u;
+    col[i] ^= top * 0x7F;
+  }
+  // gf2p8affineqb: output bit b of a byte = parity(matrix byte 7 − b & input byte)
+  alignas(64) uint64_t mlo[8], mhi[8];
+  for (int p = 0; p < 4; ++p) {
+    uint64_t lo = 0, hi = 0;
+    for (int b = 0; b < 8; ++b) {
+      uint64_t rl = 0, rh = 0;
+      for (int i = 0; i <= S; ++i) {
+        if (!((col[i] >> (8 * p + b)) & 1)) continue;
+        if (i < 8) rl |= uint64_t{1} << i;
+        else rh |= uint64_t{1} << (i - 8);
+      }
+      lo |= rl << (8 * (7 - b));
+      hi |= rh << (8 * (7 - b));
+    }
+    mlo[p] = mlo[p + 4] = lo;  // qword k: coefficient k % 4 of lanes 8(k / 4) … + 7
+    mhi[p] = mhi[p + 4] = hi;
+  }
+  alignas(64) uint8_t lc[64], hc[64], tr[64];
+  for (int k = 0; k < 8; ++k)
+    for (int i = 0; i < 8; ++i) {
+      const int lane = 8 * (k / 4) + i;
+      lc[8 * k + i] = static_cast<uint8_t>(4 * lane);  // s + 1's low byte
+      hc[8 * k + i] = static_cast<uint8_t>(4 * lane + 1);
+    }
+  for (int l = 0; l < 16; ++l)
+    for (int p = 0; p < 4; ++p) tr[4 * l + p] = static_cast<uint8_t>(8 * (4 * (l / 8) + p) + l % 8);
+  g.lo_ctl = _mm512_load_si512(lc);
+  g.hi_ctl = _mm512_load_si512(hc);
+  g.m_lo = _mm512_load_si512(mlo);
+  g.m_hi = _mm512_load_si512(mhi);
+  g.transpose = _mm512_load_si512(tr);
+  return true;
+}
+
+// a8_gf_build, remembered per thread for the last table (the check walks every seed: µs, as much as
+// a whole 576-wide layer takes; the decode step passes the same table for every layer)
+bool a8_gf(const uint8_t* pat8, int S, int P, A8Gf& g) {
+  struct Last {
+    std::vector<uint8_t> pat;
+    int S = -1, P = -1;
+    bool ok = false;
+    A8Gf gf;
+  };
+  thread_local Last last;
+  const size_t n = size_t{4} << S;
+  if (last.S != S || last.P != P || last.pat.size() != n || std::memcmp(last.pat.data(), pat8, n) != 0) {
+    last.ok = a8_gf_build(pat8, S, P, last.gf);
+    last.pat.assign(pat8, pat8 + n);
+    last.S = S;
+    last.P = P;
+  }
+  g = last.gf;
+  return last.ok;
+}
+
+// One weight's row groups, two at a time, for column blocks [t0, t1) (one record tile) against BC
+// batch rows' half tables (vt[b][j − t0][128]): acc[b·ldacc + row] += scale[b] · the row's sums.
+template <int BC>
+RS_A8GF void a8_rows_gf(const A8Ctl& c, const A8Gf& gf, const Format& f, const uint8_t* rec, int64_t G, int64_t nb,
+                        int64_t t0, int64_t t1, const uint8_t (*vt)[kA8Group][kHalf], const float* scale, float* acc,
+                        int64_t ldacc) {
+  const __m512i k128 = _mm512_set1_epi8(static_cast<char>(0x80)), one = _mm512_set1_epi32(1);
+  const int64_t step = std::min<int64_t>(kTile, nb - t0 / kTile * kTile) * f.R;  // group g → g + 1
+  const __mmask64 second = c.load1 << 32;
+  for (int64_t g = 0; g < G; g += 2) {
+    const bool pair = g + 1 < G;
+    const uint8_t* r = record_at(rec, g, t0, G, nb, f.R);
+    {  // two groups' records kPrefetchGroups ahead (a8_rows)
+      const int64_t ga = std::min(g + kPrefetchGroups, G - 1);
+      const char* ahead = reinterpret_cast<const char*>(record_at(rec, ga, t0, G, nb, f.R));
+      for (int64_t o = 0; o < (t1 - t0) * f.R; o += 64) _mm_prefetch(ahead + o, _MM_HINT_T0);
+      if (ga + 1 < G)
+        for (int64_t o = 0; o < (t1 - t0) * f.R; o += 64) _mm_prefetch(ahead + step + o, _MM_HINT_T0);
+    }
+    __m512i a[BC], corr = _mm512_setzero_si512();
+    for (int b = 0; b < BC; ++b) a[b] = _mm512_setzero_si512();
+    for (int64_t j = t0; j < t1; ++j, r += f.R) {
+      __m512i w = _mm512_maskz_loadu_epi8(c.load1, r);
+      // the next group's record to bytes 32…: a masked load from 32 bytes before it (masked-out
+      // bytes are never read)
+      if (pair) w = _mm512_mask_loadu_epi8(w, second, reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(r + step) - 32));
+      __m512i sd, qe;
+      a8_fields(c, w, pair, sd, qe);
+      const __m512i t = _mm512_add_epi32(sd, one);
+      const __m512i id = _mm512_permutexvar_epi8(
+          gf.transpose, _mm512_xor_si512(_mm512_gf2p8affine_epi64_epi8(_mm512_permutexvar_epi8(gf.lo_ctl, t), gf.m_lo, 0),
+                                         _mm512_gf2p8affine_epi64_epi8(_mm512_permutexvar_epi8(gf.hi_ctl, t), gf.m_hi, 0)));
+      qe = _mm512_mask_sub_epi8(qe, _mm512_movepi8_mask(id), _mm512_setzero_si512(), qe);  // v[k] = −v[255 − k]
+      corr = _mm512_dpbusd_epi32(corr, k128, qe);
+      for (int b = 0; b < BC; ++b) {
+        const uint8_t* T = vt[b][j - t0];
+        const __m512i z = _mm512_permutex2var_epi8(_mm512_load_si512(T), id, _mm512_load_si512(T + 64));
+        a[b] = _mm512_dpbusd_epi32(a[b], z, qe);
+      }
+    }
+    const __mmask16 rows = pair ? 0xFFFF : 0x00FF;
+    for (int b = 0; b < BC; ++b) {
+      const __m512 s = _mm512_cvtepi32_ps(_mm512_sub_epi32(a[b], corr));
+      float* o = acc + b * ldacc + g * 8;
+      _mm512_mask_storeu_ps(o, rows, _mm512_fmadd_ps(s, _mm512_set1_ps(scale[b]), _mm512_maskz_loadu_ps(rows, o)));
+    }
+  }
+}
+
+// Batch rows [b0, b0 + BC) of x against column blocks [t0, t1) (one activation group) of every part
+template <int BC>
+RS_A8GF void a8_gf_pass(const float* x, int64_t K, const A8Part* parts, int n_parts, int64_t ldacc, const Format& f,
+                        const A8Ctl& c, const A8Gf& gf, int64_t nb, int64_t t0, int64_t t1, int64_t b0) {
+  alignas(64) uint8_t vt[BC][kA8Group][kHalf];
+  float scale[BC];
+  for (int b = 0; b < BC; ++b) {
+    alignas(64) uint8_t vq[kA8Group][kPatterns];
+    scale[b] = a8_rounded_sums(x + (b0 + b) * K, K, t0, t1, vq);
+    for (int64_t j = 0; j < t1 - t0; ++j) std::memcpy(vt[b][j], vq[j], kHalf);
+  }
+  for (const A8Part* p = parts; p < parts + n_parts; ++p)
+    a8_rows_gf<BC>(c, gf, f, p->rec, p->G, nb, t0, t1, vt, scale, p->acc + b0 * ldacc, ldacc);
+}
+
+template <int BC = kA8GfBatch>
+void a8_gf_pass_dispatch(int64_t bc, const float* x, int64_t K, const A8Part* parts, int n_parts, int64_t ldacc,
+                         const Format& f, const A8Ctl& c, const A8Gf& gf, int64_t nb, int64_t t0, int64_t t1, int64_t b0) {
+  if constexpr (BC > 1)
+    if (bc < BC) return a8_gf_pass_dispatch<BC - 1>(bc, x, K, parts, n_parts, ldacc, f, c, gf, nb, t0, t1, b0);
+  a8_gf_pass<BC>(x, K, parts, n_parts, ldacc, f, c, gf, nb, t0, t1, b0);
+}
+
+// column blocks [j0, j1) (j0 a multiple of kTile) of all B rows of x into every part's acc
+// ([B][ldacc]): per activation group, the batch in passes of up to kA8GfBatch rows (a pass's
+// records — one group of 8 blocks of every row, ≤ 32 bytes × 8 per 8 rows — are in L2 for the next)
+void a8_gf_range(const float* x, int64_t B, int64_t K, const A8Part* parts, int n_parts, int64_t ldacc,
+                 const Format& f, const A8Ctl& c, const A8Gf& gf, int64_t nb, int64_t j0, int64_t j1) {
+  for (int64_t t0 = j0; t0 < j1; t0 += kA8Group)
+    for (int64_t b0 = 0; b0 < B; b0 += kA8GfBatch)
+      a8_gf_pass_dispatch(std::min<int64_t>(kA8GfBatch, B - b0), x, K, parts, n_parts, ldacc, f, c, gf, nb, t0,
+                          std::min(j1, t0 + kA8Group), b0);
+}
+
 // column blocks [j0, j1) of all x's rows, L at a time, into every part's acc ([chunk][Np][L],
 // chunks `chunk_stride` floats apart)
 template <int L>
@@ -1138,13 +1334,16 @@ void reality_stone::seedbasis_gemm_a8_rows(const float* x, int64_t B, int64_t K,
   for (int w = 0; w < n_weights; ++w) rows_padded += weights[w].Np;
   // batch 1 … kA8GatherBatch: per-row gathers (a8_rows); above: 8 (to batch 8) or 16 batch rows
   // per table line (a8_batch_rows), in chunks of that many rows, the last padded with zero rows
-  const bool lines = B > kA8GatherBatch;
+  // batch ≤ kA8GfBatch with a GF(2)-linear basis (the LFSR's): ids by gf2p8affineqb (a8_rows_gf)
+  A8Gf gf;
+  const bool by_gf = kSeedbasisA8Gf && a8_gf(pat8, S, P, gf);
+  const bool lines = !by_gf && B > kA8GatherBatch;
   const int L = B <= 8 ? 8 : kA8Lanes;
   const int64_t chunks = (B + L - 1) / L;
   // per thread: [B][rows_padded] (gathers) or [chunk][rows_padded][L] (lines), the weights side by side
   const int64_t per_part = lines ? chunks * rows_padded * L : B * rows_padded;
   std::vector<float> acc(n_parts * per_part, 0.f);
-  const A8Ctl c = a8_ctl(f);
+  const A8Ctl c = a8_ctl(f, by_gf);
   at::parallel_for(0, n_parts, 1, [&](int64_t p0, int64_t p1) {
     std::vector<A8Part> parts(n_weights);
     for (int64_t t = p0; t < p1; ++t) {
@@ -1154,7 +1353,9 @@ void reality_stone::seedbasis_gemm_a8_rows(const float* x, int64_t B, int64_t K,
         a += weights[w].Np * (lines ? L : 1);
       }
       const int64_t j0 = n_tiles * t / n_parts * kTile, j1 = std::min(nb, n_tiles * (t + 1) / n_parts * kTile);
-      if (lines && L == 8)
+      if (by_gf)
+        a8_gf_range(x, B, K, parts.data(), n_weights, rows_padded, f, c, gf, nb, j0, j1);
+      else if (lines && L == 8)
         a8_batch_range<8>(x, B, K, pat8, parts.data(), n_weights, rows_padded * L, f, c, nb, j0, j1);
       else if (lines)
         a8_batch_range<16>(x, B, K, pat8, parts.data(), n_weights, rows_padded * L, f, c, nb, j0, j1);
