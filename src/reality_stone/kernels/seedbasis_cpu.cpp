@@ -625,7 +625,7 @@ bool a8_format_ok(const Format& f) {
 }
 
 struct A8Ctl {
-  __m512i seed_ctl, seed_shift, seed_mask, seed_block, code_ctl, exp_ctl, code_at, exp_at, table, low;
+  __m512i seed_ctl, seed_shift, seed_mask, seed_block, code_ctl, code_at, exp_at, table, low;
   __mmask64 valid, valid_lo;  // code bytes of real coefficients (both records / the first only)
   __mmask64 load2, load1;     // the bytes of two records / one
 };
@@ -634,7 +634,7 @@ struct A8Ctl {
 // (a8_rows_gf) — else the next column block's, right after the first (a8_rows, a8_batch_rows)
 RS_A8 A8Ctl a8_ctl(const Format& f, bool groups = false) {
   A8Ctl c;
-  alignas(64) uint8_t sc[64], cc[64], ec[64], cm[64], em[64], tb[64];
+  alignas(64) uint8_t sc[64], cc[64], cm[64], em[64], tb[64];
   alignas(64) int32_t ssh[16], blk[16];
   uint64_t valid = 0;
   const int second = groups ? 32 : f.R;  // the second record's byte in the loaded vector
@@ -647,14 +647,16 @@ RS_A8 A8Ctl a8_ctl(const Format& f, bool groups = false) {
   for (int q = 0; q < 8; ++q) {  // qword q: lanes 2q, 2q + 1 — rows r, r + 1 of one record
     const int b = q / 4, r = 2 * q % 8;
     const int cbit = b * 8 * second + 8 * (f.S + f.E) + r * f.P * f.Q, ebit = b * 8 * second + 8 * f.S + r * f.E;
-    for (int k = 0; k < 8; ++k) {
-      cc[8 * q + k] = static_cast<uint8_t>(std::min(63, (cbit >> 3) + k));
-      ec[8 * q + k] = static_cast<uint8_t>(std::min(63, (ebit >> 3) + k));
-    }
+    // one byte permute serves both fields: the qword holds the two rows' code bytes, then their
+    // exponent bytes (≤ 6 + 2 for every format a8_format_ok takes)
+    const int nc = (cbit % 8 + 2 * f.P * f.Q + 7) / 8, ne = f.E ? (ebit % 8 + 2 * f.E + 7) / 8 : 0;
+    TORCH_CHECK(nc + ne <= 8, "seed-basis int8 kernel: a record pair's codes and offsets exceed a qword");
+    for (int k = 0; k < 8; ++k)
+      cc[8 * q + k] = static_cast<uint8_t>(std::min(63, k < nc ? (cbit >> 3) + k : (ebit >> 3) + k - nc));
     for (int i = 0; i < 8; ++i) {  // byte i: coefficient i % 4 of row r + i / 4
       const int rr = i / 4, p = i % 4;
       cm[8 * q + i] = static_cast<uint8_t>((cbit % 8 + (rr * f.P + p) * f.Q) & 63);
-      em[8 * q + i] = static_cast<uint8_t>((ebit % 8 + rr * f.E - f.Q) & 63);  // e lands at bits Q…
+      em[8 * q + i] = static_cast<uint8_t>((8 * nc + ebit % 8 + rr * f.E - f.Q) & 63);  // e lands at bits Q…
       if (p < f.P) valid |= uint64_t{1} << (8 * q + i);
     }
   }
@@ -668,7 +670,6 @@ RS_A8 A8Ctl a8_ctl(const Format& f, bool groups = false) {
   c.seed_mask = _mm512_set1_epi32((1 << f.S) - 1);
   c.seed_block = _mm512_load_si512(blk);
   c.code_ctl = _mm512_load_si512(cc);
-  c.exp_ctl = _mm512_load_si512(ec);
   c.code_at = _mm512_load_si512(cm);
   c.exp_at = _mm512_load_si512(em);
   c.table = _mm512_load_si512(tb);
@@ -686,8 +687,9 @@ RS_A8 A8Ctl a8_ctl(const Format& f, bool groups = false) {
 RS_A8 inline void a8_fields(const A8Ctl& c, __m512i w, bool pair, __m512i& seeds, __m512i& qe) {
   seeds = _mm512_srlv_epi32(_mm512_permutexvar_epi8(c.seed_ctl, w), c.seed_shift);
   seeds = _mm512_ternarylogic_epi32(seeds, c.seed_mask, c.seed_block, 0xEA);  // (seeds & mask) | block
-  const __m512i codes = _mm512_multishift_epi64_epi8(c.code_at, _mm512_permutexvar_epi8(c.code_ctl, w));
-  const __m512i exps = _mm512_multishift_epi64_epi8(c.exp_at, _mm512_permutexvar_epi8(c.exp_ctl, w));
+  const __m512i fields = _mm512_permutexvar_epi8(c.code_ctl, w);
+  const __m512i codes = _mm512_multishift_epi64_epi8(c.code_at, fields);
+  const __m512i exps = _mm512_multishift_epi64_epi8(c.exp_at, fields);
   const __m512i idx = _mm512_ternarylogic_epi32(codes, exps, c.low, 0xE4);  // code bits from codes, e above
   qe = _mm512_maskz_permutexvar_epi8(pair ? c.valid : c.valid_lo, idx, c.table);
 }
