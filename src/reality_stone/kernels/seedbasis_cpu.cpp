@@ -1368,8 +1368,11 @@ void reality_stone::seedbasis_gemm_a8_rows(const float* x, int64_t B, int64_t K,
   const bool lines = !by_gf && B > kA8GatherBatch;
   const int L = B <= 8 ? 8 : kA8Lanes;
   const int64_t chunks = (B + L - 1) / L;
-  // per thread: [B][rows_padded] (gathers) or [chunk][rows_padded][L] (lines), the weights side by side
-  const int64_t per_part = lines ? chunks * rows_padded * L : B * rows_padded;
+  // per thread: [B][ld] (gathers, GF) or [chunk][rows_padded][L] (lines), the weights side by side.
+  // ld: one cache line more than the rows, so the batch rows' accumulators never sit a multiple of
+  // 4 KB apart — 16 of them in one L1 set (rows_padded = 1024, batch 64: 1.9 vs 0.9 ms)
+  const int64_t ld = rows_padded + 16;
+  const int64_t per_part = lines ? chunks * rows_padded * L : B * ld;
   std::vector<float> acc(n_parts * per_part, 0.f);
   const A8Ctl c = a8_ctl(f, by_gf);
   at::parallel_for(0, n_parts, 1, [&](int64_t p0, int64_t p1) {
@@ -1382,13 +1385,13 @@ void reality_stone::seedbasis_gemm_a8_rows(const float* x, int64_t B, int64_t K,
       }
       const int64_t j0 = n_tiles * t / n_parts * kTile, j1 = std::min(nb, n_tiles * (t + 1) / n_parts * kTile);
       if (by_gf)
-        a8_gf_range(x, B, K, parts.data(), n_weights, rows_padded, f, c, gf, nb, j0, j1);
+        a8_gf_range(x, B, K, parts.data(), n_weights, ld, f, c, gf, nb, j0, j1);
       else if (lines && L == 8)
         a8_batch_range<8>(x, B, K, pat8, parts.data(), n_weights, rows_padded * L, f, c, nb, j0, j1);
       else if (lines)
         a8_batch_range<16>(x, B, K, pat8, parts.data(), n_weights, rows_padded * L, f, c, nb, j0, j1);
       else
-        a8_range_dispatch(x, K, B, pat8, parts.data(), n_weights, rows_padded, f, c, nb, j0, j1);
+        a8_range_dispatch(x, K, B, pat8, parts.data(), n_weights, ld, f, c, nb, j0, j1);
     }
   });
   int64_t off = 0;
@@ -1399,7 +1402,7 @@ void reality_stone::seedbasis_gemm_a8_rows(const float* x, int64_t B, int64_t K,
         float sum = 0.f;
         for (int64_t t = 0; t < n_parts; ++t)
           sum += lines ? acc[t * per_part + ((b / L * rows_padded) + off + r) * L + b % L]
-                       : acc[t * per_part + b * rows_padded + off + r];
+                       : acc[t * per_part + b * ld + off + r];
         wt.y[b * ldy + r] = sum * wt.scale[r];
       }
     off += wt.Np;
