@@ -38,9 +38,9 @@ __all__ = ["KERNELS", "MAX_FUSED_BATCH", "LinearKernel", "linear_kernel"]
 # * seedbasis: batch ≥ 2 multiplies 8 batch rows per table lookup; its cost grows linearly with the
 #   batch but stays far below the tiled decode (whose seed-basis decode is ~0.8 s per 4096² tile
 #   sweep): no limit.
-# * seedbasis_a8: per-row gathers up to batch 4, then 8 or 16 batch rows per table line; faster
-#   than the fp32 kernel at every batch measured (4096², 2 threads: 0.51 vs 1.40 ms at batch 1,
-#   2.1 vs 4.2 at 8, 9.0 vs 13.1 at 64): no limit.
+# * seedbasis_a8: pattern ids by GF(2), up to 16 batch rows per pass over the records; faster than
+#   the fp32 kernel at every batch measured (fused_matmul.md, 4096², 3.5 bits, 2 threads: 0.77 vs
+#   1.63 ms at batch 1, 1.40 vs 4.06 at 8, 7.5 vs 14.6 at 64; its cost grows linearly): no limit.
 MAX_FUSED_BATCH = {"lowbit_linear": 256, "lowbit_linear_a8": None, "packed64_linear": 64, "seedbasis_linear": None,
                    "seedbasis_linear_a8": None}
 

@@ -714,7 +714,7 @@ RS_A8 inline __m128i a8_round_biased(__m512 v) {
 RS_A8 float a8_rounded_sums(const float* x, int64_t K, int64_t t0, int64_t t1, uint8_t (*vq)[kPatterns]) {
   // sign_sums_row's sums, 16 patterns per vector: lane k of the half-sum adds ±x_c in the same
   // order (fma with ±1 rounds as the add or subtract does), so v is bit-identical to it — and to
-  // the reference — at a tenth of the scalar loop's time (which was ~a quarter of a 576-wide call)
+  // the reference — without its 128 scalar adds per block
   alignas(64) float lo[kA8Group][16], hi[kA8Group][16];
   __m512 sgn[4];
   for (int c = 0; c < 4; ++c) {
@@ -999,7 +999,7 @@ void a8_range_dispatch(const float* x, int64_t K, int64_t bc, const uint8_t* pat
   a8_range<BC>(x, K, pat8, parts, n_parts, ldacc, f, c, nb, j0, j1);
 }
 
-// ---------------------------------------- int8 activations, batch ≤ 8: pattern ids by GF(2)
+// ------------------------------------------ int8 activations, any batch: pattern ids by GF(2)
 // The LFSR basis is linear over GF(2) in the generator's initial state s + 1 (every output bit is
 // an XOR of state bits), so each basis row's pattern id is an 8 × 16 bit matrix times s + 1: two
 // gf2p8affineqb (the low and the high byte of s + 1) give the 4 ids of 16 (row, block) lanes
@@ -1074,8 +1074,8 @@ RS_A8GF bool a8_gf_build(const uint8_t* pat8, int S, int P, A8Gf& g) {
   return true;
 }
 
-// a8_gf_build, remembered per thread for the last table (the check walks every seed: µs, as much as
-// a whole 576-wide layer takes; the decode step passes the same table for every layer)
+// a8_gf_build, remembered per thread for the last table (the check walks every seed; the decode
+// step passes the same table for every layer)
 bool a8_gf(const uint8_t* pat8, int S, int P, A8Gf& g) {
   struct Last {
     std::vector<uint8_t> pat;
@@ -1360,9 +1360,9 @@ void reality_stone::seedbasis_gemm_a8_rows(const float* x, int64_t B, int64_t K,
   const int64_t n_tiles = (nb + kTile - 1) / kTile, n_parts = std::min<int64_t>(at::get_num_threads(), n_tiles);
   int64_t rows_padded = 0;
   for (int w = 0; w < n_weights; ++w) rows_padded += weights[w].Np;
-  // batch 1 … kA8GatherBatch: per-row gathers (a8_rows); above: 8 (to batch 8) or 16 batch rows
-  // per table line (a8_batch_rows), in chunks of that many rows, the last padded with zero rows
-  // batch ≤ kA8GfBatch with a GF(2)-linear basis (the LFSR's): ids by gf2p8affineqb (a8_rows_gf)
+  // a GF(2)-linear basis (the LFSR's): ids by gf2p8affineqb (a8_rows_gf), any batch. Else batch
+  // 1 … kA8GatherBatch: per-row gathers (a8_rows); above: 8 (to batch 8) or 16 batch rows per table
+  // line (a8_batch_rows), in chunks of that many rows, the last padded with zero rows
   A8Gf gf;
   const bool by_gf = kSeedbasisA8Gf && a8_gf(pat8, S, P, gf);
   const bool lines = !by_gf && B > kA8GatherBatch;
@@ -1370,7 +1370,7 @@ void reality_stone::seedbasis_gemm_a8_rows(const float* x, int64_t B, int64_t K,
   const int64_t chunks = (B + L - 1) / L;
   // per thread: [B][ld] (gathers, GF) or [chunk][rows_padded][L] (lines), the weights side by side.
   // ld: one cache line more than the rows, so the batch rows' accumulators never sit a multiple of
-  // 4 KB apart — 16 of them in one L1 set (rows_padded = 1024, batch 64: 1.9 vs 0.9 ms)
+  // 4 KB apart — 16 of them in one L1 set made 1024-row layers at batch 64 slower than the line loop
   const int64_t ld = rows_padded + 16;
   const int64_t per_part = lines ? chunks * rows_padded * L : B * ld;
   std::vector<float> acc(n_parts * per_part, 0.f);
