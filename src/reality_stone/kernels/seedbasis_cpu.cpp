@@ -707,11 +707,12 @@ RS_A8 inline __m128i a8_round_biased(__m512 v) {
 }
 
 // Batch row x's sign sums of column blocks [t0, t1) (≤ kA8Group) rounded to int8 + 128:
-// vq[j − t0][k] = round(v[k] · 127 / m) clamped to ±127, + 128, m the largest |v| bound max|lo| +
+// vq[(j − t0)·stride + k] = round(v[k] · 127 / m) clamped to ±127, + 128, for the first n
+// patterns (kPatterns, or kHalf: the GF(2) loop's half table); m the largest |v| bound max|lo| +
 // max|hi| over the blocks (|lo + hi| rounds to at most it). Returns m / 127 (0: all zero; NaN: a
 // non-finite input). v[255 − k] = −v[k] exactly (sign_sums_row's sums are sign-symmetric, the
 // rounding too), so vq[255 − k] = 256 − vq[k].
-RS_A8 float a8_rounded_sums(const float* x, int64_t K, int64_t t0, int64_t t1, uint8_t (*vq)[kPatterns]) {
+RS_A8 float a8_rounded_sums(const float* x, int64_t K, int64_t t0, int64_t t1, uint8_t* vq, int64_t stride, int n) {
   // sign_sums_row's sums, 16 patterns per vector: lane k of the half-sum adds ±x_c in the same
   // order (fma with ±1 rounds as the add or subtract does), so v is bit-identical to it — and to
   // the reference — without its 128 scalar adds per block
@@ -747,8 +748,8 @@ RS_A8 float a8_rounded_sums(const float* x, int64_t K, int64_t t0, int64_t t1, u
   const __m512 vinv = _mm512_set1_ps(inv);
   for (int64_t j = t0; j < t1; ++j) {
     const __m512 l = _mm512_load_ps(lo[j - t0]);
-    for (int h = 0; h < 16; ++h)  // v[16h + i] = lo[i] + hi[h], as sign_sums_row forms it
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(vq[j - t0] + 16 * h),
+    for (int h = 0; h < n / 16; ++h)  // v[16h + i] = lo[i] + hi[h], as sign_sums_row forms it
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(vq + (j - t0) * stride + 16 * h),
                        a8_round_biased(_mm512_mul_ps(_mm512_add_ps(l, _mm512_set1_ps(hi[j - t0][h])), vinv)));
   }
   return finite ? m / 127.f : std::numeric_limits<float>::quiet_NaN();
@@ -760,7 +761,7 @@ RS_A8 float a8_rounded_sums(const float* x, int64_t K, int64_t t0, int64_t t1, u
 RS_A8 float a8_tables(const float* x, int64_t K, int64_t t0, int64_t t1, const uint8_t* pat8, int64_t n_seeds,
                       uint8_t* zt) {
   alignas(64) uint8_t vq[kA8Group][kPatterns];
-  const float scale = a8_rounded_sums(x, K, t0, t1, vq);
+  const float scale = a8_rounded_sums(x, K, t0, t1, vq[0], kPatterns, kPatterns);
   for (int64_t j = t0; j < t1; ++j) {
     const uint8_t* vj = vq[j - t0];
     const __m512i T0 = _mm512_load_si512(vj), T1 = _mm512_load_si512(vj + 64), T2 = _mm512_load_si512(vj + 128),
@@ -1158,12 +1159,9 @@ RS_A8GF void a8_gf_pass(const float* x, int64_t K, const A8Part* parts, int n_pa
   alignas(64) uint8_t vt[BC][kTile][kHalf];
   float scale[2 * BC];
   for (int b = 0; b < BC; ++b)
-    for (int64_t g0 = t0; g0 < t1; g0 += kA8Group) {
-      alignas(64) uint8_t vq[kA8Group][kPatterns];
-      const int64_t g1 = std::min(t1, g0 + kA8Group);
-      scale[2 * b + (g0 - t0) / kA8Group] = a8_rounded_sums(x + (b0 + b) * K, K, g0, g1, vq);
-      for (int64_t j = g0; j < g1; ++j) std::memcpy(vt[b][j - t0], vq[j - g0], kHalf);
-    }
+    for (int64_t g0 = t0; g0 < t1; g0 += kA8Group)
+      scale[2 * b + (g0 - t0) / kA8Group] = a8_rounded_sums(x + (b0 + b) * K, K, g0, std::min(t1, g0 + kA8Group),
+                                                            vt[b][g0 - t0], kHalf, kHalf);
   for (const A8Part* p = parts; p < parts + n_parts; ++p)
     a8_rows_gf<BC>(c, gf, f, p->rec, p->G, nb, t0, t1, vt, scale, p->acc + b0 * ldacc, ldacc);
 }
