@@ -229,6 +229,48 @@ def test_direct_entry_point_equals_the_custom_ops_and_keeps_autograd():
         torch.testing.assert_close(xg.grad, w.sum(1).expand(3, -1), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_kernel_takes_leading_dims_and_an_input_narrower_than_its_layout(int8):
+    """x (..., Kx ≤ K): the missing inputs are zero — what a weight whose last group is padded (576
+    inputs, group 128: K = 640) hands the kernel, with no padded copy made in Python. Bit for bit
+    the padded 2-D call."""
+    ext = load_extension()
+    if ext is None or (int8 and not VNNI):
+        pytest.skip("needs the extension (and AVX-512 VNNI for int8 activations)")
+    f = ext.lowbit_gemv_a8 if int8 else ext.lowbit_gemv
+    packed, scale, offset = _weights(24, 640, 128, 4)
+    x = torch.randn(2, 3, 576)
+    y = f(x, packed, scale, offset, False, 128, 4)
+    padded = f(torch.nn.functional.pad(x, (0, 64)).reshape(6, 640), packed, scale, offset, False, 128, 4)
+    assert y.shape == (2, 3, 24) and torch.equal(y.reshape(6, 24), padded)
+    assert f(torch.randn(0, 576), packed, scale, offset, False, 128, 4).shape == (0, 24)
+    with pytest.raises(RuntimeError, match="features"):
+        f(torch.randn(2, 704), packed, scale, offset, False, 128, 4)
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_a_padded_last_group_takes_the_real_inputs_with_and_without_autograd(int8):
+    W = torch.randn(40, 576, generator=torch.Generator().manual_seed(7)) * 0.02
+    enc = codec_config("rtn", bits=4, group=128).encode(W)  # 4.5 groups: the layout holds 640 inputs
+    mm = enc.matmul_int8_activations if int8 else enc.matmul
+    if int8 and not VNNI:
+        pytest.skip("int8 activations need AVX-512 VNNI here")
+    x = torch.randn(2, 3, 576)
+    y = mm(x)
+    if int8:  # the reference quantises the padded x (zeros change no group's max|x|)
+        x2 = torch.nn.functional.pad(x.reshape(6, 576), (0, 64))
+        exact = lowbit_linear_a8_reference(x2, *enc.kernel_layout()).reshape(2, 3, 40)
+    else:
+        exact = x.double() @ enc.decode(torch.float64).T
+    assert y.shape == (2, 3, 40)
+    assert (y.double() - exact).norm() <= 1e-5 * exact.norm()
+    xg = x.clone().requires_grad_()
+    y_op = mm(xg)  # autograd: the custom op, whose contract is x (..., K): padded on the way in
+    assert torch.equal(y_op.detach(), y)
+    y_op.sum().backward()
+    torch.testing.assert_close(xg.grad, enc.decode().sum(0).expand(2, 3, -1), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("cfg", CODECS[:4] + CODECS[6:7], ids=lambda c: f"{c.codec_name}{c.bits}g{c.group}")
 def test_encoded_weight_holds_only_the_packed_layout(cfg):
     # a compressed layer keeps ≈ its stored bytes in memory (not a byte per code beside the layout)

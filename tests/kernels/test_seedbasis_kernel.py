@@ -49,6 +49,23 @@ def test_fused_matches_reference_within_its_own_error(rows, cols, batch, budget)
     assert fused.shape == (batch, rows)
 
 
+def test_kernels_take_leading_dims_and_return_the_real_rows():
+    from reality_stone.kernels.extension import load_extension
+
+    enc = _encoded(37, 51, "3.5")  # 37 rows: the layout's 40 padded rows are never returned
+    x = torch.randn(2, 3, 51, generator=torch.Generator().manual_seed(2))
+    paths = [enc.matmul] + ([enc.matmul_int8_activations] if _a8_kernel_here() else [])
+    for mm in paths:
+        y = mm(x)
+        assert y.shape == (2, 3, 37) and torch.equal(y.reshape(6, 37), mm(x.reshape(6, 51)))
+    ext, lay = load_extension(), enc.kernel_layout()
+    if ext is not None:
+        args = (lay.pattern, lay.records, lay.row_exp, lay.seed_bits, lay.exp_bits, lay.coeff_bits)
+        for rows in (32, 41, -1):  # the real rows of 40 padded ones are 33 … 40
+            with pytest.raises(RuntimeError, match="rows"):
+                ext.seedbasis_gemm(x, *args, rows)
+
+
 def test_real_encoding_matches_its_decode():
     W = torch.randn(40, 72, generator=torch.Generator().manual_seed(3)) * 0.02
     enc = preset("4.25").encode(W)

@@ -169,11 +169,7 @@ class GroupAffineEncoded(Encoded):
 
         if x.shape[-1] != self.shape[1]:
             raise ValueError(f"x has {x.shape[-1]} features, the weight expects {self.shape[1]}")
-        packed, scale, offset, zero_point, group, bits = self.kernel_layout()
-        K = packed.shape[1] * 8 // bits
-        if K != x.shape[-1]:
-            x = torch.nn.functional.pad(x, (0, K - x.shape[-1]))
-        return lowbit_matmul(x, packed, scale, offset, zero_point, group, bits, int8_activations=int8_activations)
+        return lowbit_matmul(x, *self._layout, int8_activations=int8_activations)
 
     def matmul(self, x: Tensor) -> Tensor:
         return self._matmul(x, False)

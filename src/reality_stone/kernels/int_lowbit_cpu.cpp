@@ -477,11 +477,42 @@ void check_codes(const torch::Tensor& codes, const torch::Tensor& scale, const t
               "scale/offset must be contiguous fp16 [N, K/group]");
 }
 
-void check_layout(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scale,
-                  const torch::Tensor& offset, int64_t group, int64_t bits) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous fp32 [B, K]");
-  TORCH_CHECK(x.size(0) >= 1, "empty batch");
-  check_codes(codes, scale, offset, group, bits, x.size(1));
+// x [..., Kx] fp32 contiguous with 1 ≤ Kx ≤ K (the layout's width; inputs Kx.. are zero: a
+// weight whose last group is padded takes its real inputs, no padded copy of x on the Python
+// side). Returns K.
+int64_t check_layout(const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scale,
+                     const torch::Tensor& offset, int64_t group, int64_t bits) {
+  TORCH_CHECK(bits == 2 || bits == 3 || bits == 4 || bits == 8, "bits must be 2, 3, 4 or 8");
+  TORCH_CHECK(codes.dim() == 2, "codes must be contiguous uint8 [N, K*bits/8]");
+  const int64_t K = codes.size(1) / (8 * bits) * kChunk;
+  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous fp32 [..., K]");
+  TORCH_CHECK(x.size(-1) >= 1 && x.size(-1) <= K, "x has ", x.size(-1), " features, the layout holds ", K);
+  check_codes(codes, scale, offset, group, bits, K);
+  return K;
+}
+
+// x [..., Kx] as rows of K floats: x itself when Kx == K, else a zero-extended copy in `buf`.
+const float* rows_of_width(const torch::Tensor& x, int64_t K, std::vector<float>& buf) {
+  const int64_t Kx = x.size(-1), B = x.numel() / Kx;
+  if (Kx == K) return x.data_ptr<float>();
+  buf.assign(B * K, 0.f);
+  const float* xp = x.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) std::copy(xp + b * Kx, xp + (b + 1) * Kx, buf.data() + b * K);
+  return buf.data();
+}
+
+// y [..., N] for x [..., Kx]: `into` (gemv_f32_into or gemv_a8_into) over the batch rows.
+template <typename Into>
+torch::Tensor lowbit_call(Into into, const torch::Tensor& x, const torch::Tensor& codes, const torch::Tensor& scale,
+                          const torch::Tensor& offset, bool zero_point, int64_t group, int64_t bits) {
+  const int64_t K = check_layout(x, codes, scale, offset, group, bits), B = x.numel() / x.size(-1);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = codes.size(0);
+  auto y = torch::empty(shape, x.options());
+  if (B == 0) return y;
+  std::vector<float> buf;
+  into(rows_of_width(x, K, buf), B, K, codes, scale, offset, zero_point, group, bits, y.data_ptr<float>());
+  return y;
 }
 
 // y [B, N] = x [B, K] Wᵀ into caller memory, fp32 activations (layout checked by the caller).
@@ -541,15 +572,14 @@ void gemv_a8_into(const float* x, int64_t B, int64_t K, const torch::Tensor& cod
 }  // namespace
 
 
-// x: [B, K] fp32, codes: [N, K/64 · 8·bits] uint8, scale/offset: [N, K/group] fp16 (offset holds
-// zero points z when zero_point: w = (q − z)·s, else w = q·s + offset). -> y [B, N].
+// x: [..., Kx ≤ K] fp32 (see check_layout), codes: [N, K/64 · 8·bits] uint8, scale/offset:
+// [N, K/group] fp16 (offset holds zero points z when zero_point: w = (q − z)·s, else
+// w = q·s + offset). -> y [..., N]. Leading dims and the narrow x are handled here because on
+// SmolLM2-sized layers each torch op around the call (reshape, pad) costs about as much as a
+// tenth of the kernel.
 torch::Tensor lowbit_gemv(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
                           bool zero_point, int64_t group, int64_t bits) {
-  check_layout(x, codes, scale, offset, group, bits);
-  auto y = torch::empty({x.size(0), codes.size(0)}, x.options());
-  gemv_f32_into(x.data_ptr<float>(), x.size(0), x.size(1), codes, scale, offset, zero_point, group, bits,
-                y.data_ptr<float>());
-  return y;
+  return lowbit_call(gemv_f32_into, x, codes, scale, offset, zero_point, group, bits);
 }
 
 // Per-group int8 quantisation of x: {xq int8 [B, K], dx fp32 [B, K/group], Σx fp32 [B, K/group]}
@@ -568,15 +598,11 @@ std::vector<torch::Tensor> quantize_activations_int8(torch::Tensor x, int64_t gr
   return {xq, dx, xs};
 }
 
-// Same layout; activations quantised to int8 per group inside (see the file comment).
+// Same layout and x; activations quantised to int8 per group inside (see the file comment).
 torch::Tensor lowbit_gemv_a8(torch::Tensor x, torch::Tensor codes, torch::Tensor scale, torch::Tensor offset,
                              bool zero_point, int64_t group, int64_t bits) {
   TORCH_CHECK(kHasAvx512Vnni, "the int8-activation kernel needs AVX-512 VNNI");
-  check_layout(x, codes, scale, offset, group, bits);
-  auto y = torch::empty({x.size(0), codes.size(0)}, x.options());
-  gemv_a8_into(x.data_ptr<float>(), x.size(0), x.size(1), codes, scale, offset, zero_point, group, bits,
-               y.data_ptr<float>());
-  return y;
+  return lowbit_call(gemv_a8_into, x, codes, scale, offset, zero_point, group, bits);
 }
 
 // One row x[K] (K the layout's padded width) into y[N], no tensor allocated: what the decode step

@@ -37,43 +37,56 @@ def _decoder(packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, gr
                                                  dtype)
 
 
-def _fused(x2: Tensor, group: int, max_batch: int | None = None):
-    """The extension when the fused kernel can serve this call, else None."""
-    if x2.dtype != torch.float32 or x2.shape[0] == 0 or group % CHUNK:
+def _fused(x: Tensor, group: int, max_batch: int | None = None):
+    """The extension when the fused kernel can serve this call (x (..., ≤ K) float32, non-empty), else None."""
+    if x.dtype != torch.float32 or x.numel() == 0 or group % CHUNK:
         return None
-    if max_batch is not None and x2.shape[0] > max_batch:
+    if max_batch is not None and x.numel() // x.shape[-1] > max_batch:
         return None
     return load_extension()
 
 
+def _padded_rows(x: Tensor, packed: Tensor, bits: int) -> Tensor:
+    """x as (batch, K) rows, zero-extended to the layout's K inputs (the torch paths' input)."""
+    x2 = x.reshape(-1, x.shape[-1])
+    K = packed.shape[1] * 8 // bits
+    return x2 if x2.shape[1] == K else torch.nn.functional.pad(x2, (0, K - x2.shape[1]))
+
+
+# The fused calls take x (..., ≤ K) as it is and return (..., rows): no reshape or pad around them
+# (each torch op costs ~1 µs; a SmolLM2-sized layer's kernel takes ~10 µs).
+
 def _forward(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
              bits: int) -> Tensor:
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
-    ext = _fused(x2, group, MAX_FUSED_BATCH["lowbit_linear"])
+    ext = _fused(x, group, MAX_FUSED_BATCH["lowbit_linear"])
     if ext is not None:
-        y = ext.lowbit_gemv(x2.contiguous(), packed, scale, offset, zero_point, group, bits)
-    else:
-        y = tiled_linear(x2, packed.shape[0], _decoder(packed, scale, offset, zero_point, group, bits))
-    return y.reshape(*lead, packed.shape[0])
+        return ext.lowbit_gemv(x.contiguous(), packed, scale, offset, zero_point, group, bits)
+    y = tiled_linear(_padded_rows(x, packed, bits), packed.shape[0], _decoder(packed, scale, offset, zero_point, group,
+                                                                              bits))
+    return y.reshape(*x.shape[:-1], packed.shape[0])
+
+
+_VNNI: bool | None = None  # whether the extension's int8 kernel runs here (asked once)
 
 
 def _forward_a8(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int,
                 bits: int) -> Tensor:
+    global _VNNI
     if x.dtype != torch.float32:
         raise ValueError(f"int8 activation quantisation takes float32 inputs, got {x.dtype}")
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    ext = _fused(x2, group, MAX_FUSED_BATCH["lowbit_linear_a8"])
-    if ext is not None and ext.has_avx512_vnni():
-        y = ext.lowbit_gemv_a8(x2, packed, scale, offset, zero_point, group, bits)
-    else:
-        B, K = x2.shape
-        xq, dx = quantize_activations(x2, group)
-        x_deq = (xq.float().reshape(B, -1, group) * dx[..., None]).reshape(B, K)
-        y = tiled_linear(x_deq, packed.shape[0], _decoder(packed, scale, torch.zeros_like(offset), False, group, bits))
-        y += x2.reshape(B, -1, group).sum(-1) @ affine_offset(scale, offset, zero_point, torch.float32).T
-    return y.reshape(*lead, packed.shape[0])
+    ext = _fused(x, group, MAX_FUSED_BATCH["lowbit_linear_a8"])
+    if ext is not None:
+        if _VNNI is None:
+            _VNNI = bool(ext.has_avx512_vnni())
+        if _VNNI:
+            return ext.lowbit_gemv_a8(x.contiguous(), packed, scale, offset, zero_point, group, bits)
+    x2 = _padded_rows(x, packed, bits)
+    B, K = x2.shape
+    xq, dx = quantize_activations(x2, group)
+    x_deq = (xq.float().reshape(B, -1, group) * dx[..., None]).reshape(B, K)
+    y = tiled_linear(x_deq, packed.shape[0], _decoder(packed, scale, torch.zeros_like(offset), False, group, bits))
+    y += x2.reshape(B, -1, group).sum(-1) @ affine_offset(scale, offset, zero_point, torch.float32).T
+    return y.reshape(*x.shape[:-1], packed.shape[0])
 
 
 def _check(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, group: int, bits: int) -> None:
@@ -124,6 +137,10 @@ _KERNELS = {op: linear_kernel(op, forward=fwd, check=lambda x, p, s, o, zp, g, b
 def lowbit_matmul(x: Tensor, packed: Tensor, scale: Tensor, offset: Tensor, zero_point: bool, group: int, bits: int,
                   *, int8_activations: bool = False) -> Tensor:
     """What the codecs call: `lowbit_linear` / `lowbit_linear_a8` (through `LinearKernel`, which
-    skips the custom op's dispatch when neither autograd nor ``torch.compile`` needs it)."""
-    return _KERNELS[lowbit_linear_a8 if int8_activations else lowbit_linear](x, packed, scale, offset, zero_point,
-                                                                            group, bits)
+    skips the custom op's dispatch when neither autograd nor ``torch.compile`` needs it). x may be
+    narrower than the layout (a weight whose last group is padded): the missing inputs are zero."""
+    kernel = _KERNELS[lowbit_linear_a8 if int8_activations else lowbit_linear]
+    K = packed.shape[1] * 8 // bits
+    if x.shape[-1] != K and kernel.needs_op(x):  # the op's contract: x (..., K)
+        x = torch.nn.functional.pad(x, (0, K - x.shape[-1]))
+    return kernel(x, packed, scale, offset, zero_point, group, bits)

@@ -57,10 +57,13 @@ class LinearKernel:
     rows: Callable[..., int]
     decoder: Callable[..., Callable]
 
+    @staticmethod
+    def needs_op(x: Tensor) -> bool:
+        """Whether a call with ``x`` goes through the custom op (autograd or ``torch.compile``)."""
+        return (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling()
+
     def __call__(self, x: Tensor, *layout) -> Tensor:
-        if (x.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
-            return self.op(x, *layout)
-        return self.forward(x, *layout)
+        return self.op(x, *layout) if self.needs_op(x) else self.forward(x, *layout)
 
 
 def linear_kernel(op, *, forward: Callable[..., Tensor], check: Callable[..., None], rows: Callable[..., int],

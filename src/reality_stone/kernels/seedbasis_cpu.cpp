@@ -1206,8 +1206,9 @@ RS_A8 void a8_batch_range(const float* x, int64_t B, int64_t K, const uint8_t* p
 }
 // The public ops' input checks (shapes, dtypes, widths, the records' size)
 void check_gemm_inputs(const torch::Tensor& x, const torch::Tensor& pattern, const torch::Tensor& records,
-                       const torch::Tensor& row_exp, int64_t seed_bits, int64_t exp_bits, int64_t coeff_bits) {
-  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous fp32 [B, K]");
+                       const torch::Tensor& row_exp, int64_t seed_bits, int64_t exp_bits, int64_t coeff_bits,
+                       int64_t rows) {
+  TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == torch::kFloat && x.is_contiguous(), "x must be contiguous fp32 [..., K]");
   TORCH_CHECK(seed_bits >= 1 && seed_bits <= 16 && exp_bits >= 0 && exp_bits <= 4 && coeff_bits >= 1 && coeff_bits <= 4,
               "field widths out of range");
   TORCH_CHECK(pattern.scalar_type() == torch::kByte && pattern.is_contiguous() && pattern.dim() == 2 &&
@@ -1216,12 +1217,22 @@ void check_gemm_inputs(const torch::Tensor& x, const torch::Tensor& pattern, con
   TORCH_CHECK(row_exp.scalar_type() == torch::kChar && row_exp.is_contiguous() && row_exp.dim() == 1 &&
                   row_exp.size(0) % 8 == 0,
               "row_exp must be contiguous int8 [Np], Np a multiple of 8");
-  TORCH_CHECK(x.size(0) >= 1 && x.size(1) >= 1, "x must have at least one row and one feature");
-  const int64_t R = seed_bits + exp_bits + pattern.size(1) * coeff_bits, nb = (x.size(1) + 7) / 8,
+  TORCH_CHECK(x.size(-1) >= 1, "x must have at least one feature");
+  TORCH_CHECK(rows >= 0 && rows <= row_exp.size(0) && row_exp.size(0) - rows < 8,
+              "rows must be the layout's real rows (row_exp holds them padded to 8)");
+  const int64_t R = seed_bits + exp_bits + pattern.size(1) * coeff_bits, nb = (x.size(-1) + 7) / 8,
                 G = row_exp.size(0) / 8;
   TORCH_CHECK(records.scalar_type() == torch::kByte && records.is_contiguous() && records.dim() == 1 &&
                   records.numel() == G * nb * R + 16,
               "records must be contiguous uint8 of G·nb·R + 16 = ", G * nb * R + 16, " bytes");
+}
+
+// y [..., rows] for x [..., K] (the ops take leading dims and return the real rows themselves: on
+// SmolLM2-sized layers each torch op around the call costs ~1 µs of a ~15 µs call).
+torch::Tensor output_for(const torch::Tensor& x, int64_t rows) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = rows;
+  return torch::empty(shape, x.options());
 }
 
 // Each row's scale 2^t as a float. 2^t a normal float, and a block (≤ 8 codes of magnitude ≤
@@ -1296,23 +1307,25 @@ void reality_stone::seedbasis_gemv_rows(const float* x, int64_t K, const Seedbas
   }
 }
 
-// x [B, K] fp32; pattern uint8 [2^S, P] (pattern ids of each seed's basis rows); records uint8
-// [G·nb·R + 16]; row_exp int8 [Np = 8G] (row scale 2^row_exp). Returns y [B, Np].
+// x [..., K] fp32; pattern uint8 [2^S, P] (pattern ids of each seed's basis rows); records uint8
+// [G·nb·R + 16]; row_exp int8 [Np = 8G] (row scale 2^row_exp); rows: the real rows (Np − 7 … Np).
+// Returns y [..., rows].
 torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tensor records, torch::Tensor row_exp,
-                             int64_t seed_bits, int64_t exp_bits, int64_t coeff_bits) {
-  check_gemm_inputs(x, pattern, records, row_exp, seed_bits, exp_bits, coeff_bits);
+                             int64_t seed_bits, int64_t exp_bits, int64_t coeff_bits, int64_t rows) {
+  check_gemm_inputs(x, pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows);
   const std::vector<float> scale = row_scales(row_exp);
   const Format f{static_cast<int>(seed_bits), static_cast<int>(exp_bits), static_cast<int>(pattern.size(1)),
                  static_cast<int>(coeff_bits),
                  static_cast<int>(seed_bits + exp_bits + pattern.size(1) * coeff_bits)};
-  const int64_t B = x.size(0), K = x.size(1), nb = (K + 7) / 8, Np = row_exp.size(0), G = Np / 8;
+  const int64_t K = x.size(-1), B = x.numel() / K, nb = (K + 7) / 8, Np = row_exp.size(0), G = Np / 8;
   const float* xp = x.data_ptr<float>();
   const uint8_t* rec = records.data_ptr<uint8_t>();
   const int64_t n_seeds = pattern.size(0), P = f.P;
-  torch::Tensor y = torch::empty({B, Np}, x.options());
+  torch::Tensor y = output_for(x, rows);
+  if (B == 0) return y;
   if (B == 1) {
     const auto pat = reality_stone::seedbasis_gemv_table(pattern);
-    const reality_stone::SeedbasisWeight w{rec, scale.data(), Np, Np, y.data_ptr<float>()};
+    const reality_stone::SeedbasisWeight w{rec, scale.data(), Np, rows, y.data_ptr<float>()};
     reality_stone::seedbasis_gemv_rows(xp, K, &w, 1, pat.data_ptr<int32_t>(), pat.size(1), f.S, f.E, f.P, f.Q);
     return y;
   }
@@ -1342,10 +1355,10 @@ torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tens
     case 7: run_batch<7>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
     default: run_batch<8>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
   }
-  // acc [Np][n_bg · 8] → y [B, Np], each row times its scale
+  // acc [Np][n_bg · 8] → y [B, rows], each row times its scale
   float* yp = y.data_ptr<float>();
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t r = 0; r < Np; ++r) yp[b * Np + r] = ap[r * n_bg * kLanes + b] * scale[r];
+    for (int64_t r = 0; r < rows; ++r) yp[b * rows + r] = ap[r * n_bg * kLanes + b] * scale[r];
   return y;
 }
 
@@ -1411,11 +1424,11 @@ bool reality_stone::seedbasis_a8_supported(int S, int E, int P, int Q) {
   return kSeedbasisA8 && a8_format_ok(Format{S, E, P, Q, S + E + P * Q});
 }
 
-// The int8-activation kernel (see "int8 activations" above): x [B, K] fp32, the layout as for
-// seedbasis_gemm. Returns y [B, Np].
+// The int8-activation kernel (see "int8 activations" above): x [..., K] fp32, the layout and rows
+// as for seedbasis_gemm. Returns y [..., rows].
 torch::Tensor seedbasis_gemm_a8(torch::Tensor x, torch::Tensor pattern, torch::Tensor records, torch::Tensor row_exp,
-                                int64_t seed_bits, int64_t exp_bits, int64_t coeff_bits) {
-  check_gemm_inputs(x, pattern, records, row_exp, seed_bits, exp_bits, coeff_bits);
+                                int64_t seed_bits, int64_t exp_bits, int64_t coeff_bits, int64_t rows) {
+  check_gemm_inputs(x, pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows);
   const int S = static_cast<int>(seed_bits), E = static_cast<int>(exp_bits), Q = static_cast<int>(coeff_bits),
             P = static_cast<int>(pattern.size(1));
   TORCH_CHECK(reality_stone::seedbasis_a8_supported(S, E, P, Q),
@@ -1426,9 +1439,11 @@ torch::Tensor seedbasis_gemm_a8(torch::Tensor x, torch::Tensor pattern, torch::T
   const uint8_t* p8 = pattern.data_ptr<uint8_t>();
   for (int64_t s = 0; s < n_seeds; ++s)
     for (int p = 0; p < P; ++p) pat8[s * 4 + p] = p8[s * P + p];
-  torch::Tensor y = torch::empty({x.size(0), Np}, x.options());
-  const reality_stone::SeedbasisWeight w{records.data_ptr<uint8_t>(), scale.data(), Np, Np, y.data_ptr<float>()};
-  reality_stone::seedbasis_gemm_a8_rows(x.data_ptr<float>(), x.size(0), x.size(1), &w, 1, Np, pat8.data(), S, E, P, Q);
+  torch::Tensor y = output_for(x, rows);
+  const int64_t K = x.size(-1), B = x.numel() / K;
+  if (B == 0) return y;
+  const reality_stone::SeedbasisWeight w{records.data_ptr<uint8_t>(), scale.data(), Np, rows, y.data_ptr<float>()};
+  reality_stone::seedbasis_gemm_a8_rows(x.data_ptr<float>(), B, K, &w, 1, rows, pat8.data(), S, E, P, Q);
   return y;
 }
 

@@ -68,23 +68,25 @@ def _check(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tensor, seed_bi
                          f"(records of {R} bytes + {PAD_BYTES}), got {records.dtype} {tuple(records.shape)}")
 
 
+# The fused calls take x (..., in) as it is and return (..., rows): no reshape, slice or copy around
+# them (each torch op costs ~1 µs; a SmolLM2-sized layer's kernel takes 10–40 µs).
+
 def _forward(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tensor, seed_bits: int, exp_bits: int,
              coeff_bits: int, rows: int) -> Tensor:
-    lead, in_f = x.shape[:-1], x.shape[-1]
-    x2 = x.reshape(-1, in_f)
     limit = MAX_FUSED_BATCH["seedbasis_linear"]
-    fused = x2.dtype == torch.float32 and x2.shape[0] > 0 and (limit is None or x2.shape[0] <= limit)
+    fused = x.dtype == torch.float32 and x.numel() > 0 and (limit is None or x.numel() // x.shape[-1] <= limit)
     ext = load_extension() if fused else None
     if ext is not None:
         try:
-            y = ext.seedbasis_gemm(x2.contiguous(), pattern, records, row_exp, seed_bits, exp_bits, coeff_bits)[:, :rows]
+            return ext.seedbasis_gemm(x.contiguous(), pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows)
         except RuntimeError as exc:  # the kernel's value check (row exponents)
             raise ValueError(f"seedbasis_linear: {str(exc).splitlines()[0]}") from None
-    else:
-        if row_exp.numel() and not (EXP_MIN <= int(row_exp.min()) and int(row_exp.max()) <= EXP_MAX):
-            raise ValueError(f"seedbasis_linear: row exponents must be in [{EXP_MIN}, {EXP_MAX}]")
-        y = tiled_linear(x2, rows, _decoder(pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows, in_f))
-    return y.reshape(*lead, rows)
+    if row_exp.numel() and not (EXP_MIN <= int(row_exp.min()) and int(row_exp.max()) <= EXP_MAX):
+        raise ValueError(f"seedbasis_linear: row exponents must be in [{EXP_MIN}, {EXP_MAX}]")
+    in_f = x.shape[-1]
+    y = tiled_linear(x.reshape(-1, in_f), rows,
+                     _decoder(pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows, in_f))
+    return y.reshape(*x.shape[:-1], rows)
 
 
 @torch.library.custom_op("reality_stone::seedbasis_linear", mutates_args=())
@@ -111,29 +113,35 @@ def _warn_slow_a8(no_extension: bool) -> None:
         _WARNED_A8 = True
 
 
+_A8_SUPPORTED: dict[tuple[int, int, int, int], bool] = {}  # (S, E, P, Q) -> the extension's answer
+
+
 def _forward_a8(x: Tensor, pattern: Tensor, records: Tensor, row_exp: Tensor, seed_bits: int, exp_bits: int,
                 coeff_bits: int, rows: int) -> Tensor:
     if x.dtype != torch.float32:
         raise ValueError(f"seedbasis_linear_a8: int8 activation quantisation takes float32 inputs, got {x.dtype}")
-    lead, in_f = x.shape[:-1], x.shape[-1]
-    x2 = x.reshape(-1, in_f).contiguous()
     P = pattern.shape[1]
-    ext = load_extension() if x2.shape[0] > 0 else None
-    if ext is not None and ext.seedbasis_a8_supported(seed_bits, exp_bits, P, coeff_bits):
-        try:
-            y = ext.seedbasis_gemm_a8(x2, pattern, records, row_exp, seed_bits, exp_bits, coeff_bits)[:, :rows]
-        except RuntimeError as exc:  # the kernel's value check (row exponents)
-            raise ValueError(f"seedbasis_linear_a8: {str(exc).splitlines()[0]}") from None
-    else:
-        if row_exp.numel() and not (EXP_MIN <= int(row_exp.min()) and int(row_exp.max()) <= EXP_MAX):
-            raise ValueError(f"seedbasis_linear_a8: row exponents must be in [{EXP_MIN}, {EXP_MAX}]")
-        if not a8_fusable(P, coeff_bits, exp_bits, seed_bits):
-            raise ValueError(f"seedbasis_linear_a8: int8 activations take ≤ 4 coefficients with Q + E ≤ 6 and "
-                             f"|code << e| ≤ 127; got P={P}, Q={coeff_bits}, E={exp_bits}")
-        _warn_slow_a8(ext is None)
-        lay = _layout(pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows)
-        y = seedbasis_linear_a8_reference(x2, lay, in_f, torch.float32)
-    return y.reshape(*lead, rows)
+    ext = load_extension() if x.numel() > 0 else None
+    if ext is not None:
+        key = (seed_bits, exp_bits, P, coeff_bits)
+        if key not in _A8_SUPPORTED:
+            _A8_SUPPORTED[key] = bool(ext.seedbasis_a8_supported(*key))
+        if _A8_SUPPORTED[key]:
+            try:
+                return ext.seedbasis_gemm_a8(x.contiguous(), pattern, records, row_exp, seed_bits, exp_bits, coeff_bits,
+                                             rows)
+            except RuntimeError as exc:  # the kernel's value check (row exponents)
+                raise ValueError(f"seedbasis_linear_a8: {str(exc).splitlines()[0]}") from None
+    if row_exp.numel() and not (EXP_MIN <= int(row_exp.min()) and int(row_exp.max()) <= EXP_MAX):
+        raise ValueError(f"seedbasis_linear_a8: row exponents must be in [{EXP_MIN}, {EXP_MAX}]")
+    if not a8_fusable(P, coeff_bits, exp_bits, seed_bits):
+        raise ValueError(f"seedbasis_linear_a8: int8 activations take ≤ 4 coefficients with Q + E ≤ 6 and "
+                         f"|code << e| ≤ 127; got P={P}, Q={coeff_bits}, E={exp_bits}")
+    _warn_slow_a8(ext is None)
+    in_f = x.shape[-1]
+    lay = _layout(pattern, records, row_exp, seed_bits, exp_bits, coeff_bits, rows)
+    y = seedbasis_linear_a8_reference(x.reshape(-1, in_f).contiguous(), lay, in_f, torch.float32)
+    return y.reshape(*x.shape[:-1], rows)
 
 
 @torch.library.custom_op("reality_stone::seedbasis_linear_a8", mutates_args=())
