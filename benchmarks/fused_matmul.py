@@ -2,7 +2,9 @@
 
     python benchmarks/fused_matmul.py     # -> benchmarks/results/fused_matmul.{json,md}
 
-Same process, same inputs, 2 threads, median of round-robin runs. **Cold cache**: every path
+Same process, same inputs, 2 threads, median of round-robin runs, each round in a new seeded
+random order (``--fixed-order``: the listed order, where the path after torch's int4 kernel or
+after decode-then-matmul pays for it — compare the two runs). **Cold cache**: every path
 cycles through enough copies of its weight to read ≥ 96 MiB per round (3× a 32 MiB L3), so each
 call streams its weight from beyond L2 as in a whole model — a single 4-bit 4096² weight (9 MB)
 would otherwise sit in L2/L3 and flatter every compressed path. The L3 size the CPU reports is
@@ -143,7 +145,10 @@ def paths_for_shape(out_f: int, in_f: int, g: torch.Generator) -> tuple[dict, di
 
 
 def main() -> None:
-    parse(arguments(__doc__, threads=2))
+    parser = arguments(__doc__, threads=2)
+    parser.add_argument("--fixed-order", action="store_true",
+                        help="time the paths in their listed order every round (default: a new seeded order each round)")
+    args = parse(parser)
     bw = read_bandwidth()
     print(f"read bandwidth {bw / 1e9:.1f} GB/s; kernel: {extension_status()}", flush=True)
     rows = []
@@ -156,7 +161,7 @@ def main() -> None:
             xb = xp.to(torch.bfloat16)
             fns = {k: [lambda w=w, call=call: call(w, x, xp, xb) for w in ws] for k, (ws, _, call) in paths.items()}
             with torch.no_grad():
-                t = round_robin(fns, repeat=REPEAT)
+                t = round_robin(fns, repeat=REPEAT, shuffle=not args.fixed_order)
             bytes_read = {k: out_f * in_f * bpw / 8 for k, (_, bpw, _) in paths.items()}
             row = dict(shape=[out_f, in_f], batch=batch, ms={k: v * 1e3 for k, v in t.items()},
                        speedup_vs_dense={k: t["dense fp32 nn.Linear"] / v for k, v in t.items()},
@@ -167,16 +172,19 @@ def main() -> None:
             print(f"{out_f}×{in_f} b={batch:2d} " + "  ".join(f"{k}: {v * 1e3:.3f}" for k, v in t.items()), flush=True)
         del paths
     e2e = end_to_end()
-    write_json("fused_matmul", dict(read_bandwidth_gbs=bw / 1e9, kernel=extension_status(),
-                                                               round_bytes=ROUND_BYTES, l3_bytes=l3_bytes(), rows=rows,
-                                                               end_to_end=e2e))
-    write_markdown("fused_matmul", markdown(rows, bw, e2e))
+    order = "fixed" if args.fixed_order else "shuffled"
+    name = "fused_matmul_fixed_order" if args.fixed_order else "fused_matmul"  # the default run's files stay
+    write_json(name, dict(read_bandwidth_gbs=bw / 1e9, kernel=extension_status(), round_bytes=ROUND_BYTES,
+                          l3_bytes=l3_bytes(), order=order, rows=rows, end_to_end=e2e))
+    write_markdown(name, markdown(rows, bw, e2e, order))
 
 
-def markdown(rows: list[dict], bw: float, e2e: dict) -> str:
+def markdown(rows: list[dict], bw: float, e2e: dict, order: str = "shuffled") -> str:
     lines = [f"Read bandwidth measured in the same run: {bw / 1e9:.1f} GB/s. Kernel: {extension_status()}. "
              f"Cold cache (each path cycles through ≥ {ROUND_BYTES // 2**20} MiB of weight copies; "
-             f"L3 reported: {'unknown' if l3_bytes() is None else f'{l3_bytes() // 2**20} MiB'}).", "",
+             f"L3 reported: {'unknown' if l3_bytes() is None else f'{l3_bytes() // 2**20} MiB'}). "
+             f"Path order within a round: {order}{' (a new seeded order each round)' if order == 'shuffled' else ''}.",
+             "",
              "Milliseconds per call; in brackets: speedup vs dense fp32 (ours int4 also vs torch's int4 kernel with "
              "bf16 activations).", "",
              "| shape (out×in) | batch | dense fp32 | decode+matmul | torch int4 (fp32 x) | torch int4 (bf16 x) "

@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -58,12 +59,17 @@ def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) ->
 
 
 def round_robin(fns: Mapping[str, Callable[[], Any] | Sequence[Callable[[], Any]]], *, repeat: int = 15,
-                warmup: int = 1, min_seconds: float = 0.0) -> dict[str, float]:
+                warmup: int = 1, min_seconds: float = 0.0, shuffle: bool = False, seed: int = 0) -> dict[str, float]:
     """Median seconds per call of each path, timed in turn (path a, b, c, a, b, c, …).
 
     fns: name → a callable, or a list of callables that each round takes the next of (one per weight
     copy, so a path streams its weights from memory instead of cache). Warm-up calls every callable
-    ``warmup`` times; then ``repeat`` rounds, continued until ``min_seconds`` have passed."""
+    ``warmup`` times; then ``repeat`` rounds, continued until ``min_seconds`` have passed.
+    ``shuffle``: each round visits the paths in a new random order (seeded). In a fixed order a
+    path always runs right after the same one, and a call right after a long or very different
+    one (decode → matmul, torch's int4 kernel) can take far longer than elsewhere in the round
+    (``fused_matmul.py --fixed-order``): shuffled, that cost falls on every path alike and mostly
+    outside the median, not always on the path listed next."""
     if repeat < 1 or warmup < 0:
         raise ValueError(f"repeat must be ≥ 1 and warmup ≥ 0, got {repeat}, {warmup}")
     paths = {k: list(v) if isinstance(v, Sequence) else [v] for k, v in fns.items()}
@@ -75,10 +81,13 @@ def round_robin(fns: Mapping[str, Callable[[], Any] | Sequence[Callable[[], Any]
                 f()
     cycles = {k: itertools.cycle(v) for k, v in paths.items()}
     times: dict[str, list[float]] = {k: [] for k in paths}
+    order, rng = list(cycles), random.Random(seed)
     end = time.perf_counter() + min_seconds
     while min(len(t) for t in times.values()) < repeat or time.perf_counter() < end:
-        for k, cycle in cycles.items():
-            f = next(cycle)
+        if shuffle:
+            rng.shuffle(order)
+        for k in order:
+            f = next(cycles[k])
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
