@@ -74,6 +74,22 @@ def test_round_robin_interleaves_and_cycles_copies():
         harness.round_robin({"a": lambda: None}, repeat=0)
 
 
+def test_round_robin_shuffle_visits_every_path_once_per_round_in_seeded_orders():
+    import harness
+
+    def run(seed):
+        calls = []
+        harness.round_robin({k: (lambda k=k: calls.append(k)) for k in "abcd"}, repeat=12, warmup=0, shuffle=True,
+                            seed=seed)
+        return [calls[i:i + 4] for i in range(0, len(calls), 4)]
+
+    rounds = run(0)
+    assert len(rounds) == 12 and all(sorted(r) == list("abcd") for r in rounds)  # each path once per round
+    assert len({tuple(r) for r in rounds}) > 1  # the order changes between rounds
+    assert len({r[0] for r in rounds}) > 1 and len({r[-1] for r in rounds}) > 1  # no path always first or last
+    assert run(0) == rounds and run(1) != rounds  # seeded
+
+
 def test_benchmark_flags_set_threads_and_refuse_bad_counts(capsys):
     import torch
 
