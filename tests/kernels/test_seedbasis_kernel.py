@@ -1,6 +1,8 @@
 """Fused seed-basis kernel vs its reference: layout, accuracy on real and random fields, fallbacks (the
 shared checks — gradients, memory, torch.compile, no extension — are in test_conformance.py)."""
 
+import textwrap
+
 import pytest
 import torch
 
@@ -109,6 +111,33 @@ def test_avx2_loops_on_avx512_machines():
                          env={**os.environ, "REALITY_STONE_NO_AVX512": "1"}, cwd=os.path.dirname(__file__))
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "36 passed" in out.stdout, out.stdout[-500:]
+
+
+def test_batch_records_read_by_gf2_ids_give_the_gather_readers_numbers():
+    """Batches 2…32 of the int8-ready formats read records by GF(2) ids (two at a time); the gather
+    reader (no AVX-512, REALITY_STONE_NO_AVX512=1) yields the same codes and offsets, and at batch ≤ 8
+    both feed the same AVX2 FMA loop: the outputs are equal bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    from reality_stone.kernels.extension import load_extension
+
+    if load_extension(quiet=True) is None:
+        pytest.skip("needs the extension")
+    script = textwrap.dedent("""
+        import sys, torch
+        sys.path.insert(0, %r)
+        from layouts import seedbasis_weight
+        for budget in ("3.5", "2.5"):
+            for rows, cols, batch in ((37, 51, 2), (300, 96, 5), (64, 1000, 8), (24, 300, 3)):
+                enc = seedbasis_weight(rows, cols, budget)
+                x = torch.randn(batch, cols, generator=torch.Generator().manual_seed(5))
+                print(enc.matmul(x).numpy().tobytes().hex())
+    """) % os.path.dirname(__file__)
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env={**os.environ, **extra}).stdout for extra in ({}, {"REALITY_STONE_NO_AVX512": "1"})]
+    assert runs[0] == runs[1] and len(runs[0].split()) == 8
 
 
 # ---------------------------------------------------------------- int8 activations

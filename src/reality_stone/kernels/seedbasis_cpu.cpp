@@ -152,16 +152,31 @@ inline void read_records(const RecordReader& rd, const uint8_t* rec, const Forma
             buf[j - j0]);
 }
 
+// The batch loops' record reader for formats the int8 kernel reads, when the pattern table is
+// GF(2)-linear: ids by gf2p8affineqb, codes by byte permutes, a record pair per step (defined with
+// the int8 kernel, whose decoding it shares). nullptr: RecordReader's gather.
+struct GfReader;
+void read_records_gf(const GfReader& gr, const uint8_t* rec, const Format& f, int64_t nb, int64_t G, int64_t g,
+                     int64_t j0, int64_t j1, int log2_stride, Record* buf);
+
+// Row group g's records of column blocks [j0, j1) into buf by whichever reader applies.
+inline void read_group(const GfReader* gr, const RecordReader& rd, const uint8_t* rec, const Format& f,
+                       const int32_t* pat32, int64_t nb, int64_t G, int64_t g, int64_t j0, int64_t j1, int log2_stride,
+                       Record* buf) {
+  if (gr) read_records_gf(*gr, rec, f, nb, G, g, j0, j1, log2_stride, buf);
+  else read_records(rd, rec, f, pat32, nb, G, g, j0, j1, log2_stride, buf);
+}
+
 // v_tile: [J][128][n_bg][8] fp32 for column blocks [j0, j0 + J); acc: [Np][n_bg][8]. Row groups
 // [g0, g1). Register block: RB rows × BB batch groups (RB·BB = 8 independent accumulators, so the
 // P dependent FMAs a block adds to each overlap); a group's records are read once into `buf`.
 template <int P, int RB, int BB>
 void batch_rows(const float* vt, const int32_t* pat32, const uint8_t* rec, const Format& f, const RecordReader& rd,
-                int64_t nb, int64_t G, int64_t n_bg, int64_t g0, int64_t g1, int64_t j0, int64_t j1, float* acc,
-                Record* buf) {
+                const GfReader* gr, int64_t nb, int64_t G, int64_t n_bg, int64_t g0, int64_t g1, int64_t j0,
+                int64_t j1, float* acc, Record* buf) {
   const int log2_stride = __builtin_ctzll(n_bg * kLanes);  // floats per pattern (n_bg a power of two)
   for (int64_t g = g0; g < g1; ++g) {
-    read_records(rd, rec, f, pat32, nb, G, g, j0, j1, log2_stride, buf);
+    read_group(gr, rd, rec, f, pat32, nb, G, g, j0, j1, log2_stride, buf);
     for (int r0 = 0; r0 < 8; r0 += RB) {
       for (int64_t bg0 = 0; bg0 < n_bg; bg0 += BB) {
         __m256 a[RB][BB];
@@ -523,11 +538,11 @@ RS_AVX512 void single_row_avx512(const float* x, int64_t K, const int32_t* pat, 
 // instantiations, and the 8-lane loop must stay free of AVX-512 encodings for AVX2-only CPUs.
 template <int P, int RB, int BZ>
 RS_AVX512 void batch_rows_avx512(const float* vt, const int32_t* pat32, const uint8_t* rec, const Format& f,
-                                 const RecordReader& rd, int64_t nb, int64_t G, int64_t n_bg, int64_t g0, int64_t g1,
-                                 int64_t j0, int64_t j1, float* acc, Record* buf) {
+                                 const RecordReader& rd, const GfReader* gr, int64_t nb, int64_t G, int64_t n_bg,
+                                 int64_t g0, int64_t g1, int64_t j0, int64_t j1, float* acc, Record* buf) {
   const int log2_stride = __builtin_ctzll(n_bg * kLanes);
   for (int64_t g = g0; g < g1; ++g) {
-    read_records(rd, rec, f, pat32, nb, G, g, j0, j1, log2_stride, buf);
+    read_group(gr, rd, rec, f, pat32, nb, G, g, j0, j1, log2_stride, buf);
     for (int r0 = 0; r0 < 8; r0 += RB) {
       for (int64_t bg0 = 0; bg0 < n_bg; bg0 += 2 * BZ) {
         __m512 a[RB][BZ];
@@ -564,11 +579,14 @@ RS_AVX512 void batch_rows_avx512(const float* vt, const int32_t* pat32, const ui
 }
 
 template <int P, int RB, int BB>
-void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const uint8_t* rec, const Format& f,
-               int64_t nb, int64_t n_bg, int64_t G, float* acc) {
+void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const GfReader* gr, const uint8_t* rec,
+               const Format& f, int64_t nb, int64_t n_bg, int64_t G, float* acc) {
   const RecordReader rd(f);
   // column tiles whose v (4 KB per column block and batch group) fits L1: 8 blocks at batch 8, 1 at 64
   const int64_t tile = std::clamp<int64_t>(8 / n_bg, 1, 64);
+  // the GF(2) reader takes records in pairs; with one block per tile (batch > 32) its reads are
+  // a small part of the work and single records were a few % slower than the gather (4096², 64)
+  if (tile < 2) gr = nullptr;
   const int64_t stride = n_bg * kLanes;
   // threads split the row groups; each builds the v tiles it needs (a few µs per tile, and no
   // [nb, 128, n_bg, 8] table of up to tens of MB per call)
@@ -581,22 +599,22 @@ void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const
         for (int64_t bg = 0; bg < n_bg; ++bg)
           sign_sums_lanes(x, B, K, bg, j, stride, vt + (j - j0) * kHalf * stride + bg * kLanes);
       if (BB >= 2 && kSeedbasisAvx512)  // RB·BB/2 zmm accumulators: twice the rows per register block
-        batch_rows_avx512<P, std::min(8, 2 * RB), std::max(1, BB / 2)>(vt, pat32, rec, f, rd, nb, G, n_bg, g0, g1, j0,
-                                                                       j1, acc, buf.data());
+        batch_rows_avx512<P, std::min(8, 2 * RB), std::max(1, BB / 2)>(vt, pat32, rec, f, rd, gr, nb, G, n_bg, g0, g1,
+                                                                       j0, j1, acc, buf.data());
       else
-        batch_rows<P, RB, BB>(vt, pat32, rec, f, rd, nb, G, n_bg, g0, g1, j0, j1, acc, buf.data());
+        batch_rows<P, RB, BB>(vt, pat32, rec, f, rd, gr, nb, G, n_bg, g0, g1, j0, j1, acc, buf.data());
     }
   });
 }
 
 template <int P>
-void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const uint8_t* rec, const Format& f,
-               int64_t nb, int64_t n_bg, int64_t G, float* acc) {
+void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const GfReader* gr, const uint8_t* rec,
+               const Format& f, int64_t nb, int64_t n_bg, int64_t G, float* acc) {
   // n_bg is a power of two (padded by the caller)
-  if (n_bg == 1) run_batch<P, 8, 1>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
-  else if (n_bg == 2) run_batch<P, 4, 2>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
-  else if (n_bg == 4) run_batch<P, 2, 4>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
-  else run_batch<P, 1, 8>(x, B, K, pat32, rec, f, nb, n_bg, G, acc);
+  if (n_bg == 1) run_batch<P, 8, 1>(x, B, K, pat32, gr, rec, f, nb, n_bg, G, acc);
+  else if (n_bg == 2) run_batch<P, 4, 2>(x, B, K, pat32, gr, rec, f, nb, n_bg, G, acc);
+  else if (n_bg == 4) run_batch<P, 2, 4>(x, B, K, pat32, gr, rec, f, nb, n_bg, G, acc);
+  else run_batch<P, 1, 8>(x, B, K, pat32, gr, rec, f, nb, n_bg, G, acc);
 }
 
 // ------------------------------------------------- int8 activations (AVX-512 VNNI + VBMI)
@@ -1096,6 +1114,73 @@ bool a8_gf(const uint8_t* pat8, int S, int P, A8Gf& g) {
   return last.ok;
 }
 
+struct GfReader {
+  A8Ctl c;         // a8_ctl(f): a pair = column blocks j, j + 1 of one row group
+  A8Gf gf;
+  __m512i to_ids;  // qe's bytes 4·lane + p → the ids' order, 32·record + 8p + row (Record's p·8 + row)
+};
+
+RS_A8GF void gf_reader_fill(const Format& f, const A8Gf& gf, GfReader& out) {
+  alignas(64) uint8_t t[64];
+  for (int b = 0; b < 2; ++b)
+    for (int p = 0; p < 4; ++p)
+      for (int r = 0; r < 8; ++r) t[32 * b + 8 * p + r] = static_cast<uint8_t>(4 * (8 * b + r) + p);
+  out.c = a8_ctl(f);
+  out.gf = gf;
+  out.to_ids = _mm512_load_si512(t);
+}
+
+// The fp32 batch loop's GF(2) reader for this weight, or nullptr (see GfReader). On the heap: its
+// zmm members need 64-byte alignment, which aligned new guarantees and a caller's frame (not
+// compiled for AVX-512) did not (a returned-by-value one crashed on an aligned store).
+std::unique_ptr<GfReader> gf_reader_for(const torch::Tensor& pattern, const Format& f) {
+  if (!kSeedbasisA8Gf || !a8_format_ok(f)) return nullptr;
+  const int64_t n_seeds = pattern.size(0);
+  std::vector<uint8_t> pat8(n_seeds * 4, 0);
+  const uint8_t* p8 = pattern.data_ptr<uint8_t>();
+  for (int64_t s = 0; s < n_seeds; ++s)
+    for (int p = 0; p < f.P; ++p) pat8[s * 4 + p] = p8[s * f.P + p];
+  auto gf = std::make_unique<A8Gf>();
+  if (!a8_gf(pat8.data(), f.S, f.P, *gf)) return nullptr;
+  auto gr = std::make_unique<GfReader>();
+  gf_reader_fill(f, *gf, *gr);
+  return gr;
+}
+
+// RecordReader::read for two records at a time, the same numbers: (q − half) << e as int8 (a8_fields:
+// every a8 format fits) → float exactly, the folded id's sign applied to the integer, the offset of its
+// half-table row.
+RS_A8GF void read_records_gf(const GfReader& gr, const uint8_t* rec, const Format& f, int64_t nb, int64_t G, int64_t g,
+                             int64_t j0, int64_t j1, int log2_stride, Record* buf) {
+  const __m512i one = _mm512_set1_epi32(1), low7 = _mm512_set1_epi8(0x7F);
+  const __m128i shift = _mm_cvtsi32_si128(log2_stride);
+  alignas(64) int8_t q8[64];
+  alignas(64) uint8_t h8[64];
+  for (int64_t j = j0; j < j1; j += 2) {
+    // a pair only within one record tile (record_at: there a row group's blocks are back to back)
+    const bool pair = j + 1 < j1 && (j + 1) % kTile != 0;
+    __m512i seeds, qe;
+    a8_decode(gr.c, record_at(rec, g, j, G, nb, f.R), pair, seeds, qe);
+    const __m512i t = _mm512_add_epi32(_mm512_and_si512(seeds, gr.c.seed_mask), one);  // drop the block bit
+    const __m512i ids = _mm512_xor_si512(_mm512_gf2p8affine_epi64_epi8(_mm512_permutexvar_epi8(gr.gf.lo_ctl, t), gr.gf.m_lo, 0),
+                                         _mm512_gf2p8affine_epi64_epi8(_mm512_permutexvar_epi8(gr.gf.hi_ctl, t), gr.gf.m_hi, 0));
+    const __m512i q = _mm512_permutexvar_epi8(gr.to_ids, qe);
+    _mm512_store_si512(q8, _mm512_mask_sub_epi8(q, _mm512_movepi8_mask(ids), _mm512_setzero_si512(), q));
+    _mm512_store_si512(h8, _mm512_and_si512(ids, low7));
+    for (int b = 0; b < (pair ? 2 : 1); ++b) {
+      Record& o = buf[j + b - j0];
+      const __m512i row = _mm512_set1_epi32(static_cast<int32_t>((j + b - j0) * kHalf));
+      for (int h = 0; h < 2; ++h) {  // entries 16h … 16h + 15: coefficients 2h, 2h + 1 of the 8 rows
+        const int at = 32 * b + 16 * h;
+        const __m512i qi = _mm512_cvtepi8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(q8 + at)));
+        _mm512_storeu_ps(o.q + 16 * h, _mm512_cvtepi32_ps(qi));
+        const __m512i hi = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(h8 + at)));
+        _mm512_storeu_si512(o.off + 16 * h, _mm512_sll_epi32(_mm512_add_epi32(hi, row), shift));
+      }
+    }
+  }
+}
+
 // One weight's row groups, two at a time, for column blocks [t0, t1) (one record tile, ≤ 2
 // activation groups) against BC batch rows' half tables (vt[b][j − t0][128]; scale[2b + i]: group
 // i of the tile): acc[b·ldacc + row] += the scaled sums. A whole tile per pass over the row groups:
@@ -1345,15 +1430,20 @@ torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tens
       const int32_t k = p8[s * P + p], folded = k < kHalf ? k : 0x80 | (255 - k);
       pat32[s * words + p / 4] |= folded << (8 * (p % 4));
     }
+  // the int8 kernel's formats with a GF(2)-linear table: records read two at a time, ids by GF(2)
+  // (per record ~25 vector ops instead of ~90 with the id gather: the reader was half of batch 8's time)
+  const std::unique_ptr<GfReader> gf_rd = gf_reader_for(pattern, f);
+  const GfReader* gr = gf_rd.get();
+  const int32_t* pt = pat32.data();
   switch (P) {
-    case 1: run_batch<1>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
-    case 2: run_batch<2>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
-    case 3: run_batch<3>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
-    case 4: run_batch<4>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
-    case 5: run_batch<5>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
-    case 6: run_batch<6>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
-    case 7: run_batch<7>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
-    default: run_batch<8>(xp, B, K, pat32.data(), rec, f, nb, n_bg, G, ap); break;
+    case 1: run_batch<1>(xp, B, K, pt, gr, rec, f, nb, n_bg, G, ap); break;
+    case 2: run_batch<2>(xp, B, K, pt, gr, rec, f, nb, n_bg, G, ap); break;
+    case 3: run_batch<3>(xp, B, K, pt, gr, rec, f, nb, n_bg, G, ap); break;
+    case 4: run_batch<4>(xp, B, K, pt, gr, rec, f, nb, n_bg, G, ap); break;
+    case 5: run_batch<5>(xp, B, K, pt, gr, rec, f, nb, n_bg, G, ap); break;
+    case 6: run_batch<6>(xp, B, K, pt, gr, rec, f, nb, n_bg, G, ap); break;
+    case 7: run_batch<7>(xp, B, K, pt, gr, rec, f, nb, n_bg, G, ap); break;
+    default: run_batch<8>(xp, B, K, pt, gr, rec, f, nb, n_bg, G, ap); break;
   }
   // acc [Np][n_bg · 8] → y [B, rows], each row times its scale
   float* yp = y.data_ptr<float>();
