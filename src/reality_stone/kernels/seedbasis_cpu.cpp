@@ -1156,9 +1156,10 @@ RS_A8GF void read_records_gf(const GfReader& gr, const uint8_t* rec, const Forma
   const __m128i shift = _mm_cvtsi32_si128(log2_stride);
   alignas(64) int8_t q8[64];
   alignas(64) uint8_t h8[64];
-  for (int64_t j = j0; j < j1; j += 2) {
+  for (int64_t j = j0, step; j < j1; j += step) {
     // a pair only within one record tile (record_at: there a row group's blocks are back to back)
     const bool pair = j + 1 < j1 && (j + 1) % kTile != 0;
+    step = pair ? 2 : 1;
     __m512i seeds, qe;
     a8_decode(gr.c, record_at(rec, g, j, G, nb, f.R), pair, seeds, qe);
     const __m512i t = _mm512_add_epi32(_mm512_and_si512(seeds, gr.c.seed_mask), one);  // drop the block bit
