@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import ClassVar
 
 import numpy as np
@@ -170,10 +170,7 @@ class SeedBasisEncoded(Encoded):
     def matmul_int8_activations(self, x: Tensor) -> Tensor:
         """``x @ Wᵀ`` with x quantised to int8 per 64 inputs (`kernels.seedbasis_ops.seedbasis_linear_a8`).
         float32 x; configs whose capabilities declare ``int8_activations``."""
-        ok = self.__dict__.get("_int8_ok")  # the config's capability, computed once (~2 µs per call otherwise)
-        if ok is None:
-            ok = self._int8_ok = self.config.capabilities.int8_activations
-        if not ok:
+        if not self.config.capabilities.int8_activations:
             raise ValueError(f"int8 activations need ≤ 4 coefficients of Q + E ≤ 6 bits (block 8, lfsr basis); "
                              f"this config has P={self.config.coeffs}, Q={self.config.coeff_bits}, "
                              f"E={self.config.exp_bits}")
@@ -288,7 +285,7 @@ class SeedBasisConfig(CodecConfig):
         if self.chunk < 0:
             raise ValueError("chunk must be >= 0 (0 = auto)")
 
-    @property
+    @cached_property  # the config is frozen; matmul_int8_activations asks on every call
     def capabilities(self) -> Capabilities:
         from reality_stone.kernels.seedbasis import a8_fusable, fusable
 

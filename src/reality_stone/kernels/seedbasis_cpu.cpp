@@ -584,9 +584,6 @@ void run_batch(const float* x, int64_t B, int64_t K, const int32_t* pat32, const
   const RecordReader rd(f);
   // column tiles whose v (4 KB per column block and batch group) fits L1: 8 blocks at batch 8, 1 at 64
   const int64_t tile = std::clamp<int64_t>(8 / n_bg, 1, 64);
-  // the GF(2) reader takes records in pairs; with one block per tile (batch > 32) its reads are
-  // a small part of the work and single records were a few % slower than the gather (4096², 64)
-  if (tile < 2) gr = nullptr;
   const int64_t stride = n_bg * kLanes;
   // threads split the row groups; each builds the v tiles it needs (a few µs per tile, and no
   // [nb, 128, n_bg, 8] table of up to tens of MB per call)
@@ -1114,6 +1111,13 @@ bool a8_gf(const uint8_t* pat8, int S, int P, A8Gf& g) {
   return last.ok;
 }
 
+// The folded pattern ids of 16 lanes' seeds (t = seed + 1 per int32 lane), untransposed: qword k
+// holds coefficient k % 4 of lanes 8(k / 4) … + 7, i.e. byte 32·(lane / 8) + 8p + lane % 8.
+RS_A8GF inline __m512i a8_gf_ids(const A8Gf& gf, __m512i t) {
+  return _mm512_xor_si512(_mm512_gf2p8affine_epi64_epi8(_mm512_permutexvar_epi8(gf.lo_ctl, t), gf.m_lo, 0),
+                          _mm512_gf2p8affine_epi64_epi8(_mm512_permutexvar_epi8(gf.hi_ctl, t), gf.m_hi, 0));
+}
+
 struct GfReader {
   A8Ctl c;         // a8_ctl(f): a pair = column blocks j, j + 1 of one row group
   A8Gf gf;
@@ -1130,20 +1134,26 @@ RS_A8GF void gf_reader_fill(const Format& f, const A8Gf& gf, GfReader& out) {
   out.to_ids = _mm512_load_si512(t);
 }
 
+// The int8 kernels' pattern table: uint8 [2^S][4] from pattern [2^S, P ≤ 4], padding
+// coefficients id 0 (their codes are 0).
+std::vector<uint8_t> pat8_table(const torch::Tensor& pattern) {
+  const int64_t n_seeds = pattern.size(0), P = pattern.size(1);
+  std::vector<uint8_t> pat8(n_seeds * 4, 0);
+  const uint8_t* p8 = pattern.data_ptr<uint8_t>();
+  for (int64_t s = 0; s < n_seeds; ++s)
+    for (int64_t p = 0; p < P; ++p) pat8[s * 4 + p] = p8[s * P + p];
+  return pat8;
+}
+
 // The fp32 batch loop's GF(2) reader for this weight, or nullptr (see GfReader). On the heap: its
 // zmm members need 64-byte alignment, which aligned new guarantees and a caller's frame (not
 // compiled for AVX-512) did not (a returned-by-value one crashed on an aligned store).
 std::unique_ptr<GfReader> gf_reader_for(const torch::Tensor& pattern, const Format& f) {
   if (!kSeedbasisA8Gf || !a8_format_ok(f)) return nullptr;
-  const int64_t n_seeds = pattern.size(0);
-  std::vector<uint8_t> pat8(n_seeds * 4, 0);
-  const uint8_t* p8 = pattern.data_ptr<uint8_t>();
-  for (int64_t s = 0; s < n_seeds; ++s)
-    for (int p = 0; p < f.P; ++p) pat8[s * 4 + p] = p8[s * f.P + p];
-  auto gf = std::make_unique<A8Gf>();
-  if (!a8_gf(pat8.data(), f.S, f.P, *gf)) return nullptr;
+  A8Gf gf;
+  if (!a8_gf(pat8_table(pattern).data(), f.S, f.P, gf)) return nullptr;
   auto gr = std::make_unique<GfReader>();
-  gf_reader_fill(f, *gf, *gr);
+  gf_reader_fill(f, gf, *gr);
   return gr;
 }
 
@@ -1163,8 +1173,7 @@ RS_A8GF void read_records_gf(const GfReader& gr, const uint8_t* rec, const Forma
     __m512i seeds, qe;
     a8_decode(gr.c, record_at(rec, g, j, G, nb, f.R), pair, seeds, qe);
     const __m512i t = _mm512_add_epi32(_mm512_and_si512(seeds, gr.c.seed_mask), one);  // drop the block bit
-    const __m512i ids = _mm512_xor_si512(_mm512_gf2p8affine_epi64_epi8(_mm512_permutexvar_epi8(gr.gf.lo_ctl, t), gr.gf.m_lo, 0),
-                                         _mm512_gf2p8affine_epi64_epi8(_mm512_permutexvar_epi8(gr.gf.hi_ctl, t), gr.gf.m_hi, 0));
+    const __m512i ids = a8_gf_ids(gr.gf, t);  // already the Record's order: no transpose
     const __m512i q = _mm512_permutexvar_epi8(gr.to_ids, qe);
     _mm512_store_si512(q8, _mm512_mask_sub_epi8(q, _mm512_movepi8_mask(ids), _mm512_setzero_si512(), q));
     _mm512_store_si512(h8, _mm512_and_si512(ids, low7));
@@ -1216,9 +1225,7 @@ RS_A8GF void a8_rows_gf(const A8Ctl& c, const A8Gf& gf, const Format& f, const u
         __m512i sd, qe;
         a8_fields(c, w, pair, sd, qe);
         const __m512i t = _mm512_add_epi32(sd, one);
-        const __m512i id = _mm512_permutexvar_epi8(
-            gf.transpose, _mm512_xor_si512(_mm512_gf2p8affine_epi64_epi8(_mm512_permutexvar_epi8(gf.lo_ctl, t), gf.m_lo, 0),
-                                           _mm512_gf2p8affine_epi64_epi8(_mm512_permutexvar_epi8(gf.hi_ctl, t), gf.m_hi, 0)));
+        const __m512i id = _mm512_permutexvar_epi8(gf.transpose, a8_gf_ids(gf, t));
         qe = _mm512_mask_sub_epi8(qe, _mm512_movepi8_mask(id), _mm512_setzero_si512(), qe);  // v[k] = −v[255 − k]
         corr = _mm512_dpbusd_epi32(corr, k128, qe);
         for (int b = 0; b < BC; ++b) {
@@ -1432,8 +1439,10 @@ torch::Tensor seedbasis_gemm(torch::Tensor x, torch::Tensor pattern, torch::Tens
       pat32[s * words + p / 4] |= folded << (8 * (p % 4));
     }
   // the int8 kernel's formats with a GF(2)-linear table: records read two at a time, ids by GF(2)
-  // (per record ~25 vector ops instead of ~90 with the id gather: the reader was half of batch 8's time)
-  const std::unique_ptr<GfReader> gf_rd = gf_reader_for(pattern, f);
+  // (per record ~25 vector ops instead of ~90 with the id gather: the reader was half of batch 8's
+  // time). Only where a tile holds ≥ 2 column blocks (n_bg ≤ 4, batch ≤ 32): with one block per
+  // tile the reads are a small part of the work and single records were a few % slower.
+  const std::unique_ptr<GfReader> gf_rd = n_bg <= 4 ? gf_reader_for(pattern, f) : nullptr;
   const GfReader* gr = gf_rd.get();
   const int32_t* pt = pat32.data();
   switch (P) {
@@ -1525,11 +1534,8 @@ torch::Tensor seedbasis_gemm_a8(torch::Tensor x, torch::Tensor pattern, torch::T
   TORCH_CHECK(reality_stone::seedbasis_a8_supported(S, E, P, Q),
               "the seed-basis int8-activation kernel does not take this format or CPU");
   const std::vector<float> scale = row_scales(row_exp);
-  const int64_t n_seeds = int64_t{1} << S, Np = row_exp.size(0);
-  std::vector<uint8_t> pat8(n_seeds * 4, 0);  // [2^S][4], padding coefficients id 0 (their codes are 0)
-  const uint8_t* p8 = pattern.data_ptr<uint8_t>();
-  for (int64_t s = 0; s < n_seeds; ++s)
-    for (int p = 0; p < P; ++p) pat8[s * 4 + p] = p8[s * P + p];
+  const int64_t Np = row_exp.size(0);
+  const std::vector<uint8_t> pat8 = pat8_table(pattern);
   torch::Tensor y = output_for(x, rows);
   const int64_t K = x.size(-1), B = x.numel() / K;
   if (B == 0) return y;
